@@ -1,0 +1,5 @@
+import sys
+
+from icdlib.cli import main
+
+sys.exit(main())

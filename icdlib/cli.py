@@ -1,0 +1,130 @@
+"""`python -m icdlib COMMAND`: the whole pipeline, the synthetic twin, torchrun training, coding notes.
+
+User errors print as one line (`icdlib: error: ...`) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from icdlib.errors import IcdlibError
+
+
+def _overrides(pairs: list[str]) -> dict:
+    from icdlib.config import parse_override
+
+    return dict(parse_override(p) for p in pairs or [])
+
+
+def cmd_run(args) -> None:
+    from icdlib import config, pipeline
+
+    params = _overrides(args.param)
+    if args.output_root:
+        params["output_root"] = args.output_root
+    named = {"run": args.run, "mimic_dir": args.mimic_dir}
+    cfg = config.resolve(args.backbone, {**{k: v for k, v in named.items() if v}, **params})
+    notebooks = pipeline.NOTEBOOKS if not args.only else tuple(n for n in pipeline.NOTEBOOKS if n[:2] in args.only)
+    htmls = pipeline.run_all(cfg, params, notebooks, progress=not args.quiet)
+    print(f"[icdlib] reports in {cfg.run_dir / 'reports'}:")
+    for h in htmls:
+        print(f"  {h}")
+    line = pipeline.headline(cfg)
+    if line:
+        print(f"[icdlib] {line}")
+
+
+def cmd_synth(args) -> None:
+    from icdlib import synth
+
+    paths = synth.generate(Path(args.out), admissions=args.admissions, seed=args.seed, gzip=args.gzip,
+                           short=args.short, progress=not args.quiet)
+    for table, path in paths.items():
+        print(f"{table}: {path}")
+
+
+def cmd_train(args) -> None:
+    from icdlib import config, train
+
+    run_dir = Path(args.run_dir) if args.run_dir else Path(args.output_root or config.OUTPUTS_DIR) / args.run
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise IcdlibError(f"{path} does not exist: run 01_preprocess (and config.load) for this run first")
+    cfg = config.from_json(path)
+    if args.param:
+        cfg = config.resolve(cfg.backbone, {**{k: v for k, v in cfg.to_dict().items() if k != "backbone"},
+                                            **_overrides(args.param)})
+    train.fit(cfg, progress=not args.quiet)
+
+
+def cmd_predict(args) -> None:
+    from icdlib import predict
+
+    text = predict.read_text_file(Path(args.text_file))
+    coder = predict.load(args.model, device=args.device)
+    table = coder.predict([text], top_k=args.top_k, threshold=args.threshold)[0]
+    if args.json:
+        print(json.dumps(table.to_dict(orient="records"), indent=1))
+    else:
+        print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m icdlib", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run notebooks 01→05 through papermill and export HTML reports",
+                       description="Run the five notebooks in order for one backbone; executed notebooks "
+                                   "and HTML reports go to <output_root>/<run>/reports/.")
+    r.add_argument("--backbone", required=True, help="params file name: params/<backbone>.yaml")
+    r.add_argument("--run", default="", help="run folder name (default: the backbone name)")
+    r.add_argument("--mimic-dir", default="", help="MIMIC-III v1.4 folder (default: the synthetic twin)")
+    r.add_argument("--output-root", default="", help="folder holding run folders (default: <repo>/outputs)")
+    r.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",
+                   help="override a parameter, value read as YAML (repeatable), e.g. -p max_steps=50")
+    r.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks, e.g. --only 04 05")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("synth", help="write a synthetic MIMIC-III twin (five tables)")
+    s.add_argument("--out", required=True, help="folder to write the tables into")
+    s.add_argument("--admissions", type=int, default=1000, help="admissions to generate (MIMIC-III has 58,976)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--gzip", action="store_true", help="write .csv.gz as PhysioNet ships them")
+    s.add_argument("--short", action="store_true", help="short notes for fast demos")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_synth)
+
+    t = sub.add_parser("train", help="step 03 alone, e.g. under torchrun --nproc_per_node N -m icdlib train --run R",
+                       description="Train with the run's config.json (written by the notebooks' config cell).")
+    t.add_argument("--run", default="", help="run folder name under --output-root")
+    t.add_argument("--output-root", default="", help="folder holding run folders (default: <repo>/outputs)")
+    t.add_argument("--run-dir", default="", help="the run folder itself (instead of --run)")
+    t.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("predict", help="code a note with a trained model folder")
+    q.add_argument("--model", required=True, help="model folder, e.g. outputs/tiny/03_train/best")
+    q.add_argument("--text-file", required=True, help="UTF-8 text file holding one note")
+    q.add_argument("--top-k", type=int, default=15, help="codes to print")
+    q.add_argument("--threshold", type=float, default=None, help="only codes scoring at least this")
+    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    q.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    q.set_defaults(func=cmd_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "train" and not (args.run or args.run_dir):
+        parser().error("train needs --run or --run-dir")
+    try:
+        args.func(args)
+    except IcdlibError as e:
+        print(f"icdlib: error: {e}", file=sys.stderr)
+        return 2
+    return 0

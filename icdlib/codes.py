@@ -1,0 +1,37 @@
+"""ICD-9 code normalisation: MIMIC's raw undotted codes to the dotted forms used since CAML.
+
+MIMIC-III stores codes without dots (`4019`, `3893`) and as text: `0389` and `389` are different
+codes, so a code is never parsed as a number. Diagnoses take the dot after 3 characters (after
+4 for E codes), procedures after 2; the dotted forms never collide between the two kinds.
+"""
+
+from __future__ import annotations
+
+DIAGNOSIS = "diagnosis"
+PROCEDURE = "procedure"
+
+
+def dot_diagnosis(code: str) -> str:
+    """`4019`→`401.9`, `E8889`→`E888.9`, `V5861`→`V58.61`, `042`→`042`."""
+    code = code.strip()
+    cut = 4 if code.startswith("E") else 3
+    return f"{code[:cut]}.{code[cut:]}" if len(code) > cut else code
+
+
+def dot_procedure(code: str) -> str:
+    """`3893`→`38.93`, `9604`→`96.04`, `00`→`00`."""
+    code = code.strip()
+    return f"{code[:2]}.{code[2:]}" if len(code) > 2 else code
+
+
+def dot(code: str, kind: str) -> str:
+    if kind == DIAGNOSIS:
+        return dot_diagnosis(code)
+    if kind == PROCEDURE:
+        return dot_procedure(code)
+    raise ValueError(f"kind must be {DIAGNOSIS!r} or {PROCEDURE!r}, got {kind!r}")
+
+
+def category(code: str) -> str:
+    """The 3-digit category of a dotted code (`428.30`→`428`, `E888.9`→`E888`, `38.93`→`38`)."""
+    return code.split(".")[0]

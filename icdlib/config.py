@@ -1,0 +1,263 @@
+"""Run configuration: defaults < `params/<backbone>.yaml` < overrides, validated, recorded.
+
+Every knob of a run lives in `Config` with a typed default. A params file and the overrides
+(papermill parameters, `-p key=value` on the CLI) may only name known keys with values of the
+default's type; anything else is one `ConfigError` naming the key and the choices. The
+resolved configuration is written to `<run>/config.json`, so every report shows it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from icdlib.errors import ConfigError
+from icdlib.runfolder import atomic_write_text
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PARAMS_DIR = REPO_ROOT / "params"
+OUTPUTS_DIR = REPO_ROOT / "outputs"
+
+SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """All parameters of a run. Units and choices in the comments; CHOICES is enforced."""
+
+    # run
+    backbone: str = "tiny"  # the params file name: params/<backbone>.yaml
+    run: str = ""  # run folder name under output_root; empty means the backbone name
+    output_root: str = ""  # folder holding run folders; empty means <repo>/outputs
+    mimic_dir: str = ""  # MIMIC-III v1.4 folder; empty means the synthetic twin
+    seed: int = 1234
+    share_safe: str = "auto"  # auto (on for real MIMIC, off for the twin) | on | off
+
+    # synthetic twin (used when mimic_dir is empty)
+    synth_admissions: int = 1200
+    synth_seed: int = 0
+    synth_short: bool = True  # short notes for fast demos
+
+    # preprocessing
+    note_categories: list[str] = field(default_factory=lambda: ["Discharge summary"])
+    note_descriptions: list[str] = field(default_factory=lambda: ["Report", "Addendum"])
+    text_cleaning: str = "none"  # none | caml
+    split: str = "patient"  # seed | patient | caml_full | caml_50 | clean
+    split_dir: str = ""  # folder with the public split files (caml_full, caml_50, clean)
+    labels: str = "observed"  # observed | all | top50
+    top50_file: str = ""  # CAML's top-50 code list, one code a line (labels: top50)
+    min_count: int = 1  # drop label codes seen fewer times in train
+
+    # model
+    model_path: str = ""  # hub name or local folder; empty for tiny backbones
+    model_type: str = "llama"  # llama | mistral (architecture of a tiny backbone)
+    adapter_path: str = ""  # optional second LLM2Vec adapter (simcse/supervised) to start LoRA from
+    tiny_layers: int = 2
+    tiny_hidden: int = 128
+    tiny_heads: int = 4
+    tiny_vocab: int = 4000  # BPE vocabulary trained on the training notes
+    train_backbone: str = "lora"  # lora | full | frozen
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: list(SEVEN_PROJECTIONS))
+    head: str = "label_attention"  # label_attention | mean
+    attention_dim: int = 512  # label-attention projection size
+    segment_length: int = 512  # tokens per segment; the LLM2Vec adapters saw <= 512
+    max_segments: int = 8  # 1 reproduces plain truncation
+
+    # training
+    epochs: int = 3
+    max_steps: int = -1  # optimizer steps; -1 means epochs
+    batch_size: int = 4  # notes per micro-batch
+    grad_accum: int = 4
+    lr: float = 1.0e-4  # LoRA / backbone learning rate
+    head_lr: float = 1.0e-3  # label head learning rate
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | linear
+    clip: float = 1.0  # gradient norm clip; 0 disables
+    pos_weight: float = 0.0  # BCE positive-class weight; 0 means none
+    eval_every: int = 200  # optimizer steps between validations
+    save_every: int = 200  # optimizer steps between last/ checkpoints
+    patience: int = 5  # evaluations without improvement before stopping; 0 disables
+    metric: str = "map"  # validation metric selecting best/
+    device: str = "auto"  # auto | cpu | cuda | mps
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    grad_checkpointing: bool = False
+    num_workers: int = 0
+    resume: bool = False
+    nproc: int = 1  # processes for multi-GPU training (torchrun) launched from 03
+
+    # evaluation
+    threshold: float = 0.5
+    baseline: bool = True  # TF-IDF + linear baseline in 04
+
+    @property
+    def run_name(self) -> str:
+        return self.run or self.backbone
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_root or OUTPUTS_DIR) / self.run_name
+
+    @property
+    def synthetic(self) -> bool:
+        return not self.mimic_dir
+
+    @property
+    def share_safe_on(self) -> bool:
+        """Real MIMIC text never leaves the machine unless the user turned the guard off."""
+        return self.share_safe == "on" or (self.share_safe == "auto" and not self.synthetic)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><td>{k}</td><td>{v!r}</td></tr>" for k, v in self.to_dict().items())
+        return f"<table><tr><th>parameter</th><th>value</th></tr>{rows}</table>"
+
+
+CHOICES = {
+    "share_safe": ("auto", "on", "off"),
+    "text_cleaning": ("none", "caml"),
+    "split": ("seed", "patient", "caml_full", "caml_50", "clean"),
+    "labels": ("observed", "all", "top50"),
+    "model_type": ("llama", "mistral"),
+    "train_backbone": ("lora", "full", "frozen"),
+    "head": ("label_attention", "mean"),
+    "schedule": ("cosine", "linear"),
+    "metric": ("map", "auroc_micro", "auroc_macro", "auprc_micro", "f1_micro", "p_at_8"),
+    "device": ("auto", "cpu", "cuda", "mps"),
+    "precision": ("auto", "bf16", "fp16", "fp32"),
+}
+
+_TYPES = typing.get_type_hints(Config)
+_FIELDS = [f.name for f in dataclasses.fields(Config)]
+
+
+def backbones() -> list[str]:
+    """The backbone names a run can use: the params files shipped in params/."""
+    return sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
+
+
+def read_params_file(path: Path) -> dict:
+    """A params YAML file as a dict of raw values (validated later, with the file named)."""
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" line {where.line + 1}" if where else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of parameter: value, got {type(values).__name__}")
+    return values
+
+
+def _type_name(tp) -> str:
+    return "list of str" if typing.get_origin(tp) is list else tp.__name__
+
+
+def _check_value(key: str, value, source: str):
+    """The value converted to the field's type, or a ConfigError naming key, source and type."""
+    tp = _TYPES[key]
+    ok = False
+    if typing.get_origin(tp) is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, tp)
+    if not ok:
+        hint = ""
+        if tp is float and isinstance(value, str) and re.fullmatch(r"[\d.]+e-?\d+", value):
+            hint = " (YAML reads 5e-5 as text: write 5.0e-5)"
+        raise ConfigError(
+            f"{source}: {key} must be {_type_name(tp)}, got {type(value).__name__} {value!r}{hint}"
+        )
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{source}: {key} must be one of {', '.join(CHOICES[key])}; got {value!r}")
+    return value
+
+
+def _merge(values: dict, updates: dict, source: str) -> None:
+    for key, value in updates.items():
+        if key not in _TYPES:
+            close = [k for k in _FIELDS if k.split("_")[0] == str(key).split("_")[0]]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(
+                f"{source}: unknown parameter {key!r}{hint}; known parameters: {', '.join(_FIELDS)}"
+            )
+        values[key] = _check_value(key, value, source)
+
+
+def resolve(backbone: str, overrides: dict | None = None, params_dir: Path | None = None) -> Config:
+    """Defaults, then params/<backbone>.yaml, then overrides; validated, nothing written."""
+    params_dir = Path(params_dir or PARAMS_DIR)
+    known = sorted(p.stem for p in params_dir.glob("*.yaml"))
+    if backbone not in known:
+        raise ConfigError(f"unknown backbone {backbone!r}; choices: {', '.join(known)} (files in {params_dir.name}/)")
+    path = params_dir / f"{backbone}.yaml"
+    values: dict = {}
+    file_values = read_params_file(path)
+    if "backbone" in file_values:
+        raise ConfigError(f"{path}: backbone is the file's name, not a key inside it")
+    _merge(values, file_values, f"params/{path.name}")
+    _merge(values, dict(overrides or {}), "override")
+    values["backbone"] = backbone
+    cfg = Config(**values)
+    if "/" in cfg.run_name or cfg.run_name in ("", ".", ".."):
+        raise ConfigError(f"run must be a plain folder name, got {cfg.run_name!r}")
+    return cfg
+
+
+def load(backbone: str, *, params: dict | None = None, params_dir: Path | None = None, **overrides) -> Config:
+    """Resolve the run's configuration and record it as `<run>/config.json`.
+
+    Notebooks call this with their parameters cell: the named parameters plus `params`, a dict
+    of any other overrides (what `python -m icdlib run -p key=value` fills in). Empty strings and
+    -1 in the named parameters mean "not set" and leave the params file's value.
+    """
+    merged = {k: v for k, v in overrides.items() if v != "" and v != -1 and v is not None}
+    merged.update(params or {})
+    cfg = resolve(backbone, merged, params_dir)
+    save(cfg)
+    return cfg
+
+
+def save(cfg: Config) -> Path:
+    path = cfg.run_dir / "config.json"
+    atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2) + "\n")
+    return path
+
+
+def from_json(path: Path) -> Config:
+    """A Config recorded by `save` (checkpoints and model folders carry one)."""
+    values = json.loads(Path(path).read_text())
+    return Config(**{k: v for k, v in values.items() if k in _TYPES})
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """`key=value` from the command line; the value is read as YAML (`lr=1.0e-3`, `resume=true`)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    if _TYPES.get(key) is str and not isinstance(value, str):
+        value = raw
+    return key.strip(), value

@@ -1,0 +1,154 @@
+"""Tokenised notes and batches for training and scoring.
+
+Notes are tokenised once (cached in the run folder as flat token arrays) and cut into up to
+`max_segments` windows of `segment_length` tokens. Batches group notes of similar length and
+pad only as far as the longest note of the batch needs, which on discharge summaries (a few
+hundred to a few thousand tokens) saves most of the padding a fixed length would cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from icdlib.labels import multi_hot
+
+
+@dataclass
+class Tokenized:
+    """Token ids of n notes as one flat array with offsets (note i is ids[offsets[i]:offsets[i+1]])."""
+
+    ids: np.ndarray  # int32
+    offsets: np.ndarray  # int64, n + 1
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def note(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i]:self.offsets[i + 1]]
+
+
+def tokenize(texts: list[str], tokenizer, max_tokens: int, batch: int = 256) -> Tokenized:
+    """Token ids without special tokens, each note truncated to `max_tokens` (its head is kept)."""
+    chunks, lengths = [], []
+    for start in range(0, len(texts), batch):
+        enc = tokenizer(list(texts[start:start + batch]), add_special_tokens=False, truncation=False)["input_ids"]
+        for ids in enc:
+            ids = ids[:max_tokens]
+            chunks.append(np.asarray(ids, dtype=np.int32))
+            lengths.append(len(ids))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
+    return Tokenized(ids=ids, offsets=offsets)
+
+
+def tokenize_cached(texts: list[str], tokenizer, max_tokens: int, cache_dir: Path, name: str) -> Tokenized:
+    """`tokenize`, reusing `<cache_dir>/<name>-<hash>.npz` when texts and tokenizer are unchanged."""
+    h = hashlib.sha256()
+    h.update(str(max_tokens).encode())
+    h.update(tokenizer.backend_tokenizer.to_str().encode() if hasattr(tokenizer, "backend_tokenizer") else repr(tokenizer).encode())
+    for t in texts:
+        h.update(t.encode("utf-8", "replace"))
+        h.update(b"\0")
+    path = Path(cache_dir) / f"{name}-{h.hexdigest()[:16]}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return Tokenized(ids=z["ids"], offsets=z["offsets"])
+    tok = tokenize(texts, tokenizer, max_tokens)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, ids=tok.ids, offsets=tok.offsets)
+    tmp.replace(path)
+    return tok
+
+
+class NotesDataset(torch.utils.data.Dataset):
+    """Item i: (token ids of note i, multi-hot targets of note i, its index)."""
+
+    def __init__(self, tokens: Tokenized, code_lists, label_codes: list[str]):
+        self.tokens = tokens
+        self.targets = multi_hot(code_lists, label_codes)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int):
+        return self.tokens.note(i), self.targets[i], i
+
+
+def collate(items, segment_length: int, pad_id: int, padding_side: str = "right") -> dict:
+    """Stack notes as (B, S, L) segments; S is the batch's most segments, L shrinks for short batches."""
+    lengths = [max(len(ids), 1) for ids, _, _ in items]
+    n_seg = max((n + segment_length - 1) // segment_length for n in lengths)
+    seg_len = segment_length if n_seg > 1 else max(lengths)
+    input_ids = torch.full((len(items), n_seg * seg_len), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), n_seg * seg_len), dtype=torch.long)
+    for row, (ids, _, _) in enumerate(items):
+        n = len(ids)
+        input_ids[row, :n] = torch.from_numpy(ids.astype(np.int64))
+        mask[row, :n] = 1
+    input_ids, mask = input_ids.view(len(items), n_seg, seg_len), mask.view(len(items), n_seg, seg_len)
+    if padding_side == "left":
+        input_ids, mask = left_pad_segments(input_ids, mask)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "targets": torch.from_numpy(np.stack([t for _, t, _ in items])),
+        "index": torch.tensor([i for _, _, i in items]),
+    }
+
+
+def left_pad_segments(input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each segment's padding to its left (what llm2vec's own pooling expects)."""
+    order = torch.argsort(mask, dim=-1, stable=True)  # padding (0) first, tokens keep their order
+    return torch.gather(input_ids, -1, order), torch.gather(mask, -1, order)
+
+
+class LengthBucketSampler(torch.utils.data.Sampler):
+    """Batches of similar-length notes, shuffled per epoch (deterministic for a seed and epoch).
+
+    Notes are shuffled, cut into pools of 50 batches, sorted by length within a pool, batched,
+    and the batches shuffled. With `rank`/`world` each process takes every world-th batch of the
+    same list, so ranks see disjoint notes (batches are dropped to keep ranks equal).
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, shuffle: bool = True,
+                 rank: int = 0, world: int = 1):
+        self.lengths, self.batch_size, self.seed, self.shuffle = np.asarray(lengths), batch_size, seed, shuffle
+        self.rank, self.world, self.epoch = rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        n = len(self.lengths)
+        if not self.shuffle:
+            order = np.argsort(self.lengths, kind="stable")
+            out = [order[i:i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
+        else:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            order = rng.permutation(n)
+            pool = self.batch_size * 50
+            out = []
+            for start in range(0, n, pool):
+                chunk = order[start:start + pool]
+                chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+                out += [chunk[i:i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
+            out = [out[i] for i in rng.permutation(len(out))]
+        if self.world > 1:
+            usable = len(out) - len(out) % self.world
+            out = out[self.rank:usable:self.world]
+        return out
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return len(self.batches())

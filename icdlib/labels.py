@@ -1,0 +1,80 @@
+"""The label space: which codes a model scores, in a fixed, sorted order.
+
+`observed` keeps the codes of the train split (the default), `all` every dictionary code as the
+original project did, `top50` CAML's fixed list; `min_count` drops codes seen fewer times in
+train (Edin et al.'s clean split uses 10). The order is sorted by code, so a resumed or
+re-evaluated run always scores against the same mapping.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from icdlib.errors import DataError
+
+LABEL_COLUMNS = ["code", "kind", "short_title", "long_title", "n_train"]
+
+
+def train_counts(notes: pd.DataFrame) -> pd.Series:
+    """Admissions per code in the train split."""
+    codes = notes.loc[notes["split"] == "train", "codes"].explode().dropna()
+    return codes.value_counts()
+
+
+def read_code_list(path: Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"top50_file {str(path)!r} does not exist (expected one dotted ICD-9 code a line)")
+    codes = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not codes:
+        raise DataError(f"{path.name}: no codes in the file")
+    return codes
+
+
+def build(notes: pd.DataFrame, dictionary: pd.DataFrame, kinds: dict[str, str], rule: str,
+          min_count: int = 1, top50_file: str = "") -> pd.DataFrame:
+    """The label table (LABEL_COLUMNS), one row per label, sorted by code.
+
+    `kinds` maps every code seen in the data to diagnosis/procedure (codes absent from the
+    dictionaries keep empty titles but still count).
+    """
+    counts = train_counts(notes)
+    if rule == "observed":
+        codes = counts.index
+    elif rule == "all":
+        codes = pd.Index(dictionary["code"]).union(pd.Index(list(kinds)))
+    elif rule == "top50":
+        codes = pd.Index(read_code_list(top50_file))
+    else:
+        raise DataError(f"labels must be observed, all or top50; got {rule!r}")
+    n_train = counts.reindex(codes, fill_value=0).astype("int64")
+    if min_count > 1:
+        codes = codes[n_train.to_numpy() >= min_count]
+    codes = sorted(set(codes))
+    if not codes:
+        raise DataError(f"the label space is empty (labels={rule}, min_count={min_count})")
+    titles = dictionary.set_index("code")
+    table = pd.DataFrame({"code": codes})
+    table["kind"] = [titles["kind"].get(c) or kinds.get(c) or _guess_kind(c) for c in codes]
+    table["short_title"] = titles["short_title"].reindex(codes).fillna("").to_numpy()
+    table["long_title"] = titles["long_title"].reindex(codes).fillna("").to_numpy()
+    table["n_train"] = counts.reindex(codes, fill_value=0).astype("int64").to_numpy()
+    return table[LABEL_COLUMNS]
+
+
+def _guess_kind(code: str) -> str:
+    """Dotted procedures have two characters before the dot; diagnoses three or four."""
+    return "procedure" if len(code.split(".")[0]) == 2 else "diagnosis"
+
+
+def multi_hot(code_lists, label_codes: list[str]) -> np.ndarray:
+    """(n_docs, n_labels) float32 targets; codes outside the label space are ignored."""
+    index = {c: i for i, c in enumerate(label_codes)}
+    y = np.zeros((len(code_lists), len(label_codes)), dtype=np.float32)
+    for row, codes in enumerate(code_lists):
+        cols = [index[c] for c in codes if c in index]
+        y[row, cols] = 1.0
+    return y

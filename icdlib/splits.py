@@ -1,0 +1,97 @@
+"""Train/val/test assignment of admissions.
+
+`seed` is the original project's rule (HADM_ID ending in 8 or 9 → val, no test); `patient` a
+deterministic patient-level 75/10/15 split by a hash of SUBJECT_ID (stable whatever else is in
+the data); `caml_full`, `caml_50` and `clean` read the public ID files from `split_dir`. IDs in
+a split file but absent from the data, and admissions in the data but in no split file, are
+counted and reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from icdlib.errors import DataError
+
+SPLITS = ("train", "val", "test")
+CAML_FILES = {"train": "train_{}_hadm_ids.csv", "val": "dev_{}_hadm_ids.csv", "test": "test_{}_hadm_ids.csv"}
+EDIN_FILES = {"caml_full": "mimiciii_full_splits.feather", "caml_50": "mimiciii_50_splits.feather",
+              "clean": "mimiciii_clean_splits.feather"}
+
+
+def seed_rule(hadm_ids: np.ndarray) -> np.ndarray:
+    return np.where(np.isin(np.asarray(hadm_ids) % 10, (8, 9)), "val", "train")
+
+
+def patient_rule(subject_ids: np.ndarray) -> np.ndarray:
+    """75/10/15 by crc32 of the SUBJECT_ID: a patient's admissions always share a split."""
+    bucket = np.array([zlib.crc32(str(int(s)).encode()) % 100 for s in subject_ids])
+    return np.select([bucket < 75, bucket < 85], ["train", "val"], "test")
+
+
+def read_caml_ids(path: Path) -> list[int]:
+    """One HADM_ID a line, no header; a non-integer line is an error naming the line."""
+    ids = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        if not line.isdigit():
+            raise DataError(f"{Path(path).name} line {n}: expected an integer HADM_ID, got {line[:40]!r}")
+        ids.append(int(line))
+    return ids
+
+
+def read_split_files(name: str, split_dir: Path) -> pd.DataFrame:
+    """The public split `name` as rows (hadm_id, split), from CAML csv files or Edin's feather."""
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise DataError(f"split_dir {str(split_dir)!r} is not a folder (split {name!r} needs the public split files)")
+    if name in ("caml_full", "caml_50"):
+        suffix = name.split("_")[1]
+        paths = {s: split_dir / f.format(suffix) for s, f in CAML_FILES.items()}
+        if all(p.is_file() for p in paths.values()):
+            return pd.DataFrame([(i, s) for s, p in paths.items() for i in read_caml_ids(p)], columns=["hadm_id", "split"])
+    feather = split_dir / EDIN_FILES[name]
+    if feather.is_file():
+        df = pd.read_feather(feather)
+        if not {"_id", "split"} <= set(df.columns):
+            raise DataError(f"{feather.name}: expected columns _id, split; has {', '.join(df.columns)}")
+        bad = sorted(set(df["split"]) - set(SPLITS))
+        if bad:
+            raise DataError(f"{feather.name}: split values must be train, val, test; found {bad[:5]}")
+        return pd.DataFrame({"hadm_id": df["_id"].astype("int64"), "split": df["split"].astype(str)})
+    expected = ", ".join(f.format(name.split('_')[-1]) for f in CAML_FILES.values()) if name != "clean" else ""
+    raise DataError(
+        f"split_dir {split_dir} lacks the files of split {name!r}: "
+        + (f"{expected} or " if expected else "") + EDIN_FILES[name]
+    )
+
+
+def assign(admissions: pd.DataFrame, split: str, split_dir: str = "") -> tuple[pd.Series, dict]:
+    """Split names for admissions (columns hadm_id, subject_id) and counts worth reporting.
+
+    Admissions outside a file-based split get no split (None) and are dropped by the caller.
+    """
+    stats: dict = {}
+    if split == "seed":
+        out = seed_rule(admissions["hadm_id"].to_numpy())
+    elif split == "patient":
+        out = patient_rule(admissions["subject_id"].to_numpy())
+    else:
+        ids = read_split_files(split, Path(split_dir))
+        dup = ids["hadm_id"].duplicated()
+        if dup.any():
+            raise DataError(f"split {split!r}: HADM_ID {int(ids.loc[dup, 'hadm_id'].iloc[0])} is listed twice")
+        mapping = dict(zip(ids["hadm_id"], ids["split"]))
+        present = set(admissions["hadm_id"])
+        for s in SPLITS:
+            listed = ids.loc[ids["split"] == s, "hadm_id"]
+            stats[f"{s} ids in split files but not in the data"] = int((~listed.isin(present)).sum())
+        out = admissions["hadm_id"].map(mapping).to_numpy(dtype=object)
+        stats["admissions in no split file (dropped)"] = int(pd.isna(out).sum())
+    return pd.Series(out, index=admissions.index, name="split", dtype=object), stats

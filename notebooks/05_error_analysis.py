@@ -1,0 +1,57 @@
+# %% [markdown]
+# # 05 · Error analysis
+# Reads `01_preprocess/`, `03_train/` and `04_evaluate/`; writes nothing. Which codes fail, which
+# are confused with their neighbours, and which notes are hard.
+
+# %% tags=["parameters"]
+backbone = "tiny"      # tiny | tiny-mistral | llama3 | mistral | seed-llama3
+run = ""               # run folder name; empty means the backbone name
+mimic_dir = ""         # MIMIC-III v1.4 folder; empty means the synthetic twin
+params = {}            # any other parameter of params/<backbone>.yaml, e.g. {"max_steps": 50}
+
+# %%
+import pandas as pd
+from icdlib import analysis, config, evaluate
+cfg = config.load(backbone, run=run, mimic_dir=mimic_dir, params=params)
+ev = evaluate.load(cfg)
+split = evaluate.eval_split(ev)
+s = ev.splits[split]
+threshold = evaluate.read_threshold(cfg)
+per_code = pd.read_parquet(cfg.run_dir / "04_evaluate" / "per_code.parquet")
+
+# %% [markdown]
+# ## Worst and best codes (F1, then AUPRC)
+
+# %%
+analysis.worst_codes(per_code, n=15)
+
+# %%
+analysis.best_codes(per_code, n=15)
+
+# %% [markdown]
+# ## Most frequent false positives and false negatives
+
+# %%
+false_pos, false_neg = analysis.frequent_errors(s.y_true, s.y_score, ev.labels, threshold)
+false_pos
+
+# %%
+false_neg
+
+# %% [markdown]
+# ## Confusions within a 3-digit category, and accuracy at category level
+
+# %%
+analysis.category_confusions(s.y_true, s.y_score, ev.labels, threshold)
+
+# %%
+analysis.category_level(s.y_true, s.y_score, ev.labels, threshold)
+
+# %% [markdown]
+# ## Errors against note length and number of codes
+
+# %%
+analysis.errors_by(s.notes, s.y_true, s.y_score, threshold, by="length")
+
+# %%
+analysis.errors_by(s.notes, s.y_true, s.y_score, threshold, by="n_codes")

@@ -1,0 +1,322 @@
+"""Tests for icdlib.metrics: hand-computed cases and equality with scikit-learn loops."""
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from icdlib import metrics
+
+NAN = float("nan")
+
+
+# --------------------------------------------------------------------------- #
+# Reference implementation: scikit-learn / numpy loops over labels and documents
+# --------------------------------------------------------------------------- #
+def _mean_or_nan(values):
+    return float(np.mean(values)) if len(values) else NAN
+
+
+def reference(y_true, y_score, threshold=0.5, ks=(5, 8, 15)):
+    y = np.asarray(y_true) != 0
+    s = np.asarray(y_score, dtype=np.float64)
+    n, m = y.shape
+    pred = s >= threshold
+    ref = {}
+
+    flat_y, flat_s = y.ravel(), s.ravel()
+    ref["auroc_micro"] = roc_auc_score(flat_y, flat_s) if 0 < flat_y.sum() < flat_y.size else NAN
+    ref["auprc_micro"] = average_precision_score(flat_y, flat_s) if flat_y.any() else NAN
+    scored = [j for j in range(m) if 0 < y[:, j].sum() < n]
+    ref["auroc_macro"] = _mean_or_nan([roc_auc_score(y[:, j], s[:, j]) for j in scored])
+    ref["auprc_macro"] = _mean_or_nan([average_precision_score(y[:, j], s[:, j]) for j in scored])
+    ref["n_labels_scored"] = len(scored)
+
+    yi, pi = y.astype(int), pred.astype(int)
+    ref["f1_micro"] = (
+        f1_score(yi, pi, average="micro", zero_division=0) if (y | pred).any() else NAN
+    )
+    ref["precision_micro"] = (
+        precision_score(yi, pi, average="micro", zero_division=0) if pred.any() else NAN
+    )
+    ref["recall_micro"] = recall_score(yi, pi, average="micro", zero_division=0) if y.any() else NAN
+    with_positive = [j for j in range(m) if y[:, j].any()]
+    ref["f1_macro"] = _mean_or_nan(
+        [f1_score(yi[:, j], pi[:, j], zero_division=0) for j in with_positive]
+    )
+    macro_p = np.mean([precision_score(yi[:, j], pi[:, j], zero_division=0) for j in range(m)])
+    macro_r = np.mean([recall_score(yi[:, j], pi[:, j], zero_division=0) for j in range(m)])
+    ref["f1_macro_caml"] = 0.0 if macro_p + macro_r == 0 else 2 * macro_p * macro_r / (macro_p + macro_r)
+    ref["exact_match"] = accuracy_score(yi, pi)  # subset accuracy for indicator matrices
+
+    order = np.argsort(s, axis=1)[:, ::-1]  # CAML's ranking
+    for k in ks:
+        ref[f"p_at_{k}"] = np.mean([y[i, order[i, :k]].sum() / k for i in range(n)])
+    with_label = [i for i in range(n) if y[i].any()]
+    ref["r_precision"] = _mean_or_nan(
+        [y[i, order[i, : y[i].sum()]].sum() / y[i].sum() for i in with_label]
+    )
+    ref["map"] = _mean_or_nan([average_precision_score(y[i], s[i]) for i in with_label])
+    ref["n_docs"], ref["n_labels"], ref["threshold"] = n, m, threshold
+    return ref
+
+
+def assert_same(got, ref, tol=1e-6):
+    assert set(ref) <= set(got)
+    for key, expected in ref.items():
+        value = got[key]
+        if isinstance(expected, float) and math.isnan(expected):
+            assert math.isnan(value), f"{key}: expected nan, got {value}"
+        else:
+            assert value == pytest.approx(expected, abs=tol), f"{key}: {value} != {expected}"
+
+
+# --------------------------------------------------------------------------- #
+# Inputs
+# --------------------------------------------------------------------------- #
+def _random(n, m, p, seed, decimals=None):
+    rng = np.random.default_rng(seed)
+    y = rng.random((n, m)) < p
+    s = rng.random((n, m))
+    s[y] = np.minimum(1.0, s[y] + 0.25)  # some signal
+    if decimals is not None:
+        s = np.round(s, decimals)
+    return y, s
+
+
+def _with_constant_columns(seed):
+    y, s = _random(30, 12, 0.3, seed, decimals=1)
+    y[:, 0] = False  # no positives
+    y[:, 1] = True  # no negatives
+    y[:, 2] = False
+    s[:, 2] = 0.9  # no positives, all predicted
+    s[:, 3] = 0.5  # one score for the whole column
+    return y, s
+
+
+CASES = {
+    "random_dense": lambda: _random(30, 20, 0.3, 0),
+    "random_sparse": lambda: _random(200, 300, 0.02, 1),
+    "ties_1_decimal": lambda: _random(50, 40, 0.3, 2, decimals=1),
+    "ties_binary_scores": lambda: _random(40, 15, 0.4, 3, decimals=0),
+    "all_scores_equal": lambda: (_random(20, 10, 0.3, 4)[0], np.full((20, 10), 0.5)),
+    "constant_columns": lambda: _with_constant_columns(5),
+    "single_document": lambda: _random(1, 25, 0.3, 6, decimals=1),
+    "single_label": lambda: _random(40, 1, 0.3, 7, decimals=1),
+    "int_labels_float32_scores": lambda: tuple(
+        a.astype(t) for a, t in zip(_random(30, 20, 0.3, 8, decimals=2), (np.int64, np.float32))
+    ),
+    "float_labels": lambda: tuple(
+        a.astype(np.float64) for a in _random(30, 20, 0.3, 9, decimals=2)
+    ),
+}
+
+
+# --------------------------------------------------------------------------- #
+# Hand-computed cases
+# --------------------------------------------------------------------------- #
+# 3 documents x 4 labels. Rankings (descending score, T = true label):
+#   doc 0: l0 .9 T, l2 .6 T, l1 .2 F, l3 .1 F  -> AP = (1/1 + 2/2) / 2 = 1
+#   doc 1: l2 .8 F, l3 .5 F, l1 .4 T, l0 .3 F  -> AP = (1/3) / 1 = 1/3
+#   doc 2: l3 .9 T, l2 .8 F, l0 .7 T, l1 .3 T  -> AP = (1 + 2/3 + 3/4) / 3 = 29/36
+HAND_Y = np.array([[1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 0, 1]])
+HAND_S = np.array([[0.9, 0.2, 0.6, 0.1], [0.3, 0.4, 0.8, 0.5], [0.7, 0.3, 0.8, 0.9]])
+
+
+def test_hand_computed_ranking_metrics():
+    got = metrics.compute(HAND_Y, HAND_S, ks=(1, 2, 5))
+    assert got["map"] == pytest.approx((1 + 1 / 3 + 29 / 36) / 3)  # = 77/108
+    # P@1: T, F, T -> 2/3.  P@2: 2/2, 0/2, 1/2 -> 1/2.
+    assert got["p_at_1"] == pytest.approx(2 / 3)
+    assert got["p_at_2"] == pytest.approx(0.5)
+    # P@5 with only 4 labels still divides by 5 (CAML): (2 + 1 + 3) / 5 / 3 = 0.4.
+    assert got["p_at_5"] == pytest.approx(0.4)
+    # R-precision: doc 0 top-2 = 2/2, doc 1 top-1 = 0/1, doc 2 top-3 = 2/3.
+    assert got["r_precision"] == pytest.approx((1 + 0 + 2 / 3) / 3)
+
+
+def test_hand_computed_threshold_metrics():
+    # Predicted at 0.5: doc 0 {0, 2} (exact), doc 1 {2, 3}, doc 2 {0, 2, 3}.
+    # Per label (TP, FP, FN): l0 (2, 0, 0), l1 (0, 0, 2), l2 (1, 2, 0), l3 (1, 1, 0).
+    got = metrics.compute(HAND_Y, HAND_S, threshold=0.5)
+    assert got["precision_micro"] == pytest.approx(4 / 7)  # TP 4, FP 3
+    assert got["recall_micro"] == pytest.approx(4 / 6)  # FN 2
+    assert got["f1_micro"] == pytest.approx(8 / 13)  # 2TP / (2TP + FP + FN)
+    # Per-label F1: 1, 0, 2/4, 2/3 (every label has a positive).
+    assert got["f1_macro"] == pytest.approx((1 + 0 + 0.5 + 2 / 3) / 4)  # 13/24
+    # CAML: macro P = (1 + 0 + 1/3 + 1/2) / 4 = 11/24, macro R = 3/4 -> 33/58.
+    assert got["f1_macro_caml"] == pytest.approx(33 / 58)
+    assert got["exact_match"] == pytest.approx(1 / 3)
+    assert got["n_docs"] == 3 and got["n_labels"] == 4 and got["threshold"] == 0.5
+
+
+def test_hand_computed_ties_auroc_auprc():
+    # One label, scores (.8 T, .8 F, .5 T, .2 F).
+    # AUROC: positive .8 beats .2 and ties .8 (1.5), positive .5 beats .2 (1) -> 2.5/4.
+    # AP: threshold .8 -> P 1/2, R 1/2; threshold .5 -> P 2/3, R 1;
+    #     AP = 1/2 * 1/2 + 1/2 * 2/3 = 7/12 (no interpolation, tie = one threshold).
+    y = np.array([[1], [0], [1], [0]])
+    s = np.array([[0.8], [0.8], [0.5], [0.2]])
+    row = metrics.per_label(y, s).iloc[0]
+    assert row["auroc"] == pytest.approx(0.625)
+    assert row["auprc"] == pytest.approx(7 / 12)
+    got = metrics.compute(y, s)
+    assert got["auroc_macro"] == pytest.approx(0.625)
+    assert got["auprc_micro"] == pytest.approx(7 / 12)
+
+
+def test_output_types_and_keys():
+    got = metrics.compute(HAND_Y, HAND_S, ks=(1, 3))
+    expected = {
+        "auroc_micro", "auroc_macro", "auprc_micro", "auprc_macro", "f1_micro", "f1_macro",
+        "f1_macro_caml", "precision_micro", "recall_micro", "p_at_1", "p_at_3",
+        "r_precision", "map", "exact_match", "n_labels_scored", "n_docs", "n_labels",
+        "threshold",
+    }  # fmt: skip
+    assert set(got) == expected
+    for key, value in got.items():
+        expected_type = int if key.startswith("n_") else float
+        assert type(value) is expected_type, key
+
+
+# --------------------------------------------------------------------------- #
+# Equality with scikit-learn
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("threshold", [0.5, 0.3])
+def test_compute_matches_sklearn(name, threshold):
+    y, s = CASES[name]()
+    assert_same(metrics.compute(y, s, threshold=threshold), reference(y, s, threshold))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_per_label_matches_sklearn(name):
+    y, s = CASES[name]()
+    y, s = np.asarray(y) != 0, np.asarray(s, dtype=np.float64)
+    n, m = y.shape
+    pred = s >= 0.5
+    frame = metrics.per_label(y, s, 0.5)
+    assert list(frame.columns) == [
+        "auroc", "auprc", "f1", "precision", "recall", "support", "n_predicted",
+    ]  # fmt: skip
+    assert len(frame) == m
+    for j in range(m):
+        row, support, n_pred = frame.iloc[j], int(y[:, j].sum()), int(pred[:, j].sum())
+        assert row["support"] == support and row["n_predicted"] == n_pred
+        if 0 < support < n:
+            assert row["auroc"] == pytest.approx(roc_auc_score(y[:, j], s[:, j]), abs=1e-6)
+        else:
+            assert math.isnan(row["auroc"])
+        if support > 0:
+            assert row["auprc"] == pytest.approx(average_precision_score(y[:, j], s[:, j]), abs=1e-6)
+            assert row["recall"] == pytest.approx(recall_score(y[:, j], pred[:, j]), abs=1e-6)
+        else:
+            assert math.isnan(row["auprc"]) and math.isnan(row["recall"])
+        if n_pred > 0:
+            assert row["precision"] == pytest.approx(precision_score(y[:, j], pred[:, j]), abs=1e-6)
+        else:
+            assert math.isnan(row["precision"])
+        if support + n_pred > 0:
+            expected_f1 = f1_score(y[:, j], pred[:, j], zero_division=0)
+            assert row["f1"] == pytest.approx(expected_f1, abs=1e-6)
+        else:
+            assert math.isnan(row["f1"])
+
+
+# --------------------------------------------------------------------------- #
+# Undefined metrics
+# --------------------------------------------------------------------------- #
+def test_all_zero_labels_give_nan_not_exception():
+    rng = np.random.default_rng(0)
+    y = np.zeros((10, 6), dtype=int)
+    s = rng.random((10, 6))
+    got = metrics.compute(y, s)
+    for key in ["auroc_micro", "auroc_macro", "auprc_micro", "auprc_macro", "f1_macro",
+                "recall_micro", "r_precision", "map"]:  # fmt: skip
+        assert math.isnan(got[key]), key
+    assert got["n_labels_scored"] == 0
+    assert got["p_at_5"] == 0.0
+    assert_same(got, reference(y, s))
+    frame = metrics.per_label(y, s)
+    assert frame[["auroc", "auprc", "recall"]].isna().all().all()
+
+
+def test_nothing_true_and_nothing_predicted():
+    y = np.zeros((4, 3))
+    s = np.full((4, 3), 0.1)
+    got = metrics.compute(y, s)
+    assert math.isnan(got["f1_micro"]) and math.isnan(got["precision_micro"])
+    assert got["exact_match"] == 1.0
+    assert got["f1_macro_caml"] == 0.0
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError):
+        metrics.compute(np.zeros((3, 4)), np.zeros((3, 5)))
+
+
+# --------------------------------------------------------------------------- #
+# Threshold tuning
+# --------------------------------------------------------------------------- #
+def _micro_f1(y, s, t):
+    pred = s >= t
+    tp = np.sum(pred & y)
+    return 2 * tp / (pred.sum() + y.sum())
+
+
+@pytest.mark.parametrize("decimals", [None, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tune_threshold_matches_brute_force(decimals, seed):
+    y, s = _random(60, 30, 0.1, seed, decimals=decimals)
+    best = max(_micro_f1(y, s, t) for t in np.unique(s))
+    t = metrics.tune_threshold(y, s)
+    assert t in set(np.unique(s).tolist())
+    assert _micro_f1(y, s, t) == pytest.approx(best, abs=1e-12)
+
+
+def test_tune_threshold_hand_example():
+    # Sorted cells: .9 T, .8 F, .7 T, .6 T, .2 F (P = 3).
+    # F1 at t = .9: 2/(1+3) = .5; .8: 2/(2+3); .7: 4/(3+3) = .667; .6: 6/(4+3) = .857.
+    y = np.array([[1, 0, 1], [0, 1, 0]])
+    s = np.array([[0.9, 0.8, 0.7], [0.2, 0.6, 0.1]])
+    assert metrics.tune_threshold(y, s) == 0.6
+
+
+def test_tune_threshold_without_positives():
+    assert metrics.tune_threshold(np.zeros((3, 4)), np.random.default_rng(0).random((3, 4))) == 0.5
+
+
+# --------------------------------------------------------------------------- #
+# Full MIMIC-III size
+# --------------------------------------------------------------------------- #
+def test_full_mimic_size_matches_sklearn_on_label_subset():
+    n_docs, n_labels = 3372, 8922
+    y, s = _random(n_docs, n_labels, 15.9 / n_labels, seed=11)
+    got = metrics.compute(y, s)
+    assert got["n_docs"] == n_docs and got["n_labels"] == n_labels
+    for key in ["auroc_micro", "auroc_macro", "auprc_micro", "auprc_macro", "map", "p_at_8"]:
+        assert 0.0 < got[key] <= 1.0, key
+
+    frame = metrics.per_label(y, s)
+    scored = frame["auroc"].notna().to_numpy()
+    assert got["n_labels_scored"] == scored.sum()
+    assert got["auroc_macro"] == pytest.approx(frame["auroc"][scored].mean(), abs=1e-12)
+    assert got["auprc_macro"] == pytest.approx(frame["auprc"][scored].mean(), abs=1e-12)
+
+    subset = np.random.default_rng(0).choice(np.flatnonzero(scored), size=50, replace=False)
+    for j in subset:
+        assert frame["auroc"].iloc[j] == pytest.approx(roc_auc_score(y[:, j], s[:, j]), abs=1e-6)
+        assert frame["auprc"].iloc[j] == pytest.approx(
+            average_precision_score(y[:, j], s[:, j]), abs=1e-6
+        )
+        assert frame["f1"].iloc[j] == pytest.approx(
+            f1_score(y[:, j], s[:, j] >= 0.5, zero_division=0), abs=1e-6
+        )
