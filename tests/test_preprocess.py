@@ -1,0 +1,143 @@
+import pandas as pd
+import pytest
+
+from icdlib import config, preprocess, splits
+from icdlib.errors import DataError, MimicSchemaError
+
+from mimic_fixture import write_mimic
+
+
+def make_cfg(tmp_path, mimic, **over):
+    return config.resolve("tiny", {"mimic_dir": str(mimic), "output_root": str(tmp_path / "out"), "split": "seed", **over})
+
+
+@pytest.fixture
+def mimic(tmp_path):
+    return write_mimic(tmp_path / "mimic")
+
+
+def test_exact_rows_on_the_fixture(tmp_path, mimic):
+    result = preprocess.build(make_cfg(tmp_path, mimic), progress=False)
+    notes = result.notes.set_index("hadm_id")
+    assert list(notes.index) == [100001, 100002, 100009]
+    assert notes.loc[100001, "codes"] == ["038.9", "38.93", "401.9"]
+    assert notes.loc[100002, "codes"] == ["389", "401.9", "E888.9", "V58.61"]
+    assert notes.loc[100009, "codes"] == ["401.9", "96.04"]
+    assert notes.loc[100001, "text"] == 'REPORT A\nline two, with comma\n\nADDENDUM early, "quoted"\n\nADDENDUM late'
+    assert notes.loc[100002, "text"] == "REPORT B café"
+    assert list(notes["split"]) == ["train", "train", "val"]
+    assert notes["subject_id"].tolist() == [1, 1, 4]
+    s = result.stats
+    assert s["notes with ISERROR=1 (dropped)"] == 1
+    assert s["notes without HADM_ID (dropped)"] == 1
+    assert s["DIAGNOSES_ICD rows with empty ICD9_CODE (dropped)"] == 1
+    assert s["duplicated codes within an admission (counted once)"] == 1
+    assert s["distinct codes absent from the dictionaries (kept, no title)"] == 1
+    assert s["admissions with notes but no codes (dropped)"] == 1
+    assert s["coded admissions without a selected note (dropped)"] == 1
+    assert (s["train admissions"], s["val admissions"], s["test admissions"]) == (2, 1, 0)
+
+
+def test_observed_labels_sorted_with_titles_and_counts(tmp_path, mimic):
+    labels = preprocess.build(make_cfg(tmp_path, mimic), progress=False).labels
+    assert labels["code"].tolist() == ["038.9", "38.93", "389", "401.9", "E888.9", "V58.61"]
+    assert labels["kind"].tolist() == ["diagnosis", "procedure", "diagnosis", "diagnosis", "diagnosis", "diagnosis"]
+    assert labels.set_index("code").loc["401.9", "n_train"] == 2
+    assert labels.set_index("code").loc["389", "short_title"] == ""
+    assert labels.set_index("code").loc["38.93", "short_title"] == "Venous cath NEC"
+
+
+def test_label_rules_all_and_min_count(tmp_path, mimic):
+    all_codes = preprocess.build(make_cfg(tmp_path, mimic, labels="all"), progress=False).labels["code"].tolist()
+    assert all_codes == sorted(["401.9", "038.9", "E888.9", "V58.61", "427.31", "38.93", "96.04", "389"])
+    frequent = preprocess.build(make_cfg(tmp_path, mimic, min_count=2), progress=False).labels
+    assert frequent["code"].tolist() == ["401.9"]
+
+
+def test_top50_label_file(tmp_path, mimic):
+    top = tmp_path / "top.txt"
+    top.write_text("401.9\n96.04\n")
+    labels = preprocess.build(make_cfg(tmp_path, mimic, labels="top50", top50_file=str(top)), progress=False).labels
+    assert labels["code"].tolist() == ["401.9", "96.04"] and labels["n_train"].tolist() == [2, 0]
+
+
+def test_report_only_and_caml_cleaning(tmp_path, mimic):
+    notes = preprocess.build(make_cfg(tmp_path, mimic, note_descriptions=["Report"], text_cleaning="caml"),
+                             progress=False).notes.set_index("hadm_id")
+    assert notes.loc[100001, "text"] == "report a line two with comma"
+
+
+def test_gzip_and_plain_give_identical_output(tmp_path, mimic):
+    gz = write_mimic(tmp_path / "gz", gz=True)
+    a = preprocess.build(make_cfg(tmp_path, mimic), progress=False)
+    b = preprocess.build(make_cfg(tmp_path, gz), progress=False)
+    pd.testing.assert_frame_equal(a.notes, b.notes)
+    pd.testing.assert_frame_equal(a.labels, b.labels)
+
+
+def test_patient_split_keeps_patients_together():
+    subjects = list(range(1, 2001)) * 2
+    assigned = splits.patient_rule(subjects)
+    assert (assigned[:2000] == assigned[2000:]).all()
+    share = pd.Series(assigned[:2000]).value_counts(normalize=True)
+    assert abs(share["train"] - 0.75) < 0.04 and abs(share["val"] - 0.10) < 0.03 and abs(share["test"] - 0.15) < 0.03
+
+
+def test_caml_split_files_count_missing_ids(tmp_path, mimic):
+    d = tmp_path / "splits"
+    d.mkdir()
+    (d / "train_full_hadm_ids.csv").write_text("100001\n100002\n")
+    (d / "dev_full_hadm_ids.csv").write_text("100009\n123456\n")
+    (d / "test_full_hadm_ids.csv").write_text("")
+    result = preprocess.build(make_cfg(tmp_path, mimic, split="caml_full", split_dir=str(d)), progress=False)
+    assert result.notes["split"].tolist() == ["train", "train", "val"]
+    assert result.stats["val ids in split files but not in the data"] == 1
+    (d / "dev_full_hadm_ids.csv").write_text("100009\nabc\n")
+    with pytest.raises(DataError, match=r"dev_full_hadm_ids.csv line 2: expected an integer HADM_ID, got 'abc'"):
+        preprocess.build(make_cfg(tmp_path, mimic, split="caml_full", split_dir=str(d)), progress=False)
+
+
+def test_edin_feather_split(tmp_path, mimic):
+    d = tmp_path / "edin"
+    d.mkdir()
+    pd.DataFrame({"_id": [100001, 100002, 100009], "split": ["train", "test", "val"]}).to_feather(
+        d / "mimiciii_clean_splits.feather")
+    notes = preprocess.build(make_cfg(tmp_path, mimic, split="clean", split_dir=str(d)), progress=False).notes
+    assert notes["split"].tolist() == ["train", "test", "val"]
+
+
+def test_missing_table_and_column_are_named(tmp_path):
+    partial = write_mimic(tmp_path / "partial", skip=("PROCEDURES_ICD",))
+    with pytest.raises(MimicSchemaError, match=r"lacks PROCEDURES_ICD.csv.gz \(or PROCEDURES_ICD.csv\)"):
+        preprocess.build(make_cfg(tmp_path, partial), progress=False)
+    nocol = write_mimic(tmp_path / "nocol", drop_column=("DIAGNOSES_ICD", "ICD9_CODE"))
+    with pytest.raises(MimicSchemaError, match=r"DIAGNOSES_ICD.csv lacks column ICD9_CODE \(has: ROW_ID, SUBJECT_ID, HADM_ID, SEQ_NUM"):
+        preprocess.build(make_cfg(tmp_path, nocol), progress=False)
+    with pytest.raises(MimicSchemaError, match=r"is not a folder"):
+        preprocess.build(make_cfg(tmp_path, tmp_path / "nowhere"), progress=False)
+
+
+def test_unreadable_gzip_is_named(tmp_path, mimic):
+    (mimic / "NOTEEVENTS.csv").unlink()
+    (mimic / "NOTEEVENTS.csv.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(MimicSchemaError, match=r"NOTEEVENTS.csv.gz: cannot read the header"):
+        preprocess.build(make_cfg(tmp_path, mimic), progress=False)
+
+
+def test_empty_result_is_an_error(tmp_path, mimic):
+    with pytest.raises(DataError, match="no admission is left"):
+        preprocess.build(make_cfg(tmp_path, mimic, note_categories=["Echo"]), progress=False)
+
+
+def test_run_writes_atomically_and_caches(tmp_path, mimic):
+    cfg = make_cfg(tmp_path, mimic)
+    first = preprocess.run(cfg, progress=False)
+    assert first.stats["reused from cache"] is False
+    out = cfg.run_dir / "01_preprocess"
+    assert sorted(p.name for p in out.iterdir()) == ["cache_key.txt", "labels.parquet", "notes.parquet", "stats.json"]
+    assert preprocess.run(cfg, progress=False).stats["reused from cache"] is True
+    changed = make_cfg(tmp_path, mimic, min_count=2)
+    assert preprocess.run(changed, progress=False).labels["code"].tolist() == ["401.9"]
+    assert not [p for p in cfg.run_dir.iterdir() if p.name.startswith(".")]
+    stored = pd.read_parquet(out / "notes.parquet")
+    assert stored["hadm_id"].dtype == "int64" and list(stored["codes"].iloc[0]) == ["038.9", "38.93", "401.9"]
