@@ -1,0 +1,120 @@
+import numpy as np
+import pytest
+import torch
+
+from icdlib import backbones, config
+from icdlib.data import collate, left_pad_segments, tokenize
+from icdlib.models import ICDCoder, LabelAttentionHead, MeanHead, loss_fn
+
+
+def build(path, train_backbone="lora", head="label_attention", n_labels=5, checkpointing=False):
+    cfg = config.resolve("tiny", {"train_backbone": train_backbone, "lora_r": 4})
+    encoder, tokenizer = backbones.load(path)
+    encoder = backbones.make_trainable(encoder, cfg)
+    torch.manual_seed(0)
+    coder = ICDCoder(encoder, n_labels, head, attention_dim=32)
+    if checkpointing:
+        base = encoder.get_base_model() if hasattr(encoder, "get_base_model") else encoder
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return coder, tokenizer
+
+
+def test_loaded_through_llm2vec_is_bidirectional(tiny_backbone):
+    coder, tok = build(tiny_backbone, "frozen")
+    coder.eval()
+    ids = torch.tensor([tok("heart failure with atrial fibrillation", add_special_tokens=False)["input_ids"]])
+    mask = torch.ones_like(ids)
+    first = coder.encoder(input_ids=ids, attention_mask=mask).last_hidden_state[0, 0]
+    ids2 = ids.clone()
+    ids2[0, -1] = (ids2[0, -1] + 7) % len(tok)
+    first2 = coder.encoder(input_ids=ids2, attention_mask=mask).last_hidden_state[0, 0]
+    assert not torch.allclose(first, first2), "changing the last token must change the first token's state"
+    assert type(coder.encoder).__name__ == "LlamaBiModel"
+
+
+def test_segments_and_padding_side_do_not_change_scores(tiny_backbone):
+    coder, tok = build(tiny_backbone, "frozen")
+    coder.eval()
+    texts = ["heart failure " * 30, "sepsis pneumonia " * 5, "catheter " * 3]
+    toks = tokenize(texts, tok, max_tokens=100)
+    items = [(toks.note(i), np.zeros(5, np.float32), i) for i in range(3)]
+    right = collate(items, segment_length=16, pad_id=tok.pad_token_id)
+    left = collate(items, segment_length=16, pad_id=tok.pad_token_id, padding_side="left")
+    assert right["input_ids"].shape == (3, 4, 16)  # 60 tokens → 4 segments of 16
+    assert right["attention_mask"][2].sum() == len(toks.note(2))
+    with torch.no_grad():
+        a = coder(right["input_ids"], right["attention_mask"])
+        b = coder(left["input_ids"], left["attention_mask"])
+        alone = coder(*[collate(items[1:2], 16, tok.pad_token_id)[k] for k in ("input_ids", "attention_mask")])
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a[1:2], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_left_pad_segments_moves_padding_only():
+    ids = torch.tensor([[[5, 6, 0, 0], [7, 0, 0, 0]]])
+    mask = (ids != 0).long()
+    lid, lmask = left_pad_segments(ids, mask)
+    assert lid.tolist() == [[[0, 0, 5, 6], [0, 0, 0, 7]]] and lmask.tolist() == [[[0, 0, 1, 1], [0, 0, 0, 1]]]
+
+
+def test_mean_head_is_a_masked_mean():
+    head = MeanHead(2, 1, dropout=0.0)
+    with torch.no_grad():
+        head.out.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        head.out.bias.zero_()
+    states = torch.tensor([[[1.0, 0], [3.0, 0], [100.0, 0]]])
+    mask = torch.tensor([[True, True, False]])
+    assert head(states, mask).item() == pytest.approx(2.0)
+
+
+def test_label_attention_ignores_padding_and_is_stable():
+    torch.manual_seed(0)
+    head = LabelAttentionHead(8, 3, attention_dim=4, dropout=0.0).eval()
+    states = torch.randn(1, 5, 8) * 1e3  # large values: the softmax must not overflow
+    mask = torch.tensor([[True, True, True, False, False]])
+    out = head(states, mask)
+    changed = states.clone()
+    changed[0, 3:] = -5e3
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, head(changed, mask))
+
+
+@pytest.mark.parametrize("train_backbone", ["lora", "full"])
+def test_every_trainable_parameter_gets_a_gradient_under_checkpointing(tiny_backbone, train_backbone):
+    coder, tok = build(tiny_backbone, train_backbone, checkpointing=True)
+    with torch.no_grad():  # LoRA B starts at zero, which would zero A's gradient whatever the wiring
+        for name, p in coder.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    coder.train()
+    toks = tokenize(["heart failure sepsis " * 12, "pneumonia " * 4], tok, 64)
+    batch = collate([(toks.note(i), np.ones(5, np.float32) * (i % 2), i) for i in range(2)], 16, tok.pad_token_id)
+    loss = loss_fn(coder(batch["input_ids"], batch["attention_mask"]), batch["targets"])
+    loss.backward()
+    trainable = {n: p for n, p in coder.named_parameters() if p.requires_grad}
+    if train_backbone == "lora":
+        assert len([n for n in trainable if "lora_" in n]) == 2 * 7 * 2  # A and B, seven projections, two layers
+        assert all("lora_" in n or n.startswith("head.") for n in trainable)
+    missing = [n for n, p in trainable.items() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing, f"no gradient: {missing[:5]}"
+
+
+def test_overfits_32_notes(tiny_backbone):
+    coder, tok = build(tiny_backbone, "full", n_labels=4)
+    words = ["heart", "sepsis", "pneumonia", "catheter"]
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, size=(32, 4)).astype(np.float32)
+    texts = [" ".join([w for w, on in zip(words, row) if on] * 3 + ["patient", "stable"] * 3) for row in y]
+    toks = tokenize(texts, tok, 64)
+    batch = collate([(toks.note(i), y[i], i) for i in range(32)], 32, tok.pad_token_id)
+    opt = torch.optim.AdamW(coder.parameters(), lr=3e-3)
+    coder.train()
+    for _ in range(60):
+        opt.zero_grad()
+        loss = loss_fn(coder(batch["input_ids"], batch["attention_mask"]), batch["targets"])
+        loss.backward()
+        opt.step()
+    coder.eval()
+    with torch.no_grad():
+        pred = torch.sigmoid(coder(batch["input_ids"], batch["attention_mask"])).numpy() > 0.5
+    assert (pred == (y > 0.5)).mean() == 1.0, f"final loss {loss.item():.4f}"
