@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import LlamaConfig, MistralConfig, PreTrainedTokenizerFast
 
@@ -44,6 +45,30 @@ def tiny_config(cfg: Config, tokenizer: PreTrainedTokenizerFast):
     return MistralConfig(sliding_window=None, **common) if cfg.model_type == "mistral" else LlamaConfig(**common)
 
 
+def lsa_embeddings(texts: list[str], tokenizer, dim: int, seed: int = 0) -> torch.Tensor:
+    """Token vectors from a truncated SVD of the TF-IDF token-by-note matrix (latent semantic analysis).
+
+    Random embeddings carry no knowledge; tokens that co-occur across notes (`heart`, `failure`,
+    `CHF`) get neighbouring vectors here, which lets a tiny model learn code mentions within a
+    CPU budget. Rows are scaled to the usual initialisation spread (std 0.02).
+    """
+    from scipy import sparse
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    rows = np.repeat(np.arange(len(ids)), [len(x) for x in ids])
+    counts = sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, np.concatenate(ids))),
+                               shape=(len(ids), len(tokenizer)))
+    tfidf = TfidfTransformer(sublinear_tf=True).fit_transform(counts)
+    k = min(dim, min(tfidf.shape) - 1)
+    svd = TruncatedSVD(n_components=k, random_state=seed).fit(tfidf)
+    vectors = np.zeros((len(tokenizer), dim), np.float32)
+    vectors[:, :k] = (svd.components_ * svd.singular_values_[:, None]).T
+    vectors /= vectors.std() + 1e-8
+    return torch.from_numpy(vectors * 0.02)
+
+
 def make_tiny(cfg: Config, train_texts: list[str], out_dir: Path) -> Path:
     """Save a random tiny bidirectional backbone + tokenizer at `out_dir` (Hugging Face format)."""
     from llm2vec.models import LlamaBiModel, MistralBiModel
@@ -55,6 +80,9 @@ def make_tiny(cfg: Config, train_texts: list[str], out_dir: Path) -> Path:
     tokenizer = train_tokenizer(train_texts, cfg.tiny_vocab)
     config = tiny_config(cfg, tokenizer)
     model = (MistralBiModel if cfg.model_type == "mistral" else LlamaBiModel)(config)
+    if cfg.tiny_init == "lsa":
+        with torch.no_grad():
+            model.embed_tokens.weight.copy_(lsa_embeddings(train_texts, tokenizer, cfg.tiny_hidden, cfg.seed))
     with atomic_path(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

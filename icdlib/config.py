@@ -63,6 +63,7 @@ class Config:
     tiny_hidden: int = 128
     tiny_heads: int = 4
     tiny_vocab: int = 4000  # BPE vocabulary trained on the training notes
+    tiny_init: str = "random"  # random | lsa (embeddings from an SVD of the training notes)
     train_backbone: str = "lora"  # lora | full | frozen
     lora_r: int = 16
     lora_alpha: int = 32
@@ -131,6 +132,7 @@ CHOICES = {
     "split": ("seed", "patient", "caml_full", "caml_50", "clean"),
     "labels": ("observed", "all", "top50"),
     "model_type": ("llama", "mistral"),
+    "tiny_init": ("random", "lsa"),
     "train_backbone": ("lora", "full", "frozen"),
     "head": ("label_attention", "mean"),
     "schedule": ("cosine", "linear"),

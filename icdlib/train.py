@@ -217,6 +217,8 @@ def score(coder, tokens: Tokenized, cfg: Config, env: Env, pad_id: int, batch_si
         dist.all_gather_object(gathered, (local_rows, local))
         local_rows = np.concatenate([r for r, _ in gathered])
         local = np.concatenate([s for _, s in gathered])
+        if not np.array_equal(np.sort(local_rows), np.arange(n)):
+            raise RuntimeError("distributed scoring did not cover every note exactly once")
     out = np.zeros((n, n_labels), np.float32)
     out[local_rows] = local
     model.train(was_training)

@@ -1,0 +1,610 @@
+"""Figures and summary tables for the notebooks.
+
+Why this module exists: the notebooks narrate, and every figure they show is built here
+from data already in memory, so the same plot looks the same in every notebook and run.
+Each figure function takes DataFrames / arrays and returns a ``matplotlib.figure.Figure``
+(8 x 4.5 in by default, titled, labelled axes, constrained layout). Nothing here reads or
+writes files, calls ``plt.show()`` or touches note text beyond counting words.
+
+The figures are created with ``matplotlib.figure.Figure`` rather than ``pyplot``, so they
+are not registered with pyplot's figure manager: returned as a cell's value, Jupyter's
+inline backend renders each exactly once, and nothing accumulates in memory over a
+long notebook. ``display(fig)`` or ``fig.savefig(...)`` work as usual.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from icdlib import codes as icd_codes
+
+__all__ = [
+    "REFERENCE_RESULTS", "TABLE_METRICS",
+    "label_frequency", "codes_per_admission", "note_lengths", "top_codes", "top_codes_plot",
+    "kind_share", "split_balance", "unseen_in_train", "history", "pr_curve",
+    "per_code_vs_frequency", "frequency_buckets", "f1_by_frequency_bucket", "threshold_curve",
+    "calibration", "metrics_table",
+]
+
+SIZE = (8.0, 4.5)
+SPLITS = ("train", "val", "test")
+KIND_COLORS = {"diagnosis": "tab:blue", "procedure": "tab:orange"}
+SPLIT_COLORS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
+
+# Main metrics of the comparison table, in this order (metrics.compute keys).
+TABLE_METRICS = ["auroc_macro", "auroc_micro", "auprc_macro", "auprc_micro", "f1_macro",
+                 "f1_micro", "p_at_8", "p_at_15", "map"]
+
+# Published results, in percent. MIMIC-III full = CAML's split (47,723 train / 1,631 val /
+# 3,372 test admissions, 8,922 codes). Metrics a paper does not report are absent (NaN).
+REFERENCE_RESULTS: dict[str, dict[str, float]] = {
+    "CAML (MIMIC-III full, published)": {
+        "auroc_macro": 89.5, "auroc_micro": 98.6, "f1_macro": 8.8, "f1_micro": 53.9,
+        "p_at_8": 70.9, "p_at_15": 56.1},
+    "LAAT (MIMIC-III full, published)": {
+        "auroc_macro": 91.9, "auroc_micro": 98.8, "f1_macro": 9.9, "f1_micro": 57.5,
+        "p_at_8": 73.8, "p_at_15": 59.1},
+    "MSMN (MIMIC-III full, published)": {
+        "auroc_macro": 95.0, "auroc_micro": 99.2, "f1_macro": 10.3, "f1_micro": 58.4,
+        "p_at_8": 75.2, "p_at_15": 59.9},
+    "PLM-ICD (MIMIC-III full, published)": {
+        "auroc_macro": 92.6, "auroc_micro": 98.9, "f1_macro": 10.4, "f1_micro": 59.8,
+        "p_at_8": 77.1, "p_at_15": 61.3},
+    "LLM2Vec seed project (own 8/9 split, all 18k codes, reported)": {
+        "auroc_macro": 90.57, "auroc_micro": 98.08, "auprc_macro": 20.73, "auprc_micro": 47.41},
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _figure(nrows: int = 1, ncols: int = 1, size=SIZE, **kwargs):
+    """A pyplot-free Figure and its axes (a single Axes, or an array for several)."""
+    fig = Figure(figsize=size, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=True, **kwargs)
+    return fig, axes
+
+
+def _n_codes(notes: pd.DataFrame) -> np.ndarray:
+    return notes["codes"].map(len).to_numpy(dtype=np.int64)
+
+
+def _n_words(notes: pd.DataFrame) -> np.ndarray:
+    if "n_words" in notes:
+        return notes["n_words"].to_numpy(dtype=np.int64)
+    return notes["text"].str.split().str.len().fillna(0).to_numpy(dtype=np.int64)
+
+
+def _kind_of(code: str) -> str:
+    """diagnosis/procedure of a dotted code: procedures have a 2-character category."""
+    return "procedure" if len(icd_codes.category(code)) == 2 else "diagnosis"
+
+
+def _splits(notes: pd.DataFrame) -> list[str]:
+    present = list(pd.unique(notes["split"]))
+    return [s for s in SPLITS if s in present] + sorted(s for s in present if s not in SPLITS)
+
+
+def _shorten(text: str, width: int = 45) -> str:
+    text = str(text or "")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _empty(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _flat(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true).ravel() != 0
+    s = np.asarray(y_score).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"y_true and y_score differ in size: {y.size} vs {s.size}")
+    return y, s
+
+
+# --------------------------------------------------------------------------- data
+
+def label_frequency(labels: pd.DataFrame) -> Figure:
+    """Long tail of the label space: code rank vs training admissions, log-log."""
+    counts = np.sort(labels["n_train"].to_numpy(dtype=np.int64))[::-1]
+    seen = counts[counts > 0]
+    fig, ax = _figure()
+    if seen.size:
+        ranks = np.arange(1, seen.size + 1)
+        ax.plot(ranks, seen, color="tab:blue", lw=1.8, label="codes with ≥1 training admission")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for threshold, style in ((10, ":"), (100, "--")):
+            share = (counts <= threshold).mean()
+            ax.axhline(threshold, color="0.5", ls=style, lw=0.8)
+            ax.text(1.05, threshold, f"{share:.0%} of codes have ≤ {threshold}", va="bottom",
+                    fontsize=8, color="0.35")
+        ax.legend(loc="upper right", fontsize=8)
+    else:
+        _empty(ax, "no code occurs in the training split")
+    unseen = int((counts == 0).sum())
+    note = f"; {unseen:,} with none not shown" if unseen else ""
+    ax.set_title(f"Label frequency: {counts.size:,} codes, median {np.median(counts):g} "
+                 f"training admissions{note}")
+    ax.set_xlabel("Code rank (most frequent first, log scale)")
+    ax.set_ylabel("Training admissions with the code (log scale)")
+    return fig
+
+
+def codes_per_admission(notes: pd.DataFrame) -> Figure:
+    """Histogram of the number of codes per admission (all splits), with mean and median."""
+    n = _n_codes(notes)
+    fig, ax = _figure()
+    if n.size:
+        bins = np.arange(n.min(), n.max() + 2) - 0.5
+        if bins.size > 81:
+            bins = 80
+        ax.hist(n, bins=bins, color="tab:blue", alpha=0.85)
+        ax.axvline(n.mean(), color="black", lw=1.2, label=f"mean {n.mean():.1f}")
+        ax.axvline(np.median(n), color="black", ls="--", lw=1.2, label=f"median {np.median(n):g}")
+        ax.legend(fontsize=8)
+    else:
+        _empty(ax, "no admissions")
+    ax.set_title(f"Codes per admission ({n.size:,} admissions)")
+    ax.set_xlabel("ICD-9 codes assigned to the admission")
+    ax.set_ylabel("Admissions")
+    return fig
+
+
+def note_lengths(notes: pd.DataFrame, token_counts=None) -> Figure:
+    """Distribution of note length in words, and in tokens when `token_counts` is given.
+
+    Args:
+        notes: needs ``text`` (or a precomputed ``n_words`` column).
+        token_counts: optional array of tokens per note (any length; e.g. the tokenizer's
+            counts before truncation); adds a second panel.
+    """
+    panels = [("words", _n_words(notes))]
+    if token_counts is not None:
+        panels.append(("tokens", np.asarray(token_counts, dtype=np.int64).ravel()))
+    fig, axes = _figure(1, len(panels))
+    axes = np.atleast_1d(axes)
+    for ax, (unit, values) in zip(axes, panels):
+        if values.size:
+            ax.hist(values, bins=60, color="tab:blue", alpha=0.85)
+            median, p95 = np.median(values), np.percentile(values, 95)
+            ax.axvline(median, color="black", lw=1.2, label=f"median {median:,.0f}")
+            ax.axvline(p95, color="black", ls="--", lw=1.2, label=f"95th percentile {p95:,.0f}")
+            ax.legend(fontsize=8)
+        else:
+            _empty(ax, "no notes")
+        ax.set_title(f"Note length in {unit}")
+        ax.set_xlabel(f"{unit.capitalize()} per note")
+        ax.set_ylabel("Notes")
+    fig.suptitle(f"Note lengths ({len(notes):,} notes)")
+    return fig
+
+
+def top_codes(labels: pd.DataFrame, n: int = 20, n_admissions: int | None = None) -> pd.DataFrame:
+    """The `n` most frequent codes in train.
+
+    Returns columns code, kind, short_title, n_train and, when the number of training
+    admissions `n_admissions` is given, ``share`` = n_train / n_admissions (the fraction of
+    training admissions carrying the code; the label table alone does not know that number).
+    """
+    table = labels.sort_values(["n_train", "code"], ascending=[False, True], kind="stable").head(n)
+    table = table[["code", "kind", "short_title", "n_train"]].reset_index(drop=True)
+    if n_admissions:
+        table["share"] = table["n_train"] / float(n_admissions)
+    return table
+
+
+def top_codes_plot(labels: pd.DataFrame, n: int = 20, n_admissions: int | None = None) -> Figure:
+    """Horizontal bars of the `n` most frequent training codes, titled, coloured by kind."""
+    table = top_codes(labels, n, n_admissions)
+    fig, ax = _figure(size=(8.0, max(4.5, 0.28 * len(table) + 1.2)))
+    if len(table):
+        names = [f"{c}  {_shorten(t)}" for c, t in zip(table["code"], table["short_title"])]
+        colors = [KIND_COLORS.get(k, "0.5") for k in table["kind"]]
+        y = np.arange(len(table))[::-1]
+        ax.barh(y, table["n_train"], color=colors)
+        ax.set_yticks(y, names, fontsize=8)
+        for kind, color in KIND_COLORS.items():
+            if (table["kind"] == kind).any():
+                ax.bar(0, 0, color=color, label=kind)  # legend handle only
+        ax.legend(fontsize=8, loc="lower right")
+        if "share" in table:
+            for yi, count, share in zip(y, table["n_train"], table["share"]):
+                ax.text(count, yi, f" {share:.1%}", va="center", fontsize=7)
+    else:
+        _empty(ax, "no labels")
+    ax.set_title(f"Top {len(table)} codes by training frequency")
+    ax.set_xlabel("Training admissions with the code"
+                  + (" (labels: share of training admissions)" if n_admissions else ""))
+    return fig
+
+
+def _assignments(notes: pd.DataFrame) -> pd.DataFrame:
+    """One row per (admission, code): split, code."""
+    exploded = notes[["split", "codes"]].explode("codes").dropna(subset=["codes"])
+    return exploded.rename(columns={"codes": "code"})
+
+
+def kind_share(notes: pd.DataFrame, labels: pd.DataFrame) -> Figure:
+    """Share of diagnosis vs procedure codes among code assignments, per split (stacked bars).
+
+    Kinds come from `labels`; codes outside the label space are classified by their form
+    (procedures have two characters before the dot).
+    """
+    assignments = _assignments(notes)
+    kinds = dict(zip(labels["code"], labels["kind"]))
+    assignments["kind"] = [kinds.get(c) or _kind_of(c) for c in assignments["code"]]
+    table = pd.crosstab(assignments["split"], assignments["kind"], normalize="index")
+    table = table.reindex(index=[s for s in _splits(notes) if s in table.index])
+    counts = assignments["split"].value_counts()
+    fig, ax = _figure(size=(8.0, 3.2))
+    if len(table):
+        left = np.zeros(len(table))
+        y = np.arange(len(table))[::-1]
+        for kind in [k for k in ("diagnosis", "procedure") if k in table] + \
+                [k for k in table if k not in ("diagnosis", "procedure")]:
+            share = table[kind].to_numpy()
+            ax.barh(y, share, left=left, color=KIND_COLORS.get(kind, "0.5"), label=kind)
+            for yi, l, s in zip(y, left, share):
+                if s >= 0.04:
+                    ax.text(l + s / 2, yi, f"{s:.1%}", ha="center", va="center", color="white", fontsize=9)
+            left += share
+        ax.set_yticks(y, [f"{s} ({counts.get(s, 0):,} codes)" for s in table.index])
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.set_xlim(0, 1)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3, fontsize=8)
+    else:
+        _empty(ax, "no code assignments")
+    ax.set_title("Diagnosis vs procedure share of code assignments")
+    ax.set_xlabel("Share of code assignments")
+    return fig
+
+
+def split_balance(notes: pd.DataFrame, codes) -> Figure:
+    """Fraction of admissions carrying each of `codes`, per split (grouped bars).
+
+    A split that differs strongly from train for a frequent code hints at a split problem.
+    """
+    codes = list(codes)
+    splits = _splits(notes)
+    assignments = _assignments(notes)
+    assignments = assignments[assignments["code"].isin(codes)].drop_duplicates()
+    sizes = notes["split"].value_counts()
+    counts = pd.crosstab(assignments["code"], assignments["split"]).reindex(
+        index=codes, columns=splits, fill_value=0)
+    share = counts / sizes.reindex(splits).to_numpy()[None, :]
+    fig, ax = _figure(size=(max(8.0, 0.45 * len(codes) + 2), 4.5))
+    if codes and splits:
+        width = 0.8 / len(splits)
+        x = np.arange(len(codes))
+        for i, split in enumerate(splits):
+            ax.bar(x + (i - (len(splits) - 1) / 2) * width, share[split].to_numpy(), width,
+                   color=SPLIT_COLORS.get(split, None), label=f"{split} (n={sizes.get(split, 0):,})")
+        ax.set_xticks(x, codes, rotation=60, ha="right", fontsize=8)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.legend(fontsize=8)
+    else:
+        _empty(ax, "no codes given")
+    ax.set_title("Code frequency per split (share of the split's admissions)")
+    ax.set_xlabel("ICD-9 code")
+    ax.set_ylabel("Admissions with the code")
+    return fig
+
+
+def unseen_in_train(notes: pd.DataFrame) -> pd.DataFrame:
+    """For val and test: codes that never occur in train, and the assignments they affect.
+
+    Returns one row per evaluation split with n_admissions, n_codes (distinct), n_unseen_codes,
+    n_assignments, n_unseen_assignments, share_unseen_assignments and
+    n_admissions_affected (admissions with at least one unseen code).
+    """
+    train_codes = set(_assignments(notes[notes["split"] == "train"])["code"])
+    rows = []
+    for split in [s for s in _splits(notes) if s != "train"]:
+        part = notes[notes["split"] == split]
+        assignments = _assignments(part)
+        unseen = ~assignments["code"].isin(train_codes)
+        rows.append({
+            "split": split,
+            "n_admissions": len(part),
+            "n_codes": int(assignments["code"].nunique()),
+            "n_unseen_codes": int(assignments.loc[unseen, "code"].nunique()),
+            "n_assignments": len(assignments),
+            "n_unseen_assignments": int(unseen.sum()),
+            "share_unseen_assignments": float(unseen.mean()) if len(assignments) else float("nan"),
+            "n_admissions_affected": int(assignments.index[unseen.to_numpy()].nunique()),
+        })
+    columns = ["split", "n_admissions", "n_codes", "n_unseen_codes", "n_assignments",
+               "n_unseen_assignments", "share_unseen_assignments", "n_admissions_affected"]
+    return pd.DataFrame(rows, columns=columns).set_index("split")
+
+
+# --------------------------------------------------------------------------- training
+
+HISTORY_METRICS = ("map", "auroc_micro", "f1_micro")
+
+
+def history(history: pd.DataFrame) -> Figure:
+    """Two panels: training loss vs step; validation map / auroc_micro / f1_micro vs step."""
+    fig, (left, right) = _figure(1, 2, size=(10.0, 4.5))
+    if "train_loss" in history and history["train_loss"].notna().any():
+        loss = history[["step", "train_loss"]].dropna()
+        left.plot(loss["step"], loss["train_loss"], color="tab:blue", lw=1, alpha=0.5 if len(loss) > 50 else 1,
+                  label="train loss")
+        if len(loss) > 50:
+            window = max(5, len(loss) // 25)
+            left.plot(loss["step"], loss["train_loss"].rolling(window, min_periods=1).mean(),
+                      color="tab:blue", lw=2, label=f"moving mean ({window} logs)")
+        left.legend(fontsize=8)
+    else:
+        _empty(left, "no training loss logged")
+    left.set_title("Training loss")
+    left.set_xlabel("Optimizer step")
+    left.set_ylabel("BCE loss")
+
+    plotted = 0
+    for metric in HISTORY_METRICS:
+        column = f"val_{metric}"
+        if column in history and history[column].notna().any():
+            points = history[["step", column]].dropna()
+            right.plot(points["step"], points[column], marker="o", ms=3, label=metric)
+            plotted += 1
+    if plotted:
+        right.legend(fontsize=8)
+        right.set_ylim(bottom=min(0.0, right.get_ylim()[0]))
+    else:
+        _empty(right, "no validation metrics logged")
+    right.set_title("Validation metrics")
+    right.set_xlabel("Optimizer step")
+    right.set_ylabel("Metric value")
+    fig.suptitle("Training history")
+    return fig
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def _subsample_curve(x: np.ndarray, y: np.ndarray, max_points: int = 2000):
+    """At most ~max_points points of a monotone curve, keeping both ends."""
+    if x.size <= max_points:
+        return x, y
+    index = np.unique(np.linspace(0, x.size - 1, max_points).round().astype(np.int64))
+    return x[index], y[index]
+
+
+def pr_curve(curves: dict) -> Figure:
+    """Micro-averaged precision-recall curves of several systems on one axis.
+
+    Args:
+        curves: name -> (y_true, y_score), each (n_docs, n_labels); cells are pooled
+            (flattened). The legend gives each curve's average precision (= micro AUPRC).
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    fig, ax = _figure(size=(7.0, 5.0))
+    for name, (y_true, y_score) in curves.items():
+        y, s = _flat(y_true, y_score)
+        if not y.any():
+            continue
+        precision, recall, _ = precision_recall_curve(y, s)
+        ap = float(-np.sum(np.diff(recall) * precision[:-1]))
+        r, p = _subsample_curve(recall, precision)
+        ax.plot(r, p, lw=1.8, label=f"{name} (AP {ap:.3f})")
+    if ax.lines:
+        ax.legend(fontsize=8, loc="upper right")
+    else:
+        _empty(ax, "no positive labels")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Micro-averaged precision-recall")
+    ax.set_xlabel("Recall")
+    ax.set_ylabel("Precision")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def per_code_vs_frequency(per_code: pd.DataFrame) -> Figure:
+    """Per-code AUPRC (left) and F1 (right) vs training frequency (log x), with binned means.
+
+    `per_code` as from ``analysis.per_code`` (n_train, auprc, f1). Codes without a training
+    admission, or whose metric is undefined (no positive in the evaluated split), are left out.
+    """
+    fig, axes = _figure(1, 2, size=(10.0, 4.5), sharex=True)
+    for ax, metric, title in ((axes[0], "auprc", "AUPRC"), (axes[1], "f1", "F1")):
+        data = per_code[(per_code["n_train"] > 0) & per_code[metric].notna()]
+        if len(data):
+            ax.scatter(data["n_train"], data[metric], s=8, alpha=0.35, color="tab:blue",
+                       edgecolors="none", label="one code")
+            edges = np.unique(np.geomspace(1, max(float(data["n_train"].max()), 2.0) * 1.0001, 13))
+            which = np.clip(np.digitize(data["n_train"], edges) - 1, 0, edges.size - 2)
+            means = data.groupby(which)[metric].mean()
+            at = means.index.to_numpy()
+            centres = np.sqrt(edges[at] * edges[at + 1])
+            ax.plot(centres, means.to_numpy(), color="tab:red", marker="o", ms=4, lw=1.8,
+                    label="mean per frequency bin")
+            ax.set_xscale("log")
+            ax.legend(fontsize=8, loc="upper left")
+        else:
+            _empty(ax, f"no codes with a defined {title}")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"Per-code {title} ({len(data):,} codes)")
+        ax.set_xlabel("Training admissions with the code (log scale)")
+        ax.set_ylabel(title)
+    fig.suptitle("Per-code performance vs training frequency")
+    return fig
+
+
+DEFAULT_BUCKETS = (0, 10, 50, 100, 500)  # right edges: (0], 1-10, 11-50, 51-100, 101-500, >500
+
+
+def frequency_buckets(per_code: pd.DataFrame, edges=None) -> pd.DataFrame:
+    """Per-code metrics averaged per training-frequency bucket.
+
+    Buckets: 0 (never in train), 1-10, 11-50, 51-100, 101-500, >500 by default. When fewer
+    than three default buckets hold codes (small data), the edges adapt to the quartiles of
+    n_train instead. Empty buckets are skipped.
+
+    Returns columns bucket, n_codes (codes in the bucket with a defined F1), mean_f1,
+    mean_auprc, min_n_train, max_n_train, in bucket order.
+    """
+    n_train = per_code["n_train"].to_numpy(dtype=np.int64)
+    if edges is None:
+        edges = list(DEFAULT_BUCKETS)
+        occupied = np.unique(np.searchsorted(edges, n_train[n_train > 0], side="left"))
+        if occupied.size < 3 and (n_train > 0).any():
+            q = np.quantile(n_train[n_train > 0], [0.25, 0.5, 0.75])
+            edges = sorted({0, *np.floor(q).astype(int).tolist()})
+    edges = sorted(set(int(e) for e in edges) | {0})
+    index = np.searchsorted(edges, n_train, side="left")  # n <= edges[0]=0 -> 0; (e_{i-1}, e_i] -> i
+
+    def name(i: int) -> str:
+        if i == 0:
+            return "0"
+        if i == len(edges):
+            return f">{edges[-1]}"
+        lo, hi = edges[i - 1] + 1, edges[i]
+        return str(hi) if lo == hi else f"{lo}-{hi}"
+
+    rows = []
+    for i in range(len(edges) + 1):
+        members = per_code[index == i]
+        if not len(members):
+            continue
+        f1 = members["f1"].dropna()
+        rows.append({
+            "bucket": name(i), "n_codes": int(f1.size),
+            "mean_f1": float(f1.mean()) if f1.size else float("nan"),
+            "mean_auprc": float(members["auprc"].mean()) if "auprc" in members else float("nan"),
+            "min_n_train": int(members["n_train"].min()), "max_n_train": int(members["n_train"].max()),
+        })
+    return pd.DataFrame(rows, columns=["bucket", "n_codes", "mean_f1", "mean_auprc",
+                                       "min_n_train", "max_n_train"])
+
+
+def f1_by_frequency_bucket(per_code: pd.DataFrame, edges=None) -> Figure:
+    """Bar chart of mean per-code F1 per training-frequency bucket, code counts annotated."""
+    table = frequency_buckets(per_code, edges)
+    table = table[table["n_codes"] > 0]
+    fig, ax = _figure()
+    if len(table):
+        x = np.arange(len(table))
+        bars = ax.bar(x, table["mean_f1"], color="tab:blue")
+        for bar, count in zip(bars, table["n_codes"]):
+            ax.annotate(f"n={count:,}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+        ax.set_xticks(x, table["bucket"])
+        ax.set_ylim(0, min(1.0, max(0.05, float(table["mean_f1"].max()) * 1.2)))
+    else:
+        _empty(ax, "no codes with a defined F1")
+    ax.set_title("Mean per-code F1 by training frequency")
+    ax.set_xlabel("Training admissions with the code")
+    ax.set_ylabel("Mean F1 over codes")
+    return fig
+
+
+def threshold_curve(y_true, y_score, tuned: float) -> Figure:
+    """Micro F1, precision and recall vs the decision threshold, tuned threshold marked.
+
+    Lines: F1, precision, recall, the tuned threshold and 0.5 (five in all).
+    """
+    y, s = _flat(y_true, y_score)
+    positives = np.sort(s[y])
+    negatives = np.sort(s[~y])
+    grid = np.union1d(np.linspace(0.0, 1.0, 401), [tuned, 0.5])
+    tp = positives.size - np.searchsorted(positives, grid, side="left")
+    fp = negatives.size - np.searchsorted(negatives, grid, side="left")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), np.nan)
+        recall = tp / positives.size if positives.size else np.full(grid.shape, np.nan)
+        f1 = 2 * tp / np.maximum(tp + fp + positives.size, 1)
+    at = int(np.searchsorted(grid, tuned))
+    half = int(np.searchsorted(grid, 0.5))
+    fig, ax = _figure()
+    ax.plot(grid, f1, color="tab:blue", lw=2, label="micro F1")
+    ax.plot(grid, precision, color="tab:green", lw=1, ls="--", label="micro precision")
+    ax.plot(grid, recall, color="tab:orange", lw=1, ls="--", label="micro recall")
+    ax.axvline(tuned, color="black", lw=1.2, label=f"tuned {tuned:.3f} (F1 {f1[at]:.3f})")
+    ax.axvline(0.5, color="0.5", lw=1, ls=":", label=f"0.5 (F1 {f1[half]:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Micro F1 vs decision threshold")
+    ax.set_xlabel("Threshold (a code is predicted when its score ≥ threshold)")
+    ax.set_ylabel("Micro-averaged value")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def calibration(y_true, y_score, bins: int = 10, strategy: str = "uniform") -> Figure:
+    """Reliability diagram over all (document, code) cells, with a count panel.
+
+    Args:
+        bins: number of score bins.
+        strategy: "uniform" (equal-width bins on [0, 1]) or "quantile" (equal-count bins;
+            with thousands of codes most cells score near 0, so quantile bins crowd there).
+
+    Top panel: observed frequency vs mean predicted score per bin, and the diagonal
+    (two lines). Bottom panel: cells per bin (log scale).
+    """
+    y, s = _flat(y_true, y_score)
+    if strategy == "uniform":
+        edges = np.linspace(0.0, 1.0, bins + 1)
+    elif strategy == "quantile":
+        edges = np.unique(np.quantile(s, np.linspace(0.0, 1.0, bins + 1))) if s.size else np.array([0.0, 1.0])
+    else:
+        raise ValueError(f"strategy must be 'uniform' or 'quantile', got {strategy!r}")
+    which = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, max(edges.size - 2, 0))
+    n_bins = max(edges.size - 1, 1)
+    count = np.bincount(which, minlength=n_bins)
+    mean_score = np.bincount(which, weights=s, minlength=n_bins)
+    observed = np.bincount(which, weights=y, minlength=n_bins)
+    filled = count > 0
+    mean_score = mean_score[filled] / count[filled]
+    observed = observed[filled] / count[filled]
+
+    fig, (top, bottom) = _figure(2, 1, size=(6.5, 6.5), sharex=True, height_ratios=[3, 1])
+    top.plot([0, 1], [0, 1], color="0.5", ls="--", lw=1, label="perfect calibration")
+    top.plot(mean_score, observed, color="tab:blue", marker="o", lw=1.8, label="model")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("Observed frequency of the code")
+    top.set_title(f"Calibration ({y.size:,} document-code cells, {strategy} bins)")
+    top.legend(fontsize=8, loc="upper left")
+    top.grid(alpha=0.3)
+    centres = (edges[:-1] + edges[1:]) / 2 if edges.size > 1 else np.array([0.5])
+    widths = np.diff(edges) if edges.size > 1 else np.array([1.0])
+    bottom.bar(centres[filled], count[filled], width=widths[filled] * 0.9, color="tab:blue")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("Mean predicted score in the bin")
+    bottom.set_ylabel("Cells (log)")
+    return fig
+
+
+# --------------------------------------------------------------------------- tables
+
+def metrics_table(results: dict[str, dict], reference: bool = True) -> pd.DataFrame:
+    """Main metrics (percent, 2 decimals) of several systems, optionally with published ones.
+
+    Args:
+        results: system name (e.g. "icdlib test @tuned", "baseline test @0.5") -> a
+            ``metrics.compute`` dict (fractions); missing metrics become NaN.
+        reference: append ``REFERENCE_RESULTS`` below (rows named "... (published)"); they
+            come from other splits/label spaces where stated, so they are context, not a
+            like-for-like comparison.
+
+    Returns:
+        DataFrame indexed by system, columns ``TABLE_METRICS``.
+    """
+    rows = {name: {m: 100.0 * float(r[m]) if r.get(m) is not None else math.nan for m in TABLE_METRICS}
+            for name, r in results.items()}
+    if reference:
+        for name, r in REFERENCE_RESULTS.items():
+            rows[name] = {m: float(r.get(m, math.nan)) for m in TABLE_METRICS}
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=TABLE_METRICS, dtype=float)
+    table.index.name = "system"
+    return table.round(2)
