@@ -23,6 +23,7 @@ class MeanHead(nn.Module):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, n_labels)
+        nn.init.zeros_(self.out.weight)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = mask.unsqueeze(-1).to(states.dtype)
@@ -38,9 +39,9 @@ class LabelAttentionHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.project = nn.Linear(hidden, attention_dim, bias=False)
         self.query = nn.Linear(attention_dim, n_labels, bias=False)
-        self.weight = nn.Parameter(torch.empty(n_labels, hidden))
+        # zero output weights: every label starts at its bias (see ICDCoder.init_bias), like LoRA's B
+        self.weight = nn.Parameter(torch.zeros(n_labels, hidden))
         self.bias = nn.Parameter(torch.zeros(n_labels))
-        nn.init.xavier_uniform_(self.weight)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         states = self.dropout(states)
@@ -63,6 +64,13 @@ class ICDCoder(nn.Module):
         hidden = encoder.config.hidden_size
         self.n_labels = n_labels
         self.head = LabelAttentionHead(hidden, n_labels, attention_dim) if head == "label_attention" else MeanHead(hidden, n_labels)
+
+    @torch.no_grad()
+    def init_bias(self, label_frequency: torch.Tensor) -> None:
+        """Start each label's logit at its training log-odds, so early steps learn evidence, not priors."""
+        bias = self.head.bias if isinstance(self.head, LabelAttentionHead) else self.head.out.bias
+        p = label_frequency.to(bias.dtype).clamp(1e-4, 1 - 1e-4)
+        bias.copy_(torch.log(p) - torch.log1p(-p))
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states (B, S·L, H) and their mask (B, S·L) for (B, S, L) segmented input."""

@@ -125,6 +125,8 @@ def prepare(cfg: Config, env: Env | None = None) -> Prepared:
     encoder = backbones.make_trainable(encoder, cfg, cfg.adapter_path)
     torch.manual_seed(cfg.seed)
     coder = ICDCoder(encoder, len(label_codes), cfg.head, cfg.attention_dim)
+    train_share = pre.labels["n_train"].to_numpy() / max(1, int((notes["split"] == "train").sum()))
+    coder.init_bias(torch.as_tensor(train_share, dtype=torch.float32))
     max_tokens = cfg.segment_length * cfg.max_segments
     cache = cfg.run_dir / STEP / "tokens"
     tokens = {s: tokenize_cached(notes.loc[notes["split"] == s, "text"].tolist(), tokenizer, max_tokens, cache, s)

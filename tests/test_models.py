@@ -70,6 +70,7 @@ def test_mean_head_is_a_masked_mean():
 def test_label_attention_ignores_padding_and_is_stable():
     torch.manual_seed(0)
     head = LabelAttentionHead(8, 3, attention_dim=4, dropout=0.0).eval()
+    torch.nn.init.normal_(head.weight)
     states = torch.randn(1, 5, 8) * 1e3  # large values: the softmax must not overflow
     mask = torch.tensor([[True, True, True, False, False]])
     out = head(states, mask)
@@ -82,9 +83,9 @@ def test_label_attention_ignores_padding_and_is_stable():
 @pytest.mark.parametrize("train_backbone", ["lora", "full"])
 def test_every_trainable_parameter_gets_a_gradient_under_checkpointing(tiny_backbone, train_backbone):
     coder, tok = build(tiny_backbone, train_backbone, checkpointing=True)
-    with torch.no_grad():  # LoRA B starts at zero, which would zero A's gradient whatever the wiring
-        for name, p in coder.named_parameters():
-            if "lora_B" in name:
+    with torch.no_grad():  # LoRA B and the head's output weights start at zero, which would zero
+        for name, p in coder.named_parameters():  # the gradients behind them whatever the wiring
+            if "lora_B" in name or name in ("head.weight", "head.out.weight"):
                 p.normal_(0, 0.02)
     coder.train()
     toks = tokenize(["heart failure sepsis " * 12, "pneumonia " * 4], tok, 64)

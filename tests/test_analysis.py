@@ -1,0 +1,155 @@
+"""icdlib.analysis on small hand-computed cases."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from icdlib import analysis
+
+
+def label_table(codes, n_train=None):
+    return pd.DataFrame({
+        "code": codes,
+        "kind": ["procedure" if len(c.split(".")[0]) == 2 else "diagnosis" for c in codes],
+        "short_title": [f"title {c}" for c in codes],
+        "long_title": [f"long title {c}" for c in codes],
+        "n_train": n_train if n_train is not None else list(range(len(codes), 0, -1)),
+    })
+
+
+def scores_from(pred):
+    """Scores that predict exactly `pred` at threshold 0.5."""
+    return np.where(np.asarray(pred) > 0, 0.9, 0.1)
+
+
+# Confusion case: 6 codes, 5 documents (see the expected counts in the tests).
+CODES = ["250.00", "250.01", "401.9", "428.0", "428.30", "428.31"]
+
+
+def confusion_case():
+    def row(codes):
+        return [1.0 if c in codes else 0.0 for c in CODES]
+
+    truth = [{"428.30"}, {"428.30", "250.01"}, {"428.31", "428.30"}, {"428.0"}, {"401.9"}]
+    predicted = [{"428.0"}, {"428.0", "250.00"}, {"428.0", "428.30"}, {"428.30", "428.31"}, {"250.00"}]
+    y = np.array([row(t) for t in truth])
+    s = scores_from([row(p) for p in predicted])
+    return y, s, label_table(CODES)
+
+
+def test_category_confusions_hand_computed():
+    y, s, labels = confusion_case()
+    table = analysis.category_confusions(y, s, labels, 0.5)
+    assert list(table.columns) == ["true_code", "predicted_code", "category", "count",
+                                   "true_title", "predicted_title"]
+    got = list(zip(table["true_code"], table["predicted_code"], table["category"], table["count"]))
+    assert got == [
+        ("428.30", "428.0", "428", 2),
+        ("250.01", "250.00", "250", 1),
+        ("428.0", "428.30", "428", 1),
+        ("428.0", "428.31", "428", 1),
+        ("428.31", "428.0", "428", 1),
+    ]
+    assert table.loc[0, "true_title"] == "title 428.30"
+    assert table.loc[0, "predicted_title"] == "title 428.0"
+    assert len(analysis.category_confusions(y, s, labels, 0.5, n=2)) == 2
+
+
+def test_category_confusions_none():
+    y, _, labels = confusion_case()
+    table = analysis.category_confusions(y, scores_from(y), labels, 0.5)
+    assert table.empty
+    assert "true_code" in table.columns
+
+
+def test_frequent_errors_hand_computed():
+    y, s, labels = confusion_case()
+    fp, fn = analysis.frequent_errors(y, s, labels, 0.5)
+    assert list(fp.columns) == ["code", "title", "count"]
+    assert list(zip(fp["code"], fp["count"])) == [("428.0", 3), ("250.00", 2), ("428.30", 1), ("428.31", 1)]
+    assert list(zip(fn["code"], fn["count"])) == [
+        ("428.30", 2), ("250.01", 1), ("401.9", 1), ("428.0", 1), ("428.31", 1)]
+    fp2, fn2 = analysis.frequent_errors(y, s, labels, 0.5, n=1)
+    assert len(fp2) == 1 and len(fn2) == 1
+
+
+def test_category_level_3x4():
+    codes = ["38.93", "401.9", "428.0", "428.30"]  # categories 38, 401, 428, 428
+    labels = label_table(codes)
+
+    def row(cs):
+        return [1.0 if c in cs else 0.0 for c in codes]
+
+    y = np.array([row({"428.30", "401.9"}), row({"428.0", "38.93"}), row({"401.9"})])
+    pred = np.array([row({"428.0", "401.9"}), row({"428.0"}), row({"401.9", "38.93"})])
+    table = analysis.category_level(y, scores_from(pred), labels, 0.5)
+    assert list(table.index) == ["full code", "3-digit category"]
+    full, cat = table.loc["full code"], table.loc["3-digit category"]
+    # full codes: tp 3, fp 2, fn 2
+    assert (full["tp"], full["fp"], full["fn"]) == (3, 2, 2)
+    assert full["precision"] == pytest.approx(0.6)
+    assert full["recall"] == pytest.approx(0.6)
+    assert full["f1"] == pytest.approx(0.6)
+    assert full["n_labels"] == 4
+    # categories: d0 {428,401} vs {428,401}; d1 {428,38} vs {428}; d2 {401} vs {401,38}
+    assert (cat["tp"], cat["fp"], cat["fn"]) == (4, 1, 1)
+    assert cat["f1"] == pytest.approx(0.8)
+    assert cat["n_labels"] == 3
+
+
+def test_per_code_and_rankings():
+    y, s, labels = confusion_case()
+    table = analysis.per_code(y, s, labels, 0.5)
+    assert list(table.columns) == analysis.PER_CODE_COLUMNS
+    assert list(table["code"]) == CODES
+    by_code = table.set_index("code")
+    # 401.9: one positive, never predicted -> f1 0, recall 0, precision undefined
+    assert by_code.loc["401.9", "support"] == 1
+    assert by_code.loc["401.9", "f1"] == 0.0
+    assert np.isnan(by_code.loc["401.9", "precision"])
+    # 428.30: true in d0 d1 d2, predicted in d2 d3 -> tp 1, fp 1, fn 2 -> f1 2/5
+    assert by_code.loc["428.30", "f1"] == pytest.approx(0.4)
+    assert by_code.loc["428.30", "n_test"] == 3
+    assert by_code.loc["428.30", "title"] == "title 428.30"
+    # 250.00: no positive -> excluded from rankings with min_support=1
+    worst = analysis.worst_codes(table, n=3)
+    best = analysis.best_codes(table, n=10)
+    assert "250.00" not in set(worst["code"]) | set(best["code"])
+    assert list(worst["f1"]) == sorted(worst["f1"])
+    assert list(best["f1"]) == sorted(best["f1"], reverse=True)
+    assert best.loc[0, "code"] == "428.30"
+    assert analysis.per_code(y, s, labels, 0.5, n_test=np.arange(6))["n_test"].tolist() == list(range(6))
+
+
+def test_errors_by_n_codes_and_length():
+    y, s, _ = confusion_case()
+    notes = pd.DataFrame({
+        "text": ["a b", "a b c d", "a b c d e f", "a b c d e f g h", "a"],
+        "codes": [["428.30"], ["428.30", "250.01"], ["428.31", "428.30"], ["428.0"], ["401.9", "V58.61", "E888.9"]],
+    })
+    table = analysis.errors_by(notes, y, s, 0.5, by="n_codes", bins=5)
+    assert table["n_docs"].sum() == 5
+    # per-document: d0 tp0 fp1 fn1; d1 tp0 fp2 fn2; d2 tp1 fp1 fn1; d3 tp0 fp2 fn1; d4 tp0 fp1 fn1
+    one_code = table[table["max"] == 1].iloc[0]
+    assert one_code["n_docs"] == 2  # d0 and d3
+    assert one_code["mean_errors"] == pytest.approx((2 + 3) / 2)
+    assert one_code["micro_f1"] == 0.0
+    length = analysis.errors_by(notes, y, s, 0.5, by="length", bins=5)
+    assert length["n_docs"].tolist() == [1, 1, 1, 1, 1]
+    assert length["min"].tolist() == [1, 2, 4, 6, 8]
+    assert length.loc[3, "mean_doc_f1"] == pytest.approx(2 / 4)  # 6 words: d2
+    with pytest.raises(ValueError):
+        analysis.errors_by(notes, y, s, 0.5, by="colour")
+
+
+def test_vectorised_at_scale_is_fast():
+    rng = np.random.default_rng(0)
+    n_docs, n_labels = 400, 2000
+    codes = [f"{100 + i // 10}.{i % 10}" for i in range(n_labels)]
+    labels = label_table(codes, n_train=rng.integers(0, 100, n_labels).tolist())
+    y = (rng.random((n_docs, n_labels)) < 0.01).astype(float)
+    s = np.clip(y * 0.4 + rng.random((n_docs, n_labels)) * 0.6, 0, 1)
+    table = analysis.category_confusions(y, s, labels, 0.5, n=5)
+    assert len(table) == 5 and (table["count"] >= 1).all()
+    level = analysis.category_level(y, s, labels, 0.5)
+    assert level.loc["3-digit category", "n_labels"] == 200

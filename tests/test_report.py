@@ -1,0 +1,187 @@
+"""icdlib.report: figures build, have the expected axes/lines and titles; tables are right."""
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from icdlib import analysis, report
+
+CODES = ["38.93", "401.9", "428.0", "428.30", "96.04", "V58.61", "E888.9", "250.00"]
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    splits = ["train"] * 60 + ["val"] * 20 + ["test"] * 20
+    weights = np.array([8, 30, 20, 5, 10, 3, 1, 12], dtype=float)
+    code_lists = []
+    for split in splits:
+        k = int(rng.integers(1, 5))
+        chosen = rng.choice(len(CODES), size=k, replace=False, p=weights / weights.sum())
+        codes = sorted(CODES[i] for i in chosen)
+        if split == "test" and rng.random() < 0.3:
+            codes = sorted(codes + ["999.9"])  # a code never seen in train
+        code_lists.append(codes)
+    notes = pd.DataFrame({
+        "hadm_id": np.arange(100, dtype=np.int64), "subject_id": np.arange(100, dtype=np.int64),
+        "split": splits,
+        "text": [" ".join(["word"] * int(rng.integers(50, 400))) for _ in splits],
+        "codes": code_lists,
+    })
+    train = notes[notes["split"] == "train"]["codes"].explode().value_counts()
+    labels = pd.DataFrame({
+        "code": sorted(CODES),
+        "kind": ["procedure" if len(c.split(".")[0]) == 2 else "diagnosis" for c in sorted(CODES)],
+        "short_title": [f"Short title of {c}" for c in sorted(CODES)],
+        "long_title": [f"Long title of {c}" for c in sorted(CODES)],
+    })
+    labels["n_train"] = [int(train.get(c, 0)) for c in labels["code"]]
+    test = notes[notes["split"] == "test"]
+    y = np.array([[1.0 if c in cs else 0.0 for c in labels["code"]] for cs in test["codes"]])
+    score = np.clip(0.6 * y + 0.5 * rng.random(y.shape), 0, 1)
+    baseline = np.clip(0.3 * y + 0.7 * rng.random(y.shape), 0, 1)
+    return notes, labels, test, y, score, baseline
+
+
+def check(fig, n_axes, title_contains=None):
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == n_axes
+    titles = [ax.get_title() for ax in fig.axes] + [fig._suptitle.get_text() if fig._suptitle else ""]
+    assert any(titles), "figure has no title"
+    if title_contains:
+        assert any(title_contains.lower() in t.lower() for t in titles)
+    for ax in fig.axes:
+        if ax.get_xticks().size:  # panels that are not "no data" messages carry labels
+            assert ax.get_xlabel() or ax.get_ylabel() or ax.get_yticklabels()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=40)  # renders (layout included) without error
+    assert buffer.tell() > 500
+
+
+def test_data_figures(data):
+    notes, labels, *_ = data
+    fig = report.label_frequency(labels)
+    check(fig, 1, "label frequency")
+    assert fig.axes[0].get_xscale() == "log" and fig.axes[0].get_yscale() == "log"
+    check(report.codes_per_admission(notes), 1, "codes per admission")
+    check(report.note_lengths(notes), 1, "note length")
+    check(report.note_lengths(notes, token_counts=np.arange(len(notes)) * 3), 2, "tokens")
+    check(report.top_codes_plot(labels, n=5), 1, "top 5")
+    check(report.top_codes_plot(labels, n=5, n_admissions=60), 1)
+    check(report.kind_share(notes, labels), 1, "procedure")
+    check(report.split_balance(notes, ["401.9", "428.0"]), 1, "per split")
+
+
+def test_top_codes_table(data):
+    notes, labels, *_ = data
+    table = report.top_codes(labels, n=3, n_admissions=60)
+    assert list(table.columns) == ["code", "kind", "short_title", "n_train", "share"]
+    assert len(table) == 3
+    assert table["n_train"].is_monotonic_decreasing
+    assert table.loc[0, "code"] == labels.sort_values("n_train").iloc[-1]["code"]
+    assert table.loc[0, "share"] == pytest.approx(table.loc[0, "n_train"] / 60)
+    assert "share" not in report.top_codes(labels, n=3).columns
+
+
+def test_unseen_in_train():
+    notes = pd.DataFrame({
+        "split": ["train", "train", "val", "test", "test"],
+        "codes": [["1.1", "2.2"], ["2.2"], ["1.1", "3.3"], ["3.3", "4.4", "1.1"], ["4.4"]],
+    })
+    table = report.unseen_in_train(notes)
+    assert list(table.index) == ["val", "test"]
+    assert table.loc["val"].to_dict() == {
+        "n_admissions": 1, "n_codes": 2, "n_unseen_codes": 1, "n_assignments": 2,
+        "n_unseen_assignments": 1, "share_unseen_assignments": 0.5, "n_admissions_affected": 1}
+    assert table.loc["test", "n_unseen_codes"] == 2
+    assert table.loc["test", "n_unseen_assignments"] == 3
+    assert table.loc["test", "n_admissions_affected"] == 2
+
+
+def test_history():
+    steps = np.arange(1, 121)
+    history = pd.DataFrame({"step": steps, "epoch": steps // 60, "train_loss": 1 / steps, "lr": 1e-4,
+                            "tokens_per_s": 1000.0})
+    for metric in ["map", "auroc_micro", "f1_micro", "auprc_micro"]:
+        history[f"val_{metric}"] = np.where(steps % 40 == 0, steps / 200, np.nan)
+    fig = report.history(history)
+    check(fig, 2, "training history")
+    assert len(fig.axes[0].lines) == 2  # raw and moving mean (> 50 logs)
+    assert len(fig.axes[1].lines) == 3  # map, auroc_micro, f1_micro
+    fig = report.history(history.drop(columns=["val_map", "val_auroc_micro", "val_f1_micro"]))
+    check(fig, 2)
+    assert len(fig.axes[1].lines) == 0
+
+
+def test_evaluation_figures(data):
+    notes, labels, test, y, score, baseline = data
+    fig = report.pr_curve({"model": (y, score), "baseline": (y, baseline)})
+    check(fig, 1, "precision-recall")
+    assert len(fig.axes[0].lines) == 2
+    assert "AP" in fig.axes[0].get_legend().get_texts()[0].get_text()
+    fig = report.threshold_curve(y, score, tuned=0.42)
+    check(fig, 1, "threshold")
+    assert len(fig.axes[0].lines) == 5
+    fig = report.calibration(y, score, bins=10)
+    check(fig, 2, "calibration")
+    assert len(fig.axes[0].lines) == 2
+    check(report.calibration(y, score, bins=5, strategy="quantile"), 2)
+    per_code = analysis.per_code(y, score, labels, 0.5)
+    fig = report.per_code_vs_frequency(per_code)
+    check(fig, 2, "training frequency")
+    assert fig.axes[0].get_xscale() == "log"
+    fig = report.f1_by_frequency_bucket(per_code)
+    check(fig, 1, "training frequency")
+    assert len(fig.axes[0].patches) == len(report.frequency_buckets(per_code).query("n_codes > 0"))
+
+
+def test_pr_curve_subsamples_large_arrays():
+    rng = np.random.default_rng(1)
+    y = (rng.random((300, 400)) < 0.02).astype(float)
+    s = rng.random(y.shape)
+    fig = report.pr_curve({"random": (y, s)})
+    assert len(fig.axes[0].lines[0].get_xdata()) <= 2000
+
+
+def test_frequency_buckets():
+    per_code = pd.DataFrame({
+        "n_train": [0, 3, 8, 30, 70, 700, 900],
+        "f1": [np.nan, 0.1, 0.3, 0.4, 0.5, 0.8, 0.6],
+        "auprc": [np.nan, 0.2, 0.2, 0.5, 0.6, 0.9, 0.7],
+    })
+    table = report.frequency_buckets(per_code)
+    assert table["bucket"].tolist() == ["0", "1-10", "11-50", "51-100", ">500"]  # 101-500 empty
+    assert table["n_codes"].tolist() == [0, 2, 1, 1, 2]
+    assert table.loc[1, "mean_f1"] == pytest.approx(0.2)
+    assert table.loc[4, "mean_f1"] == pytest.approx(0.7)
+    # small data: buckets adapt to the quartiles of n_train
+    small = pd.DataFrame({"n_train": [1, 2, 3, 4, 5, 6, 7, 8], "f1": np.linspace(0, 1, 8), "auprc": 0.5})
+    adapted = report.frequency_buckets(small)
+    assert len(adapted) >= 3
+    assert adapted["n_codes"].sum() == 8
+
+
+def test_metrics_table():
+    result = {"auroc_macro": 0.9, "auroc_micro": 0.98, "auprc_macro": 0.2, "auprc_micro": 0.5,
+              "f1_macro": 0.08, "f1_micro": 0.55, "p_at_8": 0.7, "p_at_15": 0.55, "map": 0.6,
+              "n_docs": 10}
+    table = report.metrics_table({"icdlib test @tuned": result, "baseline test @0.5": {"f1_micro": 0.4}})
+    assert list(table.columns) == report.TABLE_METRICS
+    assert table.loc["icdlib test @tuned", "auroc_micro"] == pytest.approx(98.0)
+    assert table.loc["icdlib test @tuned", "map"] == pytest.approx(60.0)
+    assert np.isnan(table.loc["baseline test @0.5", "auroc_micro"])
+    assert table.loc["CAML (MIMIC-III full, published)", "f1_micro"] == 53.9
+    assert table.loc["PLM-ICD (MIMIC-III full, published)", "p_at_15"] == 61.3
+    seed = [name for name in table.index if "LLM2Vec seed" in name]
+    assert len(seed) == 1 and table.loc[seed[0], "auprc_micro"] == 47.41
+    assert np.isnan(table.loc[seed[0], "f1_micro"])
+    assert len(table) == 2 + len(report.REFERENCE_RESULTS)
+    assert list(table.index[:2]) == ["icdlib test @tuned", "baseline test @0.5"]
+    assert len(report.metrics_table({"x": result}, reference=False)) == 1
