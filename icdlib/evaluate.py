@@ -62,7 +62,7 @@ def load(cfg: Config) -> Evaluation:
     return Evaluation(labels=pre.labels, splits=splits, threshold=cfg.threshold)
 
 
-def score_all(ev: Evaluation, cfg: Config, progress: bool = True) -> dict:
+def score_all(ev: Evaluation, cfg: Config, progress: bool = False) -> dict:
     """Metrics of the model (and the baseline when cfg.baseline) at the fixed and tuned thresholds."""
     tuned = metrics.tune_threshold(ev.splits["val"].y_true, ev.splits["val"].y_score)
     results = {"threshold": tuned}

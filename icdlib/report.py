@@ -62,6 +62,21 @@ REFERENCE_RESULTS: dict[str, dict[str, float]] = {
 
 # --------------------------------------------------------------------------- helpers
 
+def _render_figures_in_notebooks() -> None:
+    """Make Jupyter show a returned Figure as a PNG (pyplot-free figures get no formatter otherwise)."""
+    try:
+        from IPython import get_ipython
+        from IPython.core.pylabtools import select_figure_formats
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "display_formatter"):
+        select_figure_formats(shell, {"png"}, dpi=110)
+
+
+_render_figures_in_notebooks()
+
+
 def _figure(nrows: int = 1, ncols: int = 1, size=SIZE, **kwargs):
     """A pyplot-free Figure and its axes (a single Axes, or an array for several)."""
     fig = Figure(figsize=size, layout="constrained")
