@@ -19,7 +19,7 @@ import math
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter, PercentFormatter
 
 from icdlib import codes as icd_codes
 
@@ -99,6 +99,12 @@ def _kind_of(code: str) -> str:
     return "procedure" if len(icd_codes.category(code)) == 2 else "diagnosis"
 
 
+def _plain_log_ticks(axis) -> None:
+    """Label a log axis 1, 10, 100, 1,000 instead of 10^0, 2x10^0, ..."""
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _splits(notes: pd.DataFrame) -> list[str]:
     present = list(pd.unique(notes["split"]))
     return [s for s in SPLITS if s in present] + sorted(s for s in present if s not in SPLITS)
@@ -135,6 +141,8 @@ def label_frequency(labels: pd.DataFrame) -> Figure:
         ax.plot(ranks, seen, color="tab:blue", lw=1.8, label="codes with ≥1 training admission")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _plain_log_ticks(ax.xaxis)
+        _plain_log_ticks(ax.yaxis)
         for threshold, style in ((10, ":"), (100, "--")):
             share = (counts <= threshold).mean()
             ax.axhline(threshold, color="0.5", ls=style, lw=0.8)
@@ -242,8 +250,10 @@ def top_codes_plot(labels: pd.DataFrame, n: int = 20, n_admissions: int | None =
 
 def _assignments(notes: pd.DataFrame) -> pd.DataFrame:
     """One row per (admission, code): split, code."""
-    exploded = notes[["split", "codes"]].explode("codes").dropna(subset=["codes"])
-    return exploded.rename(columns={"codes": "code"})
+    exploded = notes[["split", "codes"]].reset_index(drop=True).explode("codes")
+    exploded = exploded.dropna(subset=["codes"]).rename(columns={"codes": "code"})
+    exploded.index.name = "admission"
+    return exploded
 
 
 def kind_share(notes: pd.DataFrame, labels: pd.DataFrame) -> Figure:
@@ -289,7 +299,7 @@ def split_balance(notes: pd.DataFrame, codes) -> Figure:
     codes = list(codes)
     splits = _splits(notes)
     assignments = _assignments(notes)
-    assignments = assignments[assignments["code"].isin(codes)].drop_duplicates()
+    assignments = assignments[assignments["code"].isin(codes)].reset_index().drop_duplicates()
     sizes = notes["split"].value_counts()
     counts = pd.crosstab(assignments["code"], assignments["split"]).reindex(
         index=codes, columns=splits, fill_value=0)
@@ -443,7 +453,8 @@ def per_code_vs_frequency(per_code: pd.DataFrame) -> Figure:
             ax.plot(centres, means.to_numpy(), color="tab:red", marker="o", ms=4, lw=1.8,
                     label="mean per frequency bin")
             ax.set_xscale("log")
-            ax.legend(fontsize=8, loc="upper left")
+            _plain_log_ticks(ax.xaxis)
+            ax.legend(fontsize=8, loc="lower right")
         else:
             _empty(ax, f"no codes with a defined {title}")
         ax.set_ylim(-0.02, 1.02)
@@ -513,7 +524,7 @@ def f1_by_frequency_bucket(per_code: pd.DataFrame, edges=None) -> Figure:
             ax.annotate(f"n={count:,}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
         ax.set_xticks(x, table["bucket"])
-        ax.set_ylim(0, min(1.0, max(0.05, float(table["mean_f1"].max()) * 1.2)))
+        ax.set_ylim(0, max(0.05, float(table["mean_f1"].max()) * 1.15))
     else:
         _empty(ax, "no codes with a defined F1")
     ax.set_title("Mean per-code F1 by training frequency")

@@ -141,9 +141,12 @@ def split_dataset(prep: Prepared, split: str) -> NotesDataset:
 
 def loader(prep: Prepared, split: str, sampler, cfg: Config):
     pad = prep.tokenizer.pad_token_id
+    # its own generator: a loader draws a seed from the global RNG on every new epoch otherwise,
+    # which would shift the dropout masks of a resumed run
     return torch.utils.data.DataLoader(
         split_dataset(prep, split), batch_sampler=sampler, num_workers=cfg.num_workers,
-        collate_fn=lambda items: collate(items, cfg.segment_length, pad))
+        collate_fn=lambda items: collate(items, cfg.segment_length, pad),
+        generator=torch.Generator().manual_seed(cfg.seed))
 
 
 # ---------------------------------------------------------------- optimisation

@@ -16,8 +16,8 @@ from icdlib import analysis, report
 CODES = ["38.93", "401.9", "428.0", "428.30", "96.04", "V58.61", "E888.9", "250.00"]
 
 
-@pytest.fixture(scope="module")
-def data():
+def make_data():
+    """Small notes/labels tables and test-split predictions of two systems."""
     rng = np.random.default_rng(0)
     splits = ["train"] * 60 + ["val"] * 20 + ["test"] * 20
     weights = np.array([8, 30, 20, 5, 10, 3, 1, 12], dtype=float)
@@ -50,6 +50,11 @@ def data():
     return notes, labels, test, y, score, baseline
 
 
+@pytest.fixture(scope="module")
+def data():
+    return make_data()
+
+
 def check(fig, n_axes, title_contains=None):
     assert isinstance(fig, Figure)
     assert len(fig.axes) == n_axes
@@ -77,6 +82,11 @@ def test_data_figures(data):
     check(report.top_codes_plot(labels, n=5, n_admissions=60), 1)
     check(report.kind_share(notes, labels), 1, "procedure")
     check(report.split_balance(notes, ["401.9", "428.0"]), 1, "per split")
+    fig = report.split_balance(notes, ["401.9"])
+    heights = [bar.get_height() for bar in fig.axes[0].patches]
+    expected = [notes.loc[notes["split"] == s, "codes"].map(lambda c: "401.9" in c).mean()
+                for s in ("train", "val", "test")]
+    np.testing.assert_allclose(heights, expected)
 
 
 def test_top_codes_table(data):
