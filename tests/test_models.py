@@ -119,3 +119,23 @@ def test_overfits_32_notes(tiny_backbone):
     with torch.no_grad():
         pred = torch.sigmoid(coder(batch["input_ids"], batch["attention_mask"])).numpy() > 0.5
     assert (pred == (y > 0.5)).mean() == 1.0, f"final loss {loss.item():.4f}"
+
+
+def test_tiny_mistral_loads_as_a_bidirectional_mistral(tmp_path):
+    cfg = config.resolve("tiny-mistral", {"tiny_hidden": 32, "tiny_vocab": 200, "tiny_init": "random"})
+    texts = ["acute kidney injury and sepsis with hypotension"] * 20
+    encoder, tokenizer = backbones.load(backbones.make_tiny(cfg, texts, tmp_path / "bb"))
+    assert type(encoder).__name__ == "MistralBiModel"
+    assert tokenizer.model_input_names == ["input_ids", "attention_mask"]
+
+
+def test_lsa_embeddings_place_co_occurring_tokens_together(tiny_backbone):
+    _, tok = backbones.load(tiny_backbone)
+    texts = ["heart failure"] * 30 + ["sepsis pneumonia"] * 30
+    vectors = backbones.lsa_embeddings(texts, tok, dim=8)
+    ids = {w: tok(w, add_special_tokens=False)["input_ids"][0] for w in ("heart", "failure", "sepsis")}
+    cos = torch.nn.functional.cosine_similarity
+    same = cos(vectors[ids["heart"]], vectors[ids["failure"]], dim=0)
+    other = cos(vectors[ids["heart"]], vectors[ids["sepsis"]], dim=0)
+    assert same > 0.9 and other < 0.5
+    assert vectors.shape == (len(tok), 8) and abs(vectors.std().item() - 0.02) < 0.005
