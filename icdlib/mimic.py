@@ -49,8 +49,8 @@ def table_path(mimic_dir: Path, table: str) -> Path:
 def read_header(path: Path) -> list[str]:
     try:
         opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8", newline="") as f:
-            line = f.readline()
+        with opener(path, "rb") as f:
+            line = f.readline().decode("utf-8")
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
         raise MimicSchemaError(f"{path.name}: cannot read the header ({e})") from None
     return [c.strip().strip('"').upper() for c in line.rstrip("\r\n").split(",")]

@@ -62,8 +62,14 @@ def setup(cfg: Config) -> Env:
         device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
         if cuda:
             torch.cuda.set_device(device)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         return Env(device, dist.get_rank(), dist.get_world_size())
-    return Env(pick_device(cfg.device))
+    env = Env(pick_device(cfg.device))
+    if env.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return env
 
 
 def pick_device(choice: str = "auto") -> torch.device:

@@ -8,7 +8,8 @@ from mimic_fixture import write_mimic
 
 
 def make_cfg(tmp_path, mimic, **over):
-    return config.resolve("tiny", {"mimic_dir": str(mimic), "output_root": str(tmp_path / "out"), "split": "seed", **over})
+    base = {"mimic_dir": str(mimic), "output_root": str(tmp_path / "out"), "split": "seed", "min_count": 1}
+    return config.resolve("tiny", {**base, **over})
 
 
 @pytest.fixture
@@ -141,3 +142,22 @@ def test_run_writes_atomically_and_caches(tmp_path, mimic):
     assert not [p for p in cfg.run_dir.iterdir() if p.name.startswith(".")]
     stored = pd.read_parquet(out / "notes.parquet")
     assert stored["hadm_id"].dtype == "int64" and list(stored["codes"].iloc[0]) == ["038.9", "38.93", "401.9"]
+
+
+def test_invalid_utf8_in_a_note_is_repaired_and_counted(tmp_path, mimic):
+    path = mimic / "NOTEEVENTS.csv"
+    path.write_bytes(path.read_bytes().replace("REPORT B café".encode(), b"REPORT B caf\xe9"))
+    result = preprocess.build(make_cfg(tmp_path, mimic), progress=False)
+    assert result.stats["notes with invalid UTF-8 (bytes replaced)"] == 1
+    assert result.notes.set_index("hadm_id").loc[100002, "text"] == "REPORT B caf\ufffd"
+
+
+def test_synth_command_writes_the_five_tables(tmp_path):
+    from icdlib.cli import main
+
+    assert main(["synth", "--out", str(tmp_path / "twin"), "--admissions", "20", "--short", "--gzip", "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "twin").iterdir()) == [
+        "DIAGNOSES_ICD.csv.gz", "D_ICD_DIAGNOSES.csv.gz", "D_ICD_PROCEDURES.csv.gz", "NOTEEVENTS.csv.gz",
+        "PROCEDURES_ICD.csv.gz"]
+    cfg = make_cfg(tmp_path, tmp_path / "twin", split="patient")
+    assert len(preprocess.build(cfg, progress=False).notes) > 0
