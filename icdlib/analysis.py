@@ -235,6 +235,7 @@ def errors_by(notes_split: pd.DataFrame, y_true, y_score, threshold: float, by: 
     table["micro_f1"] = np.where(pooled > 0, 2 * table["tp"] / pooled.where(pooled > 0, 1), np.nan)
     table["mean_errors"] = table["mean_fp"] + table["mean_fn"]
     table = table.reset_index()
-    table["bin"] = [f"{int(r['min'])}-{int(r['max'])}" for _, r in table.iterrows()]
+    table["bin"] = [f"{lo}" if lo == hi else f"{lo}-{hi}"
+                    for lo, hi in zip(table["min"].astype(int), table["max"].astype(int))]
     return table[["bin", "n_docs", "min", "max", "mean_doc_f1", "micro_f1", "mean_fp", "mean_fn",
                   "mean_errors"]]

@@ -29,7 +29,7 @@ def keyword_problem(n_docs=400, n_labels=12, seed=0):
 @pytest.fixture(scope="module")
 def problem():
     texts, y = keyword_problem()
-    kwargs = dict(seed=0, progress=False, rank=32, epochs=4, min_steps=150, batch_size=64)
+    kwargs = dict(seed=0, progress=False, rank=16, epochs=1, min_steps=40, batch_size=32)
     info = {}
     out = baseline.fit_predict(texts[:300], y[:300], {"val": texts[300:350], "test": texts[350:]},
                                info=info, **kwargs)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from icdlib import backbones, config
+from icdlib import backbones, config, train
 from icdlib.data import collate, left_pad_segments, tokenize
 from icdlib.models import ICDCoder, LabelAttentionHead, MeanHead, loss_fn
 
@@ -108,9 +108,9 @@ def test_overfits_32_notes(tiny_backbone):
     texts = [" ".join([w for w, on in zip(words, row) if on] * 3 + ["patient", "stable"] * 3) for row in y]
     toks = tokenize(texts, tok, 64)
     batch = collate([(toks.note(i), y[i], i) for i in range(32)], 32, tok.pad_token_id)
-    opt = torch.optim.AdamW(coder.parameters(), lr=3e-3)
+    opt = train.optimizer_for(coder, config.resolve("tiny"))  # the tiny recipe's learning rates
     coder.train()
-    for _ in range(60):
+    for _ in range(80):
         opt.zero_grad()
         loss = loss_fn(coder(batch["input_ids"], batch["attention_mask"]), batch["targets"])
         loss.backward()
