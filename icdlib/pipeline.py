@@ -35,7 +35,7 @@ def execute(name: str, cfg: Config, params: dict, progress: bool = True) -> Path
     try:
         pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(tmp), parameters=parameters,
                             kernel_name="python3", progress_bar=progress, cwd=str(NOTEBOOK_DIR),
-                            log_output=False)
+                            log_output=False, extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except PapermillExecutionError as e:
         failed = reports / f"{name}.failed.ipynb"
         os.replace(tmp, failed)
