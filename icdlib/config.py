@@ -41,7 +41,7 @@ class Config:
     share_safe: str = "auto"  # auto (on for real MIMIC, off for the twin) | on | off
 
     # synthetic twin (used when mimic_dir is empty)
-    synth_admissions: int = 1200
+    synth_admissions: int = 800
     synth_seed: int = 0
     synth_short: bool = True  # short notes for fast demos
 
