@@ -10,6 +10,7 @@ logs and writes. `resume: true` continues from `last/` exactly where it stopped.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -151,7 +152,7 @@ def loader(prep: Prepared, split: str, sampler, cfg: Config):
     # which would shift the dropout masks of a resumed run
     return torch.utils.data.DataLoader(
         split_dataset(prep, split), batch_sampler=sampler, num_workers=cfg.num_workers,
-        collate_fn=lambda items: collate(items, cfg.segment_length, pad),
+        collate_fn=functools.partial(collate, segment_length=cfg.segment_length, pad_id=pad),
         generator=torch.Generator().manual_seed(cfg.seed))
 
 

@@ -139,3 +139,19 @@ def test_lsa_embeddings_place_co_occurring_tokens_together(tiny_backbone):
     other = cos(vectors[ids["heart"]], vectors[ids["sepsis"]], dim=0)
     assert same > 0.9 and other < 0.5
     assert vectors.shape == (len(tok), 8) and abs(vectors.std().item() - 0.02) < 0.005
+
+
+def test_lora_can_start_from_a_saved_llm2vec_style_adapter(tiny_backbone, tmp_path):
+    """adapter_path: a second adapter (like -mntp-supervised) becomes the trainable LoRA."""
+    coder, _ = build(tiny_backbone, "lora")
+    with torch.no_grad():
+        for name, p in coder.encoder.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.01)
+    coder.encoder.save_pretrained(tmp_path / "adapter")
+    cfg = config.resolve("tiny", {"train_backbone": "lora"})
+    encoder, _ = backbones.load(tiny_backbone)
+    continued = backbones.make_trainable(encoder, cfg, tmp_path / "adapter")
+    lora_b = {n: p for n, p in continued.named_parameters() if "lora_B" in n}
+    assert lora_b and all(p.requires_grad and torch.all(p == 0.01) for p in lora_b.values())
+    assert not [n for n, p in continued.named_parameters() if p.requires_grad and "lora_" not in n]
