@@ -25,7 +25,7 @@ report.label_frequency(labels)
 report.top_codes_plot(labels, n=20)
 
 # %%
-report.top_codes(labels, n=20)
+report.top_codes(labels, n=20, n_admissions=int((notes["split"] == "train").sum()))
 
 # %% [markdown]
 # ## Codes per admission and note lengths
