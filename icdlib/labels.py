@@ -58,14 +58,14 @@ def build(notes: pd.DataFrame, dictionary: pd.DataFrame, kinds: dict[str, str], 
         raise DataError(f"the label space is empty (labels={rule}, min_count={min_count})")
     titles = dictionary.set_index("code")
     table = pd.DataFrame({"code": codes})
-    table["kind"] = [titles["kind"].get(c) or kinds.get(c) or _guess_kind(c) for c in codes]
+    table["kind"] = [titles["kind"].get(c) or kinds.get(c) or kind_of(c) for c in codes]
     table["short_title"] = titles["short_title"].reindex(codes).fillna("").to_numpy()
     table["long_title"] = titles["long_title"].reindex(codes).fillna("").to_numpy()
     table["n_train"] = counts.reindex(codes, fill_value=0).astype("int64").to_numpy()
     return table[LABEL_COLUMNS]
 
 
-def _guess_kind(code: str) -> str:
+def kind_of(code: str) -> str:
     """Dotted procedures have two characters before the dot; diagnoses three or four."""
     return "procedure" if len(code.split(".")[0]) == 2 else "diagnosis"
 

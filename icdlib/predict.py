@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from icdlib import checkpoint
 from icdlib.data import tokenize
 from icdlib.errors import IcdlibError
 from icdlib.preprocess import clean_caml
-from icdlib.train import Env, compute_dtype, pick_device, score
+from icdlib.train import Env, pick_device, score, weights_dtype
 
 
 class Coder:
@@ -29,8 +28,7 @@ class Coder:
         self.env = Env(pick_device(device))
         probe = checkpoint.read_manifest(model_dir)
         self.cfg = checkpoint.Config(**probe["config"])
-        dtype = compute_dtype(self.cfg, self.env.device) if self.cfg.train_backbone != "full" else torch.float32
-        self.model, self.tokenizer, manifest, _ = checkpoint.load(model_dir, dtype)
+        self.model, self.tokenizer, manifest, _ = checkpoint.load(model_dir, weights_dtype(self.cfg, self.env.device))
         self.model.to(self.env.device).eval()
         self.labels = pd.DataFrame({"code": manifest["labels"], "kind": manifest["kinds"], "title": manifest["titles"]})
         self.batch_size = batch_size

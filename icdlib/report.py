@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter, PercentFormatter
 
-from icdlib import codes as icd_codes
+from icdlib.labels import kind_of
 
 __all__ = [
     "REFERENCE_RESULTS", "TABLE_METRICS",
@@ -92,11 +92,6 @@ def _n_words(notes: pd.DataFrame) -> np.ndarray:
     if "n_words" in notes:
         return notes["n_words"].to_numpy(dtype=np.int64)
     return notes["text"].str.split().str.len().fillna(0).to_numpy(dtype=np.int64)
-
-
-def _kind_of(code: str) -> str:
-    """diagnosis/procedure of a dotted code: procedures have a 2-character category."""
-    return "procedure" if len(icd_codes.category(code)) == 2 else "diagnosis"
 
 
 def _plain_log_ticks(axis) -> None:
@@ -264,7 +259,7 @@ def kind_share(notes: pd.DataFrame, labels: pd.DataFrame) -> Figure:
     """
     assignments = _assignments(notes)
     kinds = dict(zip(labels["code"], labels["kind"]))
-    assignments["kind"] = [kinds.get(c) or _kind_of(c) for c in assignments["code"]]
+    assignments["kind"] = [kinds.get(c) or kind_of(c) for c in assignments["code"]]
     table = pd.crosstab(assignments["split"], assignments["kind"], normalize="index")
     table = table.reindex(index=[s for s in _splits(notes) if s in table.index])
     counts = assignments["split"].value_counts()

@@ -94,6 +94,11 @@ def compute_dtype(cfg: Config, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def weights_dtype(cfg: Config, device: torch.device) -> torch.dtype:
+    """Frozen backbone weights in the compute dtype; a fully trained backbone keeps fp32 masters."""
+    return torch.float32 if cfg.train_backbone == "full" else compute_dtype(cfg, device)
+
+
 def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return nullcontext()
@@ -127,8 +132,7 @@ def prepare(cfg: Config, env: Env | None = None) -> Prepared:
     notes, label_codes = pre.notes, pre.labels["code"].tolist()
     torch.manual_seed(cfg.seed)
     path = backbone_path(cfg, notes.loc[notes["split"] == "train", "text"].tolist())
-    weights_dtype = compute_dtype(cfg, env.device) if cfg.train_backbone != "full" else torch.float32
-    encoder, tokenizer = backbones.load(path, weights_dtype)
+    encoder, tokenizer = backbones.load(path, weights_dtype(cfg, env.device))
     encoder = backbones.make_trainable(encoder, cfg, cfg.adapter_path)
     torch.manual_seed(cfg.seed)
     coder = ICDCoder(encoder, len(label_codes), cfg.head, cfg.attention_dim)
@@ -251,7 +255,7 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
     coder = prep.coder
     state = None
     if cfg.resume and (last / "trainer_state.pt").is_file():
-        coder, _, _, _ = checkpoint.load(last, compute_dtype(cfg, env.device) if cfg.train_backbone != "full" else torch.float32,
+        coder, _, _, _ = checkpoint.load(last, weights_dtype(cfg, env.device),
                                          trainable=True, expect_labels=prep.label_codes)
         state = checkpoint.load_trainer_state(last)
     coder.to(env.device)
@@ -372,7 +376,7 @@ def write_history(out: Path, history: list[dict]) -> None:
 
 def write_predictions(cfg: Config, prep: Prepared, env: Env, best: Path) -> None:
     """Scores of the best checkpoint on val and test: `predictions_<split>.npz` (hadm_id, scores)."""
-    coder, _, _, _ = checkpoint.load(best, compute_dtype(cfg, env.device) if cfg.train_backbone != "full" else torch.float32,
+    coder, _, _, _ = checkpoint.load(best, weights_dtype(cfg, env.device),
                                      expect_labels=prep.label_codes)
     coder.to(env.device)
     for split in ("val", "test"):
