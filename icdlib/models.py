@@ -43,11 +43,15 @@ class LabelAttentionHead(nn.Module):
         self.weight = nn.Parameter(torch.zeros(n_labels, hidden))
         self.bias = nn.Parameter(torch.zeros(n_labels))
 
+    def attention(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, labels) weights over tokens; padding gets exactly zero."""
+        scores = self.query(torch.tanh(self.project(states)))
+        scores = scores.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        return torch.softmax(scores, dim=1)  # over tokens; max-subtracted, so stable
+
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         states = self.dropout(states)
-        scores = self.query(torch.tanh(self.project(states)))  # (B, T, labels)
-        scores = scores.masked_fill(~mask.unsqueeze(-1), float("-inf"))
-        attention = torch.softmax(scores, dim=1)  # over tokens; max-subtracted, so stable
+        attention = self.attention(states, mask)
         per_label = torch.einsum("btl,bth->blh", attention, states)
         return (per_label * self.weight).sum(-1) + self.bias
 

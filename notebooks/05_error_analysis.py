@@ -11,7 +11,7 @@ params = {}            # any other parameter of params/<backbone>.yaml, e.g. {"m
 
 # %%
 import pandas as pd
-from icdlib import analysis, config, evaluate
+from icdlib import analysis, config, evaluate, explain
 cfg = config.load(backbone, run=run, mimic_dir=mimic_dir, params=params)
 ev = evaluate.load(cfg)
 split = evaluate.eval_split(ev)
@@ -55,3 +55,10 @@ analysis.errors_by(s.notes, s.y_true, s.y_score, threshold, by="length")
 
 # %%
 analysis.errors_by(s.notes, s.y_true, s.y_score, threshold, by="n_codes")
+
+# %% [markdown]
+# ## What the label attention reads for the split's most frequent code
+# Token highlights on one note (off when `share_safe` is on: no note text in shared reports).
+
+# %%
+explain.highlight(cfg, s.notes, s.y_true, ev.labels)

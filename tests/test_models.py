@@ -155,3 +155,15 @@ def test_lora_can_start_from_a_saved_llm2vec_style_adapter(tiny_backbone, tmp_pa
     lora_b = {n: p for n, p in continued.named_parameters() if "lora_B" in n}
     assert lora_b and all(p.requires_grad and torch.all(p == 0.01) for p in lora_b.values())
     assert not [n for n, p in continued.named_parameters() if p.requires_grad and "lora_" not in n]
+
+
+def test_token_attention_is_a_distribution_over_the_note(tiny_backbone):
+    from icdlib.explain import highlight_html, token_attention
+
+    coder, tok = build(tiny_backbone, "frozen", n_labels=3)
+    coder.eval()
+    text = "patient admitted with sepsis and pneumonia " * 10
+    table = token_attention(coder, tok, text, label=1, max_tokens=40, segment_length=16)
+    assert len(table) == 40 and table["weight"].sum() == pytest.approx(1.0, abs=1e-5)
+    assert (table["weight"] >= 0).all()
+    assert "background: rgba(255,140,0,1.00)" in highlight_html(table, "code").data

@@ -1,0 +1,63 @@
+"""What the label-attention head reads for one code: token highlights for notebook 05.
+
+Only for reports that may show note text: with `share_safe` on (the default for real MIMIC-III)
+the highlights are replaced by a one-line notice, so no note text reaches a shared report.
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+import torch
+
+from icdlib.config import Config
+from icdlib.data import collate, tokenize
+from icdlib.models import LabelAttentionHead
+
+
+def token_attention(coder, tokenizer, text: str, label: int, max_tokens: int, segment_length: int) -> pd.DataFrame:
+    """One row per token of `text` (up to max_tokens): token, weight of label `label`'s attention."""
+    tokens = tokenize([text], tokenizer, max_tokens)
+    batch = collate([(tokens.note(0), np.zeros(0, np.float32), 0)], segment_length, tokenizer.pad_token_id)
+    model = coder.model if hasattr(coder, "model") else coder
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        states, mask = model.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        weights = model.head.attention(states.float(), mask)[0, :, label]
+    weights = weights[mask[0]].cpu().numpy()
+    pieces = tokenizer.convert_ids_to_tokens(tokens.note(0).tolist())
+    return pd.DataFrame({"token": pieces, "weight": weights})
+
+
+def highlight_html(table: pd.DataFrame, title: str, window: int = 120):
+    """Tokens around the most attended one, shaded by weight relative to the maximum."""
+    from IPython.display import HTML
+
+    peak = int(table["weight"].to_numpy().argmax())
+    part = table.iloc[max(0, peak - window // 2): peak + window // 2]
+    top = float(table["weight"].max()) or 1.0
+    spans = "".join(f'<span style="background: rgba(255,140,0,{w / top:.2f})">{html.escape(t.lstrip("Ġ▁"))}</span> '
+                    for t, w in zip(part["token"], part["weight"]))
+    return HTML(f"<p><b>{html.escape(title)}</b></p><p style='line-height:1.8'>{spans}</p>")
+
+
+def highlight(cfg: Config, notes: pd.DataFrame, y_true: np.ndarray, labels: pd.DataFrame, code: str = ""):
+    """Highlights for `code` (default: the most frequent code of the split) on its first note."""
+    from IPython.display import Markdown
+
+    if cfg.share_safe_on:
+        return Markdown("Attention highlights are off: `share_safe` is on, so this report shows no note text.")
+    if cfg.head != "label_attention":
+        return Markdown(f"Attention highlights need `head: label_attention` (this run uses `{cfg.head}`).")
+    from icdlib import predict
+
+    coder = predict.load(cfg.run_dir / "03_train" / "best", device="cpu")
+    codes = labels["code"].tolist()
+    label = codes.index(code) if code else int(np.asarray(y_true).sum(0).argmax())
+    row = int(np.flatnonzero(np.asarray(y_true)[:, label])[0])
+    table = token_attention(coder, coder.tokenizer, notes["text"].iloc[row], label,
+                            cfg.segment_length * cfg.max_segments, cfg.segment_length)
+    title = f"{codes[label]} {labels['short_title'].iloc[label]} — admission {notes['hadm_id'].iloc[row]}"
+    return highlight_html(table, title)
