@@ -158,3 +158,25 @@ def test_share_safe_reports_hold_no_note_text(demo_run):
         assert not [c for c in CANARIES if c in text], f"canary in {name}"
         leaked = [w for w in windows(words(text)) & note_windows if w not in titles]
         assert not leaked, f"note text in {name}: {leaked[:3]}"
+
+
+def test_predict_api_refuses_bad_input(demo_run, tmp_path):
+    import shutil
+
+    from icdlib import predict
+    from icdlib.errors import IcdlibError
+
+    run_dir, _ = demo_run
+    coder = predict.load(run_dir / "03_train/best", device="cpu")
+    tables = coder.predict(["Acute kidney injury and hypertension.", "Septic shock."], threshold=0.0)
+    assert len(tables) == 2 and len(tables[0]) == len(coder.labels)
+    assert list(tables[0].columns) == ["code", "kind", "title", "score"]
+    with pytest.raises(IcdlibError, match="text 1 is empty"):
+        coder.predict(["fine", "   "])
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir / "03_train/best", broken)
+    (broken / "head.safetensors").unlink()
+    with pytest.raises(IcdlibError, match="lacks head.safetensors"):
+        predict.load(broken)
+    with pytest.raises(IcdlibError, match="not an icdlib model folder"):
+        predict.load(tmp_path)
