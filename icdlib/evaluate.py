@@ -35,6 +35,7 @@ class SplitScores:
 class Evaluation:
     labels: pd.DataFrame
     splits: dict[str, SplitScores]  # val, and test when the split has one
+    train: pd.DataFrame  # the train rows of notes.parquet (the baseline fits on them)
     threshold: float = 0.5
     results: dict = field(default_factory=dict)  # name → metrics dict
     baseline: dict[str, np.ndarray] = field(default_factory=dict)  # split → scores
@@ -59,7 +60,8 @@ def load(cfg: Config) -> Evaluation:
         splits[split] = SplitScores(notes, multi_hot(notes["codes"].tolist(), codes), scores)
     if "val" not in splits:
         raise DataError("no validation predictions: the run's split has no val admissions")
-    return Evaluation(labels=pre.labels, splits=splits, threshold=cfg.threshold)
+    return Evaluation(labels=pre.labels, splits=splits, train=pre.notes[pre.notes["split"] == "train"],
+                      threshold=cfg.threshold)
 
 
 def score_all(ev: Evaluation, cfg: Config, progress: bool = False) -> dict:
@@ -72,8 +74,7 @@ def score_all(ev: Evaluation, cfg: Config, progress: bool = False) -> dict:
     if cfg.baseline:
         from icdlib import baseline
 
-        pre = preprocess.load(cfg.run_dir)
-        train = pre.notes[pre.notes["split"] == "train"]
+        train = ev.train
         y_train = multi_hot(train["codes"].tolist(), ev.labels["code"].tolist())
         ev.baseline = baseline.fit_predict(train["text"].tolist(), y_train,
                                            {k: s.notes["text"].tolist() for k, s in ev.splits.items()},
