@@ -58,7 +58,8 @@ def build(notes: pd.DataFrame, dictionary: pd.DataFrame, kinds: dict[str, str], 
         raise DataError(f"the label space is empty (labels={rule}, min_count={min_count})")
     titles = dictionary.set_index("code")
     table = pd.DataFrame({"code": codes})
-    table["kind"] = [titles["kind"].get(c) or kinds.get(c) or kind_of(c) for c in codes]
+    listed = titles["kind"].reindex(codes).fillna("").to_numpy(dtype=object)
+    table["kind"] = [k or kinds.get(c) or kind_of(c) for k, c in zip(listed, codes)]
     table["short_title"] = titles["short_title"].reindex(codes).fillna("").to_numpy()
     table["long_title"] = titles["long_title"].reindex(codes).fillna("").to_numpy()
     table["n_train"] = counts.reindex(codes, fill_value=0).astype("int64").to_numpy()

@@ -161,3 +161,24 @@ def test_synth_command_writes_the_five_tables(tmp_path):
         "PROCEDURES_ICD.csv.gz"]
     cfg = make_cfg(tmp_path, tmp_path / "twin", split="patient")
     assert len(preprocess.build(cfg, progress=False).notes) > 0
+
+
+def test_join_texts_across_chunks_in_any_order():
+    import numpy as np
+    import pyarrow as pa
+
+    chunks = [pa.array(["a", "bb"], pa.large_string()), pa.array(["ccc", "", "é!"], pa.large_string()).slice(0, 3),
+              pa.array(["zz"], pa.large_string())]
+    rows = np.array([4, 0, 2, 1, 3, 5])  # notes in admission order, spread over the chunks
+    first, n_notes = np.array([2, 0, 5, 3]), np.array([1, 2, 1, 2])  # admissions listed out of order
+    joined = preprocess.join_texts(list(chunks), rows, first, n_notes)
+    assert joined.tolist() == ["ccc", "é!\n\na", "zz", "bb\n\n"]
+    assert all(c is not None for c in chunks)  # the caller's own references are untouched
+    assert preprocess.join_texts([], np.zeros(0, np.int64), np.zeros(0), np.zeros(0)).tolist() == []
+
+
+def test_group_codes_sorts_and_deduplicates():
+    rows = pd.DataFrame({"hadm_id": [7, 3, 7, 7, 3], "code": ["401.9", "V58.61", "038.9", "401.9", "E888.9"]})
+    grouped = preprocess.group_codes(rows)
+    assert grouped["hadm_id"].tolist() == [3, 7]
+    assert grouped["codes"].tolist() == [["E888.9", "V58.61"], ["038.9", "401.9"]]
