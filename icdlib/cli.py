@@ -72,6 +72,21 @@ def cmd_predict(args) -> None:
         print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
 
 
+def cmd_bench(args) -> None:
+    from icdlib import bench
+
+    command = "python -m icdlib bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else ""
+    doc = bench.run_suite(args.suite, args.scale, args.repeats, args.warmup, args.data_dir or None, args.out or None,
+                          args.markdown or None, progress=not args.quiet, command=command)
+    for c in doc.get("comparisons", []):
+        r = c["ratio"]
+        print(f"[icdlib bench] {c['what']}: {r['median']:.2f} ({r['min']:.2f}–{r['max']:.2f})"
+              + (f", target {c['target']}" if c.get("target") else ""))
+    for c in doc.get("checks", []):
+        print(f"[icdlib bench] check {'passed' if c['ok'] else 'FAILED'}: {c['what']}")
+    print(f"[icdlib bench] results: {args.out or 'benchmarks/results/' + args.suite + '.json'}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m icdlib", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -115,6 +130,22 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     q.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     q.set_defaults(func=cmd_predict)
+
+    from icdlib.bench import SUITES
+
+    b = sub.add_parser("bench", help="measure speed and memory against the usual alternative (see benchmarks/)",
+                       description="Run one benchmark suite; writes benchmarks/results/SUITE.json and rewrites "
+                                   "benchmarks/RESULTS.md. Medians of --repeats timed runs after --warmup runs.")
+    b.add_argument("suite", choices=SUITES)
+    b.add_argument("--scale", default="full", help="full (the recorded numbers) or smoke (seconds, for tests)")
+    b.add_argument("--repeats", type=int, default=3, help="timed runs per figure")
+    b.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    b.add_argument("--out", default="", help="results JSON (default: benchmarks/results/SUITE.json)")
+    b.add_argument("--markdown", default="", help="markdown summary, rendered from every JSON beside --out "
+                                                  "(default: benchmarks/RESULTS.md)")
+    b.add_argument("--data-dir", default="", help="where synthetic twins are generated once (default: benchmarks/data)")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -1,0 +1,42 @@
+"""Benchmarks: measured speed and memory of icdlib, side by side with what a user would otherwise run.
+
+`python -m icdlib bench SUITE` runs one suite, writes `benchmarks/results/SUITE.json` and rewrites
+`benchmarks/RESULTS.md` from every results file. Each figure is the median of several timed runs
+after a warm-up, with its min–max; ratios are taken run by run between the two systems measured in
+the same invocation. Nothing here is a test: `make test` only checks that the suites run.
+
+Suites: `preprocess` (step 01 against pandas read-everything), `metrics` (icdlib.metrics against
+scikit-learn's per-label loop), `train` (tokens/s of segmented dynamic batches against the original
+project's fixed 1024-token window), `predict` (notes/s of icdlib.predict).
+"""
+
+SUITES = ("preprocess", "metrics", "train", "predict")
+
+
+def run_suite(suite: str, scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir=None, out=None,
+              markdown=None, progress: bool = True, command: str = "") -> dict:
+    """Run one suite and record it: `out` (JSON) and `markdown` (re-rendered from every JSON beside `out`)."""
+    import importlib
+    from pathlib import Path
+
+    from icdlib.bench import harness, results
+    from icdlib.errors import IcdlibError
+
+    if suite not in SUITES:
+        raise IcdlibError(f"unknown benchmark suite {suite!r}; choose one of {', '.join(SUITES)}")
+    module = importlib.import_module(f"icdlib.bench.{suite}")
+    if scale not in module.SCALES:
+        raise IcdlibError(f"suite {suite} has no scale {scale!r}; choose one of {', '.join(module.SCALES)}")
+    if repeats < 1 or warmup < 0:
+        raise IcdlibError(f"repeats must be ≥ 1 and warmup ≥ 0, got {repeats} and {warmup}")
+    out = Path(out) if out else results.RESULTS_DIR / f"{suite}.json"
+    markdown = Path(markdown) if markdown else results.MARKDOWN
+    data_dir = Path(data_dir) if data_dir else results.BENCH_DIR / "data"
+    provenance = harness.machine()
+    doc = module.run(scale=scale, repeats=repeats, warmup=warmup, data_dir=data_dir, progress=progress,
+                     figure=markdown.parent / f"{suite}.png")
+    doc = {"suite": suite, "date": harness.now(), "scale": scale, "repeats": repeats, "warmup": warmup,
+           "command": command or f"python -m icdlib bench {suite} --scale {scale} --repeats {repeats}",
+           **provenance, **doc}
+    results.write(doc, out, markdown)
+    return doc

@@ -1,0 +1,97 @@
+"""Benchmark results: one JSON file per suite, and `benchmarks/RESULTS.md` rendered from all of them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from icdlib.bench import SUITES
+from icdlib.config import REPO_ROOT
+from icdlib.runfolder import atomic_write_text
+
+BENCH_DIR = REPO_ROOT / "benchmarks"
+RESULTS_DIR = BENCH_DIR / "results"
+MARKDOWN = BENCH_DIR / "RESULTS.md"
+
+HEADER = """# Benchmark results
+
+Written by `python -m icdlib bench SUITE` (see `icdlib/bench/`); do not edit by hand. Each figure
+is the median of the timed runs after a warm-up, with min–max in brackets; a ratio is taken run by
+run between two systems measured side by side in the same invocation. Reproduce with:
+
+```bash
+make setup
+.venv/bin/python -m icdlib bench preprocess   # ~1 h the first time: writes the synthetic twins to benchmarks/data/
+.venv/bin/python -m icdlib bench metrics
+.venv/bin/python -m icdlib bench train
+.venv/bin/python -m icdlib bench predict
+```
+"""
+
+
+def write(result: dict, out: Path, markdown: Path | None = MARKDOWN) -> None:
+    """Save one suite's result and re-render the markdown from every result beside it."""
+    out = Path(out)
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+    if markdown is not None:
+        atomic_write_text(Path(markdown), render(read_all(out.parent), Path(markdown).parent))
+
+
+def read_all(folder: Path) -> list[dict]:
+    """The results in `folder`, in suite order."""
+    found = {}
+    for path in sorted(Path(folder).glob("*.json")):
+        doc = json.loads(path.read_text())
+        if doc.get("suite") in SUITES:
+            found[doc["suite"]] = doc
+    return [found[s] for s in SUITES if s in found]
+
+
+def cell(stat: dict | None, digits: int) -> str:
+    """`median (min–max)` of a summary, or the bare value for a single run."""
+    if stat is None:
+        return ""
+    med = f"{stat['median']:,.{digits}f}"
+    if stat["n"] == 1 or stat["min"] == stat["max"]:
+        return med
+    return f"{med} ({stat['min']:,.{digits}f}–{stat['max']:,.{digits}f})"
+
+
+def render_suite(doc: dict, markdown_dir: Path) -> str:
+    m, v = doc["machine"], doc["versions"]
+    lines = [f"## {doc['suite']}", "",
+             f"{doc['date']} · {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, GPU: {m['gpu']} · "
+             f"{m['os']}, Python {m['python']} · commit {m['commit']}  ",
+             "versions: " + ", ".join(f"{k} {x}" for k, x in v.items()) + "  ",
+             f"command: `{doc['command']}` ({doc['repeats']} timed runs after {doc['warmup']} warm-up)", ""]
+    if doc.get("description"):
+        lines += [doc["description"], ""]
+    columns = doc["columns"]
+    lines.append("| case | system | " + " | ".join(header for _, header, _ in columns) + " |")
+    lines.append("|---|---|" + "---|" * len(columns))
+    for row in doc["rows"]:
+        cells = [cell(row.get(key), digits) for key, _, digits in columns]
+        lines.append(f"| {row['case']} | {row['system']} | " + " | ".join(cells) + " |")
+    if doc.get("comparisons"):
+        lines += ["", "| comparison | ratio | target | met |", "|---|---|---|---|"]
+        for c in doc["comparisons"]:
+            met = "" if c.get("met") is None else ("yes" if c["met"] else "**no**")
+            lines.append(f"| {c['what']} | {cell(c['ratio'], 2)} | {c.get('target', '')} | {met} |")
+    if doc.get("checks"):
+        lines += [""] + [f"- check: {c['what']}: {'passed' if c['ok'] else '**failed**'}"
+                         + (f" ({c['detail']})" if c.get("detail") else "") for c in doc["checks"]]
+    if doc.get("notes"):
+        lines += [""] + [f"- {n}" for n in doc["notes"]]
+    for fig in doc.get("figures", []):
+        rel = Path(fig).relative_to(markdown_dir) if Path(fig).is_absolute() else Path(fig)
+        lines += ["", f"![{doc['suite']}]({rel.as_posix()})"]
+    return "\n".join(lines) + "\n"
+
+
+def render(docs: list[dict], markdown_dir: Path) -> str:
+    done = {d["suite"] for d in docs}
+    parts = [HEADER] + [render_suite(d, markdown_dir) for d in docs]
+    missing = [s for s in SUITES if s not in done]
+    if missing:
+        parts.append("Not measured yet: " + ", ".join(missing) + ".\n")
+    return "\n".join(parts)
