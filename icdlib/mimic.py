@@ -9,7 +9,12 @@ ICD9_CODE is always text (`0389` and `389` differ).
 from __future__ import annotations
 
 import gzip
+import io
+import os
+import re
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -138,71 +143,139 @@ def read_dictionary(paths: dict[str, Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).drop_duplicates("code").reset_index(drop=True)
 
 
-def read_notes(path: Path, categories: list[str], block_size: int = 4 << 20,
-               progress: bool = True) -> tuple[pa.Table, dict]:
+NOTE_TYPES = {"ROW_ID": pa.int64(), "SUBJECT_ID": pa.int64(), "HADM_ID": pa.int64(), "CHARTDATE": pa.string(),
+              "CHARTTIME": pa.string(), "CATEGORY": pa.string(), "DESCRIPTION": pa.string(), "ISERROR": pa.string(),
+              "TEXT": pa.binary()}
+# a NOTEEVENTS record starts a line with ROW_ID,SUBJECT_ID,HADM_ID,CHARTDATE
+RECORD_START = re.compile(rb"\n(?=\d+,\d+,[\d.]*,\"?\d{4}-\d{2}-\d{2})")
+MIN_PART_BYTES = 256 << 20
+
+
+def read_notes(path: Path, categories: list[str], block_size: int = 4 << 20, progress: bool = True,
+               parts: int | None = None) -> tuple[pa.Table, dict]:
     """The notes of the given categories, streamed: an arrow table of NOTE_COLUMNS in lower case.
 
-    pyarrow parses blocks of the CSV in parallel and filters them on its own threads; only the
-    selected notes are kept, with `text` as large_string (no Python object per note). The reader
-    parses about a dozen blocks ahead, so the block size bounds memory: 4 MB keeps that under
-    ~0.2 GB and reads as fast as larger blocks. TEXT is read as bytes and checked as UTF-8 a chunk
-    at a time; a note with invalid UTF-8 is repaired with U+FFFD and counted rather than failing
-    the whole file.
+    pyarrow parses the CSV and filters it on its own threads; only the selected notes are kept,
+    with `text` as large_string (no Python object per note). Finding where records end is serial
+    in pyarrow when values hold newlines, so a plain CSV is cut into `parts` byte ranges at record
+    starts (default: one per core, at least 256 MB each) read side by side. Should a cut land
+    inside a note, its range cannot parse as 11 typed columns and the file is read again in one
+    piece. Each reader parses about a dozen blocks ahead, so the block size bounds memory: 4 MB
+    keeps that under ~0.2 GB per reader. TEXT is read as bytes and checked as UTF-8; a note with
+    invalid UTF-8 is repaired with U+FFFD and counted rather than failing the whole file.
     """
-    import pyarrow.dataset as ds
     from tqdm.auto import tqdm
 
     names = read_header(path)
-    convert = pacsv.ConvertOptions(
-        include_columns=NOTE_COLUMNS,
-        column_types={"ROW_ID": pa.int64(), "SUBJECT_ID": pa.int64(), "HADM_ID": pa.int64(),
-                      "CHARTDATE": pa.string(), "CHARTTIME": pa.string(), "CATEGORY": pa.string(),
-                      "DESCRIPTION": pa.string(), "ISERROR": pa.string(), "TEXT": pa.binary()},
-        strings_can_be_null=True,
-    )
-    n_rows, n_bad, chunks = 0, 0, []
-    try:
-        reader = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block_size),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=convert,
-        )
-        with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name, disable=not progress) as bar:
-            def blocks():
-                nonlocal n_rows
-                for batch in reader:
-                    n_rows += batch.num_rows
-                    bar.update(min(block_size, bar.total - bar.n))
-                    yield batch
+    size = path.stat().st_size
+    if parts is None:
+        parts = max(1, min(os.cpu_count() or 1, size // MIN_PART_BYTES))
+    ranges = _record_ranges(path, parts) if not path.name.endswith(".gz") and parts > 1 else [None]
+    with tqdm(total=size, unit="B", unit_scale=True, desc=path.name, disable=not progress) as bar:
+        try:
+            try:
+                results = _read_ranges(path, names, categories, ranges, block_size, bar)
+            except pa.ArrowInvalid:
+                if ranges == [None]:
+                    raise
+                bar.reset()
+                results = _read_ranges(path, names, categories, [None], block_size, bar)
+        except (pa.ArrowInvalid, OSError, EOFError, zlib.error) as e:
+            raise MimicSchemaError(f"{path.name}: {e}") from None
+    schema = pa.schema([pa.field(c.lower(), pa.large_string() if c == "TEXT" else NOTE_TYPES[c]) for c in NOTE_COLUMNS])
+    table = pa.Table.from_batches([b for _, batches, _ in results for b in batches], schema)
+    pa.default_memory_pool().release_unused()  # the parsers' blocks
+    return table, {"NOTEEVENTS rows": sum(r[0] for r in results),
+                   "notes with invalid UTF-8 (bytes replaced)": sum(r[2] for r in results)}
 
-            selected = ds.Scanner.from_batches(blocks(), schema=reader.schema, columns=NOTE_COLUMNS,
-                                               filter=pc.field("CATEGORY").isin(categories),
-                                               memory_pool=pa.system_memory_pool())
-            for batch in selected.to_batches():
-                text, bad = _text(batch.column("TEXT"))
-                n_bad += bad
-                chunks.append(pa.RecordBatch.from_arrays([text if c == "TEXT" else batch.column(c) for c in NOTE_COLUMNS],
-                                                         names=[c.lower() for c in NOTE_COLUMNS]))
-    except (pa.ArrowInvalid, OSError, EOFError, zlib.error) as e:
-        raise MimicSchemaError(f"{path.name}: {e}") from None
-    schema = pa.schema([pa.field(c.lower(), pa.large_string() if c == "TEXT" else reader.schema.field(c).type)
-                        for c in NOTE_COLUMNS])
-    table = pa.Table.from_batches(chunks, schema)
-    pa.default_memory_pool().release_unused()  # the parser's blocks
-    return table, {"NOTEEVENTS rows": n_rows, "notes with invalid UTF-8 (bytes replaced)": n_bad}
+
+def _record_ranges(path: Path, parts: int) -> list[tuple[int, int]]:
+    """Byte ranges of records (header excluded), cut at record starts near equal fractions."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        cuts = [len(f.readline())]
+        for k in range(1, parts):
+            f.seek(size * k // parts)
+            found = RECORD_START.search(f.read(1 << 20))
+            if found:
+                cuts.append(size * k // parts + found.start() + 1)
+    cuts = sorted(set(cuts)) + [size]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+class _ByteRange(io.RawIOBase):
+    """A file's bytes [start, end) as a read-only stream.
+
+    Reads land in arrow buffers rather than Python bytes: the C allocator keeps freed
+    multi-megabyte blocks of the reader threads (~0.5 GB at full MIMIC-III size), arrow's pool
+    gives them back.
+    """
+
+    def __init__(self, path: Path, start: int, end: int):
+        self._file = open(path, "rb")
+        self._file.seek(start)
+        self._left = end - start
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> pa.Buffer:
+        buf = pa.allocate_buffer(self._left if n < 0 else min(n, self._left), resizable=True)
+        got = self._file.readinto(memoryview(buf)) or 0
+        buf.resize(got)
+        self._left -= got
+        return buf
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _read_ranges(path, names, categories, ranges, block_size, bar) -> list[tuple[int, list, int]]:
+    """(rows, kept batches, repaired notes) for each byte range (None: the whole file), side by side."""
+    import pyarrow.dataset as ds
+
+    lock = threading.Lock()
+
+    def read(span):
+        source, skip = (path, 1) if span is None else (_ByteRange(path, *span), 0)
+        reader = pacsv.open_csv(
+            source,
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=skip, block_size=block_size),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(include_columns=NOTE_COLUMNS, column_types=NOTE_TYPES,
+                                                 strings_can_be_null=True),
+        )
+        n_rows, n_bad, kept = 0, 0, []
+
+        def blocks():
+            nonlocal n_rows
+            for batch in reader:
+                n_rows += batch.num_rows
+                with lock:
+                    bar.update(min(block_size, bar.total - bar.n))
+                yield batch
+
+        selected = ds.Scanner.from_batches(blocks(), schema=reader.schema, columns=NOTE_COLUMNS,
+                                           filter=pc.field("CATEGORY").isin(categories))
+        for batch in selected.to_batches():
+            text, bad = _text(batch.column("TEXT"))
+            n_bad += bad
+            kept.append(pa.RecordBatch.from_arrays([text if c == "TEXT" else batch.column(c) for c in NOTE_COLUMNS],
+                                                   names=[c.lower() for c in NOTE_COLUMNS]))
+        return n_rows, kept, n_bad
+
+    if len(ranges) == 1:
+        return [read(ranges[0])]
+    with ThreadPoolExecutor(max_workers=len(ranges)) as pool:
+        return list(pool.map(read, ranges))
 
 
 def _text(raw: pa.Array) -> tuple[pa.Array, int]:
-    """TEXT bytes as large_string (missing TEXT becomes ""), and how many notes needed repair.
-
-    The kept texts live in the system allocator's memory, apart from the parser's short-lived
-    blocks: interleaved in one pool, they would pin ~0.5 GB of freed blocks at full MIMIC-III size.
-    """
-    pool = pa.system_memory_pool()
+    """TEXT bytes as large_string (missing TEXT becomes ""), and how many notes needed repair."""
     try:
-        text = pc.cast(raw, pa.large_string(), memory_pool=pool)
-        return (pc.fill_null(text, "", memory_pool=pool) if text.null_count else text), 0
+        text = raw.cast(pa.large_string())
+        return (pc.fill_null(text, "") if text.null_count else text), 0
     except pa.ArrowInvalid:
         pass
     out, bad = [], 0
@@ -215,7 +288,7 @@ def _text(raw: pa.Array) -> tuple[pa.Array, int]:
         except UnicodeDecodeError:
             out.append(b.decode("utf-8", errors="replace"))
             bad += 1
-    return pa.array(out, pa.large_string(), memory_pool=pool), bad
+    return pa.array(out, pa.large_string()), bad
 
 
 def iserror(values: pa.ChunkedArray) -> np.ndarray:

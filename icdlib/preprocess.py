@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,12 +165,8 @@ def read_code_tables(paths: dict[str, Path]) -> tuple[pd.DataFrame, pd.DataFrame
 
 def build(cfg: Config, progress: bool = True) -> Preprocessed:
     paths = mimic.check_schema(mimic_dir(cfg, progress))
-    # the code tables are read on a second thread while NOTEEVENTS streams (pyarrow's parser
-    # alone leaves part of the CPU idle)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        codes_job = pool.submit(read_code_tables, paths)
-        raw_notes, note_stats = mimic.read_notes(paths["NOTEEVENTS"], cfg.note_categories, progress=progress)
-        code_rows, coded, dictionary, code_stats = codes_job.result()
+    code_rows, coded, dictionary, code_stats = read_code_tables(paths)
+    raw_notes, note_stats = mimic.read_notes(paths["NOTEEVENTS"], cfg.note_categories, progress=progress)
     stats = {**code_stats, **note_stats}
     # admissions are filtered without their texts, which are joined once at the end
     joined, note_rows, join_stats = order_notes(raw_notes, cfg.note_descriptions)

@@ -182,3 +182,46 @@ def test_group_codes_sorts_and_deduplicates():
     grouped = preprocess.group_codes(rows)
     assert grouped["hadm_id"].tolist() == [3, 7]
     assert grouped["codes"].tolist() == [["E888.9", "V58.61"], ["038.9", "401.9"]]
+
+
+def test_notes_read_in_parallel_byte_ranges_equal_one_piece(tmp_path):
+    from icdlib import mimic, synth
+
+    paths = synth.generate(tmp_path / "twin", admissions=120, seed=3, progress=False)
+    whole, whole_stats = mimic.read_notes(paths["NOTEEVENTS"], ["Discharge summary", "Radiology"], progress=False, parts=1)
+    ranges = mimic._record_ranges(paths["NOTEEVENTS"], 3)
+    assert len(ranges) == 3 and ranges[-1][1] == paths["NOTEEVENTS"].stat().st_size
+    split, split_stats = mimic.read_notes(paths["NOTEEVENTS"], ["Discharge summary", "Radiology"], progress=False, parts=3)
+    assert split.equals(whole) and split_stats == whole_stats
+    assert whole.num_rows > 100 and whole_stats["NOTEEVENTS rows"] > whole.num_rows
+
+
+def test_a_cut_inside_a_note_falls_back_to_one_piece(tmp_path):
+    from icdlib import mimic
+
+    import mimic_fixture
+
+    trap = "x" * 5000 + "\n12,34,56,2150-01-01,looks like a record start\n" + "y" * 5000
+    notes = mimic_fixture.NOTES + [(20, 6, 100010, "2150-08-01", "", "", "Discharge summary", "Report", "", "", trap)]
+    folder = tmp_path / "mimic"
+    mimic_fixture.write_mimic(folder)
+    with open(folder / "NOTEEVENTS.csv", "w", newline="", encoding="utf-8") as f:
+        import csv
+
+        w = csv.writer(f)
+        w.writerow(mimic.TABLES["NOTEEVENTS"])
+        w.writerows(notes)
+    path = folder / "NOTEEVENTS.csv"
+    cut = mimic._record_ranges(path, 2)[1][0]
+    raw = path.read_bytes()
+    assert raw.index(b"xxxxx") < cut < raw.index(b"yyyyy")  # the cut is inside the trap note
+    from tqdm import tqdm
+
+    import pyarrow as pa
+
+    with pytest.raises(pa.ArrowInvalid), tqdm(total=len(raw), disable=True) as bar:  # the cut ranges do not parse
+        mimic._read_ranges(path, mimic.read_header(path), ["Discharge summary"], mimic._record_ranges(path, 2), 1 << 20, bar)
+    whole, _ = mimic.read_notes(path, ["Discharge summary"], progress=False, parts=1)
+    split, stats = mimic.read_notes(path, ["Discharge summary"], progress=False, parts=2)
+    assert split.equals(whole) and stats["NOTEEVENTS rows"] == len(notes)
+    assert trap in split.column("text").to_pylist()
