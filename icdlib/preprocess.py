@@ -102,11 +102,13 @@ def join_texts(chunks: list[pa.Array], rows: np.ndarray, first: np.ndarray, n_no
     note_rows = np.asarray(rows, np.int64)[order]
     bounds = np.cumsum([0] + [len(c) for c in chunks])
     chunk_of = np.searchsorted(bounds, note_rows, side="right") - 1
-    by_chunk = np.argsort(chunk_of, kind="stable")
+    by_chunk = np.argsort(chunk_of, kind="stable")  # notes grouped by chunk: (chunk, start, stop) in by_chunk
+    present, lo = np.unique(chunk_of[by_chunk], return_index=True)
+    groups = list(zip(present.tolist(), lo.tolist(), np.r_[lo[1:], len(by_chunk)].astype(np.int64).tolist()))
     begin, end = np.zeros(len(note_rows), np.int64), np.zeros(len(note_rows), np.int64)
-    for c, chunk in enumerate(chunks):
+    for c, a, b in groups:
+        chunk, mine = chunks[c], by_chunk[a:b]
         offsets = np.frombuffer(chunk.buffers()[1], np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
-        mine = np.flatnonzero(chunk_of == c)
         local = note_rows[mine] - bounds[c]
         begin[mine], end[mine] = offsets[local], offsets[local + 1]
     length = end - begin
@@ -119,11 +121,13 @@ def join_texts(chunks: list[pa.Array], rows: np.ndarray, first: np.ndarray, n_no
     out_buffer = pa.allocate_buffer(size, memory_pool=pa.system_memory_pool())
     out = np.frombuffer(out_buffer, np.uint8) if size else np.zeros(0, np.uint8)
     pool, freed = pa.default_memory_pool(), 0
-    for c in np.unique(chunk_of).tolist():
+    dest_at, first_byte, last_byte = dest.tolist(), begin.tolist(), end.tolist()
+    for c, a, b in groups:
         buf = chunks[c].buffers()[2]
         data = np.frombuffer(buf, np.uint8) if buf is not None else np.zeros(0, np.uint8)
-        for k in by_chunk[np.searchsorted(chunk_of[by_chunk], c):np.searchsorted(chunk_of[by_chunk], c, "right")].tolist():
-            out[dest[k]:dest[k] + length[k]] = data[begin[k]:end[k]]
+        for k in by_chunk[a:b].tolist():
+            d = dest_at[k]
+            out[d:d + last_byte[k] - first_byte[k]] = data[first_byte[k]:last_byte[k]]
         freed += chunks[c].nbytes
         data = buf = chunks[c] = None
         if freed >= 64 << 20:  # arrow's allocator keeps freed memory until asked to give it back
