@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path

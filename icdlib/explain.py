@@ -14,7 +14,6 @@ import torch
 
 from icdlib.config import Config
 from icdlib.data import collate, tokenize
-from icdlib.models import LabelAttentionHead
 
 
 def token_attention(coder, tokenizer, text: str, label: int, max_tokens: int, segment_length: int) -> pd.DataFrame:

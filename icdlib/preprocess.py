@@ -58,6 +58,16 @@ def clean_caml(text: str) -> str:
     return " ".join(t for t in re.findall(r"\w+", text.lower()) if not t.isdigit())
 
 
+def run_starts(*keys: np.ndarray) -> np.ndarray:
+    """Positions where a run of equal (sorted) keys begins: 0, then wherever any key changes."""
+    if not len(keys[0]):
+        return np.zeros(0, np.int64)
+    change = np.zeros(len(keys[0]) - 1, bool)
+    for key in keys:
+        change |= key[1:] != key[:-1]
+    return np.flatnonzero(np.r_[True, change])
+
+
 def order_notes(notes: pa.Table, descriptions: list[str]) -> tuple[pd.DataFrame, np.ndarray, dict]:
     """Which notes make each admission's text, in order: reports first, then by time and ROW_ID.
 
@@ -80,7 +90,7 @@ def order_notes(notes: pa.Table, descriptions: list[str]) -> tuple[pd.DataFrame,
                                              ("hadm_id", "is_addendum", "chartdate", "charttime", "row_id")]).to_numpy()
     hadm = keys.column("hadm_id").to_numpy()[order]
     subject = keys.column("subject_id").to_numpy()[order]
-    starts = np.flatnonzero(np.r_[True, hadm[1:] != hadm[:-1]]) if len(hadm) else np.zeros(0, np.int64)
+    starts = run_starts(hadm)
     admissions = pd.DataFrame({"hadm_id": hadm[starts].astype("int64"), "subject_id": subject[starts].astype("int64"),
                                "n_notes": np.diff(np.r_[starts, len(hadm)]), "first": starts})
     stats["admissions with a selected note"] = len(admissions)
@@ -148,9 +158,9 @@ def group_codes(code_rows: pd.DataFrame) -> pd.DataFrame:
     hadm = code_rows["hadm_id"].to_numpy()
     order = np.lexsort((code_id, hadm))
     hadm, code_id = hadm[order], code_id[order]
-    new = np.r_[True, (hadm[1:] != hadm[:-1]) | (code_id[1:] != code_id[:-1])] if len(hadm) else np.zeros(0, bool)
-    hadm, code_id = hadm[new], code_id[new]
-    starts = np.flatnonzero(np.r_[True, hadm[1:] != hadm[:-1]]) if len(hadm) else np.zeros(0, np.int64)
+    distinct = run_starts(hadm, code_id)
+    hadm, code_id = hadm[distinct], code_id[distinct]
+    starts = run_starts(hadm)
     names = np.asarray(codes, dtype=object)[code_id]
     return pd.DataFrame({"hadm_id": hadm[starts], "codes": [g.tolist() for g in np.split(names, starts[1:])]
                          if len(hadm) else []})

@@ -225,3 +225,11 @@ def test_a_cut_inside_a_note_falls_back_to_one_piece(tmp_path):
     split, stats = mimic.read_notes(path, ["Discharge summary"], progress=False, parts=2)
     assert split.equals(whole) and stats["NOTEEVENTS rows"] == len(notes)
     assert trap in split.column("text").to_pylist()
+
+
+def test_run_starts_marks_where_any_key_changes():
+    import numpy as np
+
+    assert preprocess.run_starts(np.array([], np.int64)).tolist() == []
+    assert preprocess.run_starts(np.array([1, 1, 2, 2, 2, 5])).tolist() == [0, 2, 5]
+    assert preprocess.run_starts(np.array([1, 1, 1, 2]), np.array([3, 4, 4, 4])).tolist() == [0, 1, 3]

@@ -21,7 +21,7 @@ run between two systems measured side by side in the same invocation. Reproduce 
 
 ```bash
 make setup
-.venv/bin/python -m icdlib bench preprocess   # ~1 h the first time: writes the synthetic twins to benchmarks/data/
+.venv/bin/python -m icdlib bench preprocess   # first run writes the twins to benchmarks/data/ (about 10 min, 5.5 GB)
 .venv/bin/python -m icdlib bench metrics
 .venv/bin/python -m icdlib bench train
 .venv/bin/python -m icdlib bench predict
