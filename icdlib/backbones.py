@@ -9,6 +9,10 @@ or continued from a second LLM2Vec adapter), the full backbone, or nothing.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +20,13 @@ import torch
 from transformers import LlamaConfig, MistralConfig, PreTrainedTokenizerFast
 
 from icdlib.config import Config
+from icdlib.errors import IcdlibError
 from icdlib.runfolder import atomic_path
+
+
+class BackboneError(IcdlibError):
+    """A backbone's files are missing, unreadable or unreachable; the message says what to do."""
+
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 
@@ -89,21 +99,224 @@ def make_tiny(cfg: Config, train_texts: list[str], out_dir: Path) -> Path:
     return out_dir
 
 
-def load(model_path: str | Path, dtype: torch.dtype = torch.float32):
-    """(bidirectional model, tokenizer) through llm2vec's loader; works offline on a local folder."""
-    from llm2vec import LLM2Vec
+# ---------------------------------------------------------------- where a backbone's files are
 
-    l2v = LLM2Vec.from_pretrained(str(model_path), torch_dtype=dtype, attn_implementation="sdpa")
-    tokenizer = l2v.tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+HUB_PROBE_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Located:
+    """A backbone's parts as local folders (hub names resolved), and what the user gave."""
+
+    model: str  # folder holding config.json (+ tokenizer, + adapter_config.json when adapter-only)
+    base: str  # folder of the base LLM an adapter-only model applies to; "" for a full model
+    tokenizer: str  # folder the tokenizer is read from
+    given: dict  # {"model_path": ..., "base_model_path": ...} as given (local paths absolute)
+    name_or_path: str  # the base model's hub name as its config records it (picks llm2vec's formats)
+
+
+def is_local(ref: str) -> bool:
+    """A local folder (or a path-looking string), as opposed to a hub name like `org/name`."""
+    return bool(ref) and (Path(ref).expanduser().exists() or ref.startswith(("/", "./", "../", "~", ".\\")))
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_reachable() -> bool:
+    """One TCP connect to the hub, a few seconds at most (transformers alone retries for minutes)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=HUB_PROBE_SECONDS).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cached(name: str) -> str:
+    """The local snapshot of hub repository `name` in the Hugging Face cache, or ""."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # not in the cache (LocalEntryNotFoundError and friends)
+        return ""
+
+
+def _fetch_hint(name: str, key: str) -> str:
+    return (f"download it once where there is internet (huggingface-cli download {name} --local-dir "
+            f"/models/{name.split('/')[-1]}) and set {key}=/models/{name.split('/')[-1]}")
+
+
+def _local(ref: str, key: str, probe: dict) -> str:
+    """`ref` as a local folder: a path is checked, a hub name is found in the cache or fetched by name."""
+    if is_local(ref):
+        path = Path(ref).expanduser().resolve()
+        if not path.is_dir():
+            raise BackboneError(f"{key}={ref}: no such folder")
+        return str(path)
+    cached = _cached(ref)
+    if cached:
+        return cached
+    if _hub_offline():
+        raise BackboneError(f"{key}={ref} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
+                            + _fetch_hint(ref, key))
+    if "reachable" not in probe:
+        probe["reachable"] = _hub_reachable()
+    if not probe["reachable"]:
+        raise BackboneError(f"{key}={ref}: the Hugging Face hub cannot be reached (no answer within "
+                            f"{HUB_PROBE_SECONDS:.0f} s) and the model is not in the HF cache: "
+                            + _fetch_hint(ref, key) + " (on offline machines set HF_HUB_OFFLINE=1)")
+    from huggingface_hub import snapshot_download
+
+    try:  # the hub is there: fetch what transformers would fetch (weights, config, tokenizer)
+        return snapshot_download(ref, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+    except Exception as e:
+        gated = " (gated: accept its licence on the hub and `huggingface-cli login`)" if "401" in str(e) or "403" in str(e) else ""
+        raise BackboneError(f"{key}={ref}: could not be downloaded{gated}: {str(e).splitlines()[0]}") from None
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BackboneError(f"{path.parent} has no {path.name}: {what}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BackboneError(f"{path} is not valid JSON ({e}): re-download it") from None
+
+
+def locate(model_path: str, base_model_path: str = "") -> Located:
+    """Check a backbone's files before any work and return them as local folders; one line if not.
+
+    `model_path` is an LLM2Vec model: either adapter-only (McGill's `-mntp` repositories hold
+    config.json, the tokenizer and a LoRA adapter whose adapter_config.json names the base LLM),
+    or a full model. For an adapter-only model the base is `base_model_path` when given, else the
+    base its adapter_config.json names, looked up in the Hugging Face cache (or fetched).
+    """
+    probe: dict = {}
+    model = Path(_local(model_path, "model_path", probe))
+    config = _read_json(model / "config.json", "not a model folder (expected an LLM2Vec model: config.json, "
+                                              "tokenizer, weights or adapter)")
+    given = {"model_path": str(model) if is_local(model_path) else model_path, "base_model_path": ""}
+    base = ""
+    if (model / "adapter_config.json").is_file():
+        adapter = _read_json(model / "adapter_config.json", "")
+        named = adapter.get("base_model_name_or_path") or ""
+        ref = base_model_path or named
+        if not ref:
+            raise BackboneError(f"{model}/adapter_config.json names no base model: set base_model_path")
+        key = "base_model_path" if base_model_path else f"base_model_path (the base named in {model.name}/adapter_config.json)"
+        base = _local(ref, key, probe)
+        given["base_model_path"] = base if is_local(ref) else ref
+        if not list(Path(base).glob("*.safetensors")) and not list(Path(base).glob("*.bin")):
+            raise BackboneError(f"base model folder {base} holds no weights (*.safetensors): download the whole repository")
+        _read_json(Path(base) / "config.json", "not a model folder")
+    elif not list(model.glob("*.safetensors")) and not list(model.glob("*.bin")):
+        raise BackboneError(f"{model} holds neither weights (*.safetensors) nor a LoRA adapter (adapter_config.json)")
+    tokenizer = next((str(f) for f in (model, Path(base) if base else None)
+                      if f is not None and any((f / n).is_file() for n in TOKENIZER_FILES)), "")
+    if not tokenizer:
+        raise BackboneError(f"no tokenizer in {model}" + (f" or {base}" if base else "")
+                            + f" (expected one of {', '.join(TOKENIZER_FILES)})")
+    return Located(str(model), base, tokenizer, given, config.get("_name_or_path") or "")
+
+
+def check(cfg: Config) -> Located | None:
+    """Fail fast: the backbone of `cfg` (and its second adapter) is loadable, before step 01 works."""
+    if not cfg.model_path:
+        return None
+    found = locate(cfg.model_path, cfg.base_model_path)
+    if cfg.adapter_path:
+        adapter = Path(_local(cfg.adapter_path, "adapter_path", {}))
+        _read_json(adapter / "adapter_config.json", "adapter_path must be a PEFT adapter folder")
+    return found
+
+
+def fingerprint(config) -> str:
+    """A short hash of a backbone's architecture (its config without names, dtypes and versions)."""
+    values = {k: v for k, v in config.to_dict().items()
+              if k not in ("_name_or_path", "torch_dtype", "transformers_version", "architectures",
+                           "_attn_implementation_autoset", "quantization_config")}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- loading
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the loaders' chatter (unused lm_head weights, peft notices); real errors still raise."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="peft")
+            warnings.filterwarnings("ignore", message=".*peft_config.*")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def load(model_path: str | Path, dtype: torch.dtype = torch.float32, base_model_path: str = "",
+         device: torch.device | None = None, load_in: str = "native"):
+    """(bidirectional model, tokenizer), MNTP merged; offline-safe for local folders.
+
+    The same steps as `llm2vec.LLM2Vec.from_pretrained` (llm2vec's bidirectional classes, the
+    adapter of an adapter-only model merged in), but with the base named explicitly, no hub
+    lookups for local folders, and the weights placed on `device` before the merge (an 8B merge
+    on the CPU is slow and needs the RAM of a second copy).
+    """
+    from llm2vec import LLM2Vec
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoTokenizer
+
+    found = locate(str(model_path), base_model_path)
+    config = AutoConfig.from_pretrained(found.base or found.model)
+    model_class = LLM2Vec._get_model_class(type(config).__name__, enable_bidirectional=True)
+    kwargs = {"torch_dtype": dtype, "attn_implementation": "sdpa"}
+    if device is not None and device.type == "cuda":
+        kwargs.update(device_map={"": device.index or 0}, low_cpu_mem_usage=True)
+    if load_in != "native":
+        from icdlib import quantize
+
+        quantize.check(load_in, device or torch.device("cpu"))
+        kwargs["quantization_config"] = quantize.bnb_config(load_in, dtype)
+    with _quiet():
+        model = model_class.from_pretrained(found.base or found.model, **kwargs)
+        if found.base:
+            model = PeftModel.from_pretrained(model, found.model).merge_and_unload()
+        tokenizer = AutoTokenizer.from_pretrained(found.tokenizer)
+    # transformers' own adapter bookkeeping must not survive the merge: save_pretrained of a
+    # fully trained backbone would look for adapters that no longer exist
+    model._hf_peft_config_loaded = False
+    if hasattr(model, "peft_config"):  # left by merge_and_unload; a new LoRA would warn of "multiple adapters"
+        del model.peft_config
+    model.config._name_or_path = found.name_or_path or model.config._name_or_path
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return l2v.model, tokenizer
+    return model, tokenizer
 
 
 def make_trainable(model: torch.nn.Module, cfg: Config, adapter_path: str | Path = ""):
     """Apply `train_backbone`: LoRA (fresh, or continued from `adapter_path`), full, or frozen."""
     from peft import LoraConfig, PeftModel, get_peft_model
+
+    if adapter_path:
+        adapter_path = _local(str(adapter_path), "adapter_path", {})
 
     if cfg.train_backbone == "full":
         model.requires_grad_(True)
@@ -111,8 +324,54 @@ def make_trainable(model: torch.nn.Module, cfg: Config, adapter_path: str | Path
     model.requires_grad_(False)
     if cfg.train_backbone == "frozen":
         return model
+    if cfg.load_in != "native":  # QLoRA: LoRA in full precision on a quantized, frozen base
+        from icdlib import quantize
+
+        model = quantize.prepare_for_training(model)
     if adapter_path:
-        return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=True)
+        with _quiet():
+            return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=True)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.lora_targets), bias="none")
     return get_peft_model(model, lora)
+
+
+# ---------------------------------------------------------------- how text enters the encoder
+
+# llm2vec's chat turns per base model (LLM2Vec.prepare_for_tokenization in llm2vec 0.2.3): the
+# supervised and SimCSE adapters were trained on text wrapped like this.
+LLM2VEC_INSTRUCTIONS = {
+    "meta-llama/Meta-Llama-3-8B-Instruct": ("<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|>"),
+    "mistralai/Mistral-7B-Instruct-v0.2": ("[INST] ", " [/INST]"),
+    "meta-llama/Llama-2-7b-chat-hf": ("[INST] ", " [/INST]"),
+    "google/gemma-2-9b-it": ("<start_of_turn>user\n", "<end_of_turn>"),
+    "Qwen/Qwen2-1.5B-Instruct": ("<|im_start|>user\n", "<|im_end|>"),
+    "Qwen/Qwen2-7B-Instruct": ("<|im_start|>user\n", "<|im_end|>"),
+}
+
+
+def segment_format(cfg: Config, tokenizer, name_or_path: str):
+    """The tokens around each segment: BOS when `segment_bos`, llm2vec's chat turn when `instruction`
+    says so (`auto`: when a supervised/SimCSE `adapter_path` is set and the base has a known turn)."""
+    from icdlib.data import SegmentFormat
+
+    mode = cfg.instruction
+    if mode == "auto":
+        mode = "llm2vec" if cfg.adapter_path and name_or_path in LLM2VEC_INSTRUCTIONS else "none"
+    prefix, suffix = [], []
+    if cfg.segment_bos:
+        if tokenizer.bos_token_id is None:
+            raise IcdlibError("segment_bos=true but the tokenizer has no BOS token: set segment_bos=false")
+        prefix.append(tokenizer.bos_token_id)
+    if mode == "llm2vec":
+        if name_or_path not in LLM2VEC_INSTRUCTIONS:
+            raise IcdlibError(f"instruction=llm2vec: llm2vec has no instruction format for base {name_or_path!r}; "
+                              f"known: {', '.join(LLM2VEC_INSTRUCTIONS)} (set instruction=none)")
+        before, after = LLM2VEC_INSTRUCTIONS[name_or_path]
+        prefix += tokenizer(before, add_special_tokens=False)["input_ids"]
+        suffix += tokenizer(after, add_special_tokens=False)["input_ids"]
+    fmt = SegmentFormat(tuple(prefix), tuple(suffix))
+    if fmt.body(cfg.segment_length) < 1:
+        raise IcdlibError(f"segment_length={cfg.segment_length} leaves no room for note tokens after "
+                          f"{len(prefix) + len(suffix)} format tokens: raise segment_length")
+    return fmt

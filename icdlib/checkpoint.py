@@ -3,7 +3,7 @@
 A model folder holds only what training changed, in Hugging Face formats, plus what is needed
 to rebuild the rest:
 
-    icdlib.json          backbone reference (hub name or path), head, segmenting, label codes, config
+    icdlib.json          backbone record (paths as given, fingerprint, input format), label codes, config
     adapter/             the peft LoRA adapter (train_backbone: lora)
     backbone/            the whole backbone + tokenizer (train_backbone: full)
     head.safetensors     the label head
@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from icdlib import backbones
 from icdlib.config import Config
+from icdlib.data import PLAIN, SegmentFormat
 from icdlib.errors import IcdlibError
 from icdlib.models import ICDCoder
 from icdlib.runfolder import atomic_path
@@ -36,11 +37,26 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") and not hasattr(model, "encoder") else model
 
 
-def save(folder: Path, coder: ICDCoder, cfg: Config, labels: pd.DataFrame, backbone_path: str,
+def backbone_record(model_path: str, base_model_path: str = "", encoder=None, fmt: SegmentFormat = PLAIN) -> dict:
+    """What a model folder needs to find its backbone again: the paths as the user gave them
+    (hub names as names, local folders absolute), a fingerprint of the architecture, the input format."""
+    given = backbones.locate(model_path, base_model_path).given if model_path else {}
+    record = {"model_path": given.get("model_path", ""), "base_model_path": given.get("base_model_path", ""),
+              "input_format": fmt.to_dict()}
+    if encoder is not None:
+        base = encoder.get_base_model() if hasattr(encoder, "get_base_model") else encoder
+        record["fingerprint"] = backbones.fingerprint(base.config)
+    return record
+
+
+def save(folder: Path, coder: ICDCoder, cfg: Config, labels: pd.DataFrame, backbone: dict | str,
          tokenizer, trainer_state: dict | None = None) -> Path:
-    """Write a model folder (see the module docstring); `labels` is the label table of step 01."""
+    """Write a model folder (see the module docstring); `labels` is the label table of step 01,
+    `backbone` the record of `backbone_record` (or a backbone folder)."""
     coder = _unwrap(coder)
     folder = Path(folder)
+    if isinstance(backbone, (str, Path)):
+        backbone = backbone_record(str(backbone), encoder=coder.encoder)
     with atomic_path(folder) as tmp:
         tmp.mkdir(parents=True)
         if cfg.train_backbone == "lora":
@@ -50,45 +66,72 @@ def save(folder: Path, coder: ICDCoder, cfg: Config, labels: pd.DataFrame, backb
             tokenizer.save_pretrained(tmp / "backbone")
         save_file({k: v.detach().float().cpu().contiguous() for k, v in coder.head.state_dict().items()},
                   tmp / "head.safetensors")
-        manifest = {"backbone": _portable(backbone_path, folder), "labels": labels["code"].tolist(),
-                    "kinds": labels["kind"].tolist(), "titles": labels["short_title"].tolist(),
-                    "config": cfg.to_dict()}
+        manifest = {"backbone": {**backbone, "relative": _relative(backbone, folder)},
+                    "labels": labels["code"].tolist(), "kinds": labels["kind"].tolist(),
+                    "titles": labels["short_title"].tolist(), "config": cfg.to_dict()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
     return folder
 
 
-def _portable(path: str, folder: Path) -> str:
-    """A local backbone path relative to the model folder (run folders can move); hub names as is."""
-    p = Path(path)
-    if p.exists():
-        return os.path.relpath(p.resolve(), folder.resolve())
-    return str(path)
+def _relative(backbone: dict, folder: Path) -> dict:
+    """Local backbone folders relative to the model folder too: a run folder that moves with its
+    backbone inside (the tiny one) still finds it; one that moves alone falls back to the absolute path."""
+    out = {}
+    for key in ("model_path", "base_model_path"):
+        ref = backbone.get(key, "")
+        if ref and Path(ref).is_absolute() and Path(ref).exists():
+            out[key] = os.path.relpath(Path(ref).resolve(), folder.resolve())
+    return out
 
 
 def read_manifest(folder: Path) -> dict:
     folder = Path(folder)
     if not (folder / MANIFEST).is_file():
         raise IcdlibError(f"{folder} is not an icdlib model folder (no {MANIFEST})")
-    manifest = json.loads((folder / MANIFEST).read_text())
-    for part, needed in (("head.safetensors", True),
-                         ("adapter", manifest["config"]["train_backbone"] == "lora"),
-                         ("backbone", manifest["config"]["train_backbone"] == "full")):
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        mode = manifest["config"]["train_backbone"]
+        manifest["labels"], manifest["backbone"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise IcdlibError(f"{folder / MANIFEST} is damaged ({type(e).__name__}: {e}): copy the model folder again") from None
+    for part, needed in (("head.safetensors", True), ("adapter", mode == "lora"), ("backbone", mode == "full")):
         if needed and not (folder / part).exists():
             raise IcdlibError(f"model folder {folder} lacks {part}")
+    if isinstance(manifest["backbone"], str):  # written before backbone records had fields
+        manifest["backbone"] = {"model_path": manifest["backbone"], "base_model_path": "", "relative": {}}
     return manifest
 
 
-def backbone_location(folder: Path, manifest: dict) -> str:
-    ref = manifest["backbone"]
-    local = (Path(folder) / ref)
-    return str(local.resolve()) if local.exists() else ref
+def backbone_location(folder: Path, manifest: dict, model_path: str = "", base_model_path: str = "") -> tuple[str, str]:
+    """(model_path, base_model_path) to load: the overrides, else the recorded paths — relative to
+    the model folder first, then absolute, then hub names — with one line when none is there."""
+    record = manifest["backbone"]
+    found = {}
+    for key, override in (("model_path", model_path), ("base_model_path", base_model_path)):
+        if override:
+            found[key] = override
+            continue
+        recorded, rel = record.get(key, ""), record.get("relative", {}).get(key, "")
+        if rel and (Path(folder) / rel).exists():
+            found[key] = str((Path(folder) / rel).resolve())
+        elif not recorded or not Path(recorded).is_absolute() or Path(recorded).exists():
+            found[key] = recorded
+        else:
+            flag = key.replace("_", "-")
+            raise IcdlibError(f"the backbone of {folder} is not where it was trained: {key} was {recorded} "
+                              f"(not found); point to it with predict --{flag} DIR or icdlib.predict.load(..., {key}=DIR)")
+    if not found["model_path"]:
+        raise IcdlibError(f"{folder}/{MANIFEST} records no backbone: pass --model-path")
+    return found["model_path"], found["base_model_path"]
 
 
 def load(folder: Path, dtype: torch.dtype = torch.float32, trainable: bool = False,
-         expect_labels: list[str] | None = None):
-    """(coder, tokenizer, manifest, config) rebuilt from a model folder."""
+         expect_labels: list[str] | None = None, model_path: str = "", base_model_path: str = "",
+         device: torch.device | None = None):
+    """(coder, tokenizer, manifest, config) rebuilt from a model folder; `model_path` and
+    `base_model_path` override where the backbone is looked for (a run folder moved elsewhere)."""
     from peft import PeftModel
 
     folder = Path(folder)
@@ -99,20 +142,66 @@ def load(folder: Path, dtype: torch.dtype = torch.float32, trainable: bool = Fal
             f"checkpoint {folder} was trained on another label space ({len(labels)} labels, "
             f"this run has {len(expect_labels)}): use a new run folder or the same preprocessing"
         )
-    cfg = Config(**{k: v for k, v in manifest["config"].items()})
+    cfg = Config(**{k: v for k, v in manifest["config"].items() if k in Config.__dataclass_fields__})
     if cfg.train_backbone == "full":
-        encoder, tokenizer = backbones.load(folder / "backbone", dtype)
+        encoder, tokenizer = backbones.load(folder / "backbone", dtype, device=device)
         encoder.requires_grad_(trainable)
     else:
-        encoder, tokenizer = backbones.load(backbone_location(folder, manifest), dtype)
+        where, base = backbone_location(folder, manifest, model_path, base_model_path)
+        encoder, tokenizer = backbones.load(where, dtype, base_model_path=base, device=device, load_in=cfg.load_in)
+        recorded = manifest["backbone"].get("fingerprint")
+        if recorded and backbones.fingerprint(encoder.config) != recorded:
+            raise IcdlibError(f"the backbone at {where} is not the one {folder} was trained on (its config "
+                              f"fingerprint {backbones.fingerprint(encoder.config)} differs from {recorded})")
         encoder.requires_grad_(False)
         if cfg.train_backbone == "lora":
-            encoder = PeftModel.from_pretrained(encoder, str(folder / "adapter"), is_trainable=trainable)
+            with backbones._quiet():
+                encoder = PeftModel.from_pretrained(encoder, str(folder / "adapter"), is_trainable=trainable)
     coder = ICDCoder(encoder, len(labels), cfg.head, cfg.attention_dim)
     coder.head.load_state_dict(load_file(folder / "head.safetensors"))
     return coder, tokenizer, manifest, cfg
 
 
+def input_format(manifest: dict) -> SegmentFormat:
+    return SegmentFormat.from_dict(manifest["backbone"].get("input_format"))
+
+
+@torch.no_grad()
+def load_into(coder: ICDCoder, folder: Path, cfg: Config, expect_labels: list[str] | None = None) -> None:
+    """Put a checkpoint's trained weights (adapter or backbone, and head) into a live coder, in place.
+
+    Resuming and scoring `best/` this way keeps one backbone in memory instead of loading a second.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if expect_labels is not None and list(expect_labels) != manifest["labels"]:
+        raise IcdlibError(f"checkpoint {folder} was trained on another label space ({len(manifest['labels'])} "
+                          f"labels, this run has {len(expect_labels)}): use a new run folder or the same preprocessing")
+    coder = _unwrap(coder)
+    if cfg.train_backbone == "lora":
+        weights = load_file(folder / "adapter" / "adapter_model.safetensors")
+        result = set_peft_model_state_dict(coder.encoder, weights)
+        if getattr(result, "unexpected_keys", None):
+            raise IcdlibError(f"{folder}/adapter does not fit this model ({len(result.unexpected_keys)} unexpected keys)")
+    elif cfg.train_backbone == "full":
+        params = dict(coder.encoder.named_parameters()) | dict(coder.encoder.named_buffers())
+        files = sorted((folder / "backbone").glob("*.safetensors"))
+        seen = set()
+        for file in files:  # tensor by tensor: never a second copy of the backbone in memory
+            with safe_open(file, framework="pt") as f:
+                for name in f.keys():
+                    if name in params:
+                        params[name].copy_(f.get_tensor(name))
+                        seen.add(name)
+        missing = [n for n, _ in coder.encoder.named_parameters() if n not in seen]
+        if missing:
+            raise IcdlibError(f"{folder}/backbone lacks {len(missing)} weights of this model (first: {missing[0]})")
+    head = load_file(folder / "head.safetensors")
+    coder.head.load_state_dict({k: v.to(coder.head.state_dict()[k].dtype) for k, v in head.items()})
+
+
 def load_trainer_state(folder: Path) -> dict:
     return torch.load(Path(folder) / "trainer_state.pt", weights_only=False)
-

@@ -20,13 +20,14 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 def cmd_run(args) -> None:
-    from icdlib import config, pipeline
+    from icdlib import backbones, config, pipeline
 
     params = _overrides(args.param)
     if args.output_root:
         params["output_root"] = args.output_root
     named = {"run": args.run, "mimic_dir": args.mimic_dir}
     cfg = config.resolve(args.backbone, {**{k: v for k, v in named.items() if v}, **params})
+    backbones.check(cfg)  # a wrong backbone path stops here, before step 01 does any work
     notebooks = pipeline.NOTEBOOKS if not args.only else tuple(n for n in pipeline.NOTEBOOKS if n[:2] in args.only)
     htmls = pipeline.run_all(cfg, params, notebooks, progress=not args.quiet)
     print(f"[icdlib] reports in {cfg.run_dir / 'reports'}:")
@@ -64,7 +65,8 @@ def cmd_predict(args) -> None:
     from icdlib import predict
 
     text = predict.read_text_file(Path(args.text_file))
-    coder = predict.load(args.model, device=args.device)
+    coder = predict.load(args.model, device=args.device, model_path=args.model_path,
+                         base_model_path=args.base_model_path)
     table = coder.predict([text], top_k=args.top_k, threshold=args.threshold)[0]
     if args.json:
         print(json.dumps(table.to_dict(orient="records"), indent=1))
@@ -128,6 +130,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--top-k", type=int, default=15, help="codes to print")
     q.add_argument("--threshold", type=float, default=None, help="only codes scoring at least this")
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    q.add_argument("--model-path", default="", help="where the backbone is now (the LLM2Vec model folder or hub "
+                                                    "name), when the run folder moved away from it")
+    q.add_argument("--base-model-path", default="", help="where the base LLM of an adapter-only backbone is now")
     q.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     q.set_defaults(func=cmd_predict)
 

@@ -55,9 +55,15 @@ class Config:
     min_count: int = 1  # drop label codes seen fewer times in train
 
     # model
-    model_path: str = ""  # hub name or local folder; empty for tiny backbones
+    base_model_path: str = ""  # the base LLM (hub name or local folder) an adapter-only model_path applies to;
+    #                            empty means the base its adapter_config.json names
+    model_path: str = ""  # LLM2Vec model: an -mntp adapter folder or a full model (hub name or folder); empty: tiny
     model_type: str = "llama"  # llama | mistral (architecture of a tiny backbone)
     adapter_path: str = ""  # optional second LLM2Vec adapter (simcse/supervised) to start LoRA from
+    load_in: str = "native"  # native | 4bit | 8bit (bitsandbytes, CUDA only: QLoRA on a quantized base)
+    segment_bos: bool = False  # start every segment with the tokenizer's BOS token (as llm2vec encodes)
+    instruction: str = "auto"  # auto | none | llm2vec: wrap segments in the chat format the supervised/
+    #                            simcse adapters were trained with; auto = llm2vec when adapter_path is set
     tiny_layers: int = 2
     tiny_hidden: int = 128
     tiny_heads: int = 4
@@ -131,6 +137,8 @@ CHOICES = {
     "split": ("seed", "patient", "caml_full", "caml_50", "clean"),
     "labels": ("observed", "all", "top50"),
     "model_type": ("llama", "mistral"),
+    "load_in": ("native", "4bit", "8bit"),
+    "instruction": ("auto", "none", "llm2vec"),
     "tiny_init": ("random", "lsa"),
     "train_backbone": ("lora", "full", "frozen"),
     "head": ("label_attention", "mean"),

@@ -69,6 +69,34 @@ def tokenize_cached(texts: list[str], tokenizer, max_tokens: int, cache_dir: Pat
     return tok
 
 
+@dataclass(frozen=True)
+class SegmentFormat:
+    """Tokens around every segment's text, as the encoder saw text in training.
+
+    LLM2Vec encodes a text as BOS + text, and its supervised / SimCSE adapters were trained with
+    the text inside a chat turn (`<|start_header_id|>user<|end_header_id|>\\n\\n … <|eot_id|>` for
+    Llama-3, `[INST] … [/INST]` for Mistral). The empty format reproduces plain token windows.
+    """
+
+    prefix: tuple[int, ...] = ()
+    suffix: tuple[int, ...] = ()
+
+    def body(self, segment_length: int) -> int:
+        """Note tokens per segment once the prefix and suffix are in."""
+        return segment_length - len(self.prefix) - len(self.suffix)
+
+    def to_dict(self) -> dict:
+        return {"prefix": list(self.prefix), "suffix": list(self.suffix)}
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "SegmentFormat":
+        values = values or {}
+        return cls(tuple(values.get("prefix", ())), tuple(values.get("suffix", ())))
+
+
+PLAIN = SegmentFormat()
+
+
 class NotesDataset(torch.utils.data.Dataset):
     """Item i: (token ids of note i, multi-hot targets of note i, its index)."""
 
@@ -83,18 +111,24 @@ class NotesDataset(torch.utils.data.Dataset):
         return self.tokens.note(i), self.targets[i], i
 
 
-def collate(items, segment_length: int, pad_id: int, padding_side: str = "right") -> dict:
-    """Stack notes as (B, S, L) segments; S is the batch's most segments, L shrinks for short batches."""
+def collate(items, segment_length: int, pad_id: int, padding_side: str = "right", fmt: SegmentFormat = PLAIN) -> dict:
+    """Stack notes as (B, S, L) segments; S is the batch's most segments, L shrinks for short batches.
+
+    Each segment is `fmt.prefix + up to fmt.body(segment_length) note tokens + fmt.suffix`.
+    """
+    body, extra = fmt.body(segment_length), len(fmt.prefix) + len(fmt.suffix)
     lengths = [max(len(ids), 1) for ids, _, _ in items]
-    n_seg = max((n + segment_length - 1) // segment_length for n in lengths)
-    seg_len = segment_length if n_seg > 1 else max(lengths)
-    input_ids = torch.full((len(items), n_seg * seg_len), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), n_seg * seg_len), dtype=torch.long)
+    n_seg = max((n + body - 1) // body for n in lengths)
+    seg_len = segment_length if n_seg > 1 else max(lengths) + extra
+    input_ids = torch.full((len(items), n_seg, seg_len), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), n_seg, seg_len), dtype=torch.long)
+    prefix, suffix = torch.tensor(fmt.prefix, dtype=torch.long), torch.tensor(fmt.suffix, dtype=torch.long)
     for row, (ids, _, _) in enumerate(items):
-        n = len(ids)
-        input_ids[row, :n] = torch.from_numpy(ids.astype(np.int64))
-        mask[row, :n] = 1
-    input_ids, mask = input_ids.view(len(items), n_seg, seg_len), mask.view(len(items), n_seg, seg_len)
+        ids = torch.from_numpy(ids.astype(np.int64))
+        for k, start in enumerate(range(0, len(ids), body)):
+            segment = torch.cat([prefix, ids[start:start + body], suffix])
+            input_ids[row, k, :len(segment)] = segment
+            mask[row, k, :len(segment)] = 1
     if padding_side == "left":
         input_ids, mask = left_pad_segments(input_ids, mask)
     return {

@@ -232,7 +232,12 @@ def cache_key(cfg: Config) -> str:
 
 
 def run(cfg: Config, progress: bool = True) -> Preprocessed:
-    """Build the step's folder (or reuse it when the cache key matches) and return its content."""
+    """Build the step's folder (or reuse it when the cache key matches) and return its content.
+
+    The backbone's files are checked first: a wrong path should cost seconds, not a preprocessing run."""
+    from icdlib import backbones
+
+    backbones.check(cfg)
     out = cfg.run_dir / STEP
     key = cache_key(cfg)
     if (out / "cache_key.txt").is_file() and (out / "cache_key.txt").read_text().strip() == key:

@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from icdlib import backbones, checkpoint, metrics, preprocess
 from icdlib.config import Config
-from icdlib.data import LengthBucketSampler, NotesDataset, Tokenized, collate, tokenize_cached
+from icdlib.data import PLAIN, LengthBucketSampler, NotesDataset, SegmentFormat, Tokenized, collate, tokenize_cached
 from icdlib.errors import IcdlibError
 from icdlib.models import ICDCoder, loss_fn
 from icdlib.runfolder import atomic_write_text
@@ -88,10 +88,19 @@ def pick_device(choice: str = "auto") -> torch.device:
 
 
 def compute_dtype(cfg: Config, device: torch.device) -> torch.dtype:
-    """bf16 on CUDA, fp32 on CPU, fp32 on MPS unless fp16 is asked for."""
+    """auto: bf16 on CUDA GPUs that have it (A100, H100, RTX 30xx+), fp16 with loss scaling on
+    those that do not (V100, T4), fp32 on CPU and MPS. bf16 asked for on a GPU without it is refused."""
+    # without including_emulation=False a V100 or T4 answers True (bf16 emulated, slowly)
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    if cfg.precision == "bf16" and device.type == "cuda" and not cuda_bf16:
+        name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else str(device)
+        raise IcdlibError(f"precision=bf16 but the CUDA device {device} ({name}) has no bf16 support: "
+                          f"use precision=fp16 (loss-scaled) or precision=fp32")
     if cfg.precision != "auto":
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.precision]
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda":
+        return torch.bfloat16 if cuda_bf16 else torch.float16
+    return torch.float32
 
 
 def weights_dtype(cfg: Config, device: torch.device) -> torch.dtype:
@@ -105,6 +114,18 @@ def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def grad_scaler(coder: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.amp.GradScaler:
+    """Loss scaling for fp16, where BCE averaged over thousands of labels gives the encoder
+    gradients below fp16's smallest number (they become exactly 0 and only the head would learn).
+    For bf16 and fp32 the scaler is disabled and every call on it is a no-op, so the loop has one path."""
+    enabled = dtype == torch.float16
+    if enabled:
+        for p in coder.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()  # the scaler unscales fp32 gradients only: fp32 master weights
+    return torch.amp.GradScaler(device.type, enabled=enabled)
+
+
 # ---------------------------------------------------------------- data and model
 
 @dataclass
@@ -114,15 +135,21 @@ class Prepared:
     labels: pd.DataFrame
     label_codes: list[str]
     tokens: dict[str, Tokenized]
-    backbone_path: str
+    backbone: dict  # checkpoint.backbone_record: where the backbone is, its fingerprint, input format
     tokenizer: object
     coder: ICDCoder
+    fmt: SegmentFormat
 
 
 def backbone_path(cfg: Config, train_texts: list[str]) -> str:
     if cfg.model_path:
         return cfg.model_path
     return str(backbones.make_tiny(cfg, train_texts, cfg.run_dir / STEP / "backbone"))
+
+
+def max_note_tokens(cfg: Config, fmt: SegmentFormat) -> int:
+    """Note tokens kept (the head of the note): every segment's body, max_segments times."""
+    return fmt.body(cfg.segment_length) * cfg.max_segments
 
 
 def prepare(cfg: Config, env: Env | None = None) -> Prepared:
@@ -132,17 +159,20 @@ def prepare(cfg: Config, env: Env | None = None) -> Prepared:
     notes, label_codes = pre.notes, pre.labels["code"].tolist()
     torch.manual_seed(cfg.seed)
     path = backbone_path(cfg, notes.loc[notes["split"] == "train", "text"].tolist())
-    encoder, tokenizer = backbones.load(path, weights_dtype(cfg, env.device))
+    encoder, tokenizer = backbones.load(path, weights_dtype(cfg, env.device), base_model_path=cfg.base_model_path,
+                                        device=env.device, load_in=cfg.load_in)
+    fmt = backbones.segment_format(cfg, tokenizer, encoder.config._name_or_path)
+    record = checkpoint.backbone_record(path, cfg.base_model_path, encoder, fmt)
     encoder = backbones.make_trainable(encoder, cfg, cfg.adapter_path)
     torch.manual_seed(cfg.seed)
     coder = ICDCoder(encoder, len(label_codes), cfg.head, cfg.attention_dim)
     train_share = pre.labels["n_train"].to_numpy() / max(1, int((notes["split"] == "train").sum()))
     coder.init_bias(torch.as_tensor(train_share, dtype=torch.float32))
-    max_tokens = cfg.segment_length * cfg.max_segments
+    max_tokens = max_note_tokens(cfg, fmt)
     cache = cfg.run_dir / STEP / "tokens"
     tokens = {s: tokenize_cached(notes.loc[notes["split"] == s, "text"].tolist(), tokenizer, max_tokens, cache, s)
               for s in ("train", "val", "test")}
-    return Prepared(cfg, notes, pre.labels, label_codes, tokens, path, tokenizer, coder)
+    return Prepared(cfg, notes, pre.labels, label_codes, tokens, record, tokenizer, coder, fmt)
 
 
 def split_dataset(prep: Prepared, split: str) -> NotesDataset:
@@ -156,7 +186,7 @@ def loader(prep: Prepared, split: str, sampler, cfg: Config):
     # which would shift the dropout masks of a resumed run
     return torch.utils.data.DataLoader(
         split_dataset(prep, split), batch_sampler=sampler, num_workers=cfg.num_workers,
-        collate_fn=functools.partial(collate, segment_length=cfg.segment_length, pad_id=pad),
+        collate_fn=functools.partial(collate, segment_length=cfg.segment_length, pad_id=pad, fmt=prep.fmt),
         generator=torch.Generator().manual_seed(cfg.seed))
 
 
@@ -205,7 +235,7 @@ def set_rng_state(state: dict) -> None:
 
 @torch.no_grad()
 def score(coder, tokens: Tokenized, cfg: Config, env: Env, pad_id: int, batch_size: int | None = None,
-          progress: bool = False) -> np.ndarray:
+          progress: bool = False, fmt: SegmentFormat = PLAIN) -> np.ndarray:
     """Sigmoid scores (n_notes, n_labels) for every note; under torchrun each rank scores its
     share (note i on rank i % world) and all ranks receive the whole matrix."""
     from tqdm.auto import tqdm
@@ -220,7 +250,7 @@ def score(coder, tokens: Tokenized, cfg: Config, env: Env, pad_id: int, batch_si
     rows, parts = [], []
     for start in tqdm(range(0, len(mine), bs), desc="scoring", disable=not progress, leave=False):
         idx = mine[start:start + bs]
-        batch = collate([(tokens.note(i), np.zeros(0, np.float32), i) for i in idx], cfg.segment_length, pad_id)
+        batch = collate([(tokens.note(i), np.zeros(0, np.float32), i) for i in idx], cfg.segment_length, pad_id, fmt=fmt)
         with autocast(env.device, dtype):
             logits = model(batch["input_ids"].to(env.device), batch["attention_mask"].to(env.device))
         parts.append(torch.sigmoid(logits.float()).cpu().numpy())
@@ -255,17 +285,17 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
     coder = prep.coder
     state = None
     if cfg.resume and (last / "trainer_state.pt").is_file():
-        coder, _, _, _ = checkpoint.load(last, weights_dtype(cfg, env.device),
-                                         trainable=True, expect_labels=prep.label_codes)
+        checkpoint.load_into(coder, last, cfg, expect_labels=prep.label_codes)  # in place: one backbone
         state = checkpoint.load_trainer_state(last)
     coder.to(env.device)
+    dtype = compute_dtype(cfg, env.device)
+    scaler = grad_scaler(coder, env.device, dtype)  # before DDP, which must see the final parameter dtypes
     if cfg.grad_checkpointing:
         base = coder.encoder.get_base_model() if hasattr(coder.encoder, "get_base_model") else coder.encoder
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = coder
     if env.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(coder, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-    dtype = compute_dtype(cfg, env.device)
 
     sampler = LengthBucketSampler(prep.tokens["train"].lengths(), cfg.batch_size, cfg.seed, rank=env.rank, world=env.world)
     train_loader = loader(prep, "train", sampler, cfg)
@@ -282,13 +312,15 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
         step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
         best_value, stale, history = state["best_value"], state["stale"], state["history"]
         set_rng_state(state["rng"])
+        if state.get("scaler"):  # empty when saved by a disabled scaler (bf16, fp32)
+            scaler.load_state_dict(state["scaler"])
 
     def save_last(batch_in_epoch: int) -> None:
         if env.master:
             trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                              "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best_value": best_value, "stale": stale,
-                             "history": history, "rng": rng_state()}
-            checkpoint.save(last, coder, cfg, prep.labels, prep.backbone_path, prep.tokenizer, trainer_state)
+                             "history": history, "rng": rng_state(), "scaler": scaler.state_dict()}
+            checkpoint.save(last, coder, cfg, prep.labels, prep.backbone, prep.tokenizer, trainer_state)
 
     bar = tqdm(total=steps, initial=step, desc="train", disable=not (progress and env.master))
     model.train()
@@ -307,7 +339,7 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
                     with autocast(env.device, dtype):
                         logits = model(batch["input_ids"].to(env.device), batch["attention_mask"].to(env.device))
                     loss = loss_fn(logits, batch["targets"].to(env.device), cfg.pos_weight)
-                    (loss / cfg.grad_accum).backward()
+                    scaler.scale(loss / cfg.grad_accum).backward()
                 except torch.cuda.OutOfMemoryError:
                     raise TrainingError(
                         f"GPU out of memory at step {step} (batch_size={cfg.batch_size}, max_segments={cfg.max_segments}, "
@@ -322,8 +354,10 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
             if not sync:
                 continue
             if cfg.clip > 0:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                 torch.nn.utils.clip_grad_norm_([p for p in coder.parameters() if p.requires_grad], cfg.clip)
-            optimizer.step()
+            scaler.step(optimizer)  # skips the step if fp16 gradients overflowed
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
@@ -332,7 +366,7 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
             bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
                             tok_s=f"{tokens_seen * env.world / max(elapsed, 1e-9):.0f}")
             if step % cfg.eval_every == 0 or step >= steps:
-                val = score(model, prep.tokens["val"], cfg, env, pad_id)
+                val = score(model, prep.tokens["val"], cfg, env, pad_id, fmt=prep.fmt)
                 row = {"step": step, "epoch": epoch + (b + 1) / n_batches, "train_loss": loss_sum / loss_n,
                        "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_seen * env.world / max(elapsed, 1e-9),
                        **{f"val_{k}": v for k, v in metrics.compute(y_val, val, cfg.threshold).items()
@@ -344,7 +378,7 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
                 if improved:
                     best_value, stale = value, 0
                     if env.master:
-                        checkpoint.save(best, coder, cfg, prep.labels, prep.backbone_path, prep.tokenizer)
+                        checkpoint.save(best, coder, cfg, prep.labels, prep.backbone, prep.tokenizer)
                 else:
                     stale += 1
                 if env.master:
@@ -363,10 +397,11 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
         save_last(b + 1)
     bar.close()
     if env.master and not best.exists():
-        checkpoint.save(best, coder, cfg, prep.labels, prep.backbone_path, prep.tokenizer)
+        checkpoint.save(best, coder, cfg, prep.labels, prep.backbone, prep.tokenizer)
     if env.world > 1:
         dist.barrier()
-    write_predictions(cfg, prep, env, best)
+    del optimizer, scheduler, model  # only the coder stays: best/ goes into it in place
+    write_predictions(cfg, prep, env, best, coder)
     return pd.DataFrame(history)
 
 
@@ -374,13 +409,15 @@ def write_history(out: Path, history: list[dict]) -> None:
     atomic_write_text(out / "history.csv", pd.DataFrame(history).to_csv(index=False))
 
 
-def write_predictions(cfg: Config, prep: Prepared, env: Env, best: Path) -> None:
-    """Scores of the best checkpoint on val and test: `predictions_<split>.npz` (hadm_id, scores)."""
-    coder, _, _, _ = checkpoint.load(best, weights_dtype(cfg, env.device),
-                                     expect_labels=prep.label_codes)
-    coder.to(env.device)
+def write_predictions(cfg: Config, prep: Prepared, env: Env, best: Path, coder: ICDCoder) -> None:
+    """Scores of the best checkpoint on val and test: `predictions_<split>.npz` (hadm_id, scores).
+
+    `best/`'s weights are loaded into the live `coder` (the one that trained): a second backbone
+    would cost its whole size again on the GPU (16 GB for an 8B model in bf16).
+    """
+    checkpoint.load_into(coder, best, cfg, expect_labels=prep.label_codes)
     for split in ("val", "test"):
-        scores = score(coder, prep.tokens[split], cfg, env, prep.tokenizer.pad_token_id)
+        scores = score(coder, prep.tokens[split], cfg, env, prep.tokenizer.pad_token_id, fmt=prep.fmt)
         if env.master:
             hadm = prep.notes.loc[prep.notes["split"] == split, "hadm_id"].to_numpy()
             path = cfg.run_dir / STEP / f"predictions_{split}.npz"
