@@ -289,12 +289,15 @@ def load(model_path: str | Path, dtype: torch.dtype = torch.float32, base_model_
     kwargs = {"torch_dtype": dtype, "attn_implementation": "sdpa"}
     if device is not None and device.type == "cuda":
         kwargs.update(device_map={"": device.index or 0}, low_cpu_mem_usage=True)
-    if load_in != "native":
-        from icdlib import quantize
+    from icdlib import quantize
 
+    if load_in != "native":
+        if dtype == torch.float32:
+            raise BackboneError(f"load_in={load_in} keeps the base frozen in {load_in}: train it with "
+                                "train_backbone=lora (QLoRA) or frozen, not full, and precision bf16 or fp16")
         quantize.check(load_in, device or torch.device("cpu"))
         kwargs["quantization_config"] = quantize.bnb_config(load_in, dtype)
-    with _quiet():
+    with _quiet(), quantize.loading(load_in):
         model = model_class.from_pretrained(found.base or found.model, **kwargs)
         if found.base:
             model = PeftModel.from_pretrained(model, found.model).merge_and_unload()

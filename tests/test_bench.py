@@ -106,3 +106,77 @@ def test_cli_bench_refuses_a_bad_scale():
     out = subprocess.run([sys.executable, "-m", "icdlib", "bench", "metrics", "--scale", "huge"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "no scale 'huge'" in out.stderr
+
+
+# ---------------------------------------------------------------- gpu suite
+
+def test_gpu_suite_smoke_runs_the_toy_shapes_and_records_what_it_measured(tmp_path):
+    import torch
+
+    from icdlib.bench import gpu
+
+    doc = run_suite("gpu", scale="smoke", repeats=1, warmup=0, data_dir=tmp_path / "data",
+                    out=tmp_path / "results" / "gpu.json", markdown=tmp_path / "RESULTS.md", progress=False)
+    cuda = torch.cuda.is_available()
+    measured = [r for r in doc["rows"] if "skipped" not in r]
+    skipped = [r for r in doc["rows"] if "skipped" in r]
+    assert len(doc["rows"]) == 4 and len(measured) == (4 if cuda else 2)
+    for row in measured:
+        assert row["tokens_per_step"] == 2 * 32  # 1 note × 2 segments × 32 tokens
+        assert row["train_tps"]["median"] > 0 and row["score_nps"]["median"] > 0
+        assert row["lora_params"] == 2 * 16 * (2 * (64 + 64) + 2 * (64 + 32) + 3 * (64 + 256))  # r=16, 7 projections
+        assert row["train_flops_per_token"] > row["score_flops_per_token"] > 0
+    for shape in gpu.SMOKE_SHAPES.values():
+        assert gpu.all_params(shape) == 1000 * 64 + 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 256) + 5 * 64
+    bf16 = measured[0]
+    assert bf16["backbone_gb"]["median"] * 1e9 >= gpu.all_params(gpu.SMOKE_SHAPES["Llama-3-8B (toy shape)"]) * 2
+    assert all(c["ok"] for c in doc["checks"]), doc["checks"]
+    if not cuda:
+        assert len(skipped) == 2 and all("needs a CUDA GPU" in r["skipped"] for r in skipped)
+        assert all(r["train_mfu"] is None and r["train_peak_gb"] is None for r in measured)
+        assert doc["peak_bf16_tflops"] is None
+    one = doc["one_backbone"]["Llama-3-8B (toy shape)"]["bf16"]
+    assert one["param_bytes"] == round(bf16["backbone_gb"]["median"] * 1e9)
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## gpu" in text and "bf16 weights, LoRA" in text and "GPU figures" not in text
+    if not cuda:
+        assert "4-bit rows skipped: load_in=4bit needs a CUDA GPU" in text and "MFU left blank" in text
+    assert json.loads((tmp_path / "results" / "gpu.json").read_text())["flops"]["training_per_token"] == gpu.TRAIN_FORMULA
+
+
+def test_gpu_suite_full_refuses_without_cuda_and_records_nothing(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: the full scale would run")
+    with pytest.raises(IcdlibError) as e:
+        run_suite("gpu", scale="full", out=tmp_path / "gpu.json", markdown=tmp_path / "RESULTS.md", progress=False)
+    assert str(e.value) == "bench gpu --scale full needs a CUDA GPU; no numbers are recorded"
+    assert not (tmp_path / "gpu.json").exists() and not (tmp_path / "RESULTS.md").exists()
+    out = subprocess.run([sys.executable, "-m", "icdlib", "bench", "gpu", "--out", str(tmp_path / "gpu.json"),
+                          "--markdown", str(tmp_path / "RESULTS.md")], capture_output=True, text=True)
+    assert out.returncode != 0 and "bench gpu --scale full needs a CUDA GPU" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "gpu.json").exists()
+
+
+def test_markdown_says_gpu_figures_are_not_recorded_until_the_gpu_suite_ran(tmp_path):
+    text = results.render([], tmp_path)
+    assert "GPU figures" in text and "are not recorded: the suite needs a CUDA GPU" in text
+    assert "Not measured yet: preprocess, metrics, train, predict." in text  # gpu is not in that list
+
+
+def test_gpu_peak_table_and_model_flops():
+    from icdlib.bench import gpu
+
+    assert gpu.peak_tflops("NVIDIA H200") == gpu.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert gpu.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert gpu.peak_tflops("NVIDIA A100-SXM4-80GB") == gpu.peak_tflops("NVIDIA A100 80GB PCIe") == 312.0
+    assert gpu.peak_tflops("NVIDIA L40S") == 362.0
+    assert gpu.peak_tflops("NVIDIA H100 NVL") is None and gpu.peak_tflops("NVIDIA GeForce RTX 4090") is None
+    llama, mistral = gpu.FULL_SHAPES["Llama-3-8B"], gpu.FULL_SHAPES["Mistral-7B"]
+    assert gpu.all_params(llama) == 7_504_924_672  # Llama-3-8B without its LM head
+    assert gpu.all_params(mistral) == 7_110_660_096  # Mistral-7B without its LM head
+    n, lora, s, d, layers, a, c = gpu.linear_params(llama), 41_943_040, 512, 4096, 32, 512, 8922
+    head = 2 * (d * a + a * c + c * d)
+    assert gpu.flops_per_token(llama, lora, s, c, a, True) == 4 * n + 6 * lora + 12 * layers * s * d + 3 * head
+    assert gpu.flops_per_token(llama, lora, s, c, a, False) == 2 * n + 2 * lora + 4 * layers * s * d + head

@@ -229,3 +229,12 @@ def test_offline_recipe_from_the_readme_then_predict_after_moving(llama, tmp_pat
                   "--base-model-path", "../moved-models/Meta-Llama-3-8B-Instruct", cwd=other)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout) == before
+
+
+def test_quantized_loading_is_refused_off_cuda_in_one_line(llama):
+    with pytest.raises(IcdlibError) as e:
+        backbones.load(str(llama.mntp), torch.bfloat16, base_model_path=str(llama.base), load_in="4bit")
+    assert "needs a CUDA GPU" in one_line(e.value)
+    with pytest.raises(IcdlibError) as e:  # full training of a quantized base cannot work anywhere
+        backbones.load(str(llama.mntp), torch.float32, base_model_path=str(llama.base), load_in="8bit")
+    assert "train_backbone=lora" in one_line(e.value)

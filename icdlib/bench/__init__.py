@@ -7,10 +7,13 @@ the same invocation. Nothing here is a test: `make test` only checks that the su
 
 Suites: `preprocess` (step 01 against pandas read-everything), `metrics` (icdlib.metrics against
 scikit-learn's per-label loop), `train` (tokens/s of segmented dynamic batches against the original
-project's fixed 1024-token window), `predict` (notes/s of icdlib.predict).
+project's fixed 1024-token window), `predict` (notes/s of icdlib.predict), `gpu` (LoRA training
+tokens/s, MFU and peak GPU memory of Llama-3-8B- and Mistral-7B-shaped coders in bf16 and 4-bit
+QLoRA, scoring notes/s, and the memory one backbone copy costs; `--scale full` needs a CUDA GPU
+and refuses without one, `--scale smoke` runs a toy shape on the CPU).
 """
 
-SUITES = ("preprocess", "metrics", "train", "predict")
+SUITES = ("preprocess", "metrics", "train", "predict", "gpu")
 
 
 def run_suite(suite: str, scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir=None, out=None,
