@@ -25,6 +25,7 @@ def cmd_run(args) -> None:
     params = _overrides(args.param)
     if args.output_root:
         params["output_root"] = args.output_root
+    params = config.absolute_paths(params)  # relative paths mean: from here, in every notebook
     named = {"run": args.run, "mimic_dir": args.mimic_dir}
     cfg = config.resolve(args.backbone, {**{k: v for k, v in named.items() if v}, **params})
     backbones.check(cfg)  # a wrong backbone path stops here, before step 01 does any work
@@ -47,17 +48,45 @@ def cmd_synth(args) -> None:
         print(f"{table}: {path}")
 
 
+def train_run_dir(args) -> Path:
+    """The run folder `train` reads and writes: --run-dir, or <--output-root>/RUN; absolute."""
+    import os
+
+    from icdlib import config
+
+    name = args.run or args.run_option
+    if args.run_dir and (name or args.output_root):
+        raise IcdlibError("train takes either RUN (with --output-root) or --run-dir, not both")
+    if not (args.run_dir or name):
+        raise IcdlibError("train needs a run: python -m icdlib train RUN [--output-root DIR], or --run-dir DIR")
+    if args.run_dir:
+        run_dir = Path(args.run_dir).expanduser()
+    else:
+        run_dir = (Path(args.output_root).expanduser() if args.output_root else config.OUTPUTS_DIR) / name
+    return Path(os.path.abspath(run_dir))
+
+
 def cmd_train(args) -> None:
+    import dataclasses
+
     from icdlib import config, train
 
-    run_dir = Path(args.run_dir) if args.run_dir else Path(args.output_root or config.OUTPUTS_DIR) / args.run
+    run_dir = train_run_dir(args)
     path = run_dir / "config.json"
     if not path.is_file():
         raise IcdlibError(f"{path} does not exist: run 01_preprocess (and config.load) for this run first")
+    overrides = _overrides(args.param)
+    if {"output_root", "run"} & set(overrides):
+        raise IcdlibError("train trains in the run folder it reads: name it with RUN and --output-root, or "
+                          "--run-dir, not with -p output_root=/run=")
     cfg = config.from_json(path)
-    if args.param:
+    # The folder given wins over the one config.json was written in (a copied or moved run).
+    here = {"output_root": str(run_dir.parent), "run": cfg.run if cfg.run_name == run_dir.name else run_dir.name}
+    if overrides:
         cfg = config.resolve(cfg.backbone, {**{k: v for k, v in cfg.to_dict().items() if k != "backbone"},
-                                            **_overrides(args.param)})
+                                            **overrides, **here})
+    else:
+        cfg = dataclasses.replace(cfg, **here)
     train.fit(cfg, progress=not args.quiet)
 
 
@@ -115,13 +144,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_synth)
 
-    t = sub.add_parser("train", help="step 03 alone, e.g. under torchrun --nproc_per_node N -m icdlib train --run R",
-                       description="Train with the run's config.json (written by the notebooks' config cell).")
-    t.add_argument("--run", default="", help="run folder name under --output-root")
+    # Every option here must pass torchrun's own parser untouched (it takes unique prefixes of its
+    # options, and rejects ambiguous ones: `--run` could be its --run-path), hence RUN positional.
+    t = sub.add_parser("train", help="step 03 alone, e.g. torchrun --nproc_per_node N -m icdlib train RUN",
+                       description="Train with the run's config.json (written by the notebooks' config cell), "
+                                   "in that run folder. Under torchrun: torchrun --nproc_per_node N -m icdlib "
+                                   "train RUN.")
+    t.add_argument("run", nargs="?", default="", metavar="RUN", help="run folder name under --output-root")
     t.add_argument("--output-root", default="", help="folder holding run folders (default: <repo>/outputs)")
-    t.add_argument("--run-dir", default="", help="the run folder itself (instead of --run)")
+    t.add_argument("--run-dir", default="", help="the run folder itself (instead of RUN): trains and writes there")
+    t.add_argument("--run", dest="run_option", default="", help=argparse.SUPPRESS)  # the old spelling, without torchrun
     t.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
     q = sub.add_parser("predict", help="code a note with a trained model folder")
@@ -156,8 +190,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.command == "train" and not (args.run or args.run_dir):
-        parser().error("train needs --run or --run-dir")
     try:
         args.func(args)
     except IcdlibError as e:

@@ -4,12 +4,18 @@ Every knob of a run lives in `Config` with a typed default. A params file and th
 (papermill parameters, `-p key=value` on the CLI) may only name known keys with values of the
 default's type; anything else is one `ConfigError` naming the key and the choices. The
 resolved configuration is written to `<run>/config.json`, so every report shows it.
+
+Paths (`output_root`, `mimic_dir`, `split_dir`, `top50_file`, and `model_path`, `base_model_path`,
+`adapter_path` when they name a local folder rather than a hub name) are made absolute against the
+caller's working directory when the configuration is resolved, wherever they come from: the command
+line, papermill parameters, the API or a params file. The resolved Config holds absolute paths only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -212,8 +218,39 @@ def _merge(values: dict, updates: dict, source: str) -> None:
         values[key] = _check_value(key, value, source)
 
 
-def resolve(backbone: str, overrides: dict | None = None, params_dir: Path | None = None) -> Config:
-    """Defaults, then params/<backbone>.yaml, then overrides; validated, nothing written."""
+LOCAL_PATH_KEYS = ("output_root", "mimic_dir", "split_dir", "top50_file")
+MODEL_PATH_KEYS = ("model_path", "base_model_path", "adapter_path")  # a hub name or a local folder
+
+
+def is_local_path(value: str, cwd: Path | str | None = None) -> bool:
+    """A local path rather than a hub name (`org/name`): it exists under `cwd`, or looks like a path."""
+    if value.startswith(("/", "./", "../", "~", ".\\")) or value in (".", ".."):
+        return True
+    return (Path(cwd or os.getcwd()) / value).exists()
+
+
+def absolute_paths(values: dict, cwd: Path | str | None = None) -> dict:
+    """`values` with every relative path parameter made absolute against `cwd` (default: the
+    working directory). `~` is expanded; empty strings stay empty ("not set"); a model key that is
+    a hub name (not an existing path, not starting with /, ./, ../ or ~) stays the name."""
+    cwd = Path(cwd or os.getcwd())
+    out = dict(values)
+    for key in LOCAL_PATH_KEYS + MODEL_PATH_KEYS:
+        value = out.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        if key in MODEL_PATH_KEYS and not is_local_path(value, cwd):
+            continue
+        out[key] = os.path.normpath(os.path.join(cwd, os.path.expanduser(value)))
+    return out
+
+
+def resolve(backbone: str, overrides: dict | None = None, params_dir: Path | None = None,
+            cwd: Path | str | None = None) -> Config:
+    """Defaults, then params/<backbone>.yaml, then overrides; validated, nothing written.
+
+    Relative paths, from the params file or the overrides, are resolved against `cwd` (default:
+    the working directory): see `absolute_paths`."""
     params_dir = Path(params_dir or PARAMS_DIR)
     known = sorted(p.stem for p in params_dir.glob("*.yaml"))
     if backbone not in known:
@@ -226,7 +263,7 @@ def resolve(backbone: str, overrides: dict | None = None, params_dir: Path | Non
     _merge(values, file_values, f"params/{path.name}")
     _merge(values, dict(overrides or {}), "override")
     values["backbone"] = backbone
-    cfg = Config(**values)
+    cfg = Config(**absolute_paths(values, cwd))
     if "/" in cfg.run_name or cfg.run_name in ("", ".", ".."):
         raise ConfigError(f"run must be a plain folder name, got {cfg.run_name!r}")
     return cfg

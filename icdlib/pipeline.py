@@ -3,6 +3,9 @@
 The executed notebooks land in `<run>/reports/NN_name.ipynb` and `.html`: they are the
 shareable reports. A notebook that fails is kept as `NN_name.failed.ipynb` for inspection and
 the run stops with the notebook's own one-line error.
+
+The kernel runs in the caller's working directory and receives absolute paths, so relative
+paths typed on the command line mean the same in every step.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from icdlib.config import REPO_ROOT, Config
+from icdlib.config import REPO_ROOT, Config, absolute_paths
 from icdlib.errors import IcdlibError
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -22,8 +25,37 @@ class NotebookError(IcdlibError):
     """A notebook raised; the message is the notebook's own error, one line."""
 
 
+_KERNEL_MANAGER = None
+
+
+def kernel_manager_class():
+    """jupyter_client's AsyncKernelManager, less the SIGINT it sends before every shutdown request.
+
+    After the last cell papermill asks the kernel for kernel_info and shuts it down as soon as
+    the reply arrives; the kernel is then still inside that request's handler, where SIGINT
+    raises, so ipykernel logged `ERROR | KeyboardInterrupt caught in kernel.` after successful
+    runs (more often on a busy machine). Our kernels have finished their cells by then: the
+    shutdown request alone stops them, and jupyter_client still sends SIGTERM, then SIGKILL, to
+    one that does not exit within `shutdown_wait_time`. Interrupts outside a shutdown pass on.
+    """
+    global _KERNEL_MANAGER
+    if _KERNEL_MANAGER is None:
+        from jupyter_client import AsyncKernelManager
+
+        class FinishedKernelManager(AsyncKernelManager):
+            async def _async_interrupt_kernel(self) -> None:
+                if not self.shutting_down:
+                    await super()._async_interrupt_kernel()
+
+        _KERNEL_MANAGER = FinishedKernelManager
+    return _KERNEL_MANAGER
+
+
 def execute(name: str, cfg: Config, params: dict, progress: bool = True) -> Path:
-    """Run notebook `name` for the run of `cfg`; return the executed notebook's path."""
+    """Run notebook `name` for the run of `cfg`; return the executed notebook's path.
+
+    The kernel starts in the caller's working directory, and relative paths in `params` are
+    made absolute against it first (as `config.resolve` did for `cfg`)."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -31,11 +63,13 @@ def execute(name: str, cfg: Config, params: dict, progress: bool = True) -> Path
     reports.mkdir(parents=True, exist_ok=True)
     out = reports / f"{name}.ipynb"
     tmp = reports / f".{name}.running.ipynb"
-    parameters = {"backbone": cfg.backbone, "run": cfg.run, "mimic_dir": cfg.mimic_dir, "params": params}
+    parameters = {"backbone": cfg.backbone, "run": cfg.run, "mimic_dir": cfg.mimic_dir,
+                  "params": absolute_paths(params)}
     try:
         pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(tmp), parameters=parameters,
-                            kernel_name="python3", progress_bar=progress, cwd=str(NOTEBOOK_DIR),
-                            log_output=False, extra_arguments=["--IPKernelApp.log_level=ERROR"])
+                            kernel_name="python3", progress_bar=progress, cwd=os.getcwd(), log_output=False,
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                            kernel_manager_class=kernel_manager_class())
     except PapermillExecutionError as e:
         failed = reports / f"{name}.failed.ipynb"
         os.replace(tmp, failed)

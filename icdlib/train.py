@@ -437,8 +437,14 @@ def run(cfg: Config, progress: bool = True) -> pd.DataFrame:
 
 
 def launch(cfg: Config, nproc: int) -> pd.DataFrame:
-    """Multi-process training from a notebook: torchrun in a subprocess, logs streamed, check=True."""
+    """Multi-process training from a notebook: torchrun in a subprocess, logs streamed, check=True.
+
+    The run folder goes as an absolute `--run-dir` (`train --run-dir` trains in the folder it is
+    given), so the workers neither depend on their working directory nor on where config.json
+    was first written. (`--run` would not do: torchrun rejects it as an abbreviation of its own
+    `--run-path`.)"""
+    run_dir = cfg.run_dir.absolute()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "icdlib", "train", "--run-dir", str(cfg.run_dir)]
+           "-m", "icdlib", "train", "--run-dir", str(run_dir)]
     subprocess.run(cmd, check=True)
-    return load_history(cfg.run_dir)
+    return load_history(run_dir)

@@ -93,15 +93,9 @@ def test_schedule_warms_up_then_decays():
     assert train.schedule(6, 2, 10, "linear") == pytest.approx(0.5)
 
 
-def test_ddp_two_processes_score_every_admission_once(tmp_path):
-    """Two gloo processes train, then score the validation set in halves; rank 0 must write
-    exactly the scores one process computes from the same best checkpoint, for every admission."""
-    cfg = small_cfg(tmp_path, "ddp", max_steps=2, eval_every=1)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-                           "icdlib", "train", "--run-dir", str(cfg.run_dir), "--quiet"],
-                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+def assert_scored_once(cfg):
+    """The validation predictions rank 0 wrote cover every admission once, in order, with exactly
+    the scores one process computes from the same best checkpoint."""
     written = np.load(cfg.run_dir / "03_train/predictions_val.npz")
     notes = preprocess.load(cfg.run_dir).notes
     val = notes[notes["split"] == "val"]
@@ -111,3 +105,16 @@ def test_ddp_two_processes_score_every_admission_once(tmp_path):
     alone = train.score(coder, prep.tokens["val"], cfg, train.Env(torch.device("cpu")), tokenizer.pad_token_id)
     np.testing.assert_allclose(written["scores"], alone, atol=1e-5)
     assert len(written["scores"]) == len(val) and (written["scores"].sum(1) > 0).all()
+
+
+def test_ddp_two_processes_score_every_admission_once(tmp_path):
+    """Two gloo processes train, then score the validation set in halves; rank 0 must write
+    exactly the scores one process computes from the same best checkpoint, for every admission.
+    Launched as the README says (`torchrun --nproc_per_node N -m icdlib train RUN`)."""
+    cfg = small_cfg(tmp_path, "ddp", max_steps=2, eval_every=1)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                           "icdlib", "train", "ddp", "--output-root", str(tmp_path), "--quiet"],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_scored_once(cfg)
