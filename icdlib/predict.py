@@ -4,11 +4,25 @@
     coder.predict(["Discharge Diagnosis: CHF, afib ..."], top_k=15)[0]   # code, kind, title, score
 
 The text goes through the preprocessing of training (same cleaning, tokenizer, segmenting);
-batched, on the GPU when there is one.
+batched, on the GPU when there is one. A text that is empty, or only whitespace and NUL bytes,
+is refused in one line (`IcdlibError`: "text 0 is empty: nothing to code").
+
+Truncation: the model reads the first `coder.max_tokens` tokens of a note —
+`max_segments` segments of `segment_length` tokens less the segment format's own tokens (BOS,
+instruction) — and drops the rest. Every table `predict` returns says how much of its note was
+read, in `table.attrs`:
+
+    table.attrs   # {"tokens": 3210, "kept_tokens": 1024, "truncated_tokens": 2186}
+
+`coder.truncation(texts)` gives the same counts as a DataFrame (one row per text) without
+running the model; `load(..., max_segments=N)` reads up to N segments instead of the training
+value (the label attention takes any number; memory grows with it). The CLI prints one line to
+stderr when a note was truncated.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +30,23 @@ import pandas as pd
 import torch
 
 from icdlib import checkpoint
-from icdlib.data import tokenize
+from icdlib.data import Tokenized, tokenize
 from icdlib.errors import IcdlibError
 from icdlib.preprocess import clean_caml
 from icdlib.train import Env, pick_device, score, weights_dtype
+
+
+TRUNCATION = ("tokens", "kept_tokens", "truncated_tokens")
 
 
 class Coder:
     """A loaded model: `predict(texts)` returns one DataFrame of codes per text, best first."""
 
     def __init__(self, model_dir: Path, device: str = "auto", batch_size: int = 8, model_path: str = "",
-                 base_model_path: str = ""):
+                 base_model_path: str = "", max_segments: int | None = None):
+        if max_segments is not None and (isinstance(max_segments, bool) or not isinstance(max_segments, int)
+                                         or max_segments < 1):
+            raise IcdlibError(f"max_segments must be a positive integer, got {max_segments!r}")
         self.env = Env(pick_device(device))
         probe = checkpoint.read_manifest(model_dir)
         self.cfg = checkpoint.Config(**{k: v for k, v in probe["config"].items() if k in checkpoint.Config.__dataclass_fields__})
@@ -37,34 +57,73 @@ class Coder:
         self.fmt = checkpoint.input_format(manifest)
         self.labels = pd.DataFrame({"code": manifest["labels"], "kind": manifest["kinds"], "title": manifest["titles"]})
         self.batch_size = batch_size
+        self.max_segments = max_segments or self.cfg.max_segments
+        self.max_tokens = self.fmt.body(self.cfg.segment_length) * self.max_segments
 
-    def scores(self, texts: list[str]) -> np.ndarray:
-        """(n_texts, n_labels) probabilities."""
+    def _tokens(self, texts: list[str]) -> tuple[Tokenized, pd.DataFrame]:
+        """The notes' tokens as the model reads them (cut to max_tokens), and the truncation table."""
         texts = [_checked(t, i) for i, t in enumerate(texts)]
         if self.cfg.text_cleaning == "caml":
             texts = [clean_caml(t) for t in texts]
-        tokens = tokenize(texts, self.tokenizer, self.fmt.body(self.cfg.segment_length) * self.cfg.max_segments)
-        return score(self.model, tokens, self.cfg, self.env, self.tokenizer.pad_token_id, self.batch_size, fmt=self.fmt)
+        whole = tokenize(texts, self.tokenizer, sys.maxsize)
+        lengths = whole.lengths()
+        kept = np.minimum(lengths, self.max_tokens)
+        counts = pd.DataFrame({"tokens": lengths, "kept_tokens": kept, "truncated_tokens": lengths - kept})
+        if not counts["truncated_tokens"].any():
+            return whole, counts
+        ids = [whole.note(i)[:k] for i, k in enumerate(kept)]
+        offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
+        return Tokenized(ids=np.concatenate(ids).astype(np.int32), offsets=offsets), counts
+
+    def truncation(self, texts: list[str] | str) -> pd.DataFrame:
+        """Per text (one row each): `tokens` in the note, `kept_tokens` the model reads (the first
+        max_tokens), `truncated_tokens` dropped from its end. Tokenises only; no model pass."""
+        return self._tokens([texts] if isinstance(texts, str) else list(texts))[1]
+
+    def scores(self, texts: list[str]) -> np.ndarray:
+        """(n_texts, n_labels) probabilities."""
+        return self._scores(list(texts))[0]
+
+    def _scores(self, texts: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
+        tokens, counts = self._tokens(texts)
+        return score(self.model, tokens, self.cfg, self.env, self.tokenizer.pad_token_id, self.batch_size,
+                     fmt=self.fmt), counts
 
     def predict(self, texts: list[str] | str, top_k: int | None = None, threshold: float | None = None) -> list[pd.DataFrame]:
-        """Per text: code, kind, title, score sorted by score; cut to top_k and/or score >= threshold."""
+        """Per text: code, kind, title, score sorted by score; cut to top_k and/or score >= threshold.
+
+        Each table's `.attrs` holds `tokens`, `kept_tokens` and `truncated_tokens` of its note."""
         if isinstance(texts, str):
             texts = [texts]
         out = []
-        for row in self.scores(list(texts)):
+        scores, counts = self._scores(list(texts))
+        for row, (_, count) in zip(scores, counts.iterrows()):
             table = self.labels.assign(score=row).sort_values("score", ascending=False, kind="stable")
             if threshold is not None:
                 table = table[table["score"] >= threshold]
             if top_k is not None:
                 table = table.head(top_k)
-            out.append(table.reset_index(drop=True))
+            table = table.reset_index(drop=True)
+            table.attrs = {k: int(count[k]) for k in TRUNCATION}
+            out.append(table)
         return out
+
+
+def truncation_line(counts: dict) -> str:
+    """One line saying how much of a note the model did not read ("" when it read all of it)."""
+    tokens, kept = int(counts["tokens"]), int(counts["kept_tokens"])
+    if kept >= tokens:
+        return ""
+    dropped = 100 * (tokens - kept) / tokens
+    share = f"{dropped:.0f}%" if dropped >= 1 else "<1%"
+    return (f"note truncated: kept the first {kept:,} of {tokens:,} tokens ({share} dropped); "
+            f"raise max_segments to read more")
 
 
 def predict_dtype(cfg, device) -> torch.dtype:
     """The training dtype on accelerators; on a CPU, bf16 for real backbones (an 8B model in fp32
     needs ~30 GB of RAM) where the CPU computes bf16, fp32 for tiny ones."""
-    if device.type == "cpu" and cfg.model_path and cfg.train_backbone != "full" and _cpu_bf16():
+    if device.type == "cpu" and cfg.model_path and _cpu_bf16():
         return torch.bfloat16
     return weights_dtype(cfg, device)
 
@@ -86,7 +145,7 @@ def _absolute(path: str) -> str:
 def _checked(text, i: int) -> str:
     if not isinstance(text, str):
         raise IcdlibError(f"text {i} is a {type(text).__name__}, expected str")
-    if not text.strip():
+    if not text.replace("\x00", "").strip():  # NUL bytes are not text either (a zeroed-out file)
         raise IcdlibError(f"text {i} is empty: nothing to code")
     return text
 
@@ -102,7 +161,8 @@ def read_text_file(path: Path) -> str:
 
 
 def load(model_dir: str | Path, device: str = "auto", batch_size: int = 8, model_path: str = "",
-         base_model_path: str = "") -> Coder:
+         base_model_path: str = "", max_segments: int | None = None) -> Coder:
     """A model folder ready to code notes; `model_path` / `base_model_path` say where its backbone is
-    when the run folder moved away from it (local folders or hub names)."""
-    return Coder(Path(model_dir), device, batch_size, model_path, base_model_path)
+    when the run folder moved away from it (local folders or hub names); `max_segments` overrides
+    how many segments of a note are read (default: as trained)."""
+    return Coder(Path(model_dir), device, batch_size, model_path, base_model_path, max_segments)

@@ -70,7 +70,8 @@ def _tokenizer(family: str, texts: list[str]):
     tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
                                                        special_tokens=[(bos, tok.token_to_id(bos))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_input_names=["input_ids", "attention_mask"],
-                                   additional_special_tokens=spec["extra"], **spec["specials"])
+                                   additional_special_tokens=spec["extra"], clean_up_tokenization_spaces=False,
+                                   **spec["specials"])
 
 
 def _perturb_lora(model, seed: int) -> None:
