@@ -100,25 +100,11 @@ def test_grad_scaler_is_off_for_bf16_and_fp32_and_makes_trainable_weights_fp32()
 
 # ---------------------------------------------------------------- fit() under fp16
 
-SMALL = {"synth_admissions": 120, "min_count": 3, "tiny_hidden": 32, "tiny_vocab": 500, "attention_dim": 16,
-         "segment_length": 64, "max_segments": 2, "batch_size": 8, "eval_every": 3, "save_every": 3,
-         "warmup_steps": 2, "max_steps": 6, "precision": "fp16", "device": "cpu"}
+from test_train import small_cfg as _small_cfg, trainable_weights  # noqa: E402
 
 
 def small_cfg(root, run, **over):
-    cfg = config.load("tiny", params={"output_root": str(root), "run": run, **SMALL, **over})
-    preprocess.run(cfg, progress=False)
-    return cfg
-
-
-def trainable_weights(folder):
-    from safetensors.torch import load_file
-
-    weights = load_file(folder / "head.safetensors")
-    for part in ("adapter/adapter_model.safetensors", "backbone/model.safetensors"):
-        if (folder / part).exists():
-            weights.update(load_file(folder / part))
-    return weights
+    return _small_cfg(root, run, precision="fp16", device="cpu", **over)
 
 
 class Killed(Exception):
@@ -153,8 +139,7 @@ def test_fp16_run_saves_and_resumes_its_loss_scale(tmp_path, monkeypatch, train_
     real_load = torch.amp.GradScaler.load_state_dict
     monkeypatch.setattr(torch.amp.GradScaler, "load_state_dict",
                         lambda self, sd: (loaded.append(dict(sd)), real_load(self, sd))[1])
-    resumed = config.load("tiny", params={"output_root": str(tmp_path), "run": "broken", **SMALL, "resume": True,
-                                          "train_backbone": train_backbone})
+    resumed = small_cfg(tmp_path, "broken", resume=True, train_backbone=train_backbone)
     history = train.fit(resumed, progress=False)
     assert history["step"].tolist() == [3, 6]
     assert loaded == [saved["scaler"]], "the resumed run must continue with the saved loss scale"
