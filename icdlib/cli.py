@@ -97,6 +97,9 @@ def cmd_predict(args) -> None:
     coder = predict.load(args.model, device=args.device, model_path=args.model_path,
                          base_model_path=args.base_model_path)
     table = coder.predict([text], top_k=args.top_k, threshold=args.threshold)[0]
+    truncated = predict.truncation_line(table.attrs)
+    if truncated:
+        print(truncated, file=sys.stderr)
     if args.json:
         print(json.dumps(table.to_dict(orient="records"), indent=1))
     else:

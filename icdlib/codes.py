@@ -3,6 +3,8 @@
 MIMIC-III stores codes without dots (`4019`, `3893`) and as text: `0389` and `389` are different
 codes, so a code is never parsed as a number. Diagnoses take the dot after 3 characters (after
 4 for E codes), procedures after 2; the dotted forms never collide between the two kinds.
+Codes are normalised first (`normalise`: whitespace and dots removed, upper case), so ` v824 `,
+`V82.4` and `V824` are one code.
 """
 
 from __future__ import annotations
@@ -11,16 +13,21 @@ DIAGNOSIS = "diagnosis"
 PROCEDURE = "procedure"
 
 
+def normalise(code: str) -> str:
+    """A raw code as MIMIC means it: ` v824 `→`V824`, `e8889`→`E8889`, `401.9`→`4019` (leading zeros kept)."""
+    return "".join(code.split()).replace(".", "").upper()
+
+
 def dot_diagnosis(code: str) -> str:
-    """`4019`→`401.9`, `E8889`→`E888.9`, `V5861`→`V58.61`, `042`→`042`."""
-    code = code.strip()
+    """`4019`→`401.9`, `E8889`→`E888.9`, `V5861`→`V58.61`, `042`→`042`; `v824`→`V82.4`."""
+    code = normalise(code)
     cut = 4 if code.startswith("E") else 3
     return f"{code[:cut]}.{code[cut:]}" if len(code) > cut else code
 
 
 def dot_procedure(code: str) -> str:
     """`3893`→`38.93`, `9604`→`96.04`, `00`→`00`."""
-    code = code.strip()
+    code = normalise(code)
     return f"{code[:2]}.{code[2:]}" if len(code) > 2 else code
 
 

@@ -62,10 +62,10 @@ def tokenize_cached(texts: list[str], tokenizer, max_tokens: int, cache_dir: Pat
         with np.load(path) as z:
             return Tokenized(ids=z["ids"], offsets=z["offsets"])
     tok = tokenize(texts, tokenizer, max_tokens)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, ids=tok.ids, offsets=tok.offsets)
-    tmp.replace(path)
+    from icdlib.runfolder import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append .npz to the name
+        np.savez(f, ids=tok.ids, offsets=tok.offsets)
     return tok
 
 

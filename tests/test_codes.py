@@ -1,6 +1,6 @@
 import pytest
 
-from icdlib.codes import category, dot, dot_diagnosis, dot_procedure
+from icdlib.codes import category, dot, dot_diagnosis, dot_procedure, normalise
 
 
 @pytest.mark.parametrize("raw,dotted", [
@@ -25,3 +25,48 @@ def test_leading_zeros_stay_distinct_and_kinds_never_collide():
 
 def test_category():
     assert [category(c) for c in ("428.30", "E888.9", "38.93", "042")] == ["428", "E888", "38", "042"]
+
+
+@pytest.mark.parametrize("raw,kind,dotted", [
+    ("v824", "diagnosis", "V82.4"), ("e8889", "diagnosis", "E888.9"), (" 4019 ", "diagnosis", "401.9"),
+    ("V82.4", "diagnosis", "V82.4"), ("e 849", "diagnosis", "E849"), ("0389\t", "diagnosis", "038.9"),
+    (" 3893", "procedure", "38.93"), ("38.93", "procedure", "38.93"),
+])
+def test_codes_are_normalised_before_dotting(raw, kind, dotted):
+    assert dot(raw, kind) == dotted
+    assert normalise(raw) == dotted.replace(".", "")
+
+
+def test_lowercase_codes_get_the_label_of_their_uppercase_twin(tmp_path):
+    """DIAGNOSES_ICD with `e8889`/`v5861` instead of `E8889`/`V5861` (and a lowercase duplicate of
+    an uppercase code) preprocesses exactly like the untouched fixture."""
+    import csv
+
+    import pandas as pd
+
+    from icdlib import config, preprocess
+    from icdlib.mimic import TABLES
+    from mimic_fixture import DIAGNOSES, write_mimic
+
+    upper = write_mimic(tmp_path / "upper")
+    lower = write_mimic(tmp_path / "lower")
+    rows = [(r, s, h, n, {"E8889": "e8889", "V5861": " v5861"}.get(c, c)) for r, s, h, n, c in DIAGNOSES]
+    rows.append((11, 1, 100002, 5, "e8889"))  # the same code twice in one admission, once in each case
+    with open(lower / "DIAGNOSES_ICD.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, quoting=csv.QUOTE_NONNUMERIC)
+        w.writerow(TABLES["DIAGNOSES_ICD"])
+        w.writerows(rows)
+
+    def build(mimic):
+        cfg = config.resolve("tiny", {"mimic_dir": str(mimic), "output_root": str(tmp_path / "out"),
+                                      "split": "seed", "min_count": 1})
+        return preprocess.build(cfg, progress=False)
+
+    a, b = build(upper), build(lower)
+    assert b.notes.set_index("hadm_id").loc[100002, "codes"] == ["389", "401.9", "E888.9", "V58.61"]
+    assert b.labels["code"].tolist() == ["038.9", "38.93", "389", "401.9", "E888.9", "V58.61"]
+    assert b.labels.set_index("code").loc["E888.9", "short_title"] == "Fall NOS"
+    pd.testing.assert_frame_equal(a.notes, b.notes)
+    pd.testing.assert_frame_equal(a.labels, b.labels)
+    assert b.stats["duplicated codes within an admission (counted once)"] == a.stats[
+        "duplicated codes within an admission (counted once)"] + 1

@@ -1,0 +1,116 @@
+"""`predict` on a tiny model folder: NUL-only text is refused, truncation is reported and exact."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from icdlib import backbones, checkpoint, cli, config, predict
+from icdlib.data import SegmentFormat
+from icdlib.errors import IcdlibError
+from icdlib.models import ICDCoder
+
+SEGMENT, SEGMENTS = 16, 2
+KEPT = (SEGMENT - 1) * SEGMENTS  # a BOS opens every segment: 15 note tokens per segment
+WORDS = ("congestive heart failure atrial fibrillation hypertension acute kidney injury sepsis "
+         "pneumonia diabetes mellitus intubation catheter patient admitted discharged stable").split()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_backbone, tmp_path_factory):
+    """A model folder as 03 writes it (frozen tiny backbone, fresh label-attention head), untrained."""
+    cfg = config.resolve("tiny", {"segment_length": SEGMENT, "max_segments": SEGMENTS, "train_backbone": "frozen",
+                                  "attention_dim": 16, "output_root": str(tmp_path_factory.mktemp("out"))})
+    encoder, tokenizer = backbones.load(tiny_backbone)
+    encoder = backbones.make_trainable(encoder, cfg)
+    torch.manual_seed(0)
+    coder = ICDCoder(encoder, 3, cfg.head, cfg.attention_dim)
+    labels = pd.DataFrame({"code": ["401.9", "427.31", "38.93"], "kind": ["diagnosis", "diagnosis", "procedure"],
+                           "short_title": ["Hypertension NOS", "Atrial fibrillation", "Venous cath NEC"]})
+    fmt = SegmentFormat(prefix=(tokenizer.bos_token_id,))
+    record = checkpoint.backbone_record(str(tiny_backbone), encoder=encoder, fmt=fmt)
+    return checkpoint.save(tmp_path_factory.mktemp("model") / "best", coder, cfg, labels, record, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def coder(model_dir):
+    return predict.load(model_dir, device="cpu")
+
+
+def note(n_words: int) -> str:
+    return " ".join(WORDS[i % len(WORDS)] for i in range(n_words))
+
+
+def n_tokens(coder, text: str) -> int:
+    return len(coder.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def test_nul_only_text_is_empty(coder):
+    for text in ("\x00", "\x00\x00 \n\x00\t", "   "):
+        with pytest.raises(IcdlibError) as e:
+            coder.predict(text)
+        assert str(e.value) == "text 0 is empty: nothing to code"
+    with pytest.raises(IcdlibError, match=r"^text 1 is empty: nothing to code$"):
+        coder.predict([note(5), "\x00" * 100])
+    assert len(coder.predict("sepsis\x00")[0]) == 3  # NUL among words is still a note
+
+
+def test_truncation_is_counted_and_only_the_head_is_read(coder):
+    assert coder.max_tokens == KEPT == 30
+    short, long = note(6), note(200)
+    n_short, n_long = n_tokens(coder, short), n_tokens(coder, long)
+    assert n_short <= KEPT < n_long
+    tables = coder.predict([short, long], top_k=2)
+    assert tables[0].attrs == {"tokens": n_short, "kept_tokens": n_short, "truncated_tokens": 0}
+    assert tables[1].attrs == {"tokens": n_long, "kept_tokens": KEPT, "truncated_tokens": n_long - KEPT}
+    assert len(tables[1]) == 2 and tables[1]["score"].is_monotonic_decreasing
+    counts = coder.truncation([short, long])
+    assert counts.to_dict("records") == [tables[0].attrs, tables[1].attrs]
+    # what lies beyond the kept tokens changes the counts, never the scores
+    longer = long + " " + note(50)
+    np.testing.assert_array_equal(coder.scores([long]), coder.scores([longer]))
+    assert coder.truncation(longer)["tokens"].item() > n_long
+    # ... and the kept head is what the model reads: the same scores as the head alone
+    head = coder.tokenizer.decode(coder.tokenizer(long, add_special_tokens=False)["input_ids"][:KEPT])
+    assert n_tokens(coder, head) == KEPT
+    np.testing.assert_allclose(coder.scores([head]), coder.scores([long]), atol=1e-6)
+
+
+def test_max_segments_can_be_raised_at_load(model_dir, coder):
+    wide = predict.load(model_dir, device="cpu", max_segments=4)
+    assert wide.max_tokens == 60
+    text = note(200)
+    assert wide.truncation(text).to_dict("records") == [
+        {"tokens": n_tokens(coder, text), "kept_tokens": 60, "truncated_tokens": n_tokens(coder, text) - 60}]
+    with pytest.raises(IcdlibError, match=r"max_segments must be a positive integer, got 0"):
+        predict.load(model_dir, device="cpu", max_segments=0)
+
+
+def test_truncation_line():
+    line = predict.truncation_line({"tokens": 3210, "kept_tokens": 1024, "truncated_tokens": 2186})
+    assert line == "note truncated: kept the first 1,024 of 3,210 tokens (68% dropped); raise max_segments to read more"
+    assert predict.truncation_line({"tokens": 1000, "kept_tokens": 999}) == (
+        "note truncated: kept the first 999 of 1,000 tokens (<1% dropped); raise max_segments to read more")
+    assert predict.truncation_line({"tokens": 30, "kept_tokens": 30}) == ""
+
+
+def test_cli_says_when_a_note_was_truncated(model_dir, coder, tmp_path, capsys):
+    long, short, nul = tmp_path / "long.txt", tmp_path / "short.txt", tmp_path / "nul.txt"
+    long.write_text(note(200))
+    short.write_text(note(6))
+    nul.write_bytes(b"\x00" * 64 + b"\n")
+    n = n_tokens(coder, note(200))
+
+    assert cli.main(["predict", "--model", str(model_dir), "--text-file", str(long), "--device", "cpu", "--top-k", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert err == (f"note truncated: kept the first {KEPT} of {n:,} tokens ({100 * (n - KEPT) / n:.0f}% dropped); "
+                   f"raise max_segments to read more\n")
+    assert len(out.strip().splitlines()) == 3  # header + top 2
+
+    assert cli.main(["predict", "--model", str(model_dir), "--text-file", str(short), "--device", "cpu", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.lstrip().startswith("[")
+
+    assert cli.main(["predict", "--model", str(model_dir), "--text-file", str(nul), "--device", "cpu"]) == 2
+    out, err = capsys.readouterr()
+    assert err == "icdlib: error: text 0 is empty: nothing to code\n"
