@@ -21,7 +21,7 @@ from transformers import LlamaConfig, MistralConfig, PreTrainedTokenizerFast
 
 from icdlib.config import Config
 from icdlib.errors import IcdlibError
-from icdlib.runfolder import atomic_path
+from icdlib.runfolder import atomic_path, content_key, read_key, source_hash, write_key
 
 
 class BackboneError(IcdlibError):
@@ -79,12 +79,32 @@ def lsa_embeddings(texts: list[str], tokenizer, dim: int, seed: int = 0) -> torc
     return torch.from_numpy(vectors * 0.02)
 
 
+TINY_PARAMS = ("model_type", "tiny_layers", "tiny_hidden", "tiny_heads", "tiny_vocab", "tiny_init", "seed")
+
+
+def tiny_key(cfg: Config, train_texts: list[str]) -> str:
+    """The cache key of a tiny backbone: its parameters, the positions it needs, the training
+    notes (content hash), the code that builds it and the libraries that code calls."""
+    from importlib import metadata
+
+    texts = hashlib.sha256()
+    for t in train_texts:
+        texts.update(t.encode("utf-8", "replace") + b"\0")
+    return content_key({"params": {k: getattr(cfg, k) for k in TINY_PARAMS},
+                        "positions": max(cfg.segment_length, 128), "texts": texts.hexdigest(),
+                        "code": source_hash(make_tiny, train_tokenizer, tiny_config, lsa_embeddings),
+                        "versions": {p: metadata.version(p) for p in ("torch", "transformers", "tokenizers",
+                                                                      "llm2vec", "scikit-learn")}})
+
+
 def make_tiny(cfg: Config, train_texts: list[str], out_dir: Path) -> Path:
-    """Save a random tiny bidirectional backbone + tokenizer at `out_dir` (Hugging Face format)."""
+    """Save a random tiny bidirectional backbone + tokenizer at `out_dir` (Hugging Face format),
+    or reuse the one there when it was built with the same `tiny_key` (recorded in cache_key.txt)."""
     from llm2vec.models import LlamaBiModel, MistralBiModel
 
     out_dir = Path(out_dir)
-    if (out_dir / "config.json").is_file():
+    key = tiny_key(cfg, train_texts)
+    if read_key(out_dir) == key and (out_dir / "config.json").is_file():
         return out_dir
     torch.manual_seed(cfg.seed)
     tokenizer = train_tokenizer(train_texts, cfg.tiny_vocab)
@@ -96,6 +116,7 @@ def make_tiny(cfg: Config, train_texts: list[str], out_dir: Path) -> Path:
     with atomic_path(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        write_key(tmp, key)
     return out_dir
 
 

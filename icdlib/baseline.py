@@ -145,7 +145,7 @@ class TfidfFeatures:
         return nnz, feature, np.minimum(counts, np.iinfo(np.uint16).max).astype(np.uint16)
 
     def _chunks(self, texts, desc: str):
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # not tqdm.auto, which warns in a notebook without ipywidgets
 
         starts = range(0, len(texts), self.chunk_docs)
         for start in tqdm(starts, desc=desc, disable=not self.progress, leave=False):
@@ -284,7 +284,7 @@ def _train(x_train: sp.csr_matrix, y: sp.csr_matrix, prior: np.ndarray, seed: in
            epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float,
            progress: bool) -> tuple[LowRankLinear, list[float]]:
     """One training run from a fresh initialisation; returns the model and the mean loss per epoch."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     n_train = x_train.shape[0]
     generator = torch.Generator().manual_seed(int(seed))
@@ -406,3 +406,14 @@ def fit_predict(train_texts, y_train, eval_texts: dict[str, list[str]], seed: in
             "seconds_predict": time.perf_counter() - t_train,
         })
     return out
+
+
+def fit_for(cfg, ev, progress: bool = False) -> dict[str, np.ndarray]:
+    """The baseline of a run: trained on its train split and label space, scoring the splits of
+    `ev` (an `icdlib.evaluate.Evaluation`). Returns split -> (n_docs, n_labels) probabilities."""
+    from icdlib.labels import multi_hot
+
+    train = ev.train
+    y_train = multi_hot(train["codes"].tolist(), ev.labels["code"].tolist())
+    return fit_predict(train["text"].tolist(), y_train, {k: s.notes["text"].tolist() for k, s in ev.splits.items()},
+                       seed=cfg.seed, progress=progress)

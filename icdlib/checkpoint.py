@@ -158,7 +158,7 @@ def load(folder: Path, dtype: torch.dtype = torch.float32, trainable: bool = Fal
             with backbones._quiet():
                 encoder = PeftModel.from_pretrained(encoder, str(folder / "adapter"), is_trainable=trainable)
     coder = ICDCoder(encoder, len(labels), cfg.head, cfg.attention_dim)
-    coder.head.load_state_dict(load_file(folder / "head.safetensors"))
+    load_head(coder, folder)
     return coder, tokenizer, manifest, cfg
 
 
@@ -199,9 +199,61 @@ def load_into(coder: ICDCoder, folder: Path, cfg: Config, expect_labels: list[st
         missing = [n for n, _ in coder.encoder.named_parameters() if n not in seen]
         if missing:
             raise IcdlibError(f"{folder}/backbone lacks {len(missing)} weights of this model (first: {missing[0]})")
-    head = load_file(folder / "head.safetensors")
-    coder.head.load_state_dict({k: v.to(coder.head.state_dict()[k].dtype) for k, v in head.items()})
+    load_head(coder, folder)
+
+
+def load_head(coder: ICDCoder, folder: Path) -> None:
+    """head.safetensors into `coder.head`, refused in one line when it is another model's head."""
+    head, own = load_file(Path(folder) / "head.safetensors"), coder.head.state_dict()
+    wrong = [k for k in own if k not in head or head[k].shape != own[k].shape] + [k for k in head if k not in own]
+    if wrong:
+        k = wrong[0]
+        found = tuple(head[k].shape) if k in head else "missing"
+        raise IcdlibError(f"{folder}/head.safetensors is not the head this folder describes ({k}: {found}, expected "
+                          f"{tuple(own[k].shape) if k in own else 'no such weight'}; {coder.n_labels} labels in "
+                          f"icdlib.json): the folder mixes two models, copy it again")
+    coder.head.load_state_dict({k: v.to(own[k].dtype) for k, v in head.items()})
 
 
 def load_trainer_state(folder: Path) -> dict:
     return torch.load(Path(folder) / "trainer_state.pt", weights_only=False)
+
+
+def resumable(folder: Path) -> bool:
+    """A checkpoint training can continue from: a model folder with `trainer_state.pt` that reads."""
+    folder = Path(folder)
+    if not (folder / "trainer_state.pt").is_file():
+        return False
+    try:
+        read_manifest(folder)
+        # mmap: the archive is checked without reading the optimizer state (GBs for a full backbone)
+        state = torch.load(folder / "trainer_state.pt", weights_only=False, mmap=True, map_location="cpu")
+    except (IcdlibError, OSError, RuntimeError, EOFError, ValueError, KeyError):
+        return False
+    return isinstance(state, dict) and "step" in state
+
+
+def recover(folder: Path) -> Path | None:
+    """Put back the newest intact copy of `folder` that a killed `atomic_path` save left as
+    `.<name>.tmp-<pid>` (a process killed between its two renames: the old copy moved aside, the
+    complete new one not yet in place). Only copies of dead processes (or this one) count; a
+    damaged `folder` in the way is removed. Returns `folder`, or None when there is nothing to recover."""
+    from icdlib.runfolder import LEFTOVER, _remove, alive
+
+    folder = Path(folder)
+    found = []
+    for entry in folder.parent.glob(f".{folder.name}.tmp-*"):
+        m = LEFTOVER.match(entry.name)
+        if not m or m["rest"] or m["kind"] != "tmp" or not entry.is_dir():
+            continue
+        pid = int(m["pid"])
+        if pid != os.getpid() and alive(pid):
+            continue
+        found.append(entry)
+    for copy in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
+        if resumable(copy):
+            if folder.exists() or folder.is_symlink():
+                _remove(folder)
+            os.replace(copy, folder)
+            return folder
+    return None

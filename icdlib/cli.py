@@ -70,9 +70,10 @@ def cmd_train(args) -> None:
     import dataclasses
 
     from icdlib import config, train
+    from icdlib.runfolder import Run
 
     run_dir = train_run_dir(args)
-    path = run_dir / "config.json"
+    path = Run(run_dir).config
     if not path.is_file():
         raise IcdlibError(f"{path} does not exist: run 01_preprocess (and config.load) for this run first")
     overrides = _overrides(args.param)
@@ -196,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except IcdlibError as e:
-        print(f"icdlib: error: {e}", file=sys.stderr)
-        return 2
+        from icdlib.pipeline import Interrupted
+
+        print(f"icdlib: {'stopped' if isinstance(e, Interrupted) else 'error'}: {e}", file=sys.stderr)
+        return 130 if isinstance(e, Interrupted) else 2
+    except KeyboardInterrupt:
+        print(f"icdlib: stopped: interrupted ({args.command}); nothing half-written is kept: "
+              "rerun the command (training continues with -p resume=true)", file=sys.stderr)
+        return 130
     return 0

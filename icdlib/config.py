@@ -2,8 +2,12 @@
 
 Every knob of a run lives in `Config` with a typed default. A params file and the overrides
 (papermill parameters, `-p key=value` on the CLI) may only name known keys with values of the
-default's type; anything else is one `ConfigError` naming the key and the choices. The
-resolved configuration is written to `<run>/config.json`, so every report shows it.
+default's type and within the key's range (`RANGES`); anything else is one `ConfigError` naming
+the key and the choices. Step 01 records the resolved configuration as `<run>/config.json`; later
+steps read the run and leave that record as it is.
+
+Notebooks call `from_notebook(globals())` after their parameters cell, so every key of `Config`
+works as a papermill parameter (`papermill notebooks/03_train.ipynb out.ipynb -p epochs 1`).
 
 Paths (`output_root`, `mimic_dir`, `split_dir`, `top50_file`, and `model_path`, `base_model_path`,
 `adapter_path` when they name a local folder rather than a hub name) are made absolute against the
@@ -14,9 +18,12 @@ line, papermill parameters, the API or a params file. The resolved Config holds 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 import os
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +164,44 @@ CHOICES = {
 _TYPES = typing.get_type_hints(Config)
 _FIELDS = [f.name for f in dataclasses.fields(Config)]
 
+# What a number must be beyond its type: (test, the rule as the error states it). Every int and
+# float key is here; a float must also be finite.
+_AT_LEAST_0 = (lambda v: v >= 0, "at least 0")
+_AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+_POSITIVE = (lambda v: v > 0, "positive")
+RANGES = {
+    "seed": _AT_LEAST_0,  # numpy refuses negative seeds
+    "synth_admissions": _AT_LEAST_1,
+    "synth_seed": _AT_LEAST_0,
+    "min_count": _AT_LEAST_0,  # 0 and 1 both keep every code
+    "tiny_layers": _AT_LEAST_1,
+    "tiny_hidden": _AT_LEAST_1,
+    "tiny_heads": _AT_LEAST_1,
+    "tiny_vocab": _AT_LEAST_1,
+    "lora_r": _AT_LEAST_1,
+    "lora_alpha": _AT_LEAST_1,
+    "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "attention_dim": _AT_LEAST_1,
+    "segment_length": _AT_LEAST_1,  # and within the backbone's positions: check_positions
+    "max_segments": _AT_LEAST_1,
+    "epochs": _AT_LEAST_1,
+    "max_steps": (lambda v: v == -1 or v >= 1, "-1 (train for epochs) or at least 1"),
+    "batch_size": _AT_LEAST_1,
+    "grad_accum": _AT_LEAST_1,
+    "lr": _POSITIVE,
+    "head_lr": _POSITIVE,
+    "weight_decay": _AT_LEAST_0,
+    "warmup_steps": _AT_LEAST_0,
+    "clip": _AT_LEAST_0,  # 0 disables
+    "pos_weight": _AT_LEAST_0,  # 0 means none
+    "eval_every": _AT_LEAST_1,
+    "save_every": _AT_LEAST_1,
+    "patience": _AT_LEAST_0,  # 0 disables
+    "num_workers": _AT_LEAST_0,
+    "nproc": _AT_LEAST_1,
+    "threshold": (lambda v: 0 < v < 1, "in (0, 1)"),
+}
+
 
 def backbones() -> list[str]:
     """The backbone names a run can use: the params files shipped in params/."""
@@ -204,17 +249,31 @@ def _check_value(key: str, value, source: str):
         )
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{source}: {key} must be one of {', '.join(CHOICES[key])}; got {value!r}")
+    if tp is float and not math.isfinite(value):
+        raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}")
+    if key in RANGES and not RANGES[key][0](value):
+        raise ConfigError(f"{source}: {key} must be {RANGES[key][1]}, got {value!r}")
     return value
+
+
+def closest_keys(key: str, n: int = 3) -> list[str]:
+    """The parameter names nearest to a misspelt `key` (difflib), then those sharing its first word."""
+    key = str(key)
+    close = difflib.get_close_matches(key, _FIELDS, n=n, cutoff=0.7)
+    close += [k for k in _FIELDS if k.split("_")[0] == key.split("_")[0] and k not in close]
+    return close[:n + 1]
+
+
+def _unknown(key, source: str) -> str:
+    close = closest_keys(key)
+    hint = f" (did you mean {', '.join(close)}?)" if close else f"; known parameters: {', '.join(_FIELDS)}"
+    return f"{source}: unknown parameter {key!r}{hint}"
 
 
 def _merge(values: dict, updates: dict, source: str) -> None:
     for key, value in updates.items():
         if key not in _TYPES:
-            close = [k for k in _FIELDS if k.split("_")[0] == str(key).split("_")[0]]
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(
-                f"{source}: unknown parameter {key!r}{hint}; known parameters: {', '.join(_FIELDS)}"
-            )
+            raise ConfigError(_unknown(key, source))
         values[key] = _check_value(key, value, source)
 
 
@@ -266,21 +325,128 @@ def resolve(backbone: str, overrides: dict | None = None, params_dir: Path | Non
     cfg = Config(**absolute_paths(values, cwd))
     if "/" in cfg.run_name or cfg.run_name in ("", ".", ".."):
         raise ConfigError(f"run must be a plain folder name, got {cfg.run_name!r}")
+    if not cfg.model_path:  # a tiny backbone is built from these: heads split the width into even halves
+        head_dim, rest = divmod(cfg.tiny_hidden, cfg.tiny_heads)
+        if rest or head_dim % 2:
+            raise ConfigError(f"tiny_hidden={cfg.tiny_hidden} must be tiny_heads={cfg.tiny_heads} times an even "
+                              f"number (the width of a rotary attention head)")
     return cfg
 
 
-def load(backbone: str, *, params: dict | None = None, params_dir: Path | None = None, **overrides) -> Config:
+def check_positions(cfg: Config, max_positions: int | None) -> None:
+    """Refuse a `segment_length` the backbone cannot encode.
+
+    A segment, its format tokens (BOS, instruction) included, is at most `segment_length` tokens
+    and must fit the backbone's position embeddings (`max_position_embeddings` of its config;
+    None: not known, nothing to check). Tiny backbones are built with max(segment_length, 128)
+    positions, so only real ones fail here."""
+    if max_positions is not None and cfg.segment_length > max_positions:
+        raise ConfigError(f"segment_length={cfg.segment_length} exceeds the backbone's {max_positions} positions: "
+                          f"set segment_length to at most {max_positions}")
+
+
+def load(backbone: str, *, params: dict | None = None, params_dir: Path | None = None, record: bool = True,
+         **overrides) -> Config:
     """Resolve the run's configuration and record it as `<run>/config.json`.
 
     Notebooks call this with their parameters cell: the named parameters plus `params`, a dict
     of any other overrides (what `python -m icdlib run -p key=value` fills in). Empty strings and
     -1 in the named parameters mean "not set" and leave the params file's value.
+
+    `record=False` leaves an existing `config.json` as it is (and writes one only when there is
+    none): the steps after 01 read a run and must not rewrite what built its data.
     """
     merged = {k: v for k, v in overrides.items() if v != "" and v != -1 and v is not None}
     merged.update(params or {})
     cfg = resolve(backbone, merged, params_dir)
-    save(cfg)
+    if record or not (cfg.run_dir / "config.json").is_file():
+        save(cfg)
     return cfg
+
+
+NOTEBOOK_PARAMETERS = ("backbone", "run", "mimic_dir", "params")  # every notebook's parameters cell
+_IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
+_LITERALS = (str, int, float, bool, type(None), list, dict, tuple)  # what papermill can inject
+_SEEN = "__icdlib_parameters__"
+
+
+def notebook_parameters(namespace: dict) -> dict:
+    """The parameters in a notebook's namespace after its parameters cell, as overrides for `resolve`.
+
+    papermill binds each `-p KEY VALUE` as `KEY = VALUE` in a cell after the parameters cell,
+    whether or not the notebook declares KEY; this reads them back. A key of `Config` is an
+    override, its value typed like the CLI's `-p key=value`: text for a non-text key is read as
+    YAML (`-p resume true`, `-r lr 5.0e-5`; `5e-5` stays text and gets the YAML hint). Any other
+    plain value bound there (not `_name`, a module, a function or IPython's own names) is an
+    unknown parameter: one ConfigError naming the closest keys. `run` and `mimic_dir` empty
+    mean "not set"; `params` (a dict) adds overrides and must agree with a key given both ways.
+
+    Names are those bound at the first call, remembered in the namespace: a re-run of the config
+    cell reads their current values, not the names later cells bound (05's `threshold`), so a
+    parameter added to the parameters cell afterwards needs a kernel restart (or `params`)."""
+    names = namespace.get(_SEEN)
+    if names is None:
+        names = tuple(k for k, v in namespace.items()
+                      if not k.startswith("_") and k not in _IPYTHON_NAMES and not isinstance(v, types.ModuleType)
+                      and (k in _TYPES or isinstance(v, _LITERALS)))
+        namespace[_SEEN] = names
+    unknown = [k for k in names if k not in _TYPES and k not in NOTEBOOK_PARAMETERS]
+    if unknown:
+        raise ConfigError("; ".join(_unknown(k, "notebook parameter") for k in unknown))
+    params = namespace.get("params") or {}
+    if isinstance(params, str):  # papermill -p params '{max_steps: 50}'
+        params = yaml.safe_load(params) or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"notebook parameter: params must be a mapping of parameter: value, got "
+                          f"{type(params).__name__} {params!r}")
+    out = {}
+    for key in names:
+        if key not in _TYPES or key == "backbone" or key not in namespace:
+            continue
+        value = namespace[key]
+        if key in ("run", "mimic_dir") and value == "":
+            continue
+        tp = _TYPES[key]
+        if tp is not str and isinstance(value, str) and value:
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
+        elif tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise ConfigError(f"notebook parameter: {key} must be str, got {type(value).__name__} {value!r} "
+                              f"(papermill -p reads numbers: pass text with -r {key} {value})")
+        if key in params and params[key] != value:
+            raise ConfigError(f"notebook parameter: {key} is given twice, {value!r} and {params[key]!r} in params")
+        out[key] = value
+    return {**out, **params}
+
+
+def from_notebook(namespace: dict, *, record: bool = False, params_dir: Path | None = None) -> Config:
+    """The run's configuration in a notebook's config cell: `config.from_notebook(globals())`.
+
+    Every parameter of the notebook (its parameters cell, and any key of `Config` passed with
+    papermill's `-p`) applies, validated: see `notebook_parameters`. `record=True` is for step
+    01, which builds the data: it writes `<run>/config.json`. The later steps only read the run
+    and leave that record as 01 wrote it (one is written only when there is none)."""
+    if not isinstance(namespace.get("backbone"), str):
+        raise ConfigError(f"notebook parameter: backbone must be the name of a params file, got "
+                          f"{namespace.get('backbone')!r}")
+    return load(namespace["backbone"], params=notebook_parameters(namespace), params_dir=params_dir, record=record)
+
+
+def cli_overrides(cfg: Config, recorded: Config) -> list[str]:
+    """`key=value` arguments for `python -m icdlib train -p ...` that turn `recorded` (the run's
+    config.json) into `cfg`: every key whose value differs, except those naming the run folder and
+    the params file (`backbone`, `run`, `output_root`), which `train` takes otherwise. Values are
+    written so that `parse_override` reads them back equal."""
+    out = []
+    for key, value in cfg.to_dict().items():
+        if key in ("backbone", "run", "output_root") or getattr(recorded, key) == value:
+            continue
+        if not isinstance(value, str):
+            value = yaml.safe_dump(value, default_flow_style=True).split("\n...")[0].strip()
+        out.append(f"{key}={value}")
+    return out
 
 
 def save(cfg: Config) -> Path:

@@ -50,7 +50,10 @@ def tokenize(texts: list[str], tokenizer, max_tokens: int, batch: int = 256) -> 
 
 
 def tokenize_cached(texts: list[str], tokenizer, max_tokens: int, cache_dir: Path, name: str) -> Tokenized:
-    """`tokenize`, reusing `<cache_dir>/<name>-<hash>.npz` when texts and tokenizer are unchanged."""
+    """`tokenize`, reusing `<cache_dir>/<name>-<hash>.npz` when texts and tokenizer are unchanged.
+
+    The hash is of what makes the tokens (the texts, the tokenizer's definition, max_tokens); the
+    other `<name>-*.npz` of the folder are removed, so the cache holds the current tokens only."""
     h = hashlib.sha256()
     h.update(str(max_tokens).encode())
     h.update(tokenizer.backend_tokenizer.to_str().encode() if hasattr(tokenizer, "backend_tokenizer") else repr(tokenizer).encode())
@@ -60,12 +63,16 @@ def tokenize_cached(texts: list[str], tokenizer, max_tokens: int, cache_dir: Pat
     path = Path(cache_dir) / f"{name}-{h.hexdigest()[:16]}.npz"
     if path.is_file():
         with np.load(path) as z:
-            return Tokenized(ids=z["ids"], offsets=z["offsets"])
-    tok = tokenize(texts, tokenizer, max_tokens)
-    from icdlib.runfolder import atomic_path
+            tok = Tokenized(ids=z["ids"], offsets=z["offsets"])
+    else:
+        tok = tokenize(texts, tokenizer, max_tokens)
+        from icdlib.runfolder import atomic_path
 
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append .npz to the name
-        np.savez(f, ids=tok.ids, offsets=tok.offsets)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append .npz to the name
+            np.savez(f, ids=tok.ids, offsets=tok.offsets)
+    for old in Path(cache_dir).glob(f"{name}-*.npz"):
+        if old != path and old.name[len(name) + 1:-len(".npz")].isalnum():
+            old.unlink(missing_ok=True)
     return tok
 
 

@@ -2,26 +2,30 @@
 
 Reads `01_preprocess/` and `03_train/predictions_{val,test}.npz`; writes
 `04_evaluate/metrics.json` (`val`/`test` at the configured threshold, `val_tuned`/`test_tuned`
-at the threshold tuned on validation for micro-F1, `threshold`, and `baseline`) and
-`per_code.parquet`.
+at the threshold tuned on validation for micro-F1, `threshold`, and `baseline`),
+`per_code.parquet` and `manifest.json`. The step is `run`; step 05 reads what it wrote with `read`.
+
+Both refuse, in one line, predictions older than `03_train/best/` (a 03 rerun that stopped after
+writing new checkpoints), and artifacts their upstream manifests do not describe (`icdlib.record`).
+Training the baseline is its own call (`baseline.fit_for`): `score_all` only scores.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from icdlib import metrics, preprocess
+from icdlib import analysis, metrics, preprocess, record
 from icdlib.config import Config
 from icdlib.errors import DataError
 from icdlib.labels import multi_hot
-from icdlib.runfolder import atomic_write_text
+from icdlib.runfolder import SCORED_SPLITS, Run, atomic_path, atomic_write_text, tree_hash
 
 STEP = "04_evaluate"
+PARAMS = ("threshold", "baseline", "seed")  # what step 04's output depends on besides its inputs
 
 
 @dataclass
@@ -39,17 +43,41 @@ class Evaluation:
     threshold: float = 0.5
     results: dict = field(default_factory=dict)  # name → metrics dict
     baseline: dict[str, np.ndarray] = field(default_factory=dict)  # split → scores
+    per_code: pd.DataFrame | None = None  # analysis.per_code of the headline split at the tuned threshold
+    cfg: Config | None = None  # the run's Config with the data parameters step 01 used
+
+
+def check_predictions(run: Run) -> str:
+    """The id of `03_train/best/`, after checking that every prediction file was scored by it.
+
+    A 03 rerun that stops after writing new checkpoints leaves the old predictions beside a new
+    `best/`: refused in one line instead of being evaluated as if they were the new model's."""
+    best = run.checkpoint("best")
+    best_id = tree_hash(best)
+    if best_id is None:
+        raise DataError(f"{run.rel(best)} does not exist: run 03_train for this run first")
+    for split in SCORED_SPLITS:
+        path = run.predictions(split)
+        if not path.is_file():
+            raise DataError(f"{run.rel(path)} does not exist: run 03_train for this run first")
+        with np.load(path) as z:
+            scored_by = str(z["best"]) if "best" in z.files else None
+        if scored_by != best_id:
+            what = "names no best/ (written by an older icdlib)" if scored_by is None else \
+                f"was scored by an earlier best/ than {run.rel(best)} (a later 03 run stopped before scoring)"
+            raise record.RecordError(f"{run.rel(path)} {what}: rerun 03 (resume=true continues from last/)")
+    return best_id
 
 
 def load(cfg: Config) -> Evaluation:
-    """Predictions of step 03 aligned with the notes and labels of step 01."""
-    pre = preprocess.load(cfg.run_dir)
+    """Predictions of step 03 aligned with the notes and labels of step 01 (after `check_predictions`)."""
+    run = Run.of(cfg)
+    check_predictions(run)
+    pre = preprocess.load(run.dir)
     codes = pre.labels["code"].tolist()
     splits = {}
-    for split in ("val", "test"):
-        path = cfg.run_dir / "03_train" / f"predictions_{split}.npz"
-        if not path.is_file():
-            raise DataError(f"{path} does not exist: run 03_train for this run first")
+    for split in SCORED_SPLITS:
+        path = run.predictions(split)
         with np.load(path) as z:
             hadm, scores = z["hadm_id"], z["scores"]
         if len(hadm) == 0:
@@ -61,29 +89,60 @@ def load(cfg: Config) -> Evaluation:
     if "val" not in splits:
         raise DataError("no validation predictions: the run's split has no val admissions")
     return Evaluation(labels=pre.labels, splits=splits, train=pre.notes[pre.notes["split"] == "train"],
-                      threshold=cfg.threshold)
+                      threshold=cfg.threshold, cfg=cfg)
 
 
-def score_all(ev: Evaluation, cfg: Config, progress: bool = False) -> dict:
-    """Metrics of the model (and the baseline when cfg.baseline) at the fixed and tuned thresholds."""
+def score_all(ev: Evaluation, cfg: Config) -> dict:
+    """Metrics of the model at the fixed and the tuned threshold (nothing is trained here)."""
     tuned = metrics.tune_threshold(ev.splits["val"].y_true, ev.splits["val"].y_score)
     results = {"threshold": tuned}
     for split, s in ev.splits.items():
         results[split] = metrics.compute(s.y_true, s.y_score, cfg.threshold)
         results[f"{split}_tuned"] = metrics.compute(s.y_true, s.y_score, tuned)
-    if cfg.baseline:
-        from icdlib import baseline
-
-        train = ev.train
-        y_train = multi_hot(train["codes"].tolist(), ev.labels["code"].tolist())
-        ev.baseline = baseline.fit_predict(train["text"].tolist(), y_train,
-                                           {k: s.notes["text"].tolist() for k, s in ev.splits.items()},
-                                           seed=cfg.seed, progress=progress)
-        b_tuned = metrics.tune_threshold(ev.splits["val"].y_true, ev.baseline["val"])
-        results["baseline"] = {"threshold": b_tuned, **{
-            f"{split}_tuned": metrics.compute(s.y_true, ev.baseline[split], b_tuned) for split, s in ev.splits.items()}}
     ev.results = results
     return results
+
+
+def score_baseline(ev: Evaluation, scores: dict[str, np.ndarray]) -> dict:
+    """Metrics of the baseline's `scores` (split → matrix) at its own tuned threshold, as
+    `ev.results["baseline"]`."""
+    ev.baseline = scores
+    tuned = metrics.tune_threshold(ev.splits["val"].y_true, scores["val"])
+    ev.results["baseline"] = {"threshold": tuned, **{
+        f"{split}_tuned": metrics.compute(s.y_true, scores[split], tuned) for split, s in ev.splits.items()}}
+    return ev.results["baseline"]
+
+
+def run(cfg: Config, progress: bool = False) -> Evaluation:
+    """Step 04: score the predictions, train and score the baseline (when `cfg.baseline`), and write
+    metrics.json, per_code.parquet and the step's manifest. Returns what the notebook shows."""
+    check_predictions(Run.of(cfg))  # before the manifests: the most specific line for stale predictions
+    with record.step(cfg, STEP, PARAMS) as step:
+        cfg = step.cfg
+        ev = load(cfg)
+        step.invalidate()
+        score_all(ev, cfg)
+        if cfg.baseline:
+            from icdlib import baseline
+
+            score_baseline(ev, baseline.fit_for(cfg, ev, progress=progress))
+        s = ev.splits[eval_split(ev)]
+        ev.per_code = analysis.per_code(s.y_true, s.y_score, ev.labels, ev.results["threshold"])
+        write(cfg, ev)
+        step.wrote(step.run.metrics, step.run.per_code)
+    return ev
+
+
+def read(cfg: Config) -> Evaluation:
+    """Step 05's input (reads only): the predictions, and the metrics and per-code table step 04
+    wrote, after the upstream checks (`record.check`). `ev.cfg` has step 01's data parameters."""
+    run = Run.of(cfg)
+    check_predictions(run)
+    cfg = record.check(cfg, "05_error_analysis")
+    ev = load(cfg)
+    ev.results = json.loads(run.metrics.read_text())
+    ev.per_code = pd.read_parquet(run.per_code)
+    return ev
 
 
 def systems(ev: Evaluation) -> dict[str, dict]:
@@ -103,13 +162,12 @@ def eval_split(ev: Evaluation) -> str:
     return "test" if "test" in ev.splits else "val"
 
 
-def write(cfg: Config, ev: Evaluation, per_code: pd.DataFrame) -> Path:
-    out = cfg.run_dir / STEP
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".per_code.parquet.tmp"
-    per_code.to_parquet(tmp, index=False)
-    tmp.replace(out / "per_code.parquet")
-    return atomic_write_text(out / "metrics.json", json.dumps(_jsonable(ev.results), indent=2) + "\n")
+def write(cfg: Config, ev: Evaluation):
+    """`metrics.json` and `per_code.parquet` of `ev`, each written atomically; returns metrics.json's path."""
+    run = Run.of(cfg)
+    with atomic_path(run.per_code) as tmp:
+        ev.per_code.to_parquet(tmp, index=False)
+    return atomic_write_text(run.metrics, json.dumps(_jsonable(ev.results), indent=2) + "\n")
 
 
 def _jsonable(value):
@@ -124,7 +182,7 @@ def _jsonable(value):
 
 def read_threshold(cfg: Config) -> float:
     """The decision threshold tuned on validation by step 04."""
-    path = cfg.run_dir / STEP / "metrics.json"
+    path = Run.of(cfg).metrics
     if not path.is_file():
         raise DataError(f"{path} does not exist: run 04_evaluate for this run first")
     return float(json.loads(path.read_text())["threshold"])

@@ -51,8 +51,9 @@ def highlight(cfg: Config, notes: pd.DataFrame, y_true: np.ndarray, labels: pd.D
     if cfg.head != "label_attention":
         return Markdown(f"Attention highlights need `head: label_attention` (this run uses `{cfg.head}`).")
     from icdlib import predict
+    from icdlib.runfolder import Run
 
-    coder = predict.load(cfg.run_dir / "03_train" / "best", device="cpu")
+    coder = predict.load(Run.of(cfg).checkpoint("best"), device="cpu")
     codes = labels["code"].tolist()
     label = codes.index(code) if code else int(np.asarray(y_true).sum(0).argmax())
     row = int(np.flatnonzero(np.asarray(y_true)[:, label])[0])

@@ -5,13 +5,21 @@ shareable reports. A notebook that fails is kept as `NN_name.failed.ipynb` for i
 the run stops with the notebook's own one-line error.
 
 The kernel runs in the caller's working directory and receives absolute paths, so relative
-paths typed on the command line mean the same in every step.
+paths typed on the command line mean the same in every step. The reports, though, show no path of
+the machine: `share_notebook` rewrites them as `<run>/…`, `<mimic_dir>`, … once executed.
+
+While 03 trains, its one line per evaluation (`03_train/progress.jsonl`) is streamed to the
+terminal (`ProgressTail`); after the last notebook `reports/index.html` links the reports with
+the headline metrics (`write_index`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from icdlib.config import REPO_ROOT, Config, absolute_paths
@@ -23,6 +31,10 @@ NOTEBOOKS = ("01_preprocess", "02_label_stats", "03_train", "04_evaluate", "05_e
 
 class NotebookError(IcdlibError):
     """A notebook raised; the message is the notebook's own error, one line."""
+
+
+class Interrupted(IcdlibError):
+    """Ctrl-C (or SIGINT) stopped a notebook; the message says how to resume."""
 
 
 _KERNEL_MANAGER = None
@@ -59,25 +71,56 @@ def execute(name: str, cfg: Config, params: dict, progress: bool = True) -> Path
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    reports = cfg.run_dir / "reports"
+    from nbclient.exceptions import DeadKernelError
+
+    from icdlib.runfolder import Run, running_notebook
+
+    reports = Run.of(cfg).reports
     reports.mkdir(parents=True, exist_ok=True)
     out = reports / f"{name}.ipynb"
-    tmp = reports / f".{name}.running.ipynb"
+    tmp = running_notebook(reports, name)
+    failed = reports / f"{name}.failed.ipynb"
     parameters = {"backbone": cfg.backbone, "run": cfg.run, "mimic_dir": cfg.mimic_dir,
                   "params": absolute_paths(params)}
+    watched = progress_file(name, cfg) if progress else None
+    tail = ProgressTail(name, watched, since=time.time() - 1.0) if watched else nullcontext()
     try:
-        pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(tmp), parameters=parameters,
-                            kernel_name="python3", progress_bar=progress, cwd=os.getcwd(), log_output=False,
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"],
-                            kernel_manager_class=kernel_manager_class())
+        with tail:  # papermill's cell bar only on a terminal: in a log it is a line per update
+            pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(tmp), parameters=parameters,
+                                kernel_name="python3", progress_bar=progress and sys.stderr.isatty(),
+                                cwd=os.getcwd(), log_output=False, extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                                kernel_manager_class=kernel_manager_class())
     except PapermillExecutionError as e:
-        failed = reports / f"{name}.failed.ipynb"
-        os.replace(tmp, failed)
+        _keep(tmp, failed)
+        if e.ename == "KeyboardInterrupt":
+            raise Interrupted(interrupted_line(name, cfg)) from None
         raise NotebookError(f"{name} failed: {e.ename}: {str(e.evalue).splitlines()[0] if e.evalue else ''} "
                             f"(executed notebook: {failed})") from None
+    except DeadKernelError:
+        _keep(tmp, failed)
+        raise NotebookError(f"{name}: the notebook's kernel died (killed from outside, most often for running out "
+                            f"of memory: lower batch_size or max_segments, or use a larger machine); the notebook "
+                            f"up to that cell is {failed}") from None
+    except KeyboardInterrupt:
+        _keep(tmp, failed)
+        raise Interrupted(interrupted_line(name, cfg)) from None
+    share_notebook(tmp, cfg)  # no path of this machine in a report
     os.replace(tmp, out)
     (reports / f"{name}.failed.ipynb").unlink(missing_ok=True)
     return out
+
+
+def _keep(tmp: Path, failed: Path) -> None:
+    """The notebook as far as it got, as `NN_name.failed.ipynb` (papermill writes it cell by cell)."""
+    if tmp.exists():
+        os.replace(tmp, failed)
+
+
+def interrupted_line(name: str, cfg: Config) -> str:
+    resume = " -p resume=true" if name == "03_train" else ""
+    return (f"interrupted in {name}; the steps before it are complete. Resume with: python -m icdlib run "
+            f"--backbone {cfg.backbone} --run {cfg.run_name} --only {' '.join(n[:2] for n in NOTEBOOKS if n >= name)}"
+            f"{resume}")
 
 
 def to_html(notebook: Path) -> Path:
@@ -87,26 +130,31 @@ def to_html(notebook: Path) -> Path:
 
     nb = nbformat.read(notebook, as_version=4)
     body, _ = HTMLExporter().from_notebook_node(nb)
-    html = Path(notebook).with_suffix(".html")
-    tmp = html.with_name(f".{html.name}.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, html)
-    return html
+    from icdlib.runfolder import atomic_write_text
+
+    return atomic_write_text(Path(notebook).with_suffix(".html"), body)
 
 
 def run_all(cfg: Config, params: dict, notebooks=NOTEBOOKS, progress: bool = True) -> list[Path]:
-    """Run the notebooks in order and export each to HTML; return the HTML paths."""
+    """Run the notebooks in order and export each to HTML, then write `reports/index.html`
+    linking them; return the HTML paths, the index last."""
+    from icdlib.runfolder import clean_stale, lock
+
     htmls = []
-    for name in notebooks:
-        if progress:
-            print(f"[icdlib] {name} ...", flush=True)
-        htmls.append(to_html(execute(name, cfg, params, progress)))
-    return htmls
+    with lock(cfg.run_dir, "icdlib run"):  # the kernels pass through it; a second `icdlib run` does not
+        clean_stale(cfg.run_dir / "reports")
+        for name in notebooks:
+            if progress:
+                print(f"[icdlib] {name} ...", flush=True)
+            htmls.append(to_html(execute(name, cfg, params, progress)))
+        return htmls + [write_index(cfg)]
 
 
 def headline(cfg: Config) -> str:
     """A few lines of the run's test (or val) metrics, for the terminal."""
-    path = cfg.run_dir / "04_evaluate" / "metrics.json"
+    from icdlib.runfolder import Run
+
+    path = Run.of(cfg).metrics
     if not path.is_file():
         return ""
     results = json.loads(path.read_text())
@@ -115,3 +163,173 @@ def headline(cfg: Config) -> str:
     keys = ("auroc_micro", "auroc_macro", "auprc_micro", "f1_micro", "p_at_8", "map")
     return f"{split} ({'synthetic twin' if cfg.synthetic else 'MIMIC-III'}): " + ", ".join(
         f"{k} {m[k]:.3f}" for k in keys if k in m and m[k] is not None)
+
+
+# ---------------------------------------------------------------- the terminal while a notebook runs
+
+POLL_S = 0.5  # how often the progress file is looked at
+
+
+class ProgressTail:
+    """Print the progress records a notebook's step appends to `path` (one JSON object a line),
+    each as `[icdlib] <name> <line>`, from a background thread while the notebook executes.
+
+    Only records of a fit that started after `since` are printed (the file of an earlier run
+    may still be there); a file replaced (its first line, which names its fit's start time,
+    differs) or truncated is read again from its top; a line still being written is held until
+    its newline arrives."""
+
+    def __init__(self, name: str, path: Path, since: float, interval: float = POLL_S):
+        import threading
+
+        self.name, self.path, self.since, self.interval = name, Path(path), since, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"icdlib-tail-{name}", daemon=True)
+        self._head, self._offset, self._partial = None, 0, b""
+
+    def __enter__(self) -> "ProgressTail":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+        self.poll()  # what the step wrote just before the notebook ended
+
+    def poll(self) -> list[str]:
+        """Print (and return) the lines of the records appended since the last poll."""
+        from tqdm import tqdm
+
+        from icdlib.train import progress_line
+
+        try:
+            with open(self.path, "rb") as f:
+                head, size = f.readline(4096), os.fstat(f.fileno()).st_size
+                if head != self._head or size < self._offset:  # another file (an inode can be reused)
+                    self._head, self._offset, self._partial = head, 0, b""
+                f.seek(self._offset)
+                chunk = f.read()
+        except OSError:
+            return []
+        self._offset += len(chunk)
+        *complete, self._partial = (self._partial + chunk).split(b"\n")
+        printed = []
+        for raw in complete:
+            try:
+                record = json.loads(raw)
+                if (record.get("started") or 0) < self.since:
+                    continue
+                line = f"[icdlib] {self.name} {progress_line(record)}"
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # not a record of ours (or a half-written one): nothing to show
+            tqdm.write(line, file=sys.stdout)  # above papermill's bar, when there is one
+            sys.stdout.flush()
+            printed.append(line)
+        return printed
+
+
+def progress_file(name: str, cfg: Config) -> Path | None:
+    """The progress file notebook `name` appends to while it runs, if it has one (03: training)."""
+    if name == "03_train":
+        from icdlib.runfolder import Run
+
+        return Run.of(cfg).progress
+    return None
+
+
+# ---------------------------------------------------------------- shareable reports
+
+def share_notebook(notebook: Path, cfg: Config) -> Path:
+    """Rewrite an executed notebook with every absolute path of this machine replaced by a
+    placeholder (`<run>/…`, `<mimic_dir>`, `<repo>`, …; `report.share_paths`): in the injected
+    parameters, the outputs and papermill's metadata. Images are left as they are."""
+    import nbformat
+
+    from icdlib import report
+
+    pairs = report.path_placeholders(cfg)
+
+    def clean(node, key=""):
+        if isinstance(node, str):
+            return node if key.startswith("image/") else report.share_paths(node, cfg, pairs)
+        if isinstance(node, dict):
+            for k in list(node):
+                node[k] = clean(node[k], k)
+            return node
+        if isinstance(node, list):
+            return [clean(v, key) for v in node]
+        return node
+
+    nb = nbformat.read(notebook, as_version=4)
+    clean(nb)
+    nbformat.write(nb, str(notebook))
+    return notebook
+
+
+REPORT_TITLES = {
+    "01_preprocess": "Preprocess: what was kept and dropped, split sizes, label space",
+    "02_label_stats": "Label statistics: the long tail, codes per admission, note lengths, split balance",
+    "03_train": "Train: learning curves and the best checkpoint",
+    "04_evaluate": "Evaluate: metrics beside the TF-IDF baseline, PR curves, per-code quality, threshold, calibration",
+    "05_error_analysis": "Error analysis: worst codes, frequent errors, confusions, hard notes",
+}
+
+INDEX_CSS = """body{font:15px/1.5 system-ui,-apple-system,'Segoe UI',sans-serif;max-width:980px;margin:2em auto;
+padding:0 1em;color:#222}h1{font-size:1.6em;margin-bottom:.2em}.sub{color:#555;margin-top:0}
+table{border-collapse:collapse;margin:1em 0}th,td{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:right}
+th:first-child,td:first-child{text-align:left}thead th{border-bottom:2px solid #999}
+ol li{margin:.4em 0}.missing{color:#999}code{background:#f3f3f3;padding:0 .2em}
+.summary{background:#f7f9fc;border-left:4px solid #4a7bd0;padding:.2em 1em;margin:1em 0}"""
+
+
+def write_index(cfg: Config) -> Path:
+    """`<run>/reports/index.html`: one self-contained page (no script, no external file) linking the
+    five reports, with the headline metrics of the model and the baseline, what the run shows, and
+    where it came from (`provenance.collect`). Reports not (yet) run are listed as such."""
+    import html
+
+    from icdlib import provenance, report
+    from icdlib.runfolder import Run
+
+    run = Run.of(cfg)
+    reports = run.reports
+    info = provenance.collect(cfg.run_dir)
+    path = run.metrics
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    esc = html.escape
+    parts = [f"<h1>icdlib run <code>{esc(cfg.run_name)}</code></h1>",
+             f"<p class='sub'>backbone <code>{esc(cfg.backbone)}</code> · "
+             + ("synthetic MIMIC-III twin" if cfg.synthetic else "MIMIC-III") + f" · {esc(info['date'][:10])}</p>"]
+    if metrics:
+        split = "test" if metrics.get("test") else "val"
+        systems = {f"icdlib ({split}, tuned threshold)": metrics.get(f"{split}_tuned") or metrics[split]}
+        if (metrics.get("baseline") or {}).get(f"{split}_tuned"):
+            systems[f"TF-IDF baseline ({split}, tuned threshold)"] = metrics["baseline"][f"{split}_tuned"]
+        head = "".join(f"<th>{esc(name)}</th>" for _, name in report.SUMMARY_METRICS)
+        rows = "".join(f"<tr><td>{esc(system)}</td>" + "".join(
+            f"<td>{report._f(m.get(k))}</td>" for k, _ in report.SUMMARY_METRICS) + "</tr>" for system, m in systems.items())
+        parts.append(f"<table><thead><tr><th>system</th>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        text = report.summary(metrics=metrics, synthetic=cfg.synthetic).html.split("</h3>", 1)[-1]
+        parts.append(f"<div class='summary'>{text}</div>")
+    else:
+        parts.append("<p>No metrics yet: 04_evaluate has not run for this run.</p>")
+    items = []
+    for name in NOTEBOOKS:
+        title = esc(REPORT_TITLES.get(name, name))
+        if (reports / f"{name}.html").is_file():
+            items.append(f"<li><a href='{name}.html'>{name}</a> — {title} "
+                         f"(<a href='{name}.ipynb'>notebook</a>)</li>")
+        else:
+            items.append(f"<li class='missing'>{name} — {title} (not run)</li>")
+    parts.append("<h2>Reports</h2><ol>" + "".join(items) + "</ol>")
+    parts.append("<h2>Provenance</h2>" + report.provenance(info).html)
+    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>icdlib run {esc(cfg.run_name)}</title><style>{INDEX_CSS}</style></head><body>"
+            + "\n".join(parts) + "</body></html>\n")
+    from icdlib.runfolder import atomic_write_text
+
+    return atomic_write_text(reports / "index.html", report.share_paths(page, cfg))

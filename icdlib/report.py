@@ -3,8 +3,13 @@
 Why this module exists: the notebooks narrate, and every figure they show is built here
 from data already in memory, so the same plot looks the same in every notebook and run.
 Each figure function takes DataFrames / arrays and returns a ``matplotlib.figure.Figure``
-(8 x 4.5 in by default, titled, labelled axes, constrained layout). Nothing here reads or
-writes files, calls ``plt.show()`` or touches note text beyond counting words.
+(8 x 4.5 in by default, titled, labelled axes, constrained layout). Nothing here writes files,
+calls ``plt.show()`` or touches note text beyond counting words; the only file read is the
+backbone's params file, whose values the parameter display compares a run with.
+
+Every report opens with `header` (what made it: `provenance.collect`'s dict, and the parameters
+that differ from the backbone's) and closes with `summary` (what the run shows, in sentences
+generated from its numbers). No absolute path of the machine appears in either (`share_paths`).
 
 The figures are created with ``matplotlib.figure.Figure`` rather than ``pyplot``, so they
 are not registered with pyplot's figure manager: returned as a cell's value, Jupyter's
@@ -15,6 +20,11 @@ long notebook. ``display(fig)`` or ``fig.savefig(...)`` work as usual.
 from __future__ import annotations
 
 import math
+import os
+import re
+import sys
+import warnings
+from html import escape
 
 import numpy as np
 import pandas as pd
@@ -28,7 +38,8 @@ __all__ = [
     "label_frequency", "codes_per_admission", "note_lengths", "top_codes", "top_codes_plot",
     "kind_share", "split_balance", "unseen_in_train", "history", "pr_curve",
     "per_code_vs_frequency", "frequency_buckets", "f1_by_frequency_bucket", "threshold_curve",
-    "calibration", "metrics_table",
+    "calibration", "metrics_table", "Shown", "path_placeholders", "share_paths", "parameters", "provenance",
+    "header", "summary",
 ]
 
 SIZE = (8.0, 4.5)
@@ -75,6 +86,29 @@ def _render_figures_in_notebooks() -> None:
 
 
 _render_figures_in_notebooks()
+
+
+def _quiet_tqdm_auto_without_ipywidgets() -> None:
+    """Let `tqdm.auto` settle on its console bar without a warning in a kernel lacking ipywidgets.
+
+    transformers and huggingface_hub import `tqdm.auto`, which in a Jupyter kernel looks for
+    ipywidgets' IProgress and, not finding it, falls back to the console bar after a TqdmWarning
+    ("IProgress not found ...") that every report then showed in red. That fallback is what a
+    report wants (icdlib's own bars are off outside a terminal), so it is resolved here once with
+    that one warning filtered. With ipywidgets installed, or outside a kernel, nothing changes."""
+    if "ipykernel.zmqshell" not in sys.modules or "tqdm.autonotebook" in sys.modules:
+        return
+    try:
+        from tqdm.notebook import IProgress
+    except ImportError:
+        return
+    if IProgress is None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            import tqdm.autonotebook  # noqa: F401
+
+
+_quiet_tqdm_auto_without_ipywidgets()
 
 
 def _figure(nrows: int = 1, ncols: int = 1, size=SIZE, **kwargs):
@@ -629,3 +663,322 @@ def metrics_table(results: dict[str, dict], reference: bool = True) -> pd.DataFr
     table = pd.DataFrame.from_dict(rows, orient="index", columns=TABLE_METRICS, dtype=float)
     table.index.name = "system"
     return table.round(2)
+
+
+# --------------------------------------------------------------------------- around the figures
+# The header (provenance and parameters) and the closing summary of every report. They return
+# `Shown` objects: HTML (or Markdown) for the notebook, plain text for the terminal and for the
+# text/plain copy an .ipynb keeps. Paths of the machine never appear in them (`share_paths`).
+
+class Shown:
+    """A block of a report: `html` and/or `markdown` for Jupyter, `text` for everything else."""
+
+    def __init__(self, text: str, html: str | None = None, markdown: str | None = None):
+        self.text, self.html, self.markdown = text, html, markdown
+
+    def _repr_html_(self) -> str | None:
+        return self.html
+
+    def _repr_markdown_(self) -> str | None:
+        return self.markdown
+
+    def __repr__(self) -> str:
+        return self.text
+
+    __str__ = __repr__
+
+
+def _esc(value) -> str:
+    return escape(str(value), quote=True)
+
+
+def path_placeholders(cfg) -> list[tuple[str, str]]:
+    """(absolute path, placeholder) pairs for a run, the longest path first: the run folder is
+    `<run>`, then `<mimic_dir>`, `<split_dir>`, `<output_root>`, the checkout `<repo>`, the Python
+    environment `<python>`, the home folder `~` and the working directory `<cwd>`."""
+    from icdlib.config import OUTPUTS_DIR, REPO_ROOT
+
+    pairs = [(cfg.run_dir, "<run>"), (cfg.mimic_dir, "<mimic_dir>"), (cfg.split_dir, "<split_dir>"),
+             (cfg.output_root or OUTPUTS_DIR, "<output_root>"), (REPO_ROOT, "<repo>"), (sys.prefix, "<python>"),
+             (sys.base_prefix, "<python>"), (os.path.expanduser("~"), "~"), (os.getcwd(), "<cwd>")]
+    out = {}
+    for path, placeholder in pairs:
+        if not path:
+            continue
+        for variant in {os.path.abspath(str(path)), os.path.realpath(str(path))}:
+            if variant.count(os.sep) >= 2 or len(variant.rstrip(os.sep)) > 2:  # never "/" itself
+                out.setdefault(variant.rstrip(os.sep), placeholder)
+    return sorted(out.items(), key=lambda p: -len(p[0]))
+
+
+def share_paths(text: str, cfg, pairs: list[tuple[str, str]] | None = None) -> str:
+    """`text` with every absolute path of the machine that `path_placeholders` knows replaced by
+    its placeholder (`/data/outputs/llama3/03_train/best` → `<run>/03_train/best`). Only whole
+    path components are replaced: `/tmp/run` does not touch `/tmp/runs`."""
+    for path, placeholder in pairs if pairs is not None else path_placeholders(cfg):
+        if path in text:
+            text = re.sub(re.escape(path) + r"(?![\w.-])", lambda _: placeholder, text)
+    return text
+
+
+PATH_KEYS = {"output_root": "<output_root>", "mimic_dir": "<mimic_dir>", "split_dir": "<split_dir>"}
+
+
+def _shown_value(key: str, value, cfg) -> str:
+    if isinstance(value, str) and value and key in PATH_KEYS:
+        return PATH_KEYS[key]
+    if isinstance(value, list):
+        return "[" + ", ".join(repr(v) for v in value) + "]"
+    text = repr(value)
+    if isinstance(value, str) and value.startswith(("/", "~")):
+        text = repr(share_paths(value, cfg))
+        if text.startswith("'/"):  # a folder outside every known place: its name only
+            text = repr("…/" + os.path.basename(value.rstrip("/")))
+    return text
+
+
+def backbone_defaults(cfg) -> tuple[dict, str]:
+    """The values a run of `cfg.backbone` has without overrides (`params/<backbone>.yaml` over the
+    Config defaults), and what to call them; the Config defaults alone when the file is gone."""
+    from icdlib import config
+
+    try:
+        return config.resolve(cfg.backbone, {}).to_dict(), f"params/{cfg.backbone}.yaml + defaults"
+    except Exception:  # noqa: BLE001 - a missing or since-changed params file: compare with the defaults
+        return {**config.Config().to_dict(), "backbone": cfg.backbone}, "defaults"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th style='text-align:left'>{_esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td style='text-align:left'><code>{_esc(c)}</code></td>" if i else
+                                    f"<td style='text-align:left'>{_esc(c)}</td>" for i, c in enumerate(r)) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def parameters(cfg) -> Shown:
+    """The run's parameters as the difference from its backbone's defaults, all of them one click
+    away (an HTML `<details>`). Paths are shown as `<run>/…`, `<mimic_dir>`, …, never absolute."""
+    defaults, source = backbone_defaults(cfg)
+    values = cfg.to_dict()
+    changed = [k for k, v in values.items() if k in defaults and v != defaults[k]]
+    changed += [k for k in values if k not in defaults]
+    rows = [[k, _shown_value(k, values[k], cfg), _shown_value(k, defaults.get(k, ""), cfg)] for k in changed]
+    everything = [[k, _shown_value(k, v, cfg)] for k, v in values.items()]
+    what = (f"{len(changed)} of {len(values)} parameters differ from {source}" if changed
+            else f"all {len(values)} parameters are those of {source}")
+    html = (f"<p><b>Parameters</b>: {_esc(what)}.</p>"
+            + (_table(["parameter", "this run", source], rows) if rows else "")
+            + f"<details><summary>All {len(values)} parameters</summary>"
+            + _table(["parameter", "value"], everything) + "</details>")
+    text = f"Parameters: {what}.\n" + "".join(f"  {k} = {v} ({source}: {d})\n" for k, v, d in rows)
+    return Shown(text.rstrip("\n"), html=html)
+
+
+def _provenance_rows(info: dict) -> list[tuple[str, str]]:
+    commit = info.get("commit")
+    if commit:
+        code = f"commit {commit[:12]}" + (" with uncommitted changes" if info.get("dirty") else
+                                          "" if info.get("dirty") is False else " (state unknown)")
+    else:
+        code = "not a git checkout (commit unknown)"
+    v = info.get("versions", {})
+    software = " · ".join(f"{k} {v[k] or 'not installed'}" for k in v)
+    rows = [("code", code), ("software", software),
+            ("device", " · ".join(x for x in (info.get("device"), info.get("platform")) if x)),
+            ("date", str(info.get("date", "")).replace("T", " ").replace("+00:00", " UTC"))]
+    data = info.get("data") or {}
+    if data:
+        rows.append(("data", " · ".join(f"{k} {h or 'not written yet'}" for k, h in data.items())))
+    return rows
+
+
+def provenance(info: dict) -> Shown:
+    """`provenance.collect`'s dict as a small table: commit (and whether the checkout was
+    modified), software versions, device, date and the data's content hashes."""
+    rows = _provenance_rows(info)
+    html = "<table>" + "".join(f"<tr><th style='text-align:left'>{_esc(k)}</th>"
+                               f"<td style='text-align:left'>{_esc(v)}</td></tr>" for k, v in rows) + "</table>"
+    return Shown("\n".join(f"{k}: {v}" for k, v in rows), html=html)
+
+
+def header(cfg, info: dict) -> Shown:
+    """The top of every report: what run this is, what made it (`provenance`), and its parameters."""
+    what = (f"Run <code>{_esc(cfg.run_name)}</code> · backbone <code>{_esc(cfg.backbone)}</code> · "
+            + ("synthetic MIMIC-III twin" if cfg.synthetic else "MIMIC-III from <code>&lt;mimic_dir&gt;</code>")
+            + (" · share-safe (no note text)" if cfg.share_safe_on else ""))
+    prov, params = provenance(info), parameters(cfg)
+    html = f"<div class='icdlib-header'><p>{what}</p>{prov.html}{params.html}</div>"
+    plain = f"Run {cfg.run_name} · backbone {cfg.backbone}\n{prov.text}\n{params.text}"
+    return Shown(plain, html=html)
+
+
+# --------------------------------------------------------------------------- what the run shows
+
+# threshold-free metrics, then micro-F1 at each system's tuned threshold: (key, name)
+SUMMARY_METRICS = (("auroc_micro", "micro-AUROC"), ("auroc_macro", "macro-AUROC"), ("auprc_micro", "micro-AUPRC"),
+                   ("map", "MAP"), ("p_at_8", "P@8"), ("f1_micro", "micro-F1"))
+
+
+def _num(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def _f(value, digits: int = 3) -> str:
+    value = _num(value)
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _markdown_html(markdown: str) -> str:
+    """The little Markdown `summary` writes (paragraphs, `###` headings, **bold**, `code`) as HTML."""
+    blocks = []
+    for block in markdown.strip().split("\n\n"):
+        text = _esc(block.strip())
+        text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+        text = re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+        if text.startswith("### "):
+            blocks.append(f"<h3>{text[4:]}</h3>")
+        else:
+            blocks.append(f"<p>{text}</p>")
+    return "\n".join(blocks)
+
+
+def _data_sentences(notes: pd.DataFrame, labels: pd.DataFrame | None) -> list[str]:
+    sizes = notes["split"].value_counts()
+    n_codes = _n_codes(notes)
+    parts = [f"{len(notes):,} admissions (" + ", ".join(f"{s} {int(sizes.get(s, 0)):,}" for s in _splits(notes)) + ")"]
+    text = (f"The run's data: {parts[0]}, with a median of {np.median(n_codes):g} codes per admission "
+            f"(mean {n_codes.mean():.1f}) and notes of a median {np.median(_n_words(notes)):,.0f} words.")
+    sentences = [text]
+    if labels is not None and len(labels):
+        n_train = labels["n_train"].to_numpy()
+        sentences.append(f"The label space holds {len(labels):,} codes; {np.mean(n_train <= 10):.0%} of them occur in "
+                         f"at most 10 training admissions, so per-code (macro) metrics rest on few examples.")
+        unseen = unseen_in_train(notes)
+        if len(unseen):
+            split = "test" if "test" in unseen.index else unseen.index[0]
+            row = unseen.loc[split]
+            sentences.append(f"In {split}, {_f(row['share_unseen_assignments'] * 100, 1)}% of code assignments are "
+                             f"codes never seen in training ({int(row['n_unseen_codes']):,} distinct codes): no "
+                             f"model trained on this split can predict them.")
+    return sentences
+
+
+def _history_sentences(history: pd.DataFrame, metric: str) -> list[str]:
+    column = f"val_{metric}"
+    if history is None or not len(history) or column not in history:
+        return ["No evaluation was logged (`history.csv` is empty)."]
+    values = history[column].astype(float)
+    last = history.iloc[-1]
+    out = [f"Training ran {int(last['step']):,} optimizer steps ({_f(last.get('epoch'), 1)} epochs) with "
+           f"{len(history)} evaluation{'s' if len(history) != 1 else ''} on the validation split, at "
+           f"{_num(history['tokens_per_s'].iloc[-1]) or 0:,.0f} training tokens/s."]
+    if values.notna().any():
+        best = history.loc[values.idxmax()]
+        where = ("at the last evaluation: it was still improving, so more steps may help"
+                 if int(best["step"]) == int(last["step"]) and len(history) > 1 else
+                 f"at step {int(best['step']):,}; later evaluations did not improve on it" if len(history) > 1 else
+                 "at the only evaluation")
+        out.append(f"The best validation {metric}, {_f(best[column])}, came {where}; `best/` holds that checkpoint "
+                   f"and step 04 scores it.")
+    loss = history["train_loss"].astype(float)
+    if len(loss) > 1:
+        trend = "fell" if loss.iloc[-1] < loss.iloc[0] else "did not fall"
+        out.append(f"The training loss {trend} from {_f(loss.iloc[0], 4)} to {_f(loss.iloc[-1], 4)}.")
+    return out
+
+
+def _metric_sentences(metrics: dict, synthetic: bool) -> list[str]:
+    split = "test" if metrics.get("test") else "val"
+    m, tuned = metrics.get(split) or {}, metrics.get(f"{split}_tuned") or {}
+    model = {k: (tuned if k == "f1_micro" else m).get(k) for k, _ in SUMMARY_METRICS}
+    threshold = _num(metrics.get("threshold"))
+    out = [f"On the {split} split ({int(m.get('n_docs', 0)):,} admissions, {int(m.get('n_labels', 0)):,} labels) the "
+           f"model reaches micro-AUROC {_f(model['auroc_micro'])} (macro {_f(model['auroc_macro'])}), micro-AUPRC "
+           f"{_f(model['auprc_micro'])}, MAP {_f(model['map'])} and P@8 {_f(model['p_at_8'])}; at the threshold tuned "
+           f"on validation ({_f(threshold)}) micro-F1 is {_f(model['f1_micro'])}."]
+    fixed = _num(m.get("f1_micro"))
+    if fixed is not None and _num(model["f1_micro"]) is not None and fixed < 0.5 * _num(model["f1_micro"]):
+        out.append(f"At the fixed threshold {_f(m.get('threshold'), 2)} micro-F1 is only {_f(fixed)}: the scores "
+                   f"are not calibrated to 0.5, so read the tuned rows.")
+    base = (metrics.get("baseline") or {}).get(f"{split}_tuned")
+    if base:
+        wins = [(name, model[k], base.get(k)) for k, name in SUMMARY_METRICS
+                if _num(model[k]) is not None and _num(base.get(k)) is not None]
+        better = [name for name, a, b in wins if a > b]
+        worse = [name for name, a, b in wins if a < b]
+        versus = ", ".join(f"{name} {_f(b)}" for name, _, b in wins)
+        if wins and not better:
+            verdict = f"**the model loses to the baseline on all {len(wins)} of these metrics**"
+        elif wins and not worse:
+            verdict = f"**the model beats the baseline on all {len(wins)} of these metrics**"
+        else:
+            verdict = (f"**the model beats the baseline on {len(better)} of {len(wins)} metrics** "
+                       f"({', '.join(better)}) and loses on {', '.join(worse) or 'none'}")
+        out.append(f"The TF-IDF + linear baseline, trained on the same split and labels, reaches {versus}: {verdict}.")
+    if synthetic:
+        out.append("This run is on the synthetic MIMIC-III twin: its numbers show that the pipeline works end to "
+                   "end, not how well the model codes MIMIC-III, and are not comparable to published results.")
+    return out
+
+
+def _per_code_sentences(per_code: pd.DataFrame) -> list[str]:
+    if "f1" not in per_code or "support" not in per_code:
+        return []
+    f1 = per_code.loc[per_code["support"] > 0, "f1"].fillna(0.0)
+    if not len(f1):
+        return []
+    buckets = frequency_buckets(per_code)
+    buckets = buckets[buckets["n_codes"] > 0]
+    text = (f"Of the {len(f1):,} codes with a positive in the evaluated split, {int((f1 == 0).sum()):,} are never "
+            f"predicted right (F1 0).")
+    if len(buckets) > 1:
+        lo, hi = buckets.iloc[0], buckets.iloc[-1]
+        text += (f" Mean per-code F1 is {_f(lo['mean_f1'])} for codes with {lo['bucket']} training admissions and "
+                 f"{_f(hi['mean_f1'])} for those with {hi['bucket']}.")
+    return [text]
+
+
+def _level_sentences(levels: pd.DataFrame) -> list[str]:
+    if not {"full code", "3-digit category"} <= set(levels.index):
+        return []
+    full, category = levels.loc["full code"], levels.loc["3-digit category"]
+    gain = (_num(category["f1"]) or 0.0) - (_num(full["f1"]) or 0.0)
+    return [f"Counting a prediction right when its 3-digit category is right moves micro-F1 from {_f(full['f1'])} to "
+            f"{_f(category['f1'])}: " + ("many errors are near misses in the digits after the category."
+                                         if gain >= 0.05 else "few errors are near misses within a category; most "
+                                                              "miss the category altogether.")]
+
+
+def summary(*, metrics: dict | None = None, history: pd.DataFrame | None = None, notes: pd.DataFrame | None = None,
+            labels: pd.DataFrame | None = None, per_code: pd.DataFrame | None = None, metric: str = "map",
+            synthetic: bool = True, data: dict | None = None, levels: pd.DataFrame | None = None) -> Shown:
+    """"What this run shows": Markdown sentences generated from the run's numbers.
+
+    Each argument given adds its paragraph: `notes`/`labels` (step 01's tables) the data and the
+    label space; `history` (history.csv) the training, best validation `metric` and loss;
+    `metrics` (metrics.json) the headline split beside the baseline, saying plainly where the
+    model loses; `per_code` (per_code.parquet) codes never right and the frequency gradient;
+    `levels` (`analysis.category_level`) how many errors are near misses within a category;
+    `data` ({file: hash}) the fingerprints of the files written. Numbers are shown with 3 decimals."""
+    paragraphs = []
+    if notes is not None:
+        paragraphs.append(" ".join(_data_sentences(notes, labels)))
+    if history is not None:
+        paragraphs.append(" ".join(_history_sentences(history, metric)))
+    if metrics:
+        paragraphs.append(" ".join(_metric_sentences(metrics, synthetic)))
+    if per_code is not None or levels is not None:
+        sentences = (_per_code_sentences(per_code) if per_code is not None else []) + \
+            (_level_sentences(levels) if levels is not None else [])
+        paragraphs += [" ".join(sentences)] if sentences else []
+    if data:
+        paragraphs.append("Content hashes (sha256, first 12 digits) of what this step wrote: "
+                          + ", ".join(f"`{k}` {h or 'missing'}" for k, h in data.items()) + ".")
+    markdown = "### What this run shows\n\n" + "\n\n".join(paragraphs or ["Nothing to summarise yet."])
+    return Shown(markdown.replace("### ", "").replace("**", "").replace("`", ""), html=_markdown_html(markdown),
+                 markdown=markdown)

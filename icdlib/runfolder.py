@@ -13,11 +13,20 @@ What lands in place is readable by the group and others, as a plain `open()` wou
 files 0644 and folders 0755 under the usual umask 022 (`0o666 & ~umask`, `0o777 & ~umask`, so a
 stricter umask such as 027 or 077 is respected). `tempfile.mkstemp` and safetensors create 0600
 files; without this, group members could not read a run's results or weights.
+
+`Run` knows every artifact path of a run folder (the table in ../shared/DESIGN.md): steps,
+notebooks and the CLI ask it instead of joining names themselves. `lock` keeps a second writer
+out of a run folder while a step runs. Cached artifacts (the synthetic twin, the tiny backbone,
+step 01) carry `cache_key.txt`, the content hash of what produced them (`content_key`): an equal
+key reuses the artifact, any other rebuilds it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -25,6 +34,8 @@ import stat
 import tempfile
 import time
 from pathlib import Path
+
+from icdlib.errors import IcdlibError
 
 # `.<target>.tmp-<pid>`, `.<target>.old-<pid>`, `.<target>.running-<pid>.ipynb`, each with an
 # optional `.suffix` (mkstemp's random letters, `.ipynb`)
@@ -203,3 +214,264 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+# ---------------------------------------------------------------- the run folder's paths
+
+STEPS = ("01_preprocess", "02_label_stats", "03_train", "04_evaluate", "05_error_analysis")
+SCORED_SPLITS = ("val", "test")  # the splits 03 writes predictions for
+CHECKPOINTS = ("best", "last")
+MANIFEST = "manifest.json"
+KEY_FILE = "cache_key.txt"
+
+
+class Run:
+    """Every path of one run folder, `outputs/<run>/`, as DESIGN.md's table lists them.
+
+    Paths only: nothing is read or created here (`lock` and the steps do that). Steps are named
+    `01_preprocess` … `05_error_analysis`; `step()` also takes `"01"`, `1` or `"preprocess"`.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.dir = Path(run_dir)
+
+    @classmethod
+    def of(cls, cfg) -> "Run":
+        """The run folder of a Config."""
+        return cls(cfg.run_dir)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.dir)!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Run) and self.dir == other.dir
+
+    def __hash__(self) -> int:
+        return hash(self.dir)
+
+    # the record
+    @property
+    def config(self) -> Path:
+        """`config.json`: the parameters the run was started with (written by step 01)."""
+        return self.dir / "config.json"
+
+    @property
+    def lock(self) -> Path:
+        """`.lock`: held (flock) by the process running a step; holds that process's pid."""
+        return self.dir / ".lock"
+
+    @staticmethod
+    def step_name(step: str | int) -> str:
+        """`"01_preprocess"` for `"01_preprocess"`, `"01"`, `1` or `"preprocess"`."""
+        text = f"{step:02d}" if isinstance(step, int) else str(step)
+        for name in STEPS:
+            if text in (name, name[:2], name[3:]):
+                return name
+        raise ValueError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
+
+    def step(self, step: str | int) -> Path:
+        """A step's folder, `NN_step/`."""
+        return self.dir / self.step_name(step)
+
+    def manifest(self, step: str | int) -> Path:
+        """`NN_step/manifest.json`: what the step used, read and wrote (see `icdlib.record`)."""
+        return self.step(step) / MANIFEST
+
+    # inputs made for the run
+    @property
+    def synthetic_mimic(self) -> Path:
+        """The synthetic MIMIC-III twin, generated when `mimic_dir` is empty."""
+        return self.dir / "synthetic_mimic"
+
+    # 01
+    @property
+    def notes(self) -> Path:
+        return self.step("01") / "notes.parquet"
+
+    @property
+    def labels(self) -> Path:
+        return self.step("01") / "labels.parquet"
+
+    @property
+    def stats(self) -> Path:
+        return self.step("01") / "stats.json"
+
+    # 03
+    def checkpoint(self, which: str = "best") -> Path:
+        """`03_train/best/` or `03_train/last/` (model folders, see `icdlib.checkpoint`)."""
+        if which not in CHECKPOINTS:
+            raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
+        return self.step("03") / which
+
+    @property
+    def history(self) -> Path:
+        return self.step("03") / "history.csv"
+
+    @property
+    def progress(self) -> Path:
+        """`03_train/progress.jsonl`: one JSON line per evaluation of the fit running (or last run)."""
+        return self.step("03") / "progress.jsonl"
+
+    def predictions(self, split: str) -> Path:
+        """`03_train/predictions_<split>.npz`: hadm_id, scores, and `best`, the id (`tree_hash`) of
+        the best/ that scored them."""
+        if split not in SCORED_SPLITS:
+            raise ValueError(f"predictions exist for {', '.join(SCORED_SPLITS)}, not {split!r}")
+        return self.step("03") / f"predictions_{split}.npz"
+
+    @property
+    def backbone(self) -> Path:
+        """`03_train/backbone/`: the tiny backbone built for the run (when `model_path` is empty)."""
+        return self.step("03") / "backbone"
+
+    @property
+    def tokens(self) -> Path:
+        """`03_train/tokens/`: the token cache, `<split>-<hash>.npz`."""
+        return self.step("03") / "tokens"
+
+    # 04
+    @property
+    def metrics(self) -> Path:
+        return self.step("04") / "metrics.json"
+
+    @property
+    def per_code(self) -> Path:
+        return self.step("04") / "per_code.parquet"
+
+    # reports
+    @property
+    def reports(self) -> Path:
+        return self.dir / "reports"
+
+    def report(self, name: str, ext: str = "ipynb") -> Path:
+        """`reports/<name>.<ext>`, e.g. `report("03_train", "html")`."""
+        return self.reports / f"{name}.{ext}"
+
+    def rel(self, path: Path) -> str:
+        """`path` relative to the run folder, as manifests name artifacts (`01_preprocess/notes.parquet`)."""
+        return Path(path).relative_to(self.dir).as_posix()
+
+
+# ---------------------------------------------------------------- one cache rule
+
+def content_key(parts) -> str:
+    """A short hash of JSON-able `parts`: what produced an artifact (parameters, input hashes, code)."""
+    text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_key(folder: Path) -> str:
+    """The cache key a cached folder was built with ("" when it has none)."""
+    try:
+        return (Path(folder) / KEY_FILE).read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return ""
+
+
+def write_key(folder: Path, key: str) -> None:
+    """Record `key` in a folder being built (call it on `atomic_path`'s temporary folder)."""
+    (Path(folder) / KEY_FILE).write_text(key + "\n")
+
+
+def source_hash(*objects) -> str:
+    """A short hash of the source code of modules, functions or classes: the code that produced an
+    artifact, so an edit of that code rebuilds what it made and an edit elsewhere does not."""
+    import inspect
+
+    digest = hashlib.sha256()
+    for obj in objects:
+        digest.update(inspect.getsource(obj).encode())
+    return digest.hexdigest()[:16]
+
+
+def tree_hash(folder: Path, skip: tuple[str, ...] = ("backbone",)) -> str | None:
+    """A short content hash of a folder's files (names and bytes), or None when it does not exist.
+
+    Subfolders of `folder` named in `skip` are left out: a fully trained backbone is gigabytes and
+    changes whenever the head beside it does, so the head identifies a model folder well enough."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not (Path(root) == folder and d in skip))
+        for name in sorted(files):
+            path = Path(root) / name
+            digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            digest.update(b"\1")
+    return digest.hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- one writer at a time
+
+LOCK_ENV = "ICDLIB_RUN_LOCKS"  # lock files held by this process or by the process that started it
+
+
+class RunLockedError(IcdlibError):
+    """Another process is running a step in the run folder."""
+
+
+def _shown(path: Path) -> str:
+    """`path` as the user probably typed it: relative to the working directory when under it."""
+    path = Path(os.path.abspath(path))
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def lock_holder(run_dir: Path) -> dict:
+    """What `.lock` says about its holder: `{"pid", "step", "since"}` (empty when nothing is readable)."""
+    try:
+        holder = json.loads(Run(run_dir).lock.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+@contextlib.contextmanager
+def lock(run_dir: Path, step: str):
+    """Hold the run folder for `step`: `flock` on `<run>/.lock`, with this pid, the step and the
+    time written in it. A second holder gets `RunLockedError`, one line naming the first's pid:
+    `run folder outputs/x is in use by pid 1234 (03_train since 10:02); wait for it or use another run`.
+
+    Re-entrant: the process holding the lock, and the processes it starts (a notebook kernel of
+    `icdlib run`, the torchrun workers `train.launch` spawns), pass through: the lock file is named
+    in the environment variable ICDLIB_RUN_LOCKS while it is held. The kernel frees an flock when
+    its holder exits, however it exits, so a killed run leaves no stale lock behind.
+    """
+    path = Run(run_dir).lock
+    key = os.path.realpath(path)
+    held = [p for p in os.environ.get(LOCK_ENV, "").split(os.pathsep) if p]
+    if key in held:
+        yield path
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock_holder(run_dir)
+            since = holder.get("since")
+            when = f" since {time.strftime('%H:%M', time.localtime(since))}" if isinstance(since, (int, float)) else ""
+            who = f"pid {holder['pid']} ({holder.get('step', 'a step')}{when})" if holder.get("pid") else "another process"
+            raise RunLockedError(f"run folder {_shown(run_dir)} is in use by {who}; "
+                                 f"wait for it or use another run") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps({"pid": os.getpid(), "step": step, "since": time.time()}) + "\n").encode(), 0)
+        previous = os.environ.get(LOCK_ENV)
+        os.environ[LOCK_ENV] = os.pathsep.join([*held, key])
+        try:
+            yield path
+        finally:
+            if previous is None:
+                os.environ.pop(LOCK_ENV, None)
+            else:
+                os.environ[LOCK_ENV] = previous
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the flock

@@ -34,6 +34,7 @@ Rows are streamed to the files patient by patient, so memory stays flat up to MI
 
 from __future__ import annotations
 
+import contextlib
 import gzip as gzip_module
 import importlib.resources
 import io
@@ -49,6 +50,8 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
+
+from icdlib.runfolder import atomic_path
 
 __all__ = ["TABLE_COLUMNS", "OBSOLETE_DIAGNOSES", "generate", "load_icd9_dictionaries"]
 
@@ -1349,15 +1352,14 @@ def _csv_field(value: object, quoted: bool) -> str:
 
 
 class _Table:
-    """A MIMIC-style CSV written to a temporary file in the output folder, moved into place on commit."""
+    """A MIMIC-style CSV streamed to `tmp`, the temporary path `runfolder.atomic_path` gives for
+    `path` (renamed into place when the whole twin is written)."""
 
-    def __init__(self, out_dir: Path, name: str, compress: bool):
-        self.name = name
-        self.path = out_dir / f"{name}.csv{'.gz' if compress else ''}"
+    def __init__(self, tmp: Path, path: Path, name: str, compress: bool):
+        self.name, self.path = name, path
         self.quoted = tuple(c in QUOTED_COLUMNS for c in TABLE_COLUMNS[name])
         self.next_row_id = 1
-        self._tmp = out_dir / f".{self.path.name}.{os.getpid()}.tmp"
-        self._raw = open(self._tmp, "wb")
+        self._raw = open(tmp, "wb")
         self._gz = (gzip_module.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0, compresslevel=6)
                     if compress else None)
         self._text = io.TextIOWrapper(self._gz or self._raw, encoding="utf-8", newline="")
@@ -1372,20 +1374,11 @@ class _Table:
             self.next_row_id += 1
         self._text.write("".join(lines))
 
-    def _close(self) -> None:
-        self._text.close()  # closes the GzipFile too, which leaves the raw file open
-        self._raw.close()
-
-    def commit(self) -> Path:
-        self._close()
-        os.replace(self._tmp, self.path)
-        return self.path
-
-    def discard(self) -> None:
+    def close(self) -> None:
         try:
-            self._close()
+            self._text.close()  # closes the GzipFile too, which leaves the raw file open
         finally:
-            self._tmp.unlink(missing_ok=True)
+            self._raw.close()
 
 
 def _plan(rng: np.random.Generator, admissions: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -1420,7 +1413,7 @@ def generate(out_dir: str | os.PathLike, admissions: int = 1000, seed: int = 0, 
     """
     if not 0 <= admissions <= MAX_ADMISSIONS:
         raise ValueError(f"admissions must be in 0..{MAX_ADMISSIONS} (HADM_IDs are 100000-199999), got {admissions}")
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # not tqdm.auto, which warns in a notebook without ipywidgets
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -1428,26 +1421,28 @@ def generate(out_dir: str | os.PathLike, admissions: int = 1000, seed: int = 0, 
     counts, subject_ids, hadm_ids, seeds = _plan(np.random.default_rng(seed), admissions)
     canary_cycle = itertools.cycle(canaries) if canaries else None
     tables: dict[str, _Table] = {}
-    try:
-        for name in TABLE_COLUMNS:
-            tables[name] = _Table(out, name, gzip)
-        _write_dictionaries(tables, world)
-        first = 0
-        with tqdm(total=admissions, unit="adm", desc="synthetic MIMIC-III", disable=not progress) as bar:
-            for count, subject_id, patient_seed in zip(counts.tolist(), subject_ids.tolist(), seeds.tolist()):
-                r = random.Random(patient_seed)
-                for adm in _patient_admissions(r, world, subject_id, hadm_ids[first:first + count].tolist()):
-                    if adm.coded:
-                        for name, codes, quirks in (("DIAGNOSES_ICD", adm.diagnoses, True),
-                                                    ("PROCEDURES_ICD", adm.procedures, False)):
-                            tables[name].write([(adm.subject_id, adm.hadm_id, seq, code)
-                                                for seq, code in _code_rows(r, codes, quirks)])
-                    tables["NOTEEVENTS"].write(_admission_notes(r, adm, world, short, canary_cycle))
-                first += count
-                bar.update(count)
-        return {name: table.commit() for name, table in tables.items()}
-    except BaseException:
-        for table in tables.values():
-            table.discard()
-        raise
+    with contextlib.ExitStack() as commit:  # every table in place once all are written, none on failure
+        try:
+            for name in TABLE_COLUMNS:
+                path = out / f"{name}.csv{'.gz' if gzip else ''}"
+                tables[name] = _Table(commit.enter_context(atomic_path(path)), path, name, gzip)
+            _write_dictionaries(tables, world)
+            first = 0
+            with tqdm(total=admissions, unit="adm", desc="synthetic MIMIC-III",
+                      disable=None if progress else True) as bar:  # None: no bar off a terminal
+                for count, subject_id, patient_seed in zip(counts.tolist(), subject_ids.tolist(), seeds.tolist()):
+                    r = random.Random(patient_seed)
+                    for adm in _patient_admissions(r, world, subject_id, hadm_ids[first:first + count].tolist()):
+                        if adm.coded:
+                            for name, codes, quirks in (("DIAGNOSES_ICD", adm.diagnoses, True),
+                                                        ("PROCEDURES_ICD", adm.procedures, False)):
+                                tables[name].write([(adm.subject_id, adm.hadm_id, seq, code)
+                                                    for seq, code in _code_rows(r, codes, quirks)])
+                        tables["NOTEEVENTS"].write(_admission_notes(r, adm, world, short, canary_cycle))
+                    first += count
+                    bar.update(count)
+        finally:
+            for table in tables.values():
+                table.close()
+    return {name: table.path for name, table in tables.items()}
 

@@ -6,11 +6,17 @@ validation set; `last/` every `save_every` steps and at epoch end, `best/` by `m
 stopping), then scores val and test with the best checkpoint for step 04. Under torchrun every
 rank trains on its own batches and scores its share of the validation set; rank 0 gathers,
 logs and writes. `resume: true` continues from `last/` exactly where it stopped.
+
+The step is `fit` (or `run`, which launches torchrun when nproc > 1): it holds the run folder's
+lock, checks step 01's manifest, writes the predictions only after the checkpoints (each
+prediction file names the `best/` it came from) and `03_train/manifest.json` last. Devices,
+dtypes and scoring live in `icdlib.inference`, which `predict` uses without this module.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import random
@@ -26,14 +32,22 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from icdlib import backbones, checkpoint, metrics, preprocess
+from icdlib import backbones, checkpoint, config, metrics, preprocess, record
 from icdlib.config import Config
-from icdlib.data import PLAIN, LengthBucketSampler, NotesDataset, SegmentFormat, Tokenized, collate, tokenize_cached
+from icdlib.data import LengthBucketSampler, NotesDataset, SegmentFormat, Tokenized, collate, tokenize_cached
 from icdlib.errors import IcdlibError
+from icdlib.inference import Env, autocast, compute_dtype, pick_device, score, weights_dtype
 from icdlib.models import ICDCoder, loss_fn
-from icdlib.runfolder import atomic_write_text
+from icdlib.runfolder import SCORED_SPLITS, Run, atomic_path, atomic_write_text, lock, read_key, tree_hash
 
 STEP = "03_train"
+# what step 03's output depends on, recorded in its manifest (data parameters: step 01's)
+PARAMS = ("backbone", "seed", "base_model_path", "model_path", "model_type", "adapter_path", "load_in", "segment_bos",
+          "instruction", "tiny_layers", "tiny_hidden", "tiny_heads", "tiny_vocab", "tiny_init", "train_backbone",
+          "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "head", "attention_dim", "segment_length",
+          "max_segments", "epochs", "max_steps", "batch_size", "grad_accum", "lr", "head_lr", "weight_decay",
+          "warmup_steps", "schedule", "clip", "pos_weight", "eval_every", "save_every", "patience", "metric",
+          "threshold", "device", "precision", "grad_checkpointing", "num_workers", "resume", "nproc")
 
 
 class TrainingError(IcdlibError):
@@ -41,17 +55,6 @@ class TrainingError(IcdlibError):
 
 
 # ---------------------------------------------------------------- devices and processes
-
-@dataclass
-class Env:
-    device: torch.device
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
 
 def setup(cfg: Config) -> Env:
     """Device (cuda → mps → cpu unless forced) and, under torchrun, the process group."""
@@ -71,47 +74,6 @@ def setup(cfg: Config) -> Env:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return env
-
-
-def pick_device(choice: str = "auto") -> torch.device:
-    if choice == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise IcdlibError("device=cuda but no CUDA GPU is visible (try device=auto)")
-    if choice == "mps" and not torch.backends.mps.is_available():
-        raise IcdlibError("device=mps but MPS is not available (try device=auto)")
-    return torch.device(choice)
-
-
-def compute_dtype(cfg: Config, device: torch.device) -> torch.dtype:
-    """auto: bf16 on CUDA GPUs that have it (A100, H100, RTX 30xx+), fp16 with loss scaling on
-    those that do not (V100, T4), fp32 on CPU and MPS. bf16 asked for on a GPU without it is refused."""
-    # without including_emulation=False a V100 or T4 answers True (bf16 emulated, slowly)
-    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-    if cfg.precision == "bf16" and device.type == "cuda" and not cuda_bf16:
-        name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else str(device)
-        raise IcdlibError(f"precision=bf16 but the CUDA device {device} ({name}) has no bf16 support: "
-                          f"use precision=fp16 (loss-scaled) or precision=fp32")
-    if cfg.precision != "auto":
-        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.precision]
-    if device.type == "cuda":
-        return torch.bfloat16 if cuda_bf16 else torch.float16
-    return torch.float32
-
-
-def weights_dtype(cfg: Config, device: torch.device) -> torch.dtype:
-    """Frozen backbone weights in the compute dtype; a fully trained backbone keeps fp32 masters."""
-    return torch.float32 if cfg.train_backbone == "full" else compute_dtype(cfg, device)
-
-
-def autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def grad_scaler(coder: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.amp.GradScaler:
@@ -142,9 +104,10 @@ class Prepared:
 
 
 def backbone_path(cfg: Config, train_texts: list[str]) -> str:
+    """`model_path`, or the run's tiny backbone (`03_train/backbone/`, rebuilt when its key changes)."""
     if cfg.model_path:
         return cfg.model_path
-    return str(backbones.make_tiny(cfg, train_texts, cfg.run_dir / STEP / "backbone"))
+    return str(backbones.make_tiny(cfg, train_texts, Run.of(cfg).backbone))
 
 
 def max_note_tokens(cfg: Config, fmt: SegmentFormat) -> int:
@@ -161,18 +124,21 @@ def prepare(cfg: Config, env: Env | None = None) -> Prepared:
     path = backbone_path(cfg, notes.loc[notes["split"] == "train", "text"].tolist())
     encoder, tokenizer = backbones.load(path, weights_dtype(cfg, env.device), base_model_path=cfg.base_model_path,
                                         device=env.device, load_in=cfg.load_in)
+    config.check_positions(cfg, getattr(encoder.config, "max_position_embeddings", None))
     fmt = backbones.segment_format(cfg, tokenizer, encoder.config._name_or_path)
-    record = checkpoint.backbone_record(path, cfg.base_model_path, encoder, fmt)
+    where = checkpoint.backbone_record(path, cfg.base_model_path, encoder, fmt)
+    if not cfg.model_path:  # the tiny backbone's cache key: resume refuses a checkpoint of another one
+        where["cache_key"] = read_key(path)
     encoder = backbones.make_trainable(encoder, cfg, cfg.adapter_path)
     torch.manual_seed(cfg.seed)
     coder = ICDCoder(encoder, len(label_codes), cfg.head, cfg.attention_dim)
     train_share = pre.labels["n_train"].to_numpy() / max(1, int((notes["split"] == "train").sum()))
     coder.init_bias(torch.as_tensor(train_share, dtype=torch.float32))
     max_tokens = max_note_tokens(cfg, fmt)
-    cache = cfg.run_dir / STEP / "tokens"
+    cache = Run.of(cfg).tokens
     tokens = {s: tokenize_cached(notes.loc[notes["split"] == s, "text"].tolist(), tokenizer, max_tokens, cache, s)
               for s in ("train", "val", "test")}
-    return Prepared(cfg, notes, pre.labels, label_codes, tokens, record, tokenizer, coder, fmt)
+    return Prepared(cfg, notes, pre.labels, label_codes, tokens, where, tokenizer, coder, fmt)
 
 
 def split_dataset(prep: Prepared, split: str) -> NotesDataset:
@@ -231,56 +197,149 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# ---------------------------------------------------------------- scoring
+# ---------------------------------------------------------------- progress
 
-@torch.no_grad()
-def score(coder, tokens: Tokenized, cfg: Config, env: Env, pad_id: int, batch_size: int | None = None,
-          progress: bool = False, fmt: SegmentFormat = PLAIN) -> np.ndarray:
-    """Sigmoid scores (n_notes, n_labels) for every note; under torchrun each rank scores its
-    share (note i on rank i % world) and all ranks receive the whole matrix."""
-    from tqdm.auto import tqdm
+PROGRESS = "progress.jsonl"
 
-    model = coder.module if hasattr(coder, "module") else coder
-    was_training = model.training
-    model.eval()
-    n, bs = len(tokens), batch_size or cfg.batch_size * 2
-    mine = np.arange(env.rank, n, env.world)
-    mine = mine[np.argsort(tokens.lengths()[mine], kind="stable")]
-    dtype = compute_dtype(cfg, env.device)
-    rows, parts = [], []
-    for start in tqdm(range(0, len(mine), bs), desc="scoring", disable=not progress, leave=False):
-        idx = mine[start:start + bs]
-        batch = collate([(tokens.note(i), np.zeros(0, np.float32), i) for i in idx], cfg.segment_length, pad_id, fmt=fmt)
-        with autocast(env.device, dtype):
-            logits = model(batch["input_ids"].to(env.device), batch["attention_mask"].to(env.device))
-        parts.append(torch.sigmoid(logits.float()).cpu().numpy())
-        rows.append(idx)
-    n_labels = model.n_labels
-    local_rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    local = np.concatenate(parts) if parts else np.zeros((0, n_labels), np.float32)
-    if env.world > 1:
-        gathered = [None] * env.world
-        dist.all_gather_object(gathered, (local_rows, local))
-        local_rows = np.concatenate([r for r, _ in gathered])
-        local = np.concatenate([s for _, s in gathered])
-        if not np.array_equal(np.sort(local_rows), np.arange(n)):
-            raise RuntimeError("distributed scoring did not cover every note exactly once")
-    out = np.zeros((n, n_labels), np.float32)
-    out[local_rows] = local
-    model.train(was_training)
-    return out
+
+def progress_path(run_dir: Path) -> Path:
+    """`03_train/progress.jsonl`: one JSON line per evaluation of the fit running (or last run) in the
+    run folder, which `pipeline.execute` tails into the terminal while the notebook runs."""
+    return Run(run_dir).progress
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def progress_line(record: dict) -> str:
+    """A progress record as one line: `step 40/280 loss 0.0712 val map 0.301 12.3k tok/s ETA 3m10s`
+    (a start record: `training 280 steps from step 0, validating every 50`)."""
+    if record.get("event") == "start":
+        return (f"training {record['total']} steps from step {record['step']}, "
+                f"validating every {record['eval_every']}")
+    value = record.get("value")
+    value = "n/a" if value is None else f"{value:.3f}"
+    tok = record.get("tokens_per_s") or 0.0
+    tok = f"{tok / 1e3:.1f}k" if tok >= 1e3 else f"{tok:.0f}"
+    return (f"step {record['step']}/{record['total']} loss {record['train_loss']:.4f} val {record['metric']} {value} "
+            f"{tok} tok/s ETA {_duration(record.get('eta_s'))}")
+
+
+class Progress:
+    """What `fit` says while it trains; the master process only.
+
+    On a terminal (stderr a TTY) a tqdm bar, with a line above it at every evaluation. Anywhere
+    else (a notebook, where a bar is recorded update by update into the report; a log file; a pipe)
+    one line per evaluation on stdout. `show=False` (`--quiet`) prints nothing. Every evaluation is
+    also appended to `progress.jsonl` as one JSON line (written whole and flushed, so a reader sees
+    complete lines), started afresh by every fit. ETA: the time per step so far, validations included.
+    """
+
+    def __init__(self, path: Path, total: int, initial: int, eval_every: int, show: bool, master: bool):
+        self.path, self.total, self.initial = path, total, initial
+        self.master, self.show = master, show and master
+        self.t0, self.started = time.perf_counter(), time.time()
+        self.bar = None
+        if not master:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # a new file (a new inode) for every fit: a tail restarts at its top
+        if self.show and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+        self._emit({"event": "start", "step": initial, "total": total, "eval_every": eval_every})
+
+    def _emit(self, record: dict) -> None:
+        record = {**record, "started": self.started, "time": time.time()}
+        record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+        if self.show:
+            (self.bar.write if self.bar is not None else functools.partial(print, flush=True))(progress_line(record))
+
+    def step(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:.0f}", refresh=False)
+            self.bar.update(step - self.bar.n)
+
+    def evaluation(self, row: dict, metric: str) -> None:
+        if not self.master:
+            return
+        elapsed = time.perf_counter() - self.t0
+        done = row["step"] - self.initial
+        eta = elapsed / done * (self.total - row["step"]) if done > 0 else None
+        self._emit({"event": "eval", "step": row["step"], "total": self.total, "epoch": row["epoch"],
+                    "train_loss": row["train_loss"], "metric": metric, "value": row.get(f"val_{metric}"),
+                    "tokens_per_s": row["tokens_per_s"], "elapsed_s": elapsed, "eta_s": eta})
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # ---------------------------------------------------------------- the loop
 
 def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.DataFrame:
-    """Train, keep `best/` and `last/`, write history.csv and the best model's predictions."""
-    from tqdm.auto import tqdm
+    """Step 03: train (`train_loop`), keep `best/` and `last/`, write history.csv, then the best
+    model's predictions, then `03_train/manifest.json`; returns the history.
 
+    The master process holds the run folder's lock; every process first checks step 01's manifest
+    (`record.step`: 01's data parameters, or one line). The old manifest is removed before the
+    first checkpoint is replaced, so a 03 that does not finish leaves none. `resume=true` needs a
+    checkpoint to resume from (`resume_point`), else it stops in one line instead of starting over.
+    """
     env = setup(cfg)
-    prep = prep or prepare(cfg, env)
-    out = cfg.run_dir / STEP
-    last, best = out / "last", out / "best"
+    with record.step(cfg, STEP, PARAMS, master=env.master) as step:
+        cfg, run = step.cfg, step.run
+        if cfg.resume:
+            resume_point(run, env)
+        prep = prep or prepare(cfg, env)
+        if cfg.resume:
+            check_resumable(run, prep)
+        step.invalidate()
+        history = train_loop(cfg, prep, env, progress)
+        if env.master:
+            step.extra.update({"device_used": str(env.device), "processes": env.world})
+            step.wrote(run.checkpoint("best"), run.history, *(run.predictions(s) for s in SCORED_SPLITS))
+    return history
+
+
+def resume_point(run: Run, env: Env) -> Path:
+    """`last/` to resume from. A kill between the two renames of `atomic_path` leaves no `last/`
+    but the complete new checkpoint in `.last.tmp-<pid>`: an intact one is put back in place
+    (`checkpoint.recover`). With neither, a TrainingError (one line) instead of starting over."""
+    last = run.checkpoint("last")
+    if env.master and not checkpoint.resumable(last):
+        checkpoint.recover(last)
+    if env.world > 1:
+        dist.barrier()
+    if not checkpoint.resumable(last):
+        raise TrainingError(f"resume=true but {run.rel(last)} is not a checkpoint to resume from (no "
+                            f"trainer_state.pt, and no intact .last.tmp-* left by a killed save): "
+                            f"set resume=false to start over")
+    return last
+
+
+def check_resumable(run: Run, prep: Prepared) -> None:
+    """`last/` fits the backbone prepared now (the tiny backbone's cache key; None for real ones)."""
+    last = run.checkpoint("last")
+    trained_on = checkpoint.read_manifest(last)["backbone"].get("cache_key")
+    if trained_on != prep.backbone.get("cache_key"):
+        raise TrainingError(f"resume=true but {run.rel(last)} was trained on another tiny backbone (its parameters "
+                            f"or training notes changed since): set resume=false to start over")
+
+
+def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True) -> pd.DataFrame:
+    """The loop (see the module docstring); then the predictions of `best/`. Returns the history."""
+    run = Run.of(cfg)
+    out = run.step(STEP)
+    last, best = run.checkpoint("last"), run.checkpoint("best")
     pad_id = prep.tokenizer.pad_token_id
     coder = prep.coder
     state = None
@@ -322,7 +381,7 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
                              "history": history, "rng": rng_state(), "scaler": scaler.state_dict()}
             checkpoint.save(last, coder, cfg, prep.labels, prep.backbone, prep.tokenizer, trainer_state)
 
-    bar = tqdm(total=steps, initial=step, desc="train", disable=not (progress and env.master))
+    report = Progress(progress_path(cfg.run_dir), steps, step, cfg.eval_every, progress, env.master)
     model.train()
     done = step >= steps
     t0, tokens_seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
@@ -362,9 +421,8 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
             scheduler.step()
             step += 1
             elapsed = time.perf_counter() - t0
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                            tok_s=f"{tokens_seen * env.world / max(elapsed, 1e-9):.0f}")
+            report.step(step, loss_sum / loss_n, scheduler.get_last_lr()[0],
+                        tokens_seen * env.world / max(elapsed, 1e-9))
             if step % cfg.eval_every == 0 or step >= steps:
                 val = score(model, prep.tokens["val"], cfg, env, pad_id, fmt=prep.fmt)
                 row = {"step": step, "epoch": epoch + (b + 1) / n_batches, "train_loss": loss_sum / loss_n,
@@ -372,6 +430,7 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
                        **{f"val_{k}": v for k, v in metrics.compute(y_val, val, cfg.threshold).items()
                           if k not in ("n_docs", "n_labels", "threshold")}}
                 history.append(row)
+                report.evaluation(row, cfg.metric)
                 loss_sum, loss_n = 0.0, 0
                 value = row[f"val_{cfg.metric}"]
                 improved = not math.isnan(value) and value > best_value
@@ -395,7 +454,7 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
             save_last(0)
             continue
         save_last(b + 1)
-    bar.close()
+    report.close()
     if env.master and not best.exists():
         checkpoint.save(best, coder, cfg, prep.labels, prep.backbone, prep.tokenizer)
     if env.world > 1:
@@ -410,30 +469,35 @@ def write_history(out: Path, history: list[dict]) -> None:
 
 
 def write_predictions(cfg: Config, prep: Prepared, env: Env, best: Path, coder: ICDCoder) -> None:
-    """Scores of the best checkpoint on val and test: `predictions_<split>.npz` (hadm_id, scores).
+    """Scores of the best checkpoint on val and test: `predictions_<split>.npz` (hadm_id, scores,
+    and `best`: the `tree_hash` of the best/ that scored them, which 04 and 05 compare with the
+    best/ there is, so predictions older than a checkpoint are refused).
 
     `best/`'s weights are loaded into the live `coder` (the one that trained): a second backbone
     would cost its whole size again on the GPU (16 GB for an 8B model in bf16).
     """
     checkpoint.load_into(coder, best, cfg, expect_labels=prep.label_codes)
-    for split in ("val", "test"):
+    best_id = tree_hash(best) if env.master else None
+    for split in SCORED_SPLITS:
         scores = score(coder, prep.tokens[split], cfg, env, prep.tokenizer.pad_token_id, fmt=prep.fmt)
         if env.master:
             hadm = prep.notes.loc[prep.notes["split"] == split, "hadm_id"].to_numpy()
-            path = cfg.run_dir / STEP / f"predictions_{split}.npz"
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez_compressed(tmp, hadm_id=hadm, scores=scores)
-            tmp.replace(path)
+            with atomic_path(Run.of(cfg).predictions(split)) as tmp, open(tmp, "wb") as f:
+                np.savez_compressed(f, hadm_id=hadm, scores=scores, best=np.array(best_id))
 
 
 def load_history(run_dir: Path) -> pd.DataFrame:
-    path = Path(run_dir) / STEP / "history.csv"
+    path = Run(run_dir).history
     return pd.read_csv(path) if path.is_file() else pd.DataFrame()
 
 
 def run(cfg: Config, progress: bool = True) -> pd.DataFrame:
-    """Train in this process, or in `cfg.nproc` torchrun processes when nproc > 1."""
-    return fit(cfg, progress=progress) if cfg.nproc <= 1 else launch(cfg, cfg.nproc)
+    """Step 03: train in this process, or in `cfg.nproc` torchrun processes when nproc > 1 (this
+    process holds the run folder's lock meanwhile; the workers inherit it)."""
+    if cfg.nproc <= 1:
+        return fit(cfg, progress=progress)
+    with lock(cfg.run_dir, STEP):
+        return launch(cfg, cfg.nproc)
 
 
 def launch(cfg: Config, nproc: int) -> pd.DataFrame:
@@ -446,5 +510,7 @@ def launch(cfg: Config, nproc: int) -> pd.DataFrame:
     run_dir = cfg.run_dir.absolute()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "icdlib", "train", "--run-dir", str(run_dir)]
+    # the notebook's own parameters: config.json keeps the record of step 01
+    cmd += [x for o in config.cli_overrides(cfg, config.from_json(Run(run_dir).config)) for x in ("-p", o)]
     subprocess.run(cmd, check=True)
     return load_history(run_dir)

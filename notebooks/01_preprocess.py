@@ -2,18 +2,23 @@
 # # 01 · Preprocess
 # Reads the MIMIC-III v1.4 tables (or generates the synthetic twin when `mimic_dir` is empty) and
 # writes `outputs/<run>/01_preprocess/`: one row per admission with its discharge summary,
-# codes and split (`notes.parquet`), and the label space (`labels.parquet`).
+# codes and split (`notes.parquet`), and the label space (`labels.parquet`). Below: what made this
+# report, and the parameters that differ from `params/<backbone>.yaml`; the fingerprints of the
+# files written are at the end.
 
 # %% tags=["parameters"]
 backbone = "tiny"      # tiny | tiny-mistral | llama3 | mistral | seed-llama3
 run = ""               # run folder name; empty means the backbone name
 mimic_dir = ""         # MIMIC-III v1.4 folder; empty means the synthetic twin
-params = {}            # any other parameter of params/<backbone>.yaml, e.g. {"max_steps": 50}
+params = {}            # other parameters, e.g. {"max_steps": 50}; with papermill also -p max_steps 50
 
 # %%
 from icdlib import config, preprocess
-cfg = config.load(backbone, run=run, mimic_dir=mimic_dir, params=params)
-cfg
+cfg = config.from_notebook(globals(), record=True)  # step 01 records the run's config.json
+
+# %%
+from icdlib import provenance, report
+report.header(cfg, provenance.collect(cfg.run_dir, files=()))
 
 # %% [markdown]
 # ## What was kept, what was dropped, and why
@@ -33,3 +38,6 @@ preprocess.sample(result.notes, share_safe=cfg.share_safe_on)
 
 # %%
 result.labels.head(10)
+
+# %%
+report.summary(notes=result.notes, labels=result.labels, data=provenance.collect(cfg.run_dir)["data"])

@@ -7,13 +7,17 @@
 backbone = "tiny"      # tiny | tiny-mistral | llama3 | mistral | seed-llama3
 run = ""               # run folder name; empty means the backbone name
 mimic_dir = ""         # MIMIC-III v1.4 folder; empty means the synthetic twin
-params = {}            # any other parameter of params/<backbone>.yaml, e.g. {"max_steps": 50}
+params = {}            # other parameters, e.g. {"max_steps": 50}; with papermill also -p max_steps 50
 
 # %%
 from icdlib import config, preprocess, report
-cfg = config.load(backbone, run=run, mimic_dir=mimic_dir, params=params)
-data = preprocess.load(cfg.run_dir)
+cfg = config.from_notebook(globals())
+data = preprocess.read(cfg)  # step 01's output, checked against its manifest
 notes, labels = data.notes, data.labels
+
+# %%
+from icdlib import provenance, report
+report.header(cfg, provenance.collect(cfg.run_dir))
 
 # %% [markdown]
 # ## The long tail of codes
@@ -21,8 +25,20 @@ notes, labels = data.notes, data.labels
 # %%
 report.label_frequency(labels)
 
+# %% [markdown]
+# *How to read it:* the codes ranked from most to least frequent (x) against the number of training
+# admissions that carry each (y), both on log scales. A long, falling line is the long tail:
+# a few codes are common, most are rare. The dotted and dashed lines mark 10 and 100 admissions and
+# the share of codes at or below them: those codes have few examples to learn from, and macro
+# metrics weigh them as much as the common ones.
+
 # %%
 report.top_codes_plot(labels, n=20)
+
+# %% [markdown]
+# *How to read it:* the 20 codes most often assigned in training (blue: diagnoses, orange: procedures),
+# bar length = training admissions with the code. These codes carry most of the code assignments,
+# so they dominate micro-averaged metrics: a model right on them alone already scores well on micro-F1.
 
 # %%
 report.top_codes(labels, n=20, n_admissions=int((notes["split"] == "train").sum()))
@@ -33,11 +49,26 @@ report.top_codes(labels, n=20, n_admissions=int((notes["split"] == "train").sum(
 # %%
 report.codes_per_admission(notes)
 
+# %% [markdown]
+# *How to read it:* how many codes each admission carries (all splits), with the mean (solid) and
+# median (dashed). An admission with fewer than k codes caps P@k below 1 even for a perfect model, so
+# P@8 and P@15 are read against this distribution.
+
 # %%
 report.note_lengths(notes)
 
+# %% [markdown]
+# *How to read it:* words per discharge summary; the solid line is the median, the dashed the 95th
+# percentile. The model reads at most `max_segments` × `segment_length` tokens of a note (a word is one
+# or more tokens): notes longer than that lose their end, where the discharge diagnoses usually are.
+
 # %%
 report.kind_share(notes, labels)
+
+# %% [markdown]
+# *How to read it:* of all code assignments in each split, the share that are diagnoses (blue) and
+# procedures (orange). The bars should look alike from split to split; a split with a clearly
+# different mix was drawn from different admissions.
 
 # %% [markdown]
 # ## Splits: balance of frequent codes and codes never seen in training
@@ -45,5 +76,14 @@ report.kind_share(notes, labels)
 # %%
 report.split_balance(notes, labels.nlargest(10, "n_train")["code"].tolist())
 
+# %% [markdown]
+# *How to read it:* for the 10 most frequent training codes, the share of each split's admissions
+# that carry the code. A code's bars should be of about the same height; one much rarer (or
+# commoner) in test than in train makes its test metrics noisy. On small splits a difference of a
+# few admissions is expected.
+
 # %%
 report.unseen_in_train(notes)
+
+# %%
+report.summary(notes=notes, labels=labels)

@@ -2,18 +2,22 @@
 # # 03 · Train
 # Reads `outputs/<run>/01_preprocess/`; writes `outputs/<run>/03_train/`: checkpoints (`last/`,
 # `best/`), `history.csv` and the best model's `predictions_{val,test}.npz`. With `nproc` > 1
-# the training runs under torchrun in a subprocess.
+# the training runs under torchrun in a subprocess. Training prints one line per evaluation
+# (step, loss, validation metric, tokens/s, time left).
 
 # %% tags=["parameters"]
 backbone = "tiny"      # tiny | tiny-mistral | llama3 | mistral | seed-llama3
 run = ""               # run folder name; empty means the backbone name
 mimic_dir = ""         # MIMIC-III v1.4 folder; empty means the synthetic twin
-params = {}            # any other parameter of params/<backbone>.yaml, e.g. {"max_steps": 50}
+params = {}            # other parameters, e.g. {"max_steps": 50}; with papermill also -p max_steps 50
 
 # %%
 from icdlib import config, report, train
-cfg = config.load(backbone, run=run, mimic_dir=mimic_dir, params=params)
-cfg
+cfg = config.from_notebook(globals())
+
+# %%
+from icdlib import provenance, report
+report.header(cfg, provenance.collect(cfg.run_dir))
 
 # %%
 history = train.run(cfg)
@@ -25,5 +29,16 @@ history = train.run(cfg)
 # %%
 report.history(history)
 
+# %% [markdown]
+# *How to read it:* left, the training loss (binary cross-entropy over all labels, averaged over
+# the steps between two evaluations) against the optimizer step: it should fall. Right, the validation
+# metrics at each evaluation: they should rise. `best/` is the checkpoint with the highest `metric`
+# (MAP unless set otherwise); a curve still climbing at the last step means more steps would help.
+
 # %%
-history.tail(10)
+columns = ["step", "epoch", "train_loss", "lr", "tokens_per_s", f"val_{cfg.metric}", "val_auroc_micro",
+           "val_auroc_macro", "val_auprc_micro", "val_f1_micro", "val_p_at_8"]
+history.reindex(columns=list(dict.fromkeys(columns))).tail(10).round(4)
+
+# %%
+report.summary(history=history, metric=cfg.metric)

@@ -9,25 +9,27 @@
 backbone = "tiny"      # tiny | tiny-mistral | llama3 | mistral | seed-llama3
 run = ""               # run folder name; empty means the backbone name
 mimic_dir = ""         # MIMIC-III v1.4 folder; empty means the synthetic twin
-params = {}            # any other parameter of params/<backbone>.yaml, e.g. {"max_steps": 50}
+params = {}            # other parameters, e.g. {"max_steps": 50}; with papermill also -p max_steps 50
 
 # %%
-from icdlib import analysis, config, evaluate, report
-cfg = config.load(backbone, run=run, mimic_dir=mimic_dir, params=params)
-ev = evaluate.load(cfg)
-results = evaluate.score_all(ev, cfg)
+from icdlib import config, evaluate, report
+cfg = config.from_notebook(globals())
+ev = evaluate.run(cfg)  # scores, trains the baseline, writes metrics.json, per_code.parquet, manifest.json
+cfg, results, per_code = ev.cfg, ev.results, ev.per_code  # cfg: with step 01's data parameters
 split = evaluate.eval_split(ev)
 s = ev.splits[split]
 
+# %%
+from icdlib import provenance, report
+report.header(cfg, provenance.collect(cfg.run_dir))
+
 # %% [markdown]
 # ## Metrics (%), beside published MIMIC-III numbers
+# `@0.5` rows use the fixed threshold, `@tuned` rows the one tuned on validation for micro-F1;
+# ranking metrics (AUROC, AUPRC, P@k, MAP) do not depend on it. A dash: the paper does not report it.
 
 # %%
-report.metrics_table(evaluate.systems(ev))
-
-# %%
-per_code = analysis.per_code(s.y_true, s.y_score, ev.labels, results["threshold"])
-evaluate.write(cfg, ev, per_code)
+report.metrics_table(evaluate.systems(ev)).style.format(precision=2, na_rep="–")
 
 # %% [markdown]
 # ## Precision–recall, model against baseline
@@ -38,19 +40,51 @@ curves.update({"TF-IDF baseline": (s.y_true, ev.baseline[split])} if ev.baseline
 report.pr_curve(curves)
 
 # %% [markdown]
+# *How to read it:* precision against recall over all (admission, code) pairs of the reported
+# split (test when there is one) as the threshold sweeps from high to low. Higher and further right is
+# better; AP in the legend is the area under the curve (micro-AUPRC). Where the model's curve lies
+# below the baseline's, the baseline ranks the right codes higher at that recall.
+
+# %% [markdown]
 # ## Per code: quality against training frequency
 
 # %%
 report.per_code_vs_frequency(per_code)
 
+# %% [markdown]
+# *How to read it:* one dot per code: its AUPRC (left) and its F1 at the tuned threshold (right)
+# against the number of training admissions with the code (log scale); the red line is the mean per
+# frequency bin. A line rising to the right says rare codes are learned worse, the usual pattern in
+# ICD coding and what macro metrics expose.
+
 # %%
 report.f1_by_frequency_bucket(per_code)
 
 # %% [markdown]
-# ## Threshold and calibration (validation)
+# *How to read it:* the mean F1 of the codes in each training-frequency bucket (n: codes in the
+# bucket). The left buckets are the rare codes; a bar near zero there means those codes are practically
+# never predicted right.
+
+# %% [markdown]
+# ## Threshold (validation) and calibration (reported split)
 
 # %%
 report.threshold_curve(ev.splits["val"].y_true, ev.splits["val"].y_score, results["threshold"])
 
+# %% [markdown]
+# *How to read it:* micro precision (green), recall (orange) and F1 (blue) on the validation split
+# as the decision threshold moves. The black line is the threshold tuned there for micro-F1 (and
+# applied to test), the dotted grey one 0.5. A tuned threshold far below 0.5 means the scores are
+# small: at 0.5 the model would predict almost no code.
+
 # %%
 report.calibration(s.y_true, s.y_score)
+
+# %% [markdown]
+# *How to read it:* top, for (admission, code) pairs grouped by predicted score, the share that are
+# true codes against the mean score; on the diagonal a score of 0.3 means a 30 % chance. Points below
+# it are over-confident, above it under-confident. Bottom, the pairs per bin (log scale): most scores
+# are near 0, so the points on the right rest on few pairs.
+
+# %%
+report.summary(metrics=results, per_code=per_code, synthetic=cfg.synthetic)

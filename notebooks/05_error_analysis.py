@@ -7,17 +7,19 @@
 backbone = "tiny"      # tiny | tiny-mistral | llama3 | mistral | seed-llama3
 run = ""               # run folder name; empty means the backbone name
 mimic_dir = ""         # MIMIC-III v1.4 folder; empty means the synthetic twin
-params = {}            # any other parameter of params/<backbone>.yaml, e.g. {"max_steps": 50}
+params = {}            # other parameters, e.g. {"max_steps": 50}; with papermill also -p max_steps 50
 
 # %%
-import pandas as pd
 from icdlib import analysis, config, evaluate, explain
-cfg = config.load(backbone, run=run, mimic_dir=mimic_dir, params=params)
-ev = evaluate.load(cfg)
+cfg = config.from_notebook(globals())
+ev = evaluate.read(cfg)  # what 04 wrote, checked against the run's manifests
+cfg, threshold, per_code = ev.cfg, ev.results["threshold"], ev.per_code  # cfg: with step 01's data parameters
 split = evaluate.eval_split(ev)
 s = ev.splits[split]
-threshold = evaluate.read_threshold(cfg)
-per_code = pd.read_parquet(cfg.run_dir / "04_evaluate" / "per_code.parquet")
+
+# %%
+from icdlib import provenance, report
+report.header(cfg, provenance.collect(cfg.run_dir))
 
 # %% [markdown]
 # ## Worst and best codes (F1, then AUPRC)
@@ -62,3 +64,6 @@ analysis.errors_by(s.notes, s.y_true, s.y_score, threshold, by="n_codes")
 
 # %%
 explain.highlight(cfg, s.notes, s.y_true, ev.labels)
+
+# %%
+report.summary(per_code=per_code, levels=analysis.category_level(s.y_true, s.y_score, ev.labels, threshold))

@@ -20,3 +20,64 @@ def tiny_backbone(tmp_path_factory):
              "pneumonia diabetes mellitus intubation catheter patient admitted discharged stable").split()
     texts = [" ".join(words[(i + j) % len(words)] for j in range(40)) for i in range(60)]
     return backbones.make_tiny(cfg, texts, tmp_path_factory.mktemp("tiny") / "backbone")
+
+
+LLAMA_MODELS = {"base_model_path": "Meta-Llama-3-8B-Instruct", "model_path": "LLM2Vec-Meta-Llama-3-8B-Instruct-mntp",
+                "adapter_path": "LLM2Vec-Meta-Llama-3-8B-Instruct-mntp-supervised"}
+OFFLINE_SIZE = {"synth_admissions": 120, "min_count": 3, "segment_length": 64, "max_segments": 2, "attention_dim": 16,
+                "batch_size": 8, "grad_accum": 1, "warmup_steps": 1, "max_steps": 4, "eval_every": 2, "save_every": 2,
+                "lr": 1.0e-3, "baseline": False}
+
+
+def write_caml_splits(mimic_dir: Path, out: Path):
+    """CAML-style `{train,dev,test}_full_hadm_ids.csv` for a twin (patient-level, as CAML's are)."""
+    import pandas as pd
+
+    from icdlib import splits
+
+    notes = pd.read_csv(mimic_dir / "NOTEEVENTS.csv", usecols=["SUBJECT_ID", "HADM_ID"]).dropna().drop_duplicates()
+    notes = notes.astype("int64").drop_duplicates("HADM_ID")
+    assigned = pd.Series(splits.patient_rule(notes["SUBJECT_ID"].to_numpy()), index=notes["HADM_ID"].to_numpy())
+    out.mkdir(parents=True)
+    for split, pattern in splits.CAML_FILES.items():
+        ids = assigned.index[assigned == split]
+        (out / pattern.format("full")).write_text("".join(f"{i}\n" for i in ids))
+    return assigned
+
+
+@pytest.fixture(scope="session")
+def relative_run(tmp_path_factory):
+    """The README's offline recipe as a user runs it, once for the whole suite: `python -m icdlib run
+    --backbone llama3` on a toy replica of the hub layout (tests/hub_replica.py) copied to `../models`,
+    from a working directory of its own where every path is relative (`--output-root relout`,
+    `--mimic-dir mimic`, CAML split files in `splits`), with HF_HUB_OFFLINE=1 and an empty HF cache.
+
+    Returns a namespace: work, models, run_dir, done (the CompletedProcess), assigned (hadm_id →
+    split of the split files), before (whether stray output folders existed before the run)."""
+    import shutil
+    import subprocess
+    from types import SimpleNamespace
+
+    import hub_replica
+    from icdlib import synth
+
+    root = tmp_path_factory.mktemp("offline")
+    replica = hub_replica.build(root / "hub", "llama")
+    models = root / "models"
+    for key, name in LLAMA_MODELS.items():
+        shutil.copytree({"base_model_path": replica.base, "model_path": replica.mntp,
+                         "adapter_path": replica.supervised}[key], models / name)
+    work = root / "work"
+    synth.generate(work / "mimic", admissions=OFFLINE_SIZE["synth_admissions"], seed=0, short=True, progress=False)
+    assigned = write_caml_splits(work / "mimic", work / "splits")
+    repo = Path(__file__).resolve().parent.parent
+    before = {p: p.exists() for p in (repo / "notebooks" / "relout", repo / "relout")}
+    size = {**OFFLINE_SIZE, "split": "caml_full", "split_dir": "splits",
+            **{k: f"../models/{name}" for k, name in LLAMA_MODELS.items()}}
+    args = [sys.executable, "-m", "icdlib", "run", "--backbone", "llama3", "--run", "r", "--output-root", "relout",
+            "--mimic-dir", "mimic", "--quiet", *[a for k, v in size.items() for a in ("-p", f"{k}={v}")]]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(root / "empty-cache")}
+    done = subprocess.run(args, cwd=work, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return SimpleNamespace(root=root, work=work, models=models, run_dir=work / "relout" / "r", done=done,
+                           assigned=assigned, before=before)

@@ -61,41 +61,13 @@ def test_params_file_paths_resolve_against_the_caller_not_the_file(tmp_path, mon
     assert json.loads((here / "runs/site/config.json").read_text())["output_root"] == str(here / "runs")
 
 
-def write_caml_splits(mimic_dir: Path, out: Path) -> pd.Series:
-    """CAML-style `{train,dev,test}_full_hadm_ids.csv` for a twin (patient-level, as CAML's are)."""
-    notes = pd.read_csv(mimic_dir / "NOTEEVENTS.csv", usecols=["SUBJECT_ID", "HADM_ID"]).dropna().drop_duplicates()
-    notes = notes.astype("int64").drop_duplicates("HADM_ID")
-    assigned = pd.Series(splits.patient_rule(notes["SUBJECT_ID"].to_numpy()), index=notes["HADM_ID"].to_numpy())
-    out.mkdir(parents=True)
-    for split, pattern in splits.CAML_FILES.items():
-        ids = assigned.index[assigned == split]
-        (out / pattern.format("full")).write_text("".join(f"{i}\n" for i in ids))
-    return assigned
-
-
-@pytest.fixture(scope="module")
-def relative_run(tmp_path_factory):
-    """`python -m icdlib run` from a working directory of its own, every path relative to it."""
-    work = tmp_path_factory.mktemp("work")
-    synth.generate(work / "mimic", admissions=120, seed=0, short=True, progress=False)
-    assigned = write_caml_splits(work / "mimic", work / "splits")
-    before = {p: p.exists() for p in (ROOT / "notebooks" / "relout", ROOT / "relout")}
-    small = [a for k, v in {**SMALL, "baseline": "false", "split": "caml_full", "split_dir": "splits"}.items()
-             for a in ("-p", f"{k}={v}")]
-    done = run_icdlib("run", "--backbone", "tiny", "--run", "r", "--output-root", "relout", "--mimic-dir", "mimic",
-                  "--quiet", *small, cwd=work)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return work, done, assigned, before
-
-
 def test_relative_output_root_keeps_the_whole_run_under_the_working_directory(relative_run):
-    work, done, _, before = relative_run
-    run_dir = work / "relout" / "r"
+    work, done, before, run_dir = relative_run.work, relative_run.done, relative_run.before, relative_run.run_dir
     for rel in ("config.json", "01_preprocess/notes.parquet", "03_train/history.csv", "03_train/best/icdlib.json",
                 "03_train/predictions_val.npz", "04_evaluate/metrics.json"):
         assert (run_dir / rel).is_file(), rel
     assert sorted(p.name for p in (run_dir / "reports").glob("*.html")) == [f"{n}.html" for n in (
-        "01_preprocess", "02_label_stats", "03_train", "04_evaluate", "05_error_analysis")]
+        "01_preprocess", "02_label_stats", "03_train", "04_evaluate", "05_error_analysis", "index")]
     assert sorted(p.name for p in work.iterdir()) == ["mimic", "relout", "splits"]
     assert [p.name for p in (work / "relout").iterdir()] == ["r"]
     for path, existed in before.items():
@@ -107,8 +79,8 @@ def test_relative_output_root_keeps_the_whole_run_under_the_working_directory(re
 
 
 def test_relative_mimic_and_split_dirs_are_read_from_the_working_directory(relative_run):
-    work, _, assigned, _ = relative_run
-    notes = preprocess.load(work / "relout" / "r").notes
+    assigned = relative_run.assigned
+    notes = preprocess.load(relative_run.run_dir).notes
     assert len(notes) > 50 and set(notes["split"]) == {"train", "val", "test"}
     assert (notes.set_index("hadm_id")["split"] == assigned.reindex(notes["hadm_id"]).to_numpy()).all()
 
@@ -116,7 +88,7 @@ def test_relative_mimic_and_split_dirs_are_read_from_the_working_directory(relat
 # ---------------------------------------------------------------- E: no kernel error on success
 
 def test_successful_run_prints_no_kernel_error(relative_run):
-    _, done, _, _ = relative_run
+    done = relative_run.done
     assert "KeyboardInterrupt" not in done.stderr + done.stdout
     assert "[IPKernelApp] ERROR" not in done.stderr
 

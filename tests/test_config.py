@@ -89,3 +89,200 @@ def test_parse_override_reads_yaml_values():
     assert config.parse_override("model_path=123") == ("model_path", "123")
     with pytest.raises(ConfigError, match="key=value"):
         config.parse_override("lr")
+
+
+# ---- values within range (issue 11): each refused in one line naming the key
+
+@pytest.mark.parametrize("key,value,rule", [
+    ("batch_size", -4, "at least 1"), ("batch_size", 0, "at least 1"), ("segment_length", 0, "at least 1"),
+    ("epochs", 0, "at least 1"), ("grad_accum", 0, "at least 1"), ("max_segments", 0, "at least 1"),
+    ("eval_every", 0, "at least 1"), ("save_every", -1, "at least 1"), ("tiny_hidden", 0, "at least 1"),
+    ("tiny_layers", 0, "at least 1"), ("tiny_heads", 0, "at least 1"), ("tiny_vocab", 0, "at least 1"),
+    ("lora_r", 0, "at least 1"), ("lora_alpha", 0, "at least 1"), ("attention_dim", 0, "at least 1"),
+    ("nproc", 0, "at least 1"), ("synth_admissions", 0, "at least 1"),
+    ("max_steps", 0, r"-1 \(train for epochs\) or at least 1"),
+    ("max_steps", -2, r"-1 \(train for epochs\) or at least 1"),
+    ("warmup_steps", -1, "at least 0"), ("patience", -1, "at least 0"), ("seed", -1, "at least 0"),
+    ("synth_seed", -3, "at least 0"), ("num_workers", -1, "at least 0"), ("min_count", -1, "at least 0"),
+    ("lr", 0.0, "positive"), ("head_lr", -1.0e-3, "positive"), ("weight_decay", -0.1, "at least 0"),
+    ("clip", -1.0, "at least 0"), ("pos_weight", -2.0, "at least 0"),
+    ("lora_dropout", 1.0, r"in \[0, 1\)"), ("lora_dropout", -0.1, r"in \[0, 1\)"),
+    ("threshold", 0.0, r"in \(0, 1\)"), ("threshold", 1.0, r"in \(0, 1\)"),
+])
+def test_values_out_of_range_name_the_key(params_dir, key, value, rule):
+    with pytest.raises(ConfigError, match=rf"^override: {key} must be {rule}, got {value!r}$"):
+        config.resolve("good", {key: value}, params_dir)
+
+
+def test_every_number_has_a_range():
+    numbers = {k for k, tp in config._TYPES.items() if tp in (int, float)}
+    assert numbers == set(config.RANGES)
+
+
+@pytest.mark.parametrize("key,value", [("lr", float("inf")), ("lr", float("nan")), ("threshold", float("nan"))])
+def test_floats_must_be_finite(params_dir, key, value):
+    with pytest.raises(ConfigError, match=rf"override: {key} must be a finite number"):
+        config.resolve("good", {key: value}, params_dir)
+
+
+def test_edges_that_mean_something_are_accepted(params_dir):
+    cfg = config.resolve("good", {"max_steps": -1, "patience": 0, "warmup_steps": 0, "lora_dropout": 0.0, "clip": 0.0,
+                                  "pos_weight": 0.0, "min_count": 0, "seed": 0, "threshold": 0.001, "epochs": 1,
+                                  "batch_size": 1, "segment_length": 1}, params_dir)
+    assert (cfg.max_steps, cfg.patience, cfg.epochs, cfg.segment_length) == (-1, 0, 1, 1)
+
+
+def test_a_bad_value_in_a_params_file_names_the_file(params_dir):
+    (params_dir / "neg.yaml").write_text("batch_size: -4\n")
+    with pytest.raises(ConfigError, match=r"^params/neg.yaml: batch_size must be at least 1, got -4$"):
+        config.resolve("neg", params_dir=params_dir)
+
+
+def test_tiny_heads_must_split_the_width_into_even_heads(params_dir):
+    with pytest.raises(ConfigError, match=r"tiny_hidden=30 must be tiny_heads=4 times an even number"):
+        config.resolve("good", {"tiny_hidden": 30, "tiny_heads": 4}, params_dir)
+    with pytest.raises(ConfigError, match=r"tiny_hidden=12 must be tiny_heads=4 times an even number"):
+        config.resolve("good", {"tiny_hidden": 12, "tiny_heads": 4}, params_dir)
+    assert config.resolve("good", {"tiny_hidden": 32, "tiny_heads": 4}, params_dir).tiny_hidden == 32
+    real = config.resolve("good", {"tiny_hidden": 30, "model_path": "McGill-NLP/some-mntp"}, params_dir)
+    assert real.tiny_hidden == 30  # unused by a real backbone
+
+
+def test_check_positions():
+    cfg = config.resolve("tiny", {"segment_length": 1024})
+    with pytest.raises(ConfigError, match=r"^segment_length=1024 exceeds the backbone's 512 positions: "
+                                          r"set segment_length to at most 512$"):
+        config.check_positions(cfg, 512)
+    config.check_positions(cfg, 1024)
+    config.check_positions(cfg, None)
+
+
+def test_cli_refuses_a_negative_batch_size_at_once(tmp_path):
+    """`batch_size=-4` used to loop forever rewriting last/; now: exit 2, one line, nothing written."""
+    import subprocess
+    import sys
+    import time
+
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "icdlib", "run", "--backbone", "tiny", "--run", "r", "--output-root",
+                           str(tmp_path / "out"), "--quiet", "-p", "batch_size=-4"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "icdlib: error: override: batch_size must be at least 1, got -4"
+    assert time.perf_counter() - t0 < 60
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_key_names_the_closest_keys(params_dir):
+    with pytest.raises(ConfigError, match=r"^override: unknown parameter 'epoch' \(did you mean epochs[,?]"):
+        config.resolve("good", {"epoch": 1}, params_dir)
+    with pytest.raises(ConfigError, match=r"unknown parameter 'segment_len' \(did you mean segment_length"):
+        config.resolve("good", {"segment_len": 1}, params_dir)
+    with pytest.raises(ConfigError, match=r"unknown parameter 'zzz'; known parameters: backbone, run, "):
+        config.resolve("good", {"zzz": 1}, params_dir)
+
+
+# ---- notebook parameters (papermill -p KEY VALUE) and the run record
+
+def notebook_namespace(tmp_path, **injected):
+    """What a notebook's globals hold at its config cell: the parameters cell, what papermill injected,
+    the cell's imports and IPython's own names."""
+    import pandas
+
+    return {"__name__": "__main__", "__builtins__": __builtins__, "_i1": "backbone = 'tiny'", "_": None,
+            "In": ["", "backbone = 'tiny'"], "Out": {}, "get_ipython": lambda: None, "exit": object(),
+            "quit": object(), "open": open, "config": config, "pd": pandas,
+            "backbone": "good", "run": "", "mimic_dir": "", "params": {"output_root": str(tmp_path / "out")},
+            **injected}
+
+
+def test_notebook_parameters_are_typed_like_the_cli(params_dir, tmp_path):
+    from pathlib import Path
+
+    ns = notebook_namespace(tmp_path, epochs=1, lr=5e-5, resume="true", lora_targets="[q_proj, v_proj]",
+                            head="mean", split_dir="splits")
+    cfg = config.from_notebook(ns, params_dir=params_dir)
+    assert (cfg.epochs, cfg.lr, cfg.resume, cfg.lora_targets) == (1, 5e-5, True, ["q_proj", "v_proj"])
+    assert cfg.split_dir == str(Path.cwd() / "splits")  # relative to where the notebook runs, as everywhere
+    assert (cfg.run_name, cfg.batch_size) == ("good", 2)  # empty run: the backbone's name; the file's value
+
+
+def test_notebook_text_for_a_float_gets_the_yaml_hint(params_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"lr must be float, got str '5e-5' \(YAML reads 5e-5 as text"):
+        config.from_notebook(notebook_namespace(tmp_path, lr="5e-5"), params_dir=params_dir)
+    with pytest.raises(ConfigError, match=r"batch_size must be int, got float 2.5"):
+        config.from_notebook(notebook_namespace(tmp_path, batch_size=2.5), params_dir=params_dir)
+    with pytest.raises(ConfigError, match=r"run must be str, got int 2024 \(papermill -p reads numbers: pass text "
+                                          r"with -r run 2024\)"):
+        config.from_notebook(notebook_namespace(tmp_path, run=2024), params_dir=params_dir)
+
+
+def test_unknown_notebook_parameter_names_the_closest_keys(params_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"^notebook parameter: unknown parameter 'epoch' \(did you mean epochs"):
+        config.from_notebook(notebook_namespace(tmp_path, epoch=1), params_dir=params_dir)
+    with pytest.raises(ConfigError, match=r"unknown parameter 'batchsize' \(did you mean batch_size"):
+        config.from_notebook(notebook_namespace(tmp_path, batchsize=3), params_dir=params_dir)
+    assert not (tmp_path / "out").exists()
+
+
+def test_notebook_params_dict_keeps_working_and_must_agree(params_dir, tmp_path):
+    (params_dir / "capped.yaml").write_text("max_steps: 5\n")
+    ns = notebook_namespace(tmp_path, backbone="capped")
+    ns["params"] = {**ns["params"], "seed": 7, "max_steps": 50}
+    assert (config.from_notebook(ns, params_dir=params_dir).seed, config.from_notebook(ns, params_dir=params_dir)
+            .max_steps) == (7, 50)
+    explicit = notebook_namespace(tmp_path, backbone="capped", max_steps=-1)  # -p max_steps -1: back to epochs
+    assert config.from_notebook(explicit, params_dir=params_dir).max_steps == -1
+    both = notebook_namespace(tmp_path, epochs=2)
+    both["params"] = {**both["params"], "epochs": 3}
+    with pytest.raises(ConfigError, match=r"epochs is given twice, 2 and 3 in params"):
+        config.from_notebook(both, params_dir=params_dir)
+    both["params"]["epochs"] = 2
+    assert config.from_notebook(both, params_dir=params_dir).epochs == 2
+    text = notebook_namespace(tmp_path)
+    text["params"] = "{output_root: %s, max_steps: 9}" % (tmp_path / "out")  # -p params '{...}'
+    assert config.from_notebook(text, params_dir=params_dir).max_steps == 9
+
+
+def test_rerunning_the_config_cell_ignores_names_later_cells_bound(params_dir, tmp_path):
+    """In JupyterLab the config cell may run again after 04 bound `split` and 05 `threshold`."""
+    ns = notebook_namespace(tmp_path, epochs=2)
+    assert config.from_notebook(ns, params_dir=params_dir).epochs == 2
+    ns.update(threshold=0.73, split="test", results={}, cfg=object(), epochs=4)
+    cfg = config.from_notebook(ns, params_dir=params_dir)
+    assert (cfg.epochs, cfg.threshold, cfg.split) == (4, 0.5, "patient")
+
+
+def test_only_step_01_records_config_json(params_dir, tmp_path):
+    """01 records; a later step with other parameters (03 with -p epochs 1) leaves the record as it is."""
+    first = config.from_notebook(notebook_namespace(tmp_path, synth_admissions=60), record=True, params_dir=params_dir)
+    path = first.run_dir / "config.json"
+    before = path.read_bytes()
+    later = config.from_notebook(notebook_namespace(tmp_path, synth_admissions=200, epochs=1), params_dir=params_dir)
+    assert (later.synth_admissions, later.epochs) == (200, 1)
+    assert path.read_bytes() == before and json.loads(before)["synth_admissions"] == 60
+    again = config.from_notebook(notebook_namespace(tmp_path, synth_admissions=80), record=True, params_dir=params_dir)
+    assert json.loads(path.read_text())["synth_admissions"] == again.synth_admissions == 80
+
+
+def test_a_later_step_writes_a_record_only_when_there_is_none(params_dir, tmp_path):
+    cfg = config.load("good", params={"output_root": str(tmp_path / "out"), "seed": 5}, params_dir=params_dir,
+                      record=False)
+    assert json.loads((cfg.run_dir / "config.json").read_text())["seed"] == 5
+    config.load("good", params={"output_root": str(tmp_path / "out"), "seed": 6}, params_dir=params_dir, record=False)
+    assert json.loads((cfg.run_dir / "config.json").read_text())["seed"] == 5
+
+
+def test_cli_overrides_turn_the_record_into_the_config(params_dir, tmp_path):
+    """What a step that does not rewrite config.json passes to `train -p ...` (torchrun from 03)."""
+    record = config.resolve("good", {"output_root": str(tmp_path)}, params_dir)
+    cfg = config.resolve("good", {"output_root": str(tmp_path / "x"), "run": "other", "epochs": 1, "lr": 5e-5,
+                                  "lora_targets": ["q_proj", "v_proj"], "resume": True, "split_dir": "/data/splits",
+                                  "model_path": "123", "threshold": 0.25}, params_dir)
+    args = config.cli_overrides(cfg, record)
+    assert sorted(a.split("=")[0] for a in args) == ["epochs", "lora_targets", "lr", "model_path", "resume",
+                                                     "split_dir", "threshold"]
+    back = dict(config.parse_override(a) for a in args)
+    rebuilt = config.resolve("good", {**{k: v for k, v in record.to_dict().items() if k != "backbone"}, **back},
+                             params_dir)
+    assert {k: getattr(rebuilt, k) for k in back} == {k: getattr(cfg, k) for k in back}

@@ -135,11 +135,12 @@ def test_run_writes_atomically_and_caches(tmp_path, mimic):
     first = preprocess.run(cfg, progress=False)
     assert first.stats["reused from cache"] is False
     out = cfg.run_dir / "01_preprocess"
-    assert sorted(p.name for p in out.iterdir()) == ["cache_key.txt", "labels.parquet", "notes.parquet", "stats.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["cache_key.txt", "labels.parquet", "manifest.json", "notes.parquet",
+                                                     "stats.json"]
     assert preprocess.run(cfg, progress=False).stats["reused from cache"] is True
     changed = make_cfg(tmp_path, mimic, min_count=2)
     assert preprocess.run(changed, progress=False).labels["code"].tolist() == ["401.9"]
-    assert not [p for p in cfg.run_dir.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in cfg.run_dir.iterdir() if p.name.startswith(".")] == [".lock"]  # no leftovers
     stored = pd.read_parquet(out / "notes.parquet")
     assert stored["hadm_id"].dtype == "int64" and list(stored["codes"].iloc[0]) == ["038.9", "38.93", "401.9"]
 

@@ -189,33 +189,24 @@ def test_lora_adapter_path_starts_from_the_supervised_adapter_quietly(llama, tmp
     assert "multiple adapters" not in capfd.readouterr().err
 
 
-def test_offline_recipe_from_the_readme_then_predict_after_moving(llama, tmp_path):
-    """The README's offline recipe, with relative paths from the user's own folder, 01→05; then the
-    run folder moves two levels deeper and predict runs from another folder."""
-    models = tmp_path / "models"
-    shutil.copytree(llama.base, models / "Meta-Llama-3-8B-Instruct")
-    shutil.copytree(llama.mntp, models / "LLM2Vec-Meta-Llama-3-8B-Instruct-mntp")
-    shutil.copytree(llama.supervised, models / "LLM2Vec-Meta-Llama-3-8B-Instruct-mntp-supervised")
-    work = tmp_path / "work"
-    work.mkdir()
-    size = [f"-p {k}={v}".split(" ", 1) for k, v in TEST_SIZE.items()]
-    done = icdlib("run", "--backbone", "llama3", "--output-root", "runs",
-                  "-p", "base_model_path=../models/Meta-Llama-3-8B-Instruct",
-                  "-p", "model_path=../models/LLM2Vec-Meta-Llama-3-8B-Instruct-mntp",
-                  "-p", "adapter_path=../models/LLM2Vec-Meta-Llama-3-8B-Instruct-mntp-supervised",
-                  *[x for pair in size for x in pair], "--quiet", cwd=work,
-                  env={"HF_HUB_CACHE": str(tmp_path / "empty-cache")})
-    assert done.returncode == 0, done.stderr[-3000:]
-    run = work / "runs" / "llama3"
+def test_offline_recipe_from_the_readme_then_predict_after_moving(relative_run, tmp_path):
+    """The README's offline recipe (conftest.relative_run: llama3 on the replica, every path relative
+    to the user's own folder, 01→05); then the run folder goes two levels deeper and predict runs
+    from another folder; then the models move too and predict is pointed at them."""
+    run, done = relative_run.run_dir, relative_run.done
     metrics = json.loads((run / "04_evaluate/metrics.json").read_text())
     assert metrics["test"]["n_docs"] > 0 and 0 <= metrics["test"]["auroc_micro"] <= 1
     for name in ("01_preprocess", "02_label_stats", "03_train", "04_evaluate", "05_error_analysis"):
         assert (run / "reports" / f"{name}.html").is_file()
     assert "multiple adapters" not in done.stderr and "KeyboardInterrupt" not in done.stderr
+    record = json.loads((run / "03_train/best/icdlib.json").read_text())["backbone"]
+    models = relative_run.models
+    assert record["model_path"] == str(models / "LLM2Vec-Meta-Llama-3-8B-Instruct-mntp")
+    assert record["base_model_path"] == str(models / "Meta-Llama-3-8B-Instruct")
+    assert len(record["input_format"]["prefix"]) > 1  # BOS + llm2vec's user turn (supervised adapter)
 
     deeper = tmp_path / "archive" / "2026"
-    deeper.mkdir(parents=True)
-    shutil.move(str(run), deeper / "llama3")
+    shutil.copytree(run, deeper / "llama3")  # a copy: the suite's other tests read the original
     other = tmp_path / "elsewhere"
     other.mkdir()
     (other / "note.txt").write_text("Discharge Diagnosis: congestive heart failure, atrial fibrillation.")
@@ -225,16 +216,21 @@ def test_offline_recipe_from_the_readme_then_predict_after_moving(llama, tmp_pat
     before = json.loads(done.stdout)
     assert len(before) == 15 and all(0 <= r["score"] <= 1 for r in before)
 
-    shutil.move(str(models), tmp_path / "moved-models")
-    done = icdlib("predict", "--model", model, "--text-file", "note.txt", cwd=other)
-    assert done.returncode == 2
-    line = done.stderr.strip()
-    assert len(line.splitlines()) == 1 and "LLM2Vec-Meta-Llama-3-8B-Instruct-mntp" in line and "--model-path" in line
-    done = icdlib("predict", "--model", model, "--text-file", "note.txt", "--json",
-                  "--model-path", "../moved-models/LLM2Vec-Meta-Llama-3-8B-Instruct-mntp",
-                  "--base-model-path", "../moved-models/Meta-Llama-3-8B-Instruct", cwd=other)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout) == before
+    moved = relative_run.root / "moved-models"
+    shutil.move(str(models), moved)
+    try:
+        done = icdlib("predict", "--model", model, "--text-file", "note.txt", cwd=other)
+        assert done.returncode == 2
+        line = done.stderr.strip()
+        assert len(line.splitlines()) == 1 and "LLM2Vec-Meta-Llama-3-8B-Instruct-mntp" in line and "--model-path" in line
+        rel = os.path.relpath(moved, other)
+        done = icdlib("predict", "--model", model, "--text-file", "note.txt", "--json",
+                      "--model-path", f"{rel}/LLM2Vec-Meta-Llama-3-8B-Instruct-mntp",
+                      "--base-model-path", f"{rel}/Meta-Llama-3-8B-Instruct", cwd=other)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout) == before
+    finally:
+        shutil.move(str(moved), models)
 
 
 def test_quantized_loading_is_refused_off_cuda_in_one_line(llama):
@@ -244,3 +240,10 @@ def test_quantized_loading_is_refused_off_cuda_in_one_line(llama):
     with pytest.raises(IcdlibError) as e:  # full training of a quantized base cannot work anywhere
         backbones.load(str(llama.mntp), torch.float32, base_model_path=str(llama.base), load_in="8bit")
     assert "train_backbone=lora" in one_line(e.value)
+
+
+def test_segment_length_beyond_the_backbones_positions_is_one_line(mistral, tmp_path):
+    cfg = replica_cfg(tmp_path, mistral, "frozen")
+    with pytest.raises(IcdlibError) as e:
+        train.prepare(replace(cfg, segment_length=1024, max_segments=1))  # the replica has 512 positions
+    assert "segment_length=1024 exceeds the backbone's 512 positions" in one_line(e.value)

@@ -1,0 +1,299 @@
+"""The executed notebooks as shared reports, and the terminal while `icdlib run` trains.
+
+One small run 01→05 through `python -m icdlib run` (not quiet, so its terminal output is the
+user's) serves every test that reads reports; the rest are small exact cases.
+"""
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jupytext
+import pandas as pd
+import pytest
+
+from icdlib import config, pipeline, provenance, report, train
+
+ROOT = Path(__file__).resolve().parent.parent
+EVAL_EVERY, MAX_STEPS = 2, 6  # three evaluations
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """(run folder, the run's terminal output): 120 synthetic admissions, 6 training steps."""
+    root = tmp_path_factory.mktemp("reports")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # warnings must show if there are any
+    args = ["run", "--backbone", "tiny", "--run", "r", "--output-root", str(root), "-p", "synth_admissions=120",
+            "-p", f"max_steps={MAX_STEPS}", "-p", f"eval_every={EVAL_EVERY}"]
+    done = subprocess.run([sys.executable, "-m", "icdlib", *args], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "r", done.stdout + done.stderr
+
+
+def notebook(run_dir: Path, name: str) -> dict:
+    return json.loads((run_dir / "reports" / f"{name}.ipynb").read_text())
+
+
+def output_texts(output: dict) -> list[str]:
+    if output["output_type"] == "stream":
+        return ["".join(output["text"])]
+    data = output.get("data", {})
+    return ["".join(v) if isinstance(v, list) else str(v) for k, v in data.items() if not k.startswith("image/")] + \
+        (["".join(output.get("traceback", []))] if output["output_type"] == "error" else [])
+
+
+# ---------------------------------------------------------------- clean outputs
+
+def test_no_stderr_and_no_warning_in_any_report(small_run):
+    run_dir, _ = small_run
+    for name in pipeline.NOTEBOOKS:
+        nb = notebook(run_dir, name)
+        for i, cell in enumerate(c for c in nb["cells"] if c["cell_type"] == "code"):
+            for output in cell.get("outputs", []):
+                assert not (output["output_type"] == "stream" and output["name"] == "stderr"), \
+                    f"{name} code cell {i} writes to stderr: {''.join(output['text'])[:300]}"
+                assert output["output_type"] != "error", f"{name} code cell {i} failed"
+                for text in output_texts(output):
+                    assert "Warning" not in text, f"{name} code cell {i}: {text[:300]}"
+        assert "Warning" not in (run_dir / "reports" / f"{name}.html").read_text()
+
+
+def test_training_shows_one_line_per_evaluation(small_run):
+    run_dir, _ = small_run
+    history = pd.read_csv(run_dir / "03_train" / "history.csv")
+    assert history["step"].tolist() == list(range(EVAL_EVERY, MAX_STEPS + 1, EVAL_EVERY))
+    cells = [c for c in notebook(run_dir, "03_train")["cells"] if "train.run(" in "".join(c["source"])]
+    assert len(cells) == 1
+    text = "".join("".join(o.get("text", "")) for o in cells[0]["outputs"])
+    lines = text.splitlines()
+    assert len(lines) <= len(history) + 3, lines
+    steps = [int(m[1]) for m in (re.match(rf"step (\d+)/{MAX_STEPS} loss \d\.\d{{4}} val map (\d\.\d{{3}}) "
+                                          r"[\d.]+k? tok/s ETA \S+$", line) for line in lines) if m]
+    assert steps == history["step"].tolist(), lines
+    for step, value in zip(history["step"], history["val_map"]):
+        assert f"step {step}/{MAX_STEPS} " in text and f"val map {value:.3f}" in text
+    assert "\r" not in text and "it/s" not in text  # no tqdm bar
+
+
+def test_progress_file_has_one_line_per_evaluation(small_run):
+    run_dir, _ = small_run
+    history = pd.read_csv(run_dir / "03_train" / "history.csv")
+    records = [json.loads(line) for line in train.progress_path(run_dir).read_text().splitlines()]
+    assert [r["event"] for r in records] == ["start"] + ["eval"] * len(history)
+    assert records[0]["total"] == MAX_STEPS and records[0]["eval_every"] == EVAL_EVERY
+    evals = records[1:]
+    assert [r["step"] for r in evals] == history["step"].tolist()
+    assert [r["value"] for r in evals] == pytest.approx(history["val_map"].tolist())
+    assert [r["train_loss"] for r in evals] == pytest.approx(history["train_loss"].tolist())
+    assert all(r["total"] == MAX_STEPS and r["metric"] == "map" and r["tokens_per_s"] > 0 for r in evals)
+    assert evals[-1]["eta_s"] == 0 and all(r["eta_s"] >= 0 for r in evals)
+
+
+def test_terminal_streams_training_lines(small_run):
+    run_dir, terminal = small_run
+    history = pd.read_csv(run_dir / "03_train" / "history.csv")
+    lines = terminal.splitlines()
+    start, end = lines.index("[icdlib] 03_train ..."), lines.index("[icdlib] 04_evaluate ...")
+    streamed = [line for line in lines if line.startswith("[icdlib] 03_train step")]
+    assert streamed == [line for line in lines[start:end] if line.startswith("[icdlib] 03_train step")]
+    assert len(streamed) == len(history)
+    for line, (step, value) in zip(streamed, zip(history["step"], history["val_map"])):
+        assert re.fullmatch(rf"\[icdlib\] 03_train step {step}/{MAX_STEPS} loss \d\.\d{{4}} val map {value:.3f} "
+                            r"[\d.]+k? tok/s ETA \S+", line), line
+    assert f"[icdlib] 03_train training {MAX_STEPS} steps from step 0, validating every {EVAL_EVERY}" in lines
+    assert "Executing" not in terminal and "\r" not in terminal  # papermill's cell bar is for terminals only
+
+
+# ---------------------------------------------------------------- header: parameters and provenance
+
+def test_parameters_list_the_differences_and_all_keys_one_click_away(tmp_path):
+    cfg = config.resolve("tiny", {"max_steps": 7, "lr": 1.0e-3, "output_root": str(tmp_path), "run": "x",
+                                  "mimic_dir": str(tmp_path / "mimic")})
+    shown = report.parameters(cfg)
+    head, details = shown.html.split("<details>")
+    rows = re.findall(r"<tr><td style='text-align:left'>(\w+)</td>", head)
+    assert rows == ["run", "output_root", "mimic_dir", "max_steps", "lr"]
+    assert "<code>7</code>" in head and "<code>-1</code>" in head  # this run and the backbone's value
+    assert f"5 of {len(cfg.to_dict())} parameters differ from params/tiny.yaml" in head
+    assert re.findall(r"<tr><td style='text-align:left'>(\w+)</td>", details) == list(cfg.to_dict())
+    assert "&lt;output_root&gt;" in shown.html and "&lt;mimic_dir&gt;" in shown.html
+    assert str(tmp_path) not in shown.html + shown.text
+    assert "max_steps = 7" in shown.text
+    same = report.parameters(config.resolve("tiny", {}))
+    assert "all " in same.html and "<details>" in same.html and same.html.count("<table>") == 1
+
+
+def test_reports_open_with_provenance_and_the_parameter_differences(small_run):
+    run_dir, _ = small_run
+    info = provenance.collect(run_dir)
+    notes = run_dir / "01_preprocess" / "notes.parquet"
+    for name in pipeline.NOTEBOOKS:
+        html = (run_dir / "reports" / f"{name}.html").read_text()
+        assert "<details><summary>All " in html and "parameters differ from params/tiny.yaml" in html
+        assert re.search(r"<td[^>]*>max_steps</td>", html.split("<details>")[0])  # nbconvert rewrites quotes
+        assert re.search(r"software</th><td[^>]*>python \d", html) and "torch " in html
+        if info["commit"]:
+            assert f"commit {info['commit'][:12]}" in html
+        if name != "01_preprocess":  # 01 writes the data: its fingerprints close that report
+            assert f"01_preprocess/notes.parquet {provenance.file_hash(notes)}" in html
+    closing = (run_dir / "reports" / "01_preprocess.html").read_text()
+    assert f"01_preprocess/labels.parquet</code> {provenance.file_hash(notes.parent / 'labels.parquet')}" in closing
+
+
+def test_provenance_collect(small_run):
+    run_dir, _ = small_run
+    info = provenance.collect(run_dir)
+    assert set(info) == {"commit", "dirty", "date", "versions", "device", "platform", "data"}
+    assert set(info["versions"]) == {"python", "torch", "transformers", "peft", "llm2vec", "icdlib"}
+    assert info["versions"]["transformers"] == "4.44.2" and info["versions"]["llm2vec"] == "0.2.3"
+    assert info["device"].startswith(("cpu", "cuda", "mps"))
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert info["commit"] == head.stdout.strip() and isinstance(info["dirty"], bool)
+    for rel in provenance.DATA_FILES:
+        assert info["data"][rel] == hashlib.sha256((run_dir / rel).read_bytes()).hexdigest()[:12]
+    assert provenance.collect(run_dir / "nowhere")["data"] == dict.fromkeys(provenance.DATA_FILES)
+    assert json.loads(json.dumps(info)) == info
+    assert str(run_dir) not in json.dumps(info)
+
+
+# ---------------------------------------------------------------- figures, summary, paths, index
+
+FIGURES = [name for name in report.__all__ if getattr(getattr(report, name), "__annotations__", {}).get("return")
+           == "Figure"]
+
+
+@pytest.mark.parametrize("name", pipeline.NOTEBOOKS)
+def test_every_figure_is_followed_by_how_to_read_it(name):
+    assert {"label_frequency", "history", "pr_curve", "calibration"} <= set(FIGURES)
+    cells = jupytext.read(ROOT / "notebooks" / f"{name}.py").cells
+    for i, cell in enumerate(cells):
+        if cell.cell_type == "code" and re.search(rf"report\.({'|'.join(FIGURES)})\(", cell.source):
+            after = cells[i + 1] if i + 1 < len(cells) else None
+            assert after is not None and after.cell_type == "markdown", f"{name}: no sentence after {cell.source!r}"
+            assert after.source.startswith("*How to read it:* ") and len(after.source.split()) >= 20, after.source
+    assert cells[-1].cell_type == "code" and cells[-1].source.startswith("report.summary("), "no closing summary"
+
+
+def test_executed_figures_are_followed_by_a_sentence(small_run):
+    run_dir, _ = small_run
+    figures = 0
+    for name in pipeline.NOTEBOOKS:
+        cells = notebook(run_dir, name)["cells"]
+        for i, cell in enumerate(cells):
+            if any("image/png" in o.get("data", {}) for o in cell.get("outputs", [])):
+                figures += 1
+                assert cells[i + 1]["cell_type"] == "markdown" and "How to read it" in "".join(cells[i + 1]["source"])
+    assert figures >= 12  # 02: 6, 03: 1, 04: 5
+
+
+def test_summary_states_the_numbers_of_metrics_json(small_run):
+    run_dir, _ = small_run
+    m = json.loads((run_dir / "04_evaluate" / "metrics.json").read_text())
+    cells = notebook(run_dir, "04_evaluate")["cells"]
+    text = "".join(cells[-1]["outputs"][0]["data"]["text/markdown"])
+    assert text.startswith("### What this run shows")
+    t, tuned, base = m["test"], m["test_tuned"], m["baseline"]["test_tuned"]
+    assert f"On the test split ({t['n_docs']} admissions, {t['n_labels']} labels)" in text
+    for key in ("auroc_micro", "auroc_macro", "auprc_micro", "map", "p_at_8"):
+        assert f"{t[key]:.3f}" in text and f"{base[key]:.3f}" in text, key
+    assert f"micro-F1 is {tuned['f1_micro']:.3f}" in text and f"({m['threshold']:.3f})" in text
+    pairs = [(tuned if k == "f1_micro" else t)[k] - base[k] for k, _ in report.SUMMARY_METRICS]
+    if all(d < 0 for d in pairs):
+        assert "the model loses to the baseline on all 6" in text
+    elif all(d > 0 for d in pairs):
+        assert "the model beats the baseline on all 6" in text
+    else:
+        assert f"the model beats the baseline on {sum(d > 0 for d in pairs)} of 6" in text
+    assert "synthetic MIMIC-III twin" in text
+    history = pd.read_csv(run_dir / "03_train" / "history.csv")
+    closing03 = "".join(notebook(run_dir, "03_train")["cells"][-1]["outputs"][0]["data"]["text/markdown"])
+    assert f"{history['val_map'].max():.3f}" in closing03 and f"{MAX_STEPS} optimizer steps" in closing03
+
+
+def test_summary_says_plainly_who_wins():
+    def metrics(value):
+        keys = {"auroc_micro", "auroc_macro", "auprc_micro", "map", "p_at_8", "f1_micro"}
+        return {**dict.fromkeys(keys, value), "n_docs": 10, "n_labels": 4, "threshold": 0.5}
+
+    lose = report.summary(metrics={"test": metrics(0.5), "test_tuned": metrics(0.5), "threshold": 0.2,
+                                   "baseline": {"test_tuned": metrics(0.75)}}, synthetic=False)
+    assert "**the model loses to the baseline on all 6 of these metrics**" in lose.markdown
+    assert "micro-AUROC 0.500" in lose.markdown and "micro-AUROC 0.750" in lose.markdown
+    assert "synthetic" not in lose.markdown and "<b>the model loses" in lose.html
+    win = report.summary(metrics={"test": metrics(0.9), "test_tuned": metrics(0.9), "threshold": 0.2,
+                                  "baseline": {"test_tuned": {**metrics(0.75), "map": 0.95}}})
+    assert "the model beats the baseline on 5 of 6 metrics" in win.markdown and "loses on MAP" in win.markdown
+    assert "val split" in report.summary(metrics={"val": metrics(0.6), "val_tuned": metrics(0.6)}).markdown
+
+
+def test_no_absolute_path_of_the_machine_in_any_report(small_run):
+    run_dir, _ = small_run
+    forbidden = {str(run_dir), str(run_dir.parent), str(ROOT), sys.prefix, os.path.expanduser("~"), "/root", "/home",
+                 os.path.realpath(run_dir)}
+    files = [p for p in (run_dir / "reports").iterdir() if p.is_file()]
+    assert {p.name for p in files} >= {f"{n}.{ext}" for n in pipeline.NOTEBOOKS for ext in ("ipynb", "html")}
+    for path in files:
+        text = path.read_text()
+        found = [f for f in forbidden if f in text]
+        assert not found, f"{path.name} shows {found}"
+    assert '"output_root": "<output_root>"' in (run_dir / "reports" / "03_train.ipynb").read_text()
+
+
+def test_index_links_the_five_reports_with_the_headline(small_run):
+    run_dir, _ = small_run
+    page = (run_dir / "reports" / "index.html").read_text()
+    links = re.findall(r"<a href='([^']+\.html)'>", page)
+    assert links == [f"{n}.html" for n in pipeline.NOTEBOOKS]
+    assert all((run_dir / "reports" / link).is_file() for link in links)
+    m = json.loads((run_dir / "04_evaluate" / "metrics.json").read_text())
+    for system in (m["test_tuned"], m["baseline"]["test_tuned"]):
+        for key in ("auroc_micro", "auprc_micro", "f1_micro", "map"):
+            assert f"<td>{system[key]:.3f}</td>" in page, key
+    assert "icdlib (test, tuned threshold)" in page and "TF-IDF baseline (test, tuned threshold)" in page
+    assert "On the test split" in page
+    assert "<script" not in page and "http" not in page  # self-contained: nothing fetched
+
+
+# ---------------------------------------------------------------- small exact cases
+
+def test_progress_line_format():
+    record = {"event": "eval", "step": 40, "total": 280, "train_loss": 0.07123, "metric": "map", "value": 0.3014,
+              "tokens_per_s": 12_345.0, "eta_s": 190.0}
+    assert train.progress_line(record) == "step 40/280 loss 0.0712 val map 0.301 12.3k tok/s ETA 3m10s"
+    assert train.progress_line({**record, "value": None, "eta_s": 7300, "tokens_per_s": 950.0}) == \
+        "step 40/280 loss 0.0712 val map n/a 950 tok/s ETA 2h01m"
+    assert train.progress_line({"event": "start", "step": 0, "total": 280, "eval_every": 50}) == \
+        "training 280 steps from step 0, validating every 50"
+
+
+def test_progress_tail_prints_new_complete_records_of_this_fit(tmp_path, capsys):
+    path = tmp_path / "progress.jsonl"
+    now = time.time()
+    old = {"event": "eval", "step": 9, "total": 9, "train_loss": 0.5, "metric": "map", "value": 0.1,
+           "tokens_per_s": 10.0, "eta_s": 0.0, "started": now - 100}
+    path.write_text(json.dumps(old) + "\n")
+    tail = pipeline.ProgressTail("03_train", path, since=now - 1)
+    assert tail.poll() == []  # an earlier fit's file
+    path.unlink()  # a new fit starts a new file
+    new = {**old, "step": 1, "total": 4, "started": now, "eta_s": 3.0}
+    line = json.dumps(new) + "\n"
+    path.write_text(line + line[:10])  # the second record is still being written
+    assert tail.poll() == ["[icdlib] 03_train step 1/4 loss 0.5000 val map 0.100 10 tok/s ETA 3s"]
+    with open(path, "a") as f:
+        f.write(json.dumps({**new, "step": 2})[10:] + "\nnot json\n")
+    assert [x.split()[3] for x in tail.poll()] == ["2/4"]
+    assert tail.poll() == []
+    assert "step 1/4" in capsys.readouterr().out
+
+
+def test_share_paths_replaces_whole_components(tmp_path):
+    cfg = config.resolve("tiny", {"output_root": str(tmp_path), "run": "r", "mimic_dir": str(tmp_path / "m")})
+    text = f"{tmp_path}/r/03_train/best {tmp_path}/rr {tmp_path}/m/NOTEEVENTS.csv {ROOT}/notebooks {sys.prefix}/bin"
+    assert report.share_paths(text, cfg) == ("<run>/03_train/best <output_root>/rr <mimic_dir>/NOTEEVENTS.csv "
+                                             "<repo>/notebooks <python>/bin")
