@@ -358,6 +358,13 @@ def test_a_second_writer_is_refused_naming_the_holder(holder, tmp_path):
                           env={k: v for k, v in os.environ.items() if k != LOCK_ENV})
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         f"icdlib: error: run folder {run_dir} is in use by pid {p.pid} (03_train since {since}); wait for it or use another run"]
+    # a second `icdlib run` on the same run stops before its first notebook
+    done = subprocess.run([sys.executable, "-m", "icdlib", "run", "--backbone", "tiny", "--run", run_dir.name,
+                           "--output-root", str(run_dir.parent), "--quiet"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={k: v for k, v in os.environ.items() if k != LOCK_ENV})
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"icdlib: error: run folder {run_dir} is in use by pid {p.pid} (03_train since {since}); wait for it or use another run"]
+    assert not Run(run_dir).report("01_preprocess", "ipynb").exists()
     # torchrun ranks other than 0 do not take it
     with record.step(cfg, "01_preprocess", (), master=False) as step:
         assert step.cfg == cfg
