@@ -96,7 +96,7 @@ def cmd_predict(args) -> None:
 
     text = predict.read_text_file(Path(args.text_file))
     coder = predict.load(args.model, device=args.device, model_path=args.model_path,
-                         base_model_path=args.base_model_path)
+                         base_model_path=args.base_model_path, max_segments=args.max_segments)
     table = coder.predict([text], top_k=args.top_k, threshold=args.threshold)[0]
     truncated = predict.truncation_line(table.attrs)
     if truncated:
@@ -171,6 +171,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--model-path", default="", help="where the backbone is now (the LLM2Vec model folder or hub "
                                                     "name), when the run folder moved away from it")
     q.add_argument("--base-model-path", default="", help="where the base LLM of an adapter-only backbone is now")
+    q.add_argument("--max-segments", type=int, default=None, help="segments of the note to read (default: as trained)")
     q.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     q.set_defaults(func=cmd_predict)
 

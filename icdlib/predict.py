@@ -117,7 +117,7 @@ def truncation_line(counts: dict) -> str:
     dropped = 100 * (tokens - kept) / tokens
     share = f"{dropped:.0f}%" if dropped >= 1 else "<1%"
     return (f"note truncated: kept the first {kept:,} of {tokens:,} tokens ({share} dropped); "
-            f"raise max_segments to read more")
+            f"raise max_segments to read more (predict --max-segments N)")
 
 
 def predict_dtype(cfg, device) -> torch.dtype:

@@ -88,9 +88,9 @@ def test_max_segments_can_be_raised_at_load(model_dir, coder):
 
 def test_truncation_line():
     line = predict.truncation_line({"tokens": 3210, "kept_tokens": 1024, "truncated_tokens": 2186})
-    assert line == "note truncated: kept the first 1,024 of 3,210 tokens (68% dropped); raise max_segments to read more"
+    assert line == "note truncated: kept the first 1,024 of 3,210 tokens (68% dropped); raise max_segments to read more (predict --max-segments N)"
     assert predict.truncation_line({"tokens": 1000, "kept_tokens": 999}) == (
-        "note truncated: kept the first 999 of 1,000 tokens (<1% dropped); raise max_segments to read more")
+        "note truncated: kept the first 999 of 1,000 tokens (<1% dropped); raise max_segments to read more (predict --max-segments N)")
     assert predict.truncation_line({"tokens": 30, "kept_tokens": 30}) == ""
 
 
@@ -104,7 +104,7 @@ def test_cli_says_when_a_note_was_truncated(model_dir, coder, tmp_path, capsys):
     assert cli.main(["predict", "--model", str(model_dir), "--text-file", str(long), "--device", "cpu", "--top-k", "2"]) == 0
     out, err = capsys.readouterr()
     assert err == (f"note truncated: kept the first {KEPT} of {n:,} tokens ({100 * (n - KEPT) / n:.0f}% dropped); "
-                   f"raise max_segments to read more\n")
+                   f"raise max_segments to read more (predict --max-segments N)\n")
     assert len(out.strip().splitlines()) == 3  # header + top 2
 
     assert cli.main(["predict", "--model", str(model_dir), "--text-file", str(short), "--device", "cpu", "--json"]) == 0
@@ -114,3 +114,11 @@ def test_cli_says_when_a_note_was_truncated(model_dir, coder, tmp_path, capsys):
     assert cli.main(["predict", "--model", str(model_dir), "--text-file", str(nul), "--device", "cpu"]) == 2
     out, err = capsys.readouterr()
     assert err == "icdlib: error: text 0 is empty: nothing to code\n"
+
+
+def test_cli_max_segments_reads_more_of_the_note(model_dir, coder, tmp_path, capsys):
+    long = tmp_path / "long.txt"
+    long.write_text(note(200))
+    assert cli.main(["predict", "--model", str(model_dir), "--text-file", str(long), "--device", "cpu",
+                     "--max-segments", "4", "--top-k", "2"]) == 0
+    assert f"kept the first {2 * KEPT} of" in capsys.readouterr().err
