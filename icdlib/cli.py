@@ -98,7 +98,7 @@ def cmd_predict(args) -> None:
     coder = predict.load(args.model, device=args.device, model_path=args.model_path,
                          base_model_path=args.base_model_path, max_segments=args.max_segments)
     table = coder.predict([text], top_k=args.top_k, threshold=args.threshold)[0]
-    truncated = predict.truncation_line(table.attrs)
+    truncated = predict.truncation_line(table.attrs, coder.truncation_mode)
     if truncated:
         print(truncated, file=sys.stderr)
     if args.json:

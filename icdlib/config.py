@@ -13,6 +13,16 @@ Paths (`output_root`, `mimic_dir`, `split_dir`, `top50_file`, and `model_path`, 
 `adapter_path` when they name a local folder rather than a hub name) are made absolute against the
 caller's working directory when the configuration is resolved, wherever they come from: the command
 line, papermill parameters, the API or a params file. The resolved Config holds absolute paths only.
+
+Benchmark presets (`benchmark`, `BENCHMARKS`) are applied by `resolve` after merging: a preset sets
+the split, the label rule and the filters its paper used (`caml_full`, `caml_50`, `edin_clean`,
+`seed`), replacing what the defaults and a params file below it say; a value given at the same
+layer as `benchmark` or a later one (the params file naming it, then the overrides) that
+contradicts the preset is one `ConfigError`. `caml_50` takes CAML's `top50_codes.txt` from
+`split_dir` unless `top50_file` names one. With `benchmark: none`, hand-made combinations that
+look like a benchmark but are not one (`split: caml_50` without `labels: top50`, `split: clean`
+with a train-only `min_count`, `seed_test_share` without `split: seed`) are refused naming the
+preset to use.
 """
 
 from __future__ import annotations
@@ -58,6 +68,8 @@ class Config:
     synth_short: bool = True  # short notes for fast demos
 
     # preprocessing
+    benchmark: str = "none"  # none | caml_full | caml_50 | edin_clean | seed: sets split, labels and filters as the
+    #                          paper did (BENCHMARKS; applied by resolve, conflicting explicit values are refused)
     note_categories: list[str] = field(default_factory=lambda: ["Discharge summary"])
     note_descriptions: list[str] = field(default_factory=lambda: ["Report", "Addendum"])
     text_cleaning: str = "none"  # none | caml
@@ -65,7 +77,9 @@ class Config:
     split_dir: str = ""  # folder with the public split files (caml_full, caml_50, clean)
     labels: str = "observed"  # observed | all | top50
     top50_file: str = ""  # CAML's top-50 code list, one code a line (labels: top50)
-    min_count: int = 1  # drop label codes seen fewer times in train
+    min_count: int = 1  # drop label codes seen fewer times in train (edin_clean: in the whole dataset)
+    seed_test_share: float = 0.0  # split seed: hold out this share of the seed's train patients (chosen with
+    #                               `seed`) as a patient-disjoint test set; val keeps the HADM_ID 8/9 rule
 
     # model
     base_model_path: str = ""  # the base LLM (hub name or local folder) an adapter-only model_path applies to;
@@ -91,6 +105,7 @@ class Config:
     attention_dim: int = 512  # label-attention projection size
     segment_length: int = 512  # tokens per segment; the LLM2Vec adapters saw <= 512
     max_segments: int = 8  # 1 reproduces plain truncation
+    truncation: str = "head"  # head | tail | head_tail: which tokens of a note longer than max_segments segments stay
 
     # training
     epochs: int = 3
@@ -159,6 +174,8 @@ CHOICES = {
     "metric": ("map", "auroc_micro", "auroc_macro", "auprc_micro", "f1_micro", "p_at_8"),
     "device": ("auto", "cpu", "cuda", "mps"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
+    "benchmark": ("none", "caml_full", "caml_50", "edin_clean", "seed"),
+    "truncation": ("head", "tail", "head_tail"),
 }
 
 _TYPES = typing.get_type_hints(Config)
@@ -200,7 +217,56 @@ RANGES = {
     "num_workers": _AT_LEAST_0,
     "nproc": _AT_LEAST_1,
     "threshold": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "seed_test_share": (lambda v: 0 <= v < 1, "in [0, 1)"),
 }
+
+
+# What each benchmark preset sets (split_dir, and top50_file for caml_50, stay the user's files).
+# caml_full: CAML's ids, labels every code of train, dev and test (preprocess counts all splits);
+# caml_50: CAML's ids and its 50 codes; edin_clean: Edin et al.'s split file, codes seen in < 10
+# admissions of the whole dataset dropped, then admissions left without codes; seed: the original
+# project's rule (HADM_ID 8/9 -> val, no test) and every dictionary code.
+BENCHMARKS = {
+    "caml_full": {"split": "caml_full", "labels": "observed", "min_count": 1, "seed_test_share": 0.0},
+    "caml_50": {"split": "caml_50", "labels": "top50", "min_count": 1, "seed_test_share": 0.0},
+    "edin_clean": {"split": "clean", "labels": "observed", "min_count": 10, "seed_test_share": 0.0},
+    "seed": {"split": "seed", "labels": "all", "min_count": 1},
+}
+CAML_TOP50_FILE = "top50_codes.txt"  # in split_dir, beside CAML's id files
+
+
+def _shown_value(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def apply_benchmark(values: dict, stated: dict) -> dict:
+    """`values` (merged and checked) with the preset of `values["benchmark"]` applied.
+
+    `stated` holds the values given at the layer naming the benchmark or a later one: a preset key
+    there with another value is a ConfigError; earlier layers (defaults, a params file under a
+    `-p benchmark=...`) are replaced. With no preset, benchmark look-alikes are refused."""
+    name = values.get("benchmark", "none")
+    out = dict(values)
+    if name == "none":
+        split, labels = out.get("split", "patient"), out.get("labels", "observed")
+        if split == "caml_50" and labels != "top50":
+            raise ConfigError(f"split=caml_50 with labels={labels} is not CAML's top-50 task: "
+                              f"use benchmark=caml_50 (or labels=top50)")
+        if split == "clean" and out.get("min_count", 1) > 1:
+            raise ConfigError(f"split=clean with min_count={out['min_count']} counts train admissions only, not "
+                              f"Edin et al.'s whole dataset: use benchmark=edin_clean (or min_count=1)")
+        if split != "seed" and out.get("seed_test_share", 0.0) > 0:
+            raise ConfigError(f"seed_test_share={out['seed_test_share']} holds out a test set from the seed split "
+                              f"only, not split={split}: use benchmark=seed (or split=seed)")
+        return out
+    for key, want in BENCHMARKS[name].items():
+        if key in stated and out[key] != want:
+            raise ConfigError(f"benchmark={name} sets {key}={_shown_value(want)}, but {key}={_shown_value(out[key])} "
+                              f"is given: drop {key} (or use benchmark=none)")
+        out[key] = want
+    if name == "caml_50" and not out.get("top50_file") and out.get("split_dir"):
+        out["top50_file"] = os.path.join(out["split_dir"], CAML_TOP50_FILE)
+    return out
 
 
 def backbones() -> list[str]:
@@ -309,7 +375,7 @@ def resolve(backbone: str, overrides: dict | None = None, params_dir: Path | Non
     """Defaults, then params/<backbone>.yaml, then overrides; validated, nothing written.
 
     Relative paths, from the params file or the overrides, are resolved against `cwd` (default:
-    the working directory): see `absolute_paths`."""
+    the working directory): see `absolute_paths`. Then the benchmark preset: `apply_benchmark`."""
     params_dir = Path(params_dir or PARAMS_DIR)
     known = sorted(p.stem for p in params_dir.glob("*.yaml"))
     if backbone not in known:
@@ -322,7 +388,8 @@ def resolve(backbone: str, overrides: dict | None = None, params_dir: Path | Non
     _merge(values, file_values, f"params/{path.name}")
     _merge(values, dict(overrides or {}), "override")
     values["backbone"] = backbone
-    cfg = Config(**absolute_paths(values, cwd))
+    stated = dict(overrides or {}) if "benchmark" in (overrides or {}) else {**file_values, **(overrides or {})}
+    cfg = Config(**apply_benchmark(absolute_paths(values, cwd), stated))
     if "/" in cfg.run_name or cfg.run_name in ("", ".", ".."):
         raise ConfigError(f"run must be a plain folder name, got {cfg.run_name!r}")
     if not cfg.model_path:  # a tiny backbone is built from these: heads split the width into even halves

@@ -24,56 +24,117 @@ class Tokenized:
 
     ids: np.ndarray  # int32
     offsets: np.ndarray  # int64, n + 1
+    full_lengths: np.ndarray | None = None  # int64, n: each note's tokens before truncation (None: unknown)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
     def lengths(self) -> np.ndarray:
+        """Tokens kept per note (after truncation)."""
         return np.diff(self.offsets)
 
     def note(self, i: int) -> np.ndarray:
         return self.ids[self.offsets[i]:self.offsets[i + 1]]
 
 
-def tokenize(texts: list[str], tokenizer, max_tokens: int, batch: int = 256) -> Tokenized:
-    """Token ids without special tokens, each note truncated to `max_tokens` (its head is kept)."""
-    chunks, lengths = [], []
+TRUNCATION_MODES = ("head", "tail", "head_tail")
+
+
+def cut(ids, max_tokens: int, mode: str = "head"):
+    """The tokens of one note kept within `max_tokens`: its start (`head`), its end (`tail`), or
+    both (`head_tail`: the first ceil(max_tokens / 2) tokens, then the last floor(max_tokens / 2)).
+    A note within the budget is kept whole."""
+    if mode not in TRUNCATION_MODES:
+        raise ValueError(f"truncation must be one of {', '.join(TRUNCATION_MODES)}, got {mode!r}")
+    if len(ids) <= max_tokens:
+        return ids
+    if max_tokens <= 0:
+        return ids[:0]
+    if mode == "head":
+        return ids[:max_tokens]
+    if mode == "tail":
+        return ids[len(ids) - max_tokens:]
+    tail = max_tokens // 2
+    if not tail:
+        return ids[:max_tokens]
+    return np.concatenate([np.asarray(ids[:max_tokens - tail]), np.asarray(ids[len(ids) - tail:])])
+
+
+def tokenize(texts: list[str], tokenizer, max_tokens: int, batch: int = 256, mode: str = "head") -> Tokenized:
+    """Token ids without special tokens, each note cut to `max_tokens` by `cut` (`mode`: head, tail,
+    head_tail); `full_lengths` keeps every note's length before the cut."""
+    chunks, lengths, full = [], [], []
     for start in range(0, len(texts), batch):
         enc = tokenizer(list(texts[start:start + batch]), add_special_tokens=False, truncation=False)["input_ids"]
         for ids in enc:
-            ids = ids[:max_tokens]
-            chunks.append(np.asarray(ids, dtype=np.int32))
+            full.append(len(ids))
+            ids = np.asarray(cut(np.asarray(ids, dtype=np.int32), max_tokens, mode), dtype=np.int32)
+            chunks.append(ids)
             lengths.append(len(ids))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     ids = np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
-    return Tokenized(ids=ids, offsets=offsets)
+    return Tokenized(ids=ids, offsets=offsets, full_lengths=np.asarray(full, dtype=np.int64))
 
 
-def tokenize_cached(texts: list[str], tokenizer, max_tokens: int, cache_dir: Path, name: str) -> Tokenized:
+def tokenize_cached(texts: list[str], tokenizer, max_tokens: int, cache_dir: Path, name: str,
+                    mode: str = "head") -> Tokenized:
     """`tokenize`, reusing `<cache_dir>/<name>-<hash>.npz` when texts and tokenizer are unchanged.
 
-    The hash is of what makes the tokens (the texts, the tokenizer's definition, max_tokens); the
-    other `<name>-*.npz` of the folder are removed, so the cache holds the current tokens only."""
+    The hash is of what makes the tokens (the texts, the tokenizer's definition, max_tokens, the
+    truncation `mode`, the cache's format); the other `<name>-*.npz` of the folder are removed, so
+    the cache holds the current tokens only. The file keeps ids, offsets and full_lengths."""
     h = hashlib.sha256()
     h.update(str(max_tokens).encode())
+    h.update(f"truncation={mode};full_lengths".encode())  # caches before full_lengths hash differently
     h.update(tokenizer.backend_tokenizer.to_str().encode() if hasattr(tokenizer, "backend_tokenizer") else repr(tokenizer).encode())
     for t in texts:
         h.update(t.encode("utf-8", "replace"))
         h.update(b"\0")
     path = Path(cache_dir) / f"{name}-{h.hexdigest()[:16]}.npz"
+    tok = None
     if path.is_file():
         with np.load(path) as z:
-            tok = Tokenized(ids=z["ids"], offsets=z["offsets"])
-    else:
-        tok = tokenize(texts, tokenizer, max_tokens)
+            if "full_lengths" in z:
+                tok = Tokenized(ids=z["ids"], offsets=z["offsets"], full_lengths=z["full_lengths"])
+    if tok is None:
+        tok = tokenize(texts, tokenizer, max_tokens, mode=mode)
         from icdlib.runfolder import atomic_path
 
         with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append .npz to the name
-            np.savez(f, ids=tok.ids, offsets=tok.offsets)
+            np.savez(f, ids=tok.ids, offsets=tok.offsets, full_lengths=tok.full_lengths)
     for old in Path(cache_dir).glob(f"{name}-*.npz"):
         if old != path and old.name[len(name) + 1:-len(".npz")].isalnum():
             old.unlink(missing_ok=True)
     return tok
+
+
+def truncation_stats(tokens: Tokenized) -> dict:
+    """How much of the notes `tokens` keeps: notes, truncated notes and their share, tokens before
+    and after the cut and the share dropped, the median and 90th percentile of the full lengths."""
+    full = np.asarray(tokens.full_lengths if tokens.full_lengths is not None else tokens.lengths(), dtype=np.int64)
+    kept = tokens.lengths()
+    n, total, n_kept = len(full), int(full.sum()), int(kept.sum())
+    truncated = int((kept < full).sum())
+    return {"notes": n, "truncated_notes": truncated, "share_truncated": truncated / n if n else 0.0,
+            "tokens": total, "tokens_kept": n_kept, "share_dropped": (total - n_kept) / total if total else 0.0,
+            "median_tokens": float(np.median(full)) if n else 0.0,
+            "p90_tokens": float(np.percentile(full, 90)) if n else 0.0}
+
+
+def tokenizer_without_training(cfg) -> tuple[object, int] | tuple[None, None]:
+    """A real backbone's tokenizer (`model_path`) and the note tokens a model reads (`max_segments`
+    × each segment's body), loaded without loading the model; (None, None) for a tiny backbone,
+    whose tokenizer step 03 trains."""
+    if not cfg.model_path:
+        return None, None
+    from transformers import AutoTokenizer
+
+    from icdlib import backbones
+
+    found = backbones.locate(cfg.model_path, cfg.base_model_path)
+    tokenizer = AutoTokenizer.from_pretrained(found.tokenizer)
+    fmt = backbones.segment_format(cfg, tokenizer, found.name_or_path)
+    return tokenizer, fmt.body(cfg.segment_length) * cfg.max_segments
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Reads `01_preprocess/` and `03_train/predictions_{val,test}.npz`; writes
 `04_evaluate/metrics.json` (`val`/`test` at the configured threshold, `val_tuned`/`test_tuned`
-at the threshold tuned on validation for micro-F1, `threshold`, and `baseline`),
+at the threshold tuned on validation for micro-F1, `threshold`, `baseline`, and `provenance`),
 `per_code.parquet` and `manifest.json`. The step is `run`; step 05 reads what it wrote with `read`.
 
 Both refuse, in one line, predictions older than `03_train/best/` (a 03 rerun that stopped after
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from icdlib import analysis, metrics, preprocess, record
+from icdlib import analysis, metrics, preprocess, provenance, record
 from icdlib.config import Config
 from icdlib.errors import DataError
 from icdlib.labels import multi_hot
@@ -163,10 +163,15 @@ def eval_split(ev: Evaluation) -> str:
 
 
 def write(cfg: Config, ev: Evaluation):
-    """`metrics.json` and `per_code.parquet` of `ev`, each written atomically; returns metrics.json's path."""
+    """`metrics.json` and `per_code.parquet` of `ev`, each written atomically; returns metrics.json's path.
+
+    metrics.json carries, under `provenance`, what made the numbers (`provenance.collect`: git
+    commit and dirty flag, python/torch/transformers/peft/llm2vec versions, device, date, and the
+    content hashes of notes.parquet and labels.parquet); `ev.results` gets the same entry."""
     run = Run.of(cfg)
     with atomic_path(run.per_code) as tmp:
         ev.per_code.to_parquet(tmp, index=False)
+    ev.results["provenance"] = provenance.collect(run.dir)
     return atomic_write_text(run.metrics, json.dumps(_jsonable(ev.results), indent=2) + "\n")
 
 

@@ -4,6 +4,10 @@
 original project did, `top50` CAML's fixed list; `min_count` drops codes seen fewer times in
 train (Edin et al.'s clean split uses 10). The order is sorted by code, so a resumed or
 re-evaluated run always scores against the same mapping.
+
+A benchmark preset passes its own `counts` (admissions per code) for `observed` and `min_count`:
+`caml_full` those of train, val and test together (`all_counts`: CAML's label set, so a val/test
+code unseen in train is a label that counts as a miss), `edin_clean` those of the whole dataset.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ def train_counts(notes: pd.DataFrame) -> pd.Series:
     return codes.value_counts()
 
 
+def all_counts(notes: pd.DataFrame) -> pd.Series:
+    """Admissions per code over every split (each admission's codes are unique)."""
+    return notes["codes"].explode().dropna().value_counts()
+
+
 def read_code_list(path: Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
@@ -35,13 +44,16 @@ def read_code_list(path: Path) -> list[str]:
 
 
 def build(notes: pd.DataFrame, dictionary: pd.DataFrame, kinds: dict[str, str], rule: str,
-          min_count: int = 1, top50_file: str = "") -> pd.DataFrame:
+          min_count: int = 1, top50_file: str = "", counts: pd.Series | None = None) -> pd.DataFrame:
     """The label table (LABEL_COLUMNS), one row per label, sorted by code.
 
     `kinds` maps every code seen in the data to diagnosis/procedure (codes absent from the
-    dictionaries keep empty titles but still count).
+    dictionaries keep empty titles but still count). `counts` (admissions per code; default:
+    train's) decides which codes `observed` keeps and which `min_count` drops; `n_train` is
+    always train's count.
     """
-    counts = train_counts(notes)
+    train = train_counts(notes)
+    counts = train if counts is None else counts[counts > 0]
     if rule == "observed":
         codes = counts.index
     elif rule == "all":
@@ -50,9 +62,9 @@ def build(notes: pd.DataFrame, dictionary: pd.DataFrame, kinds: dict[str, str], 
         codes = pd.Index(read_code_list(top50_file))
     else:
         raise DataError(f"labels must be observed, all or top50; got {rule!r}")
-    n_train = counts.reindex(codes, fill_value=0).astype("int64")
+    seen = counts.reindex(codes, fill_value=0).astype("int64")
     if min_count > 1:
-        codes = codes[n_train.to_numpy() >= min_count]
+        codes = codes[seen.to_numpy() >= min_count]
     codes = sorted(set(codes))
     if not codes:
         raise DataError(f"the label space is empty (labels={rule}, min_count={min_count})")
@@ -62,7 +74,7 @@ def build(notes: pd.DataFrame, dictionary: pd.DataFrame, kinds: dict[str, str], 
     table["kind"] = [k or kinds.get(c) or kind_of(c) for k, c in zip(listed, codes)]
     table["short_title"] = titles["short_title"].reindex(codes).fillna("").to_numpy()
     table["long_title"] = titles["long_title"].reindex(codes).fillna("").to_numpy()
-    table["n_train"] = counts.reindex(codes, fill_value=0).astype("int64").to_numpy()
+    table["n_train"] = train.reindex(codes, fill_value=0).astype("int64").to_numpy()
     return table[LABEL_COLUMNS]
 
 

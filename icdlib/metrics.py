@@ -16,6 +16,18 @@ Conventions
   exactly as ``sklearn.metrics.roc_auc_score`` / ``average_precision_score``.
 * Top-k metrics (P@k, R-precision) rank with ``np.argsort(score)[::-1]`` like
   CAML, so ties at the cut-off are broken by that order.
+* Per-document metrics (P@k, R-precision, MAP) average over the same documents:
+  those with at least one positive label in the label space. A document without
+  one (possible when the label space is pruned, e.g. ``labels: observed``) has no
+  defined R-precision or average precision, and counting its P@k as 0 would mix two
+  document sets in one table. This is the rule of Edin et al.'s MAP and R-precision;
+  that their ``Precision@k`` (JoakimEdin/medical-coding-reproducibility,
+  ``src/metrics.py``) filters the same way could not be checked against their code
+  here. On CAML's full label space every document has a positive, so the rule
+  changes nothing there.
+* Two macro-F1 definitions: ``f1_macro`` is the mean per-label F1 over labels with
+  a positive (Edin et al.); ``f1_macro_caml`` is the F1 of macro-precision and
+  macro-recall over all labels (CAML; the macro-F1 of CAML, LAAT, MSMN, PLM-ICD).
 * Undefined values (AUROC of a label without negatives, recall without positives,
   an empty macro average, ...) are ``nan``; they never raise.
 """
@@ -243,9 +255,9 @@ def _threshold_metrics(y: np.ndarray, pred: np.ndarray) -> dict:
 # Per-document ranking metrics
 # --------------------------------------------------------------------------- #
 def _precision_at_k(r: _RankedPositives, k: int) -> float:
-    """Mean over documents of (#true among the top k) / k."""
+    """Mean over documents with a true label of (#true among the top k) / k."""
     hits = np.bincount(r.row[r.rank < k], minlength=r.n_rows)
-    return _mean(hits / k)
+    return _mean(hits[r.n_pos > 0] / k)
 
 
 def _r_precision(r: _RankedPositives) -> float:
@@ -271,8 +283,10 @@ def compute(y_true, y_score, threshold: float = 0.5, ks=(5, 8, 15)) -> dict:
     Returns:
         dict of python floats/ints: auroc_/auprc_ micro and macro, f1_micro,
         f1_macro (Edin et al.: labels with a positive), f1_macro_caml,
-        precision_micro, recall_micro, p_at_{k}, r_precision, map, exact_match,
-        n_labels_scored (labels in the macro AUROC/AUPRC), n_docs, n_labels, threshold.
+        precision_micro, recall_micro, p_at_{k}, r_precision, map (these three over
+        the documents with a positive), exact_match, n_labels_scored (labels with a
+        positive and a negative: those in the macro AUROC/AUPRC), n_docs, n_labels,
+        threshold.
     """
     y, s = _validate(y_true, y_score)
     n_docs, n_labels = y.shape

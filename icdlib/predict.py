@@ -7,9 +7,11 @@ The text goes through the preprocessing of training (same cleaning, tokenizer, s
 batched, on the GPU when there is one. A text that is empty, or only whitespace and NUL bytes,
 is refused in one line (`IcdlibError`: "text 0 is empty: nothing to code").
 
-Truncation: the model reads the first `coder.max_tokens` tokens of a note —
+Truncation: the model reads `coder.max_tokens` tokens of a note —
 `max_segments` segments of `segment_length` tokens less the segment format's own tokens (BOS,
-instruction) — and drops the rest. Every table `predict` returns says how much of its note was
+instruction) — and drops the rest: which ones is the run's `truncation` (`coder.truncation_mode`,
+from the model folder's config: `head` keeps the start, `tail` the end, `head_tail` both halves,
+as in training). Every table `predict` returns says how much of its note was
 read, in `table.attrs`:
 
     table.attrs   # {"tokens": 3210, "kept_tokens": 1024, "truncated_tokens": 2186}
@@ -30,7 +32,7 @@ import pandas as pd
 import torch
 
 from icdlib import checkpoint
-from icdlib.data import Tokenized, tokenize
+from icdlib.data import Tokenized, cut, tokenize
 from icdlib.errors import IcdlibError
 from icdlib.inference import Env, pick_device, score, weights_dtype
 from icdlib.preprocess import clean_caml
@@ -59,9 +61,11 @@ class Coder:
         self.batch_size = batch_size
         self.max_segments = max_segments or self.cfg.max_segments
         self.max_tokens = self.fmt.body(self.cfg.segment_length) * self.max_segments
+        self.truncation_mode = self.cfg.truncation  # head | tail | head_tail, as the model was trained
 
     def _tokens(self, texts: list[str]) -> tuple[Tokenized, pd.DataFrame]:
-        """The notes' tokens as the model reads them (cut to max_tokens), and the truncation table."""
+        """The notes' tokens as the model reads them (cut to max_tokens by the run's truncation mode),
+        and the truncation table."""
         texts = [_checked(t, i) for i, t in enumerate(texts)]
         if self.cfg.text_cleaning == "caml":
             texts = [clean_caml(t) for t in texts]
@@ -71,13 +75,14 @@ class Coder:
         counts = pd.DataFrame({"tokens": lengths, "kept_tokens": kept, "truncated_tokens": lengths - kept})
         if not counts["truncated_tokens"].any():
             return whole, counts
-        ids = [whole.note(i)[:k] for i, k in enumerate(kept)]
+        ids = [cut(whole.note(i), self.max_tokens, self.truncation_mode) for i in range(len(whole))]
         offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
-        return Tokenized(ids=np.concatenate(ids).astype(np.int32), offsets=offsets), counts
+        return Tokenized(ids=np.concatenate(ids).astype(np.int32), offsets=offsets, full_lengths=lengths), counts
 
     def truncation(self, texts: list[str] | str) -> pd.DataFrame:
-        """Per text (one row each): `tokens` in the note, `kept_tokens` the model reads (the first
-        max_tokens), `truncated_tokens` dropped from its end. Tokenises only; no model pass."""
+        """Per text (one row each): `tokens` in the note, `kept_tokens` the model reads (max_tokens
+        of them, chosen by `truncation_mode`), `truncated_tokens` dropped (from its end for `head`,
+        its start for `tail`, its middle for `head_tail`). Tokenises only; no model pass."""
         return self._tokens([texts] if isinstance(texts, str) else list(texts))[1]
 
     def scores(self, texts: list[str]) -> np.ndarray:
@@ -109,14 +114,16 @@ class Coder:
         return out
 
 
-def truncation_line(counts: dict) -> str:
-    """One line saying how much of a note the model did not read ("" when it read all of it)."""
+def truncation_line(counts: dict, mode: str = "head") -> str:
+    """One line saying how much of a note the model did not read ("" when it read all of it);
+    `mode`: the model's truncation (which tokens it kept)."""
     tokens, kept = int(counts["tokens"]), int(counts["kept_tokens"])
     if kept >= tokens:
         return ""
     dropped = 100 * (tokens - kept) / tokens
     share = f"{dropped:.0f}%" if dropped >= 1 else "<1%"
-    return (f"note truncated: kept the first {kept:,} of {tokens:,} tokens ({share} dropped); "
+    which = {"tail": "last", "head_tail": "first and last"}.get(mode, "first")
+    return (f"note truncated: kept the {which} {kept:,} of {tokens:,} tokens ({share} dropped); "
             f"raise max_segments to read more (predict --max-segments N)")
 
 

@@ -8,6 +8,13 @@ the preprocessing parameters and the inputs (the synthetic twin's own key; a rea
 table's size and mtime, since hashing 4 GB of NOTEEVENTS on every run would cost more than it
 saves). Its manifest (`01_preprocess/manifest.json`) records the data parameters every later
 step is checked against.
+
+A benchmark preset (`config.BENCHMARKS`) brings its paper's filters here: `caml_full` takes its
+labels from train, val and test together; `edin_clean` drops the codes seen in fewer than
+`min_count` (10) admissions of the whole dataset (every coded admission with a discharge summary,
+before the split file is applied, as Edin et al. did), then the admissions left without codes.
+`benchmark_check` sets the counts beside the published ones; `split_notes` says what the split
+is (the seed's: no test set, val picks the threshold and the model).
 """
 
 from __future__ import annotations
@@ -29,10 +36,15 @@ from icdlib.errors import DataError
 from icdlib.runfolder import Run, atomic_path, content_key, read_key, source_hash, write_key
 
 STEP = "01_preprocess"
-VERSION = 1  # bump when the output of this step changes for the same inputs
+VERSION = 2  # bump when the output of this step changes for the same inputs
 PARAMS = ("note_categories", "note_descriptions", "text_cleaning", "split", "split_dir", "labels",
-          "top50_file", "min_count")
+          "top50_file", "min_count", "benchmark", "seed_test_share")
 SYNTH_PARAMS = ("synth_admissions", "synth_seed", "synth_short")
+SEED_SHARE = "share of val admissions whose patient is in train"  # stats.json key, a number in [0, 1]
+# the published counts of each preset on MIMIC-III v1.4: train, val, test admissions and labels
+EXPECTED = {"caml_full": ("CAML full (Mullenbach et al.)", 47723, 1631, 3372, 8922),
+            "caml_50": ("CAML top-50 (Mullenbach et al.)", 8066, 1573, 1729, 50),
+            "edin_clean": ("MIMIC-III clean (Edin et al.)", 38401, 5577, 8734, 3681)}
 
 
 def data_params(cfg: Config) -> tuple[str, ...]:
@@ -212,7 +224,16 @@ def build(cfg: Config, progress: bool = True) -> Preprocessed:
     stats["admissions with notes but no codes (dropped)"] = int(no_codes.sum())
     stats["coded admissions without a selected note (dropped)"] = int((~coded["hadm_id"].isin(joined["hadm_id"])).sum())
     notes = notes[~no_codes].reset_index(drop=True)
-    notes["split"], split_stats = splits.assign(notes, cfg.split, cfg.split_dir)
+    whole = None
+    if cfg.benchmark == "edin_clean":  # Edin et al.: rare codes out of the whole dataset, then empty admissions
+        whole = labelspace.all_counts(notes)
+        keep = set(whole.index[whole >= cfg.min_count].tolist())
+        stats[f"codes in < {cfg.min_count} admissions of the whole dataset (dropped, edin_clean)"] = int(
+            (whole < cfg.min_count).sum())
+        left = notes["codes"].map(lambda codes: any(c in keep for c in codes))
+        stats["admissions without codes left (dropped, edin_clean)"] = int((~left).sum())
+        notes = notes[left].reset_index(drop=True)
+    notes["split"], split_stats = splits.assign(notes, cfg.split, cfg.split_dir, cfg.seed_test_share, cfg.seed)
     stats.update(split_stats)
     notes = notes[notes["split"].notna()].reset_index(drop=True)
     text_chunks = raw_notes.column("text").chunks
@@ -228,12 +249,22 @@ def build(cfg: Config, progress: bool = True) -> Preprocessed:
         raise DataError(f"split {cfg.split!r} leaves no train admission")
     distinct = code_rows.drop_duplicates("code", keep="last")
     kinds = dict(zip(distinct["code"].tolist(), distinct["kind"].tolist()))
-    label_table = labelspace.build(notes, dictionary, kinds, cfg.labels, cfg.min_count, cfg.top50_file)
+    counts = None  # which admissions `observed` and `min_count` count: train's, or the preset's
+    if cfg.benchmark == "caml_full":
+        counts = labelspace.all_counts(notes)
+    elif whole is not None:
+        counts = whole.reindex(labelspace.all_counts(notes).index)
+    label_table = labelspace.build(notes, dictionary, kinds, cfg.labels, cfg.min_count, cfg.top50_file, counts)
     in_space = set(label_table["code"].tolist())
     stats["labels"] = len(label_table)
+    stats["labels never seen in train"] = int((label_table["n_train"] == 0).sum())
     for s in splits.SPLITS:
         lists = notes.loc[notes["split"] == s, "codes"].tolist()
         stats[f"{s} code assignments outside the label space"] = sum(c not in in_space for codes in lists for c in codes)
+    for s in ("val", "test"):  # leakage through patients: 0 for a patient-level split
+        stats[f"{s} admissions whose patient is in train"] = splits.patients_in_train(notes, s)
+    n_val = stats["val admissions"]
+    stats[SEED_SHARE] = round(stats["val admissions whose patient is in train"] / n_val, 4) if n_val else 0.0
     notes = notes[["hadm_id", "subject_id", "split", "text", "codes"]]
     return Preprocessed(notes=notes, labels=label_table, stats=stats)
 
@@ -321,7 +352,7 @@ def read(cfg: Config) -> Preprocessed:
 
 def stats_table(stats: dict) -> pd.DataFrame:
     """The step's counts as a two-column table for the report."""
-    return pd.DataFrame({"what": list(stats), "count": list(stats.values())})
+    return pd.DataFrame({"what": list(stats), "count": pd.Series(list(stats.values()), dtype=object)})  # ints stay ints
 
 
 def sample(notes: pd.DataFrame, share_safe: bool, n: int = 5, chars: int = 300) -> pd.DataFrame:
@@ -331,3 +362,63 @@ def sample(notes: pd.DataFrame, share_safe: bool, n: int = 5, chars: int = 300) 
     if not share_safe:
         rows["text (start)"] = notes.head(n)["text"].str.slice(0, chars)
     return rows
+
+
+def _markdown(text: str):
+    from IPython.display import Markdown
+
+    return Markdown(text)
+
+
+def observed_counts(stats: dict) -> tuple[int, int, int, int]:
+    """train, val, test admissions and labels, as `stats` counted them."""
+    return tuple(int(stats.get(k, 0)) for k in ("train admissions", "val admissions", "test admissions", "labels"))
+
+
+def benchmark_check(cfg: Config, result: Preprocessed):
+    """Markdown: this run's admissions per split and labels beside each preset's published counts,
+    and whether the run's own preset matches them (on real MIMIC-III; the twin is not MIMIC-III)."""
+    seen = observed_counts(result.stats)
+    n = lambda v: f"{v:,}"  # noqa: E731
+    rows = [f"| this run (benchmark={cfg.benchmark}, split={cfg.split}, labels={cfg.labels}) | "
+            + " | ".join(n(v) for v in seen) + " |"]
+    rows += [f"| {name}: expected | " + " | ".join(n(v) for v in counts) + " |"
+             for name, *counts in EXPECTED.values()]
+    table = "| | train | val | test | labels |\n|---|---:|---:|---:|---:|\n" + "\n".join(rows)
+    if cfg.synthetic:
+        verdict = ("The expected counts are MIMIC-III v1.4's; they do not apply to the synthetic twin, which "
+                   "has no published split.")
+    elif cfg.benchmark in EXPECTED:
+        name, *want = EXPECTED[cfg.benchmark]
+        off = [f"{what} {n(a)} (expected {n(b)})" for what, a, b in zip(("train", "val", "test", "labels"), seen, want)
+               if a != b]
+        verdict = (f"The preparation matches {name}." if not off else
+                   f"The preparation differs from {name}: " + ", ".join(off) + ". Check the MIMIC-III version, "
+                   "the split files in split_dir and the top-50 file.")
+    else:
+        verdict = (f"This run uses no published benchmark (benchmark={cfg.benchmark}); the expected rows are what "
+                   "each preset gives on MIMIC-III v1.4.")
+    return _markdown(table + "\n\n" + verdict)
+
+
+def split_notes(cfg: Config, result: Preprocessed):
+    """Markdown: what the split is, in plain words; for the seed's rule, that it has no test set (or
+    the held-out one), that val chooses the threshold and the model, and how many val admissions
+    belong to a patient who also has train admissions."""
+    st = result.stats
+    n_val, shared = st.get("val admissions", 0), st.get("val admissions whose patient is in train", 0)
+    share = f"{st.get(SEED_SHARE, 0.0):.1%} of val admissions ({shared:,} of {n_val:,}) belong to a patient " \
+            "who also has train admissions."
+    if cfg.split != "seed":
+        return _markdown(f"Split `{cfg.split}`: {share}")
+    rule = "Split `seed` (the original project's rule): admissions whose HADM_ID ends in 8 or 9 are val, the rest train."
+    if cfg.seed_test_share > 0:
+        held = st.get("seed train patients held out as test (seed_test_share)", 0)
+        test = (f" A patient-disjoint test set holds out {cfg.seed_test_share:.0%} of the seed's train patients "
+                f"({held:,} patients, {st.get('test admissions', 0):,} admissions; none has train admissions); "
+                "val still chooses the decision threshold and the model (`best/`), and test is scored once.")
+    else:
+        test = (" **There is no test set**: val chooses the decision threshold and the model (`best/`) and gives "
+                "the reported numbers, so they are in-sample, not a held-out estimate (set `seed_test_share` "
+                "to hold out a patient-disjoint test set).")
+    return _markdown(rule + test + " " + share)

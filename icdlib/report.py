@@ -36,9 +36,10 @@ from icdlib.labels import kind_of
 __all__ = [
     "REFERENCE_RESULTS", "TABLE_METRICS",
     "label_frequency", "codes_per_admission", "note_lengths", "top_codes", "top_codes_plot",
-    "kind_share", "split_balance", "unseen_in_train", "history", "pr_curve",
+    "kind_share", "split_balance", "unseen_in_train", "token_lengths", "truncation", "history", "pr_curve",
     "per_code_vs_frequency", "frequency_buckets", "f1_by_frequency_bucket", "threshold_curve",
-    "calibration", "metrics_table", "Shown", "path_placeholders", "share_paths", "parameters", "provenance",
+    "calibration", "metrics_table", "metrics_caption", "metrics_styled", "reference_rows", "reference_note",
+    "TABLE_NAMES", "Shown", "path_placeholders", "share_paths", "parameters", "provenance",
     "header", "summary",
 ]
 
@@ -47,28 +48,64 @@ SPLITS = ("train", "val", "test")
 KIND_COLORS = {"diagnosis": "tab:blue", "procedure": "tab:orange"}
 SPLIT_COLORS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 
-# Main metrics of the comparison table, in this order (metrics.compute keys).
-TABLE_METRICS = ["auroc_macro", "auroc_micro", "auprc_macro", "auprc_micro", "f1_macro",
+# Main metrics of the comparison table, in this order (metrics.compute keys), and their column
+# names there. The two macro-F1s are different figures (about 20% apart on MIMIC-III full):
+# `f1_macro` is the mean per-label F1 over labels with a positive (Edin et al.), `f1_macro_caml`
+# the F1 of macro-precision and macro-recall over all labels (CAML's code, also LAAT/MSMN/PLM-ICD).
+TABLE_METRICS = ["auroc_macro", "auroc_micro", "auprc_macro", "auprc_micro", "f1_macro", "f1_macro_caml",
                  "f1_micro", "p_at_8", "p_at_15", "map"]
+TABLE_NAMES = {"auroc_macro": "AUROC macro", "auroc_micro": "AUROC micro", "auprc_macro": "AUPRC macro",
+               "auprc_micro": "AUPRC micro", "f1_macro": "F1 macro (mean per label, Edin)",
+               "f1_macro_caml": "F1 macro (CAML: of macro-P and macro-R)", "f1_micro": "F1 micro",
+               "p_at_8": "P@8", "p_at_15": "P@15", "map": "MAP"}
 
-# Published results, in percent. MIMIC-III full = CAML's split (47,723 train / 1,631 val /
-# 3,372 test admissions, 8,922 codes). Metrics a paper does not report are absent (NaN).
-REFERENCE_RESULTS: dict[str, dict[str, float]] = {
-    "CAML (MIMIC-III full, published)": {
-        "auroc_macro": 89.5, "auroc_micro": 98.6, "f1_macro": 8.8, "f1_micro": 53.9,
-        "p_at_8": 70.9, "p_at_15": 56.1},
-    "LAAT (MIMIC-III full, published)": {
-        "auroc_macro": 91.9, "auroc_micro": 98.8, "f1_macro": 9.9, "f1_micro": 57.5,
-        "p_at_8": 73.8, "p_at_15": 59.1},
-    "MSMN (MIMIC-III full, published)": {
-        "auroc_macro": 95.0, "auroc_micro": 99.2, "f1_macro": 10.3, "f1_micro": 58.4,
-        "p_at_8": 75.2, "p_at_15": 59.9},
-    "PLM-ICD (MIMIC-III full, published)": {
-        "auroc_macro": 92.6, "auroc_micro": 98.9, "f1_macro": 10.4, "f1_micro": 59.8,
-        "p_at_8": 77.1, "p_at_15": 61.3},
-    "LLM2Vec seed project (own 8/9 split, all 18k codes, reported)": {
-        "auroc_macro": 90.57, "auroc_micro": 98.08, "auprc_macro": 20.73, "auprc_micro": 47.41},
+# Published results, in percent, by the `benchmark` preset whose split and label space they were
+# measured on; a run shows only its own benchmark's rows. MIMIC-III full = CAML's split (47,723
+# train / 1,631 val / 3,372 test admissions, 8,922 codes); the published macro-F1 is CAML's
+# definition, so it sits under `f1_macro_caml`. Metrics a paper does not report are absent (NaN).
+REFERENCE_RESULTS: dict[str, dict[str, dict[str, float]]] = {
+    "caml_full": {
+        "CAML (Mullenbach et al. 2018, MIMIC-III full, CAML split)": {
+            "auroc_macro": 89.5, "auroc_micro": 98.6, "f1_macro_caml": 8.8, "f1_micro": 53.9,
+            "p_at_8": 70.9, "p_at_15": 56.1},
+        "LAAT (Vu et al. 2020, MIMIC-III full, CAML split)": {
+            "auroc_macro": 91.9, "auroc_micro": 98.8, "f1_macro_caml": 9.9, "f1_micro": 57.5,
+            "p_at_8": 73.8, "p_at_15": 59.1},
+        "MSMN (Yuan et al. 2022, MIMIC-III full, CAML split)": {
+            "auroc_macro": 95.0, "auroc_micro": 99.2, "f1_macro_caml": 10.3, "f1_micro": 58.4,
+            "p_at_8": 75.2, "p_at_15": 59.9},
+        "PLM-ICD (Huang et al. 2022, MIMIC-III full, CAML split)": {
+            "auroc_macro": 92.6, "auroc_micro": 98.9, "f1_macro_caml": 10.4, "f1_micro": 59.8,
+            "p_at_8": 77.1, "p_at_15": 61.3},
+    },
+    "seed": {
+        "LLM2Vec seed project (Llama-3, its own 8/9 validation split, all 18k dictionary codes, reported)": {
+            "auroc_macro": 90.57, "auroc_micro": 98.08, "auprc_macro": 20.73, "auprc_micro": 47.41},
+    },
 }
+BENCHMARK_NOTES = {
+    "none": "No benchmark preset (benchmark: none): the run's split and label space are those of no paper, "
+            "so no published reference rows are shown.",
+    "caml_full": "Reference rows: results published on MIMIC-III full (CAML split, 8,922 codes); their macro-F1 "
+                 "is CAML's definition.",
+    "seed": "Reference row: what the seed project reported on its own validation split (HADM_ID ending in 8 or 9, "
+            "no test set) with all ~18k dictionary codes.",
+}
+NO_REFERENCE_YET = "no published reference rows are recorded for this benchmark yet."
+
+
+def reference_rows(benchmark: str = "none", synthetic: bool = False) -> dict[str, dict[str, float]]:
+    """The published rows (percent) comparable with a run of `benchmark`: none on the synthetic
+    twin, for `none`, or for a benchmark without recorded numbers."""
+    return {} if synthetic else dict(REFERENCE_RESULTS.get(benchmark, {}))
+
+
+def reference_note(benchmark: str = "none", synthetic: bool = False) -> str:
+    """One sentence saying which reference rows the table shows for this run, and why."""
+    if synthetic:
+        return ("This run is on the synthetic MIMIC-III twin: no published numbers are comparable, so no "
+                "reference rows are shown.")
+    return BENCHMARK_NOTES.get(benchmark) or f"Benchmark {benchmark}: {NO_REFERENCE_YET}"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -236,6 +273,52 @@ def note_lengths(notes: pd.DataFrame, token_counts=None) -> Figure:
         ax.set_ylabel("Notes")
     fig.suptitle(f"Note lengths ({len(notes):,} notes)")
     return fig
+
+
+TOKENS_IN_03 = "Token lengths appear in 03 (the tiny tokenizer is trained there)."
+
+
+def token_lengths(notes: pd.DataFrame, full_lengths=None, budget: int | None = None) -> Figure | Shown:
+    """Tokens per note (before truncation) by split, with the budget the model reads (`max_segments`
+    × each segment's body) as a vertical line; `Shown` (one line) when there are no token counts.
+
+    Args:
+        notes: needs ``split``, one row per entry of `full_lengths`, in the same order.
+        full_lengths: tokens per note (`data.tokenize(...).full_lengths`), or None.
+        budget: note tokens the model reads.
+    """
+    if full_lengths is None:
+        return Shown(TOKENS_IN_03, markdown=TOKENS_IN_03)
+    full = np.asarray(full_lengths, dtype=np.int64).ravel()
+    split = notes["split"].to_numpy()
+    fig, ax = _figure()
+    if full.size:
+        bins = np.histogram_bin_edges(full, bins=60)
+        for name in _splits(notes):
+            ax.hist(full[split == name], bins=bins, histtype="step", lw=1.5, color=SPLIT_COLORS.get(name),
+                    density=True, label=f"{name} (median {np.median(full[split == name]):,.0f})")
+        if budget:
+            ax.axvline(budget, color="black", ls="--", lw=1.2, label=f"budget {budget:,} tokens")
+        ax.legend(fontsize=8)
+    else:
+        _empty(ax, "no notes")
+    longer = f": {(full > budget).mean():.0%} longer than the budget" if budget and full.size else ""
+    ax.set_title(f"Note length in tokens ({full.size:,} notes){longer}")
+    ax.set_xlabel("Tokens per note (before truncation)")
+    ax.set_ylabel("Share of the split's notes (density)")
+    return fig
+
+
+def truncation(stats: dict) -> pd.DataFrame:
+    """`03_train/tokens.json` (`train.token_stats`) as a table: one row per split, shares in percent."""
+    rows = {split: {"notes": s["notes"], "truncated notes": s["truncated_notes"],
+                    "% truncated": round(100 * s["share_truncated"], 1), "tokens": s["tokens"],
+                    "tokens kept": s["tokens_kept"], "% tokens dropped": round(100 * s["share_dropped"], 1),
+                    "median tokens": s["median_tokens"], "p90 tokens": s["p90_tokens"]}
+            for split, s in stats.get("splits", {}).items()}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = f"split (budget {stats.get('max_note_tokens', 0):,} tokens, {stats.get('truncation', 'head')})"
+    return table
 
 
 def top_codes(labels: pd.DataFrame, n: int = 20, n_admissions: int | None = None) -> pd.DataFrame:
@@ -642,27 +725,55 @@ def calibration(y_true, y_score, bins: int = 10, strategy: str = "uniform") -> F
 
 # --------------------------------------------------------------------------- tables
 
-def metrics_table(results: dict[str, dict], reference: bool = True) -> pd.DataFrame:
-    """Main metrics (percent, 2 decimals) of several systems, optionally with published ones.
+def metrics_table(results: dict[str, dict], reference: bool = True, *, benchmark: str = "none",
+                  synthetic: bool = False, names: bool = True) -> pd.DataFrame:
+    """Main metrics (percent, 2 decimals) of several systems, with the published ones of the run's benchmark.
 
     Args:
         results: system name (e.g. "icdlib test @tuned", "baseline test @0.5") -> a
             ``metrics.compute`` dict (fractions); missing metrics become NaN.
-        reference: append ``REFERENCE_RESULTS`` below (rows named "... (published)"); they
-            come from other splits/label spaces where stated, so they are context, not a
-            like-for-like comparison.
+        reference: append the rows of `reference_rows(benchmark, synthetic)` below: only the
+            published results measured on the same benchmark (none for ``none``, the twin, or a
+            benchmark without recorded numbers), labelled with the paper and its split.
+        benchmark: the run's ``benchmark`` preset.
+        synthetic: the run is on the synthetic twin (never compared with published numbers).
+        names: columns named ``TABLE_NAMES`` (which macro-F1 is which); else the metric keys.
 
     Returns:
-        DataFrame indexed by system, columns ``TABLE_METRICS``.
+        DataFrame indexed by system, columns ``TABLE_METRICS`` in that order.
     """
     rows = {name: {m: 100.0 * float(r[m]) if r.get(m) is not None else math.nan for m in TABLE_METRICS}
             for name, r in results.items()}
     if reference:
-        for name, r in REFERENCE_RESULTS.items():
+        for name, r in reference_rows(benchmark, synthetic).items():
             rows[name] = {m: float(r.get(m, math.nan)) for m in TABLE_METRICS}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=TABLE_METRICS, dtype=float)
     table.index.name = "system"
+    if names:
+        table = table.rename(columns=TABLE_NAMES)
     return table.round(2)
+
+
+def metrics_caption(m: dict, split: str, benchmark: str = "none", synthetic: bool = False) -> str:
+    """The line above the metrics table: the split scored, `n_docs`, `n_labels`, `n_labels_scored`
+    (labels with a positive and a negative there, those the macro AUROC/AUPRC average over), the
+    benchmark and which reference rows are shown (`reference_note`)."""
+    def count(key):
+        value = _num(m.get(key))
+        return "n/a" if value is None else f"{int(value):,}"
+
+    return (f"Split {split} · n_docs {count('n_docs')} · n_labels {count('n_labels')} · n_labels_scored "
+            f"{count('n_labels_scored')} (labels with a positive and a negative in {split}) · benchmark "
+            f"{benchmark}{' (synthetic twin)' if synthetic else ''}. {reference_note(benchmark, synthetic)}")
+
+
+def metrics_styled(results: dict[str, dict], m: dict, split: str, benchmark: str = "none", synthetic: bool = False):
+    """`metrics_table` for a notebook: 2 decimals, "–" where a system has no value, and
+    `metrics_caption(m, split, ...)` as its caption (`m`: the metrics of the split scored)."""
+    table = metrics_table(results, benchmark=benchmark, synthetic=synthetic)
+    return (table.style.format(precision=2, na_rep="–")
+            .set_caption(metrics_caption(m, split, benchmark, synthetic))
+            .set_table_styles([{"selector": "caption", "props": "caption-side: top; text-align: left"}]))
 
 
 # --------------------------------------------------------------------------- around the figures

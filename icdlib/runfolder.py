@@ -329,6 +329,11 @@ class Run:
         """`03_train/tokens/`: the token cache, `<split>-<hash>.npz`."""
         return self.step("03") / "tokens"
 
+    @property
+    def tokens_json(self) -> Path:
+        """`03_train/tokens.json`: per split, the notes and tokens truncation drops (`train.token_stats`)."""
+        return self.step("03") / "tokens.json"
+
     # 04
     @property
     def metrics(self) -> Path:

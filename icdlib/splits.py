@@ -5,6 +5,11 @@ deterministic patient-level 75/10/15 split by a hash of SUBJECT_ID (stable whate
 the data); `caml_full`, `caml_50` and `clean` read the public ID files from `split_dir`. IDs in
 a split file but absent from the data, and admissions in the data but in no split file, are
 counted and reported, never silently dropped.
+
+`seed` has no test set. `seed_test_share` > 0 holds one out: that share of the patients with seed
+train admissions (chosen with the run's `seed`) becomes a patient-disjoint test set, their train
+admissions moving to test; val keeps the HADM_ID rule, so a test patient may still have val
+admissions, and val patients may still have train admissions (`patients_in_train` counts them).
 """
 
 from __future__ import annotations
@@ -25,6 +30,25 @@ EDIN_FILES = {"caml_full": "mimiciii_full_splits.feather", "caml_50": "mimiciii_
 
 def seed_rule(hadm_ids: np.ndarray) -> np.ndarray:
     return np.where(np.isin(np.asarray(hadm_ids) % 10, (8, 9)), "val", "train")
+
+
+def hold_out_patients(assigned: np.ndarray, subject_ids: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, int]:
+    """`assigned` with round(share × the train patients) of its train patients, drawn with `seed`,
+    moved to test (all their train admissions), and how many patients moved."""
+    assigned = np.asarray(assigned, dtype=object).copy()
+    subject_ids = np.asarray(subject_ids)
+    train = assigned == "train"
+    patients = np.unique(subject_ids[train])
+    k = int(round(share * len(patients)))
+    chosen = np.random.default_rng(seed).permutation(patients)[:k]
+    assigned[train & np.isin(subject_ids, chosen)] = "test"
+    return assigned, k
+
+
+def patients_in_train(notes: pd.DataFrame, split: str = "val") -> int:
+    """Admissions of `split` whose patient also has train admissions."""
+    train = set(notes.loc[notes["split"] == "train", "subject_id"].tolist())
+    return int(notes.loc[notes["split"] == split, "subject_id"].isin(train).sum())
 
 
 def patient_rule(subject_ids: np.ndarray) -> np.ndarray:
@@ -72,14 +96,19 @@ def read_split_files(name: str, split_dir: Path) -> pd.DataFrame:
     )
 
 
-def assign(admissions: pd.DataFrame, split: str, split_dir: str = "") -> tuple[pd.Series, dict]:
+def assign(admissions: pd.DataFrame, split: str, split_dir: str = "", seed_test_share: float = 0.0,
+           seed: int = 0) -> tuple[pd.Series, dict]:
     """Split names for admissions (columns hadm_id, subject_id) and counts worth reporting.
 
     Admissions outside a file-based split get no split (None) and are dropped by the caller.
+    `seed_test_share` (split seed only) holds out a patient-disjoint test set: `hold_out_patients`.
     """
     stats: dict = {}
     if split == "seed":
         out = seed_rule(admissions["hadm_id"].to_numpy())
+        if seed_test_share > 0:
+            out, moved = hold_out_patients(out, admissions["subject_id"].to_numpy(), seed_test_share, seed)
+            stats["seed train patients held out as test (seed_test_share)"] = moved
     elif split == "patient":
         out = patient_rule(admissions["subject_id"].to_numpy())
     else:

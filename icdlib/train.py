@@ -34,7 +34,8 @@ import torch.distributed as dist
 
 from icdlib import backbones, checkpoint, config, metrics, preprocess, record
 from icdlib.config import Config
-from icdlib.data import LengthBucketSampler, NotesDataset, SegmentFormat, Tokenized, collate, tokenize_cached
+from icdlib.data import (LengthBucketSampler, NotesDataset, SegmentFormat, Tokenized, collate, tokenize_cached,
+                         truncation_stats)
 from icdlib.errors import IcdlibError
 from icdlib.inference import Env, autocast, compute_dtype, pick_device, score, weights_dtype
 from icdlib.models import ICDCoder, loss_fn
@@ -45,9 +46,9 @@ STEP = "03_train"
 PARAMS = ("backbone", "seed", "base_model_path", "model_path", "model_type", "adapter_path", "load_in", "segment_bos",
           "instruction", "tiny_layers", "tiny_hidden", "tiny_heads", "tiny_vocab", "tiny_init", "train_backbone",
           "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "head", "attention_dim", "segment_length",
-          "max_segments", "epochs", "max_steps", "batch_size", "grad_accum", "lr", "head_lr", "weight_decay",
-          "warmup_steps", "schedule", "clip", "pos_weight", "eval_every", "save_every", "patience", "metric",
-          "threshold", "device", "precision", "grad_checkpointing", "num_workers", "resume", "nproc")
+          "max_segments", "truncation", "epochs", "max_steps", "batch_size", "grad_accum", "lr", "head_lr",
+          "weight_decay", "warmup_steps", "schedule", "clip", "pos_weight", "eval_every", "save_every", "patience",
+          "metric", "threshold", "device", "precision", "grad_checkpointing", "num_workers", "resume", "nproc")
 
 
 class TrainingError(IcdlibError):
@@ -111,7 +112,8 @@ def backbone_path(cfg: Config, train_texts: list[str]) -> str:
 
 
 def max_note_tokens(cfg: Config, fmt: SegmentFormat) -> int:
-    """Note tokens kept (the head of the note): every segment's body, max_segments times."""
+    """Note tokens kept (`truncation`: the head, the tail or both of a longer note): every segment's
+    body, max_segments times."""
     return fmt.body(cfg.segment_length) * cfg.max_segments
 
 
@@ -136,7 +138,8 @@ def prepare(cfg: Config, env: Env | None = None) -> Prepared:
     coder.init_bias(torch.as_tensor(train_share, dtype=torch.float32))
     max_tokens = max_note_tokens(cfg, fmt)
     cache = Run.of(cfg).tokens
-    tokens = {s: tokenize_cached(notes.loc[notes["split"] == s, "text"].tolist(), tokenizer, max_tokens, cache, s)
+    tokens = {s: tokenize_cached(notes.loc[notes["split"] == s, "text"].tolist(), tokenizer, max_tokens, cache, s,
+                                 mode=cfg.truncation)
               for s in ("train", "val", "test")}
     return Prepared(cfg, notes, pre.labels, label_codes, tokens, where, tokenizer, coder, fmt)
 
@@ -303,10 +306,12 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
         if cfg.resume:
             check_resumable(run, prep)
         step.invalidate()
+        if env.master:
+            write_token_stats(run, prep)
         history = train_loop(cfg, prep, env, progress)
         if env.master:
             step.extra.update({"device_used": str(env.device), "processes": env.world})
-            step.wrote(run.checkpoint("best"), run.history, *(run.predictions(s) for s in SCORED_SPLITS))
+            step.wrote(run.checkpoint("best"), run.history, run.tokens_json, *(run.predictions(s) for s in SCORED_SPLITS))
     return history
 
 
@@ -484,6 +489,23 @@ def write_predictions(cfg: Config, prep: Prepared, env: Env, best: Path, coder: 
             hadm = prep.notes.loc[prep.notes["split"] == split, "hadm_id"].to_numpy()
             with atomic_path(Run.of(cfg).predictions(split)) as tmp, open(tmp, "wb") as f:
                 np.savez_compressed(f, hadm_id=hadm, scores=scores, best=np.array(best_id))
+
+
+def token_stats(prep: Prepared) -> dict:
+    """What truncation costs, per split (`data.truncation_stats`), with the budget and the mode."""
+    return {"max_note_tokens": max_note_tokens(prep.cfg, prep.fmt), "truncation": prep.cfg.truncation,
+            "splits": {s: truncation_stats(prep.tokens[s]) for s in ("train", "val", "test")}}
+
+
+def write_token_stats(run: Run, prep: Prepared) -> Path:
+    """`03_train/tokens.json`: `token_stats` (the master process writes it, before training)."""
+    return atomic_write_text(run.tokens_json, json.dumps(token_stats(prep), indent=2) + "\n")
+
+
+def load_token_stats(run_dir: Path) -> dict:
+    """`03_train/tokens.json` as written by `write_token_stats` ({} when there is none)."""
+    path = Run(run_dir).tokens_json
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def load_history(run_dir: Path) -> pd.DataFrame:

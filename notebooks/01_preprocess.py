@@ -30,6 +30,17 @@ result = preprocess.run(cfg)
 preprocess.stats_table(result.stats)
 
 # %% [markdown]
+# ## Split and benchmark
+# What the split is, how many val admissions share a patient with train, and this run's counts
+# beside each benchmark preset's published MIMIC-III counts (`benchmark` sets split and labels).
+
+# %%
+preprocess.split_notes(cfg, result)
+
+# %%
+preprocess.benchmark_check(cfg, result)
+
+# %% [markdown]
 # ## A few admissions
 # Ids and codes only when `share_safe` is on (always on for real MIMIC-III unless turned off).
 

@@ -63,6 +63,18 @@ report.note_lengths(notes)
 # or more tokens): notes longer than that lose their end, where the discharge diagnoses usually are.
 
 # %%
+from icdlib import data
+tokenizer, budget = data.tokenizer_without_training(cfg)  # real backbones; a tiny one is trained in 03
+full = None if tokenizer is None else data.tokenize(notes["text"].tolist(), tokenizer, 0).full_lengths
+report.token_lengths(notes, full, budget)
+
+# %% [markdown]
+# *How to read it:* when drawn, tokens per note before truncation, one line per split, with the budget the
+# model reads (`max_segments` × the segment's note tokens) dashed. Notes right of the dashed line lose
+# tokens: their end with `truncation: head`, their start with `tail`, their middle with `head_tail`. Step 03
+# reports the exact shares in its truncation table.
+
+# %%
 report.kind_share(notes, labels)
 
 # %% [markdown]

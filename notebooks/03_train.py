@@ -1,7 +1,8 @@
 # %% [markdown]
 # # 03 · Train
 # Reads `outputs/<run>/01_preprocess/`; writes `outputs/<run>/03_train/`: checkpoints (`last/`,
-# `best/`), `history.csv` and the best model's `predictions_{val,test}.npz`. With `nproc` > 1
+# `best/`), `history.csv`, `tokens.json` (what truncation drops) and the best model's
+# `predictions_{val,test}.npz`. With `nproc` > 1
 # the training runs under torchrun in a subprocess. Training prints one line per evaluation
 # (step, loss, validation metric, tokens/s, time left).
 
@@ -21,6 +22,20 @@ report.header(cfg, provenance.collect(cfg.run_dir))
 
 # %%
 history = train.run(cfg)
+
+# %% [markdown]
+# ## Truncation
+# Notes longer than `max_segments` segments lose tokens (`truncation`: the end, the start or the middle).
+
+# %%
+report.truncation(train.load_token_stats(cfg.run_dir))
+
+# %% [markdown]
+# *How to read it:* one row per split, counted before training: notes, notes longer than the budget (the
+# token count in the header) and their share, tokens before and after the cut and the share dropped, and
+# the median and 90th percentile of note length in tokens. A large share dropped means the model never
+# reads much of the notes: raise `max_segments`, or try `truncation: head_tail` (discharge diagnoses sit
+# near the end); `03_train/tokens.json` keeps these numbers.
 
 # %% [markdown]
 # ## Learning curves

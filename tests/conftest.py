@@ -24,7 +24,7 @@ def tiny_backbone(tmp_path_factory):
 
 LLAMA_MODELS = {"base_model_path": "Meta-Llama-3-8B-Instruct", "model_path": "LLM2Vec-Meta-Llama-3-8B-Instruct-mntp",
                 "adapter_path": "LLM2Vec-Meta-Llama-3-8B-Instruct-mntp-supervised"}
-OFFLINE_SIZE = {"synth_admissions": 120, "min_count": 3, "segment_length": 64, "max_segments": 2, "attention_dim": 16,
+OFFLINE_SIZE = {"synth_admissions": 120, "segment_length": 64, "max_segments": 2, "attention_dim": 16,
                 "batch_size": 8, "grad_accum": 1, "warmup_steps": 1, "max_steps": 4, "eval_every": 2, "save_every": 2,
                 "lr": 1.0e-3, "baseline": False}
 

@@ -62,9 +62,9 @@ def reference(y_true, y_score, threshold=0.5, ks=(5, 8, 15)):
     ref["exact_match"] = np.mean([accuracy_score(yi[i], pi[i]) == 1 for i in range(n)])
 
     order = np.argsort(s, axis=1)[:, ::-1]  # CAML's ranking
+    with_label = [i for i in range(n) if y[i].any()]  # P@k, R-precision and MAP: the same documents
     for k in ks:
-        ref[f"p_at_{k}"] = np.mean([y[i, order[i, :k]].sum() / k for i in range(n)])
-    with_label = [i for i in range(n) if y[i].any()]
+        ref[f"p_at_{k}"] = _mean_or_nan([y[i, order[i, :k]].sum() / k for i in with_label])
     ref["r_precision"] = _mean_or_nan(
         [y[i, order[i, : y[i].sum()]].sum() / y[i].sum() for i in with_label]
     )
@@ -252,7 +252,7 @@ def test_all_zero_labels_give_nan_not_exception():
                 "recall_micro", "r_precision", "map"]:  # fmt: skip
         assert math.isnan(got[key]), key
     assert got["n_labels_scored"] == 0
-    assert got["p_at_5"] == 0.0
+    assert math.isnan(got["p_at_5"])  # no document with a positive: P@k is undefined like MAP
     assert_same(got, reference(y, s))
     frame = metrics.per_label(y, s)
     assert frame[["auroc", "auprc", "recall"]].isna().all().all()
@@ -333,3 +333,49 @@ def test_full_mimic_size_matches_sklearn_on_label_subset():
         assert frame["f1"].iloc[j] == pytest.approx(
             f1_score(y[:, j], s[:, j] >= 0.5, zero_division=0), abs=1e-6
         )
+
+
+# --------------------------------------------------------------------------- #
+# P@k, R-precision and MAP over the same documents; the two macro-F1s
+# --------------------------------------------------------------------------- #
+def test_document_without_positive_is_left_out_of_p_at_k_map_and_r_precision_alike():
+    # HAND_Y/HAND_S plus doc 3 with no true label (scores .95 .1 .1 .1): it changes none of
+    # P@k, R-precision, MAP; before, P@1 would have been (1 + 0 + 1 + 0) / 4 = 1/2.
+    y = np.vstack([HAND_Y, [0, 0, 0, 0]])
+    s = np.vstack([HAND_S, [0.95, 0.1, 0.1, 0.1]])
+    got = metrics.compute(y, s, ks=(1, 2, 5))
+    assert got["p_at_1"] == pytest.approx(2 / 3)
+    assert got["p_at_2"] == pytest.approx(0.5)
+    assert got["p_at_5"] == pytest.approx(0.4)
+    assert got["r_precision"] == pytest.approx((1 + 0 + 2 / 3) / 3)
+    assert got["map"] == pytest.approx(77 / 108)
+    assert got["n_docs"] == 4
+    assert_same(got, reference(y, s, ks=(1, 2, 5)))
+
+
+def test_p_at_k_map_and_r_precision_exact_with_two_empty_documents():
+    # doc 0: l1 .9 T, l0 .5 F, l2 .1 F -> P@1 1, P@2 1/2, R-prec 1/1, AP 1
+    # doc 1: no positive; doc 2: l0 .8 F, l2 .6 T, l1 .3 T -> P@1 0, P@2 1/2, R-prec 1/2,
+    #        AP = (1/2 + 2/3) / 2 = 7/12; doc 3: no positive.
+    y = np.array([[0, 1, 0], [0, 0, 0], [0, 1, 1], [0, 0, 0]])
+    s = np.array([[0.5, 0.9, 0.1], [0.9, 0.8, 0.7], [0.8, 0.3, 0.6], [0.2, 0.3, 0.4]])
+    got = metrics.compute(y, s, ks=(1, 2))
+    assert got["p_at_1"] == pytest.approx(1 / 2)
+    assert got["p_at_2"] == pytest.approx(1 / 2)
+    assert got["r_precision"] == pytest.approx(3 / 4)
+    assert got["map"] == pytest.approx((1 + 7 / 12) / 2)
+
+
+def test_both_macro_f1_definitions_by_hand():
+    # 4 documents x 3 labels, threshold 0.5. Per label (TP, FP, FN):
+    #   l0 (2, 0, 1): P 1, R 2/3, F1 4/5;  l1 (1, 1, 1): P 1/2, R 1/2, F1 1/2;
+    #   l2 no positive, 1 FP: P 0, R 0/0 := 0, F1 0 (left out of the Edin mean).
+    # Edin: mean(4/5, 1/2) = 13/20.  CAML: macro P = (1 + 1/2 + 0)/3 = 1/2,
+    #   macro R = (2/3 + 1/2 + 0)/3 = 7/18 -> F1 = 2 * 1/2 * 7/18 / (1/2 + 7/18) = 7/16.
+    y = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 0], [0, 0, 0]])
+    s = np.array([[0.9, 0.8, 0.1], [0.7, 0.6, 0.2], [0.3, 0.1, 0.9], [0.1, 0.2, 0.3]])
+    got = metrics.compute(y, s, threshold=0.5)
+    assert got["f1_macro"] == pytest.approx(13 / 20)
+    assert got["f1_macro_caml"] == pytest.approx(7 / 16)
+    assert got["n_labels_scored"] == 2  # l0 and l1 have a positive and a negative; l2 no positive
+    assert_same(got, reference(y, s))

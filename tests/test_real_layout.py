@@ -24,7 +24,7 @@ from icdlib import backbones, checkpoint, config, predict, preprocess, train
 from icdlib.errors import IcdlibError
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_SIZE = {"synth_admissions": 120, "min_count": 3, "split": "patient", "segment_length": 64, "max_segments": 2,
+TEST_SIZE = {"synth_admissions": 120, "min_count": 3, "benchmark": "none", "split": "patient", "segment_length": 64, "max_segments": 2,
              "attention_dim": 16, "batch_size": 8, "grad_accum": 1, "warmup_steps": 1, "max_steps": 4,
              "eval_every": 2, "save_every": 2, "lr": 1.0e-3}
 

@@ -180,18 +180,118 @@ def test_frequency_buckets():
 
 def test_metrics_table():
     result = {"auroc_macro": 0.9, "auroc_micro": 0.98, "auprc_macro": 0.2, "auprc_micro": 0.5,
-              "f1_macro": 0.08, "f1_micro": 0.55, "p_at_8": 0.7, "p_at_15": 0.55, "map": 0.6,
-              "n_docs": 10}
-    table = report.metrics_table({"icdlib test @tuned": result, "baseline test @0.5": {"f1_micro": 0.4}})
+              "f1_macro": 0.08, "f1_macro_caml": 0.065, "f1_micro": 0.55, "p_at_8": 0.7, "p_at_15": 0.55,
+              "map": 0.6, "n_docs": 10}
+    systems = {"icdlib test @tuned": result, "baseline test @0.5": {"f1_micro": 0.4}}
+    table = report.metrics_table(systems, benchmark="caml_full", names=False)
     assert list(table.columns) == report.TABLE_METRICS
     assert table.loc["icdlib test @tuned", "auroc_micro"] == pytest.approx(98.0)
     assert table.loc["icdlib test @tuned", "map"] == pytest.approx(60.0)
+    assert table.loc["icdlib test @tuned", "f1_macro"] == pytest.approx(8.0)
+    assert table.loc["icdlib test @tuned", "f1_macro_caml"] == pytest.approx(6.5)
     assert np.isnan(table.loc["baseline test @0.5", "auroc_micro"])
-    assert table.loc["CAML (MIMIC-III full, published)", "f1_micro"] == 53.9
-    assert table.loc["PLM-ICD (MIMIC-III full, published)", "p_at_15"] == 61.3
-    seed = [name for name in table.index if "LLM2Vec seed" in name]
-    assert len(seed) == 1 and table.loc[seed[0], "auprc_micro"] == 47.41
-    assert np.isnan(table.loc[seed[0], "f1_micro"])
-    assert len(table) == 2 + len(report.REFERENCE_RESULTS)
+    caml = "CAML (Mullenbach et al. 2018, MIMIC-III full, CAML split)"
+    plm = "PLM-ICD (Huang et al. 2022, MIMIC-III full, CAML split)"
+    assert table.loc[caml, "f1_micro"] == 53.9 and table.loc[plm, "p_at_15"] == 61.3
+    # published macro-F1 is CAML's definition: under f1_macro_caml, the Edin cell empty
+    for name, value in zip(report.REFERENCE_RESULTS["caml_full"], (8.8, 9.9, 10.3, 10.4)):
+        assert table.loc[name, "f1_macro_caml"] == value and np.isnan(table.loc[name, "f1_macro"]), name
+    assert len(table) == 2 + 4
     assert list(table.index[:2]) == ["icdlib test @tuned", "baseline test @0.5"]
-    assert len(report.metrics_table({"x": result}, reference=False)) == 1
+    assert len(report.metrics_table({"x": result}, reference=False, benchmark="caml_full")) == 1
+    named = report.metrics_table(systems)  # the notebook's table: columns that say which macro-F1 is which
+    assert list(named.columns) == [report.TABLE_NAMES[m] for m in report.TABLE_METRICS]
+    assert named.loc["icdlib test @tuned", "F1 macro (mean per label, Edin)"] == pytest.approx(8.0)
+    assert named.loc["icdlib test @tuned", "F1 macro (CAML: of macro-P and macro-R)"] == pytest.approx(6.5)
+
+
+@pytest.mark.parametrize("benchmark, synthetic, n_rows", [
+    ("caml_full", False, 4), ("seed", False, 1), ("none", False, 0), ("caml_50", False, 0),
+    ("edin_clean", False, 0), ("caml_full", True, 0), ("seed", True, 0)])
+def test_reference_rows_only_for_the_runs_own_benchmark(benchmark, synthetic, n_rows):
+    table = report.metrics_table({"icdlib test @tuned": {"f1_micro": 0.5}}, benchmark=benchmark,
+                                 synthetic=synthetic, names=False)
+    refs = list(table.index[1:])
+    assert len(refs) == n_rows and refs == list(report.reference_rows(benchmark, synthetic))
+    if benchmark == "caml_full" and n_rows:
+        assert all(name.endswith("MIMIC-III full, CAML split)") for name in refs)
+        assert [name.split(" (")[0] for name in refs] == ["CAML", "LAAT", "MSMN", "PLM-ICD"]
+    if benchmark == "seed" and n_rows:
+        assert "LLM2Vec seed project" in refs[0] and table.loc[refs[0], "auprc_micro"] == 47.41
+        assert table.loc[refs[0], ["f1_micro", "f1_macro", "f1_macro_caml"]].isna().all()
+    note = report.reference_note(benchmark, synthetic)
+    if synthetic:
+        assert "synthetic" in note and "no reference rows" in note
+    elif benchmark in ("caml_50", "edin_clean"):
+        assert note.endswith("no published reference rows are recorded for this benchmark yet.")
+    elif benchmark == "none":
+        assert "no published reference rows" in note
+
+
+def test_metrics_caption_states_split_and_counts():
+    m = {"n_docs": 3372, "n_labels": 8922, "n_labels_scored": 4075, "f1_micro": 0.5}
+    text = report.metrics_caption(m, "test", "caml_full")
+    assert text.startswith("Split test · n_docs 3,372 · n_labels 8,922 · n_labels_scored 4,075 "
+                           "(labels with a positive and a negative in test) · benchmark caml_full.")
+    assert report.reference_note("caml_full") in text
+    assert "n_docs n/a" in report.metrics_caption({}, "val")
+    styled = report.metrics_styled({"icdlib test @tuned": m}, m, "test", "caml_full")
+    html = styled.to_html()
+    assert "n_labels_scored 4,075" in html and "<caption>" in html
+    assert "F1 macro (CAML: of macro-P and macro-R)" in html and "PLM-ICD (Huang et al. 2022" in html
+    assert "–" in html  # the published rows' empty Edin macro-F1 cell
+
+
+def test_caption_counts_are_those_metrics_compute_returns():
+    # 3 documents x 3 labels: l0 in every document (no negative), l1 in one, l2 in none -> 1 scored
+    y = np.array([[1, 1, 0], [1, 0, 0], [1, 0, 0]])
+    s = np.array([[0.9, 0.8, 0.1], [0.7, 0.2, 0.3], [0.6, 0.4, 0.2]])
+    from icdlib import metrics
+
+    m = metrics.compute(y, s)
+    assert (m["n_docs"], m["n_labels"], m["n_labels_scored"]) == (3, 3, 1)
+    assert "n_docs 3 · n_labels 3 · n_labels_scored 1 " in report.metrics_caption(m, "val", "seed")
+
+
+# ---------------------------------------------------------------- provenance in metrics.json
+# `done` (tests/test_run_record.py): one small 01 → 03 → 04 run, built once for this module.
+from test_run_record import done  # noqa: E402,F401
+
+
+def test_metrics_json_written_by_evaluate_run_carries_provenance(done):
+    import datetime as dt
+    import json
+    import subprocess
+
+    from icdlib import pipeline
+    from icdlib.provenance import PACKAGE_ROOT, file_hash
+    from icdlib.runfolder import Run
+
+    run = Run.of(done)
+    m = json.loads(run.metrics.read_text())
+    info = m["provenance"]
+    assert set(info) >= {"commit", "dirty", "date", "versions", "device", "platform", "data"}
+    assert set(info["versions"]) >= {"python", "torch", "transformers", "peft", "llm2vec"}
+    assert info["versions"]["torch"] and info["versions"]["python"]
+    assert info["device"].startswith(("cpu", "cuda", "mps"))
+    assert dt.datetime.fromisoformat(info["date"]).tzinfo is not None
+    assert info["data"] == {"01_preprocess/notes.parquet": file_hash(run.notes),
+                            "01_preprocess/labels.parquet": file_hash(run.labels)}
+    assert all(info["data"].values())
+    head = subprocess.run(["git", "-C", str(PACKAGE_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert info["commit"] == head.stdout.strip() and isinstance(info["dirty"], bool)
+    # what reads metrics.json takes the new key in its stride
+    assert pipeline.headline(done).startswith("test (synthetic twin): auroc_micro ")
+    assert "On the test split" in report.summary(metrics=m, synthetic=True).text
+    assert "On the test split" in pipeline.write_index(done).read_text()
+    assert "provenance" not in json.dumps(m["test"]) and set(m["test"]) >= {"n_docs", "n_labels", "n_labels_scored"}
+    # 04's table cell on this run (synthetic twin: no reference rows, the caption says why)
+    from icdlib import evaluate
+
+    ev = evaluate.read(done)
+    assert ev.results == m
+    html = report.metrics_styled(evaluate.systems(ev), ev.results["test"], "test", ev.cfg.benchmark,
+                                 ev.cfg.synthetic).to_html()
+    assert f"n_docs {m['test']['n_docs']:,} · n_labels {m['test']['n_labels']:,}" in html
+    assert "synthetic MIMIC-III twin" in html and "CAML split" not in html and "seed project" not in html

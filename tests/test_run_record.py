@@ -114,6 +114,7 @@ def test_each_step_records_what_it_used_read_and_wrote(done):
                                                for n in ("notes.parquet", "labels.parquet", "stats.json")}
     assert m04["inputs"] == {**m01["outputs"], **m03["outputs"]}
     assert m03["outputs"] == {"03_train/best": tree_hash(run.checkpoint("best")), "03_train/history.csv": file_hash(run.history),
+                              "03_train/tokens.json": file_hash(run.tokens_json),
                               "03_train/predictions_val.npz": file_hash(run.predictions("val")),
                               "03_train/predictions_test.npz": file_hash(run.predictions("test"))}
     assert m04["outputs"] == {"04_evaluate/metrics.json": file_hash(run.metrics),
@@ -142,7 +143,7 @@ def test_03_writes_its_predictions_after_its_checkpoints(done):
 def test_04_owns_its_outputs_and_05_reads_them(done):
     run = Run.of(done)
     metrics = json.loads(run.metrics.read_text())
-    assert set(metrics) == {"threshold", "val", "test", "val_tuned", "test_tuned"} and 0 < metrics["threshold"] < 1
+    assert set(metrics) == {"threshold", "val", "test", "val_tuned", "test_tuned", "provenance"} and 0 < metrics["threshold"] < 1
     ev = steps.s05_error_analysis(done)
     assert ev.results == metrics and ev.per_code["code"].tolist() == ev.labels["code"].tolist()
     assert ev.per_code.equals(pd.read_parquet(run.per_code))

@@ -51,9 +51,9 @@ def sklearn_loop(y: np.ndarray, s: np.ndarray, threshold: float = 0.5, ks=(5, 8,
         "f1_macro": float(f1_score(y[:, with_pos], pred[:, with_pos], average="macro", zero_division=0)),
         "map": float(np.mean([average_precision_score(y[i], s[i]) for i in docs])),
     }
-    top = np.argsort(s, axis=1)[:, ::-1]
+    top = np.argsort(s[docs], axis=1)[:, ::-1]  # P@k over the same notes as MAP (those with a code)
     for k in ks:
-        out[f"p_at_{k}"] = float(np.mean(np.take_along_axis(y, top[:, :k], 1).sum(1) / k))
+        out[f"p_at_{k}"] = float(np.mean(np.take_along_axis(y[docs], top[:, :k], 1).sum(1) / k))
     return out
 
 
