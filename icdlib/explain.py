@@ -13,21 +13,30 @@ import pandas as pd
 import torch
 
 from icdlib.config import Config
-from icdlib.data import collate, tokenize
+from icdlib.data import PLAIN, SegmentFormat, collate, tokenize
 
 
-def token_attention(coder, tokenizer, text: str, label: int, max_tokens: int, segment_length: int) -> pd.DataFrame:
-    """One row per token of `text` (up to max_tokens): token, weight of label `label`'s attention."""
-    tokens = tokenize([text], tokenizer, max_tokens)
-    batch = collate([(tokens.note(0), np.zeros(0, np.float32), 0)], segment_length, tokenizer.pad_token_id)
+def token_attention(coder, tokenizer, text: str, label: int, max_tokens: int, segment_length: int,
+                    fmt: SegmentFormat = PLAIN, mode: str = "head") -> pd.DataFrame:
+    """One row per note token of `text` that the model reads (`max_tokens` of them, cut by `mode`):
+    token, weight of label `label`'s attention. Segments are built as in training (`fmt`: BOS and
+    instruction tokens around each); those format tokens are scored but not listed."""
+    tokens = tokenize([text], tokenizer, max_tokens, mode=mode)
+    batch = collate([(tokens.note(0), np.zeros(0, np.float32), 0)], segment_length, tokenizer.pad_token_id, fmt=fmt)
     model = coder.model if hasattr(coder, "model") else coder
     device = next(model.parameters()).device
     with torch.no_grad():
         states, mask = model.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        weights = model.head.attention(states.float(), mask)[0, :, label]
-    weights = weights[mask[0]].cpu().numpy()
+        weights = model.head.attention(states.float(), mask)[0, :, label].cpu()
+    segments = batch["attention_mask"][0].bool()  # (S, L)
+    note = segments.clone()
+    for k in range(note.shape[0]):  # drop each segment's prefix and suffix positions
+        where = torch.nonzero(segments[k]).flatten()
+        if len(where):
+            note[k, where[:len(fmt.prefix)]] = False
+            note[k, where[len(where) - len(fmt.suffix):]] = False
     pieces = tokenizer.convert_ids_to_tokens(tokens.note(0).tolist())
-    return pd.DataFrame({"token": pieces, "weight": weights})
+    return pd.DataFrame({"token": pieces, "weight": weights[note.reshape(-1)].numpy()})
 
 
 def highlight_html(table: pd.DataFrame, title: str, window: int = 120):
@@ -57,7 +66,7 @@ def highlight(cfg: Config, notes: pd.DataFrame, y_true: np.ndarray, labels: pd.D
     codes = labels["code"].tolist()
     label = codes.index(code) if code else int(np.asarray(y_true).sum(0).argmax())
     row = int(np.flatnonzero(np.asarray(y_true)[:, label])[0])
-    table = token_attention(coder, coder.tokenizer, notes["text"].iloc[row], label,
-                            cfg.segment_length * cfg.max_segments, cfg.segment_length)
+    table = token_attention(coder, coder.tokenizer, notes["text"].iloc[row], label, coder.max_tokens,
+                            cfg.segment_length, fmt=coder.fmt, mode=coder.truncation_mode)
     title = f"{codes[label]} {labels['short_title'].iloc[label]} — admission {notes['hadm_id'].iloc[row]}"
     return highlight_html(table, title)

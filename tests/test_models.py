@@ -167,3 +167,19 @@ def test_token_attention_is_a_distribution_over_the_note(tiny_backbone):
     assert len(table) == 40 and table["weight"].sum() == pytest.approx(1.0, abs=1e-5)
     assert (table["weight"] >= 0).all()
     assert "background: rgba(255,140,0,1.00)" in highlight_html(table, "code").data
+
+
+def test_token_attention_reads_segments_as_training_built_them(tiny_backbone):
+    """With BOS + a suffix around each segment and tail truncation, the table lists exactly the note
+    tokens the model read, in order; the format tokens take some attention but are not listed."""
+    from icdlib.data import SegmentFormat
+    from icdlib.explain import token_attention
+
+    coder, tok = build(tiny_backbone, "frozen", n_labels=3)
+    coder.eval()
+    text = " ".join(f"w{i % 7} sepsis" for i in range(60))
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    fmt = SegmentFormat((tok.bos_token_id,), (tok.eos_token_id,))
+    table = token_attention(coder, tok, text, label=1, max_tokens=42, segment_length=16, fmt=fmt, mode="tail")
+    assert table["token"].tolist() == tok.convert_ids_to_tokens(ids[-42:])  # 3 segments of 14 note tokens
+    assert 0.5 < table["weight"].sum() < 1.0 and (table["weight"] > 0).all()
