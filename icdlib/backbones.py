@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, MistralConfig, PreTrainedTokenizerFast
 
-from icdlib.config import Config
+from icdlib.config import Config, is_local_path
 from icdlib.errors import IcdlibError
 from icdlib.runfolder import atomic_path, content_key, read_key, source_hash, write_key
 
@@ -139,7 +139,7 @@ class Located:
 
 def is_local(ref: str) -> bool:
     """A local folder (or a path-looking string), as opposed to a hub name like `org/name`."""
-    return bool(ref) and (Path(ref).expanduser().exists() or ref.startswith(("/", "./", "../", "~", ".\\")))
+    return bool(ref) and is_local_path(ref)
 
 
 def _hub_offline() -> bool:

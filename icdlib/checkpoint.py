@@ -137,11 +137,7 @@ def load(folder: Path, dtype: torch.dtype = torch.float32, trainable: bool = Fal
     folder = Path(folder)
     manifest = read_manifest(folder)
     labels = manifest["labels"]
-    if expect_labels is not None and list(expect_labels) != labels:
-        raise IcdlibError(
-            f"checkpoint {folder} was trained on another label space ({len(labels)} labels, "
-            f"this run has {len(expect_labels)}): use a new run folder or the same preprocessing"
-        )
+    _check_labels(folder, labels, expect_labels)
     cfg = Config(**{k: v for k, v in manifest["config"].items() if k in Config.__dataclass_fields__})
     if cfg.train_backbone == "full":
         encoder, tokenizer = backbones.load(folder / "backbone", dtype, device=device)
@@ -162,6 +158,12 @@ def load(folder: Path, dtype: torch.dtype = torch.float32, trainable: bool = Fal
     return coder, tokenizer, manifest, cfg
 
 
+def _check_labels(folder: Path, labels: list[str], expected: list[str] | None) -> None:
+    if expected is not None and list(expected) != labels:
+        raise IcdlibError(f"checkpoint {folder} was trained on another label space ({len(labels)} labels, "
+                          f"this run has {len(expected)}): use a new run folder or the same preprocessing")
+
+
 def input_format(manifest: dict) -> SegmentFormat:
     return SegmentFormat.from_dict(manifest["backbone"].get("input_format"))
 
@@ -177,9 +179,7 @@ def load_into(coder: ICDCoder, folder: Path, cfg: Config, expect_labels: list[st
 
     folder = Path(folder)
     manifest = read_manifest(folder)
-    if expect_labels is not None and list(expect_labels) != manifest["labels"]:
-        raise IcdlibError(f"checkpoint {folder} was trained on another label space ({len(manifest['labels'])} "
-                          f"labels, this run has {len(expect_labels)}): use a new run folder or the same preprocessing")
+    _check_labels(folder, manifest["labels"], expect_labels)
     coder = _unwrap(coder)
     if cfg.train_backbone == "lora":
         weights = load_file(folder / "adapter" / "adapter_model.safetensors")

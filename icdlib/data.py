@@ -134,7 +134,7 @@ def tokenizer_without_training(cfg) -> tuple[object, int] | tuple[None, None]:
     found = backbones.locate(cfg.model_path, cfg.base_model_path)
     tokenizer = AutoTokenizer.from_pretrained(found.tokenizer)
     fmt = backbones.segment_format(cfg, tokenizer, found.name_or_path)
-    return tokenizer, fmt.body(cfg.segment_length) * cfg.max_segments
+    return tokenizer, fmt.budget(cfg.segment_length, cfg.max_segments)
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,10 @@ class SegmentFormat:
     def body(self, segment_length: int) -> int:
         """Note tokens per segment once the prefix and suffix are in."""
         return segment_length - len(self.prefix) - len(self.suffix)
+
+    def budget(self, segment_length: int, max_segments: int) -> int:
+        """Note tokens a model reads: every segment's body, max_segments times."""
+        return self.body(segment_length) * max_segments
 
     def to_dict(self) -> dict:
         return {"prefix": list(self.prefix), "suffix": list(self.suffix)}

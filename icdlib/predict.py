@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from icdlib import checkpoint
+from icdlib.config import absolute_paths
 from icdlib.data import Tokenized, cut, tokenize
 from icdlib.errors import IcdlibError
 from icdlib.inference import Env, pick_device, score, weights_dtype
@@ -53,14 +54,14 @@ class Coder:
         probe = checkpoint.read_manifest(model_dir)
         self.cfg = checkpoint.Config(**{k: v for k, v in probe["config"].items() if k in checkpoint.Config.__dataclass_fields__})
         self.model, self.tokenizer, manifest, _ = checkpoint.load(
-            model_dir, predict_dtype(self.cfg, self.env.device), model_path=_absolute(model_path),
-            base_model_path=_absolute(base_model_path), device=self.env.device)
+            model_dir, predict_dtype(self.cfg, self.env.device), **absolute_paths(
+                {"model_path": model_path, "base_model_path": base_model_path}), device=self.env.device)
         self.model.to(self.env.device).eval()
         self.fmt = checkpoint.input_format(manifest)
         self.labels = pd.DataFrame({"code": manifest["labels"], "kind": manifest["kinds"], "title": manifest["titles"]})
         self.batch_size = batch_size
         self.max_segments = max_segments or self.cfg.max_segments
-        self.max_tokens = self.fmt.body(self.cfg.segment_length) * self.max_segments
+        self.max_tokens = self.fmt.budget(self.cfg.segment_length, self.max_segments)
         self.truncation_mode = self.cfg.truncation  # head | tail | head_tail, as the model was trained
 
     def _tokens(self, texts: list[str]) -> tuple[Tokenized, pd.DataFrame]:
@@ -140,13 +141,6 @@ def _cpu_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-
-
-def _absolute(path: str) -> str:
-    """A local folder given relative to the caller's working directory, made absolute; hub names as is."""
-    from icdlib.backbones import is_local
-
-    return str(Path(path).expanduser().resolve()) if path and is_local(path) else path
 
 
 def _checked(text, i: int) -> str:

@@ -111,12 +111,6 @@ def backbone_path(cfg: Config, train_texts: list[str]) -> str:
     return str(backbones.make_tiny(cfg, train_texts, Run.of(cfg).backbone))
 
 
-def max_note_tokens(cfg: Config, fmt: SegmentFormat) -> int:
-    """Note tokens kept (`truncation`: the head, the tail or both of a longer note): every segment's
-    body, max_segments times."""
-    return fmt.body(cfg.segment_length) * cfg.max_segments
-
-
 def prepare(cfg: Config, env: Env | None = None) -> Prepared:
     """Read step 01, build (or load) the backbone and tokenizer, tokenise every split once."""
     env = env or Env(pick_device(cfg.device))
@@ -136,7 +130,7 @@ def prepare(cfg: Config, env: Env | None = None) -> Prepared:
     coder = ICDCoder(encoder, len(label_codes), cfg.head, cfg.attention_dim)
     train_share = pre.labels["n_train"].to_numpy() / max(1, int((notes["split"] == "train").sum()))
     coder.init_bias(torch.as_tensor(train_share, dtype=torch.float32))
-    max_tokens = max_note_tokens(cfg, fmt)
+    max_tokens = fmt.budget(cfg.segment_length, cfg.max_segments)  # `truncation` picks which tokens
     cache = Run.of(cfg).tokens
     tokens = {s: tokenize_cached(notes.loc[notes["split"] == s, "text"].tolist(), tokenizer, max_tokens, cache, s,
                                  mode=cfg.truncation)
@@ -201,9 +195,6 @@ def set_rng_state(state: dict) -> None:
 
 
 # ---------------------------------------------------------------- progress
-
-PROGRESS = "progress.jsonl"
-
 
 def progress_path(run_dir: Path) -> Path:
     """`03_train/progress.jsonl`: one JSON line per evaluation of the fit running (or last run) in the
@@ -464,7 +455,7 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True) -> 
         checkpoint.save(best, coder, cfg, prep.labels, prep.backbone, prep.tokenizer)
     if env.world > 1:
         dist.barrier()
-    del optimizer, scheduler, model  # only the coder stays: best/ goes into it in place
+    optimizer = scheduler = model = None  # free their state: only the coder stays, best/ goes into it in place
     write_predictions(cfg, prep, env, best, coder)
     return pd.DataFrame(history)
 
@@ -493,7 +484,7 @@ def write_predictions(cfg: Config, prep: Prepared, env: Env, best: Path, coder: 
 
 def token_stats(prep: Prepared) -> dict:
     """What truncation costs, per split (`data.truncation_stats`), with the budget and the mode."""
-    return {"max_note_tokens": max_note_tokens(prep.cfg, prep.fmt), "truncation": prep.cfg.truncation,
+    return {"max_note_tokens": prep.fmt.budget(prep.cfg.segment_length, prep.cfg.max_segments), "truncation": prep.cfg.truncation,
             "splits": {s: truncation_stats(prep.tokens[s]) for s in ("train", "val", "test")}}
 
 

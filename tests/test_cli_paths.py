@@ -15,12 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from test_pipeline import icdlib as run_icdlib
-from test_train import SMALL, assert_scored_once, small_cfg
+from test_train import assert_scored_once, small_cfg
 
-from icdlib import cli, config, preprocess, splits, synth
+from icdlib import cli, config, preprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 HUB = "McGill-NLP/LLM2Vec-Meta-Llama-3-8B-Instruct-mntp"

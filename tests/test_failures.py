@@ -1,11 +1,9 @@
 """Every failure the CLI can hit is one line: a dead kernel, Ctrl-C, a foreign head."""
 
 import json
-import shutil
 
 import nbformat
 import pytest
-import torch
 from safetensors.torch import save_file
 
 from icdlib import checkpoint, cli, config, pipeline

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from icdlib import backbones, checkpoint, config, preprocess, train
+from icdlib import backbones, checkpoint, config, train
 from icdlib.data import collate, tokenize
 from icdlib.errors import IcdlibError
 from icdlib.models import ICDCoder, loss_fn
@@ -100,15 +100,11 @@ def test_grad_scaler_is_off_for_bf16_and_fp32_and_makes_trainable_weights_fp32()
 
 # ---------------------------------------------------------------- fit() under fp16
 
-from test_train import small_cfg as _small_cfg, trainable_weights  # noqa: E402
+from test_train import kill_at_fifth_step, small_cfg as _small_cfg, trainable_weights  # noqa: E402
 
 
 def small_cfg(root, run, **over):
     return _small_cfg(root, run, precision="fp16", device="cpu", **over)
-
-
-class Killed(Exception):
-    pass
 
 
 @pytest.mark.parametrize("train_backbone", ["lora", "full"])  # lora: frozen base in fp16, LoRA in fp32
@@ -119,19 +115,7 @@ def test_fp16_run_saves_and_resumes_its_loss_scale(tmp_path, monkeypatch, train_
     assert final["scale"] > 0 and final["_growth_tracker"] >= 0
 
     broken = small_cfg(tmp_path, "broken", train_backbone=train_backbone)
-    real_step = torch.optim.AdamW.step
-    calls = {"n": 0}
-
-    def dying_step(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:  # after the step-3 checkpoint
-            raise Killed()
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
-    with pytest.raises(Killed):
-        train.fit(broken, progress=False)
-    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    kill_at_fifth_step(broken, monkeypatch)
     saved = checkpoint.load_trainer_state(broken.run_dir / "03_train/last")
     assert saved["step"] == 3 and saved["scaler"]["scale"] > 0
 

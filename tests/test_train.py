@@ -38,25 +38,30 @@ class Killed(Exception):
     pass
 
 
+def kill_at_fifth_step(cfg, monkeypatch) -> None:
+    """`train.fit(cfg)` killed at its fifth optimizer step: after the step-3 checkpoint, mid-way to step 6."""
+    real_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def dying_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise Killed()
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(Killed):
+        train.fit(cfg, progress=False)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+
+
 @pytest.mark.parametrize("train_backbone", ["full", "lora"])
 def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, train_backbone):
     whole = small_cfg(tmp_path, "whole", train_backbone=train_backbone)
     train.fit(whole, progress=False)
 
     broken = small_cfg(tmp_path, "broken", train_backbone=train_backbone)
-    real_step = torch.optim.AdamW.step
-    calls = {"n": 0}
-
-    def dying_step(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:  # after the step-3 checkpoint, mid-way to step 6
-            raise Killed()
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
-    with pytest.raises(Killed):
-        train.fit(broken, progress=False)
-    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    kill_at_fifth_step(broken, monkeypatch)
     assert checkpoint.load_trainer_state(broken.run_dir / "03_train/last")["step"] == 3
     resumed = config.load("tiny", params={"output_root": str(tmp_path), "run": "broken", **SMALL,
                                           "train_backbone": train_backbone, "resume": True})
