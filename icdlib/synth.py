@@ -16,13 +16,19 @@ What it imitates:
   2100-2200 as MIMIC's are;
 * ~35 notes per admission in MIMIC's categories (with MIMIC's trailing spaces in "Physician "
   and "Respiratory "), discharge summaries ("Report" plus 0-2 later "Addendum") with
-  de-identification brackets, MIMIC's section headers, codes signalled by titles, synonyms and
-  abbreviations, ~15% of codes never mentioned, negated and family-history mentions of
-  uncoded conditions, and template filler (vitals, labs, medications);
+  de-identification brackets, MIMIC's section headers, and template filler (vitals, labs,
+  medications);
+* evidence that is not a lookup: a coded condition is written mostly as an abbreviation, synonym,
+  rewording (`TB of peripheral lymph nodes`, `fundus of stomach cancer`) or its head words, the
+  exact dictionary title in ~1 mention in 10; ~15% of codes are never mentioned, the others in
+  one to four places anywhere in the summary or its addenda (so evidence also lies past the first
+  4,096 tokens of long notes); uncoded conditions appear negated ("PE was ruled out") and in the
+  family history, in the same surface forms, for common and tail codes alike;
 * MIMIC's quirks at low rates: empty ICD9_CODE rows (with empty SEQ_NUM), a code repeated in one
-  admission, obsolete codes absent from the dictionaries, leading-zero codes (0389, 0066)
-  sometimes written without the zero (389, 66), ISERROR=1 notes, notes without HADM_ID,
-  admissions without a discharge summary, admissions without codes, non-ASCII text (°, µg, –).
+  admission, obsolete codes absent from the dictionaries (the only codes the dictionaries lack;
+  leading zeros are always kept, as in MIMIC), ISERROR=1 notes, notes without HADM_ID, admissions
+  without a discharge summary, admissions with two reports, admissions without codes, non-ASCII
+  text (°, µg, –).
 
 Randomness: numpy's `default_rng(seed)` draws the plan (patients, SUBJECT_IDs, HADM_IDs) and
 one seed per patient; each patient's admissions, codes and notes come from a stdlib
@@ -44,7 +50,7 @@ import os
 import random
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -270,27 +276,17 @@ PROC_SYNONYMS = {
     "966": ("tube feeds", "enteral nutrition"),
 }
 
-# Negated mentions ("no evidence of pneumonia") and family history use uncoded conditions.
-NEGATABLE = {
-    "486": ("pneumonia", "PNA", "infiltrate"),
-    "41071": ("MI", "myocardial infarction", "ACS"),
-    "41519": ("PE", "pulmonary embolism"),
-    "45341": ("DVT", "deep vein thrombosis"),
-    "5990": ("UTI", "urinary tract infection"),
-    "0389": ("sepsis", "bacteremia"),
-    "431": ("intracranial hemorrhage", "bleed"),
-    "5789": ("GI bleed", "GI bleeding"),
-    "42731": ("atrial fibrillation", "afib"),
-    "4280": ("CHF", "heart failure"),
-    "00845": ("C. diff", "C. difficile infection"),
-    "5849": ("AKI", "renal failure"),
-    "43491": ("stroke", "CVA"),
-}
-FAMILY_HISTORY = {
-    "4019": ("hypertension", "HTN"), "25000": ("diabetes", "DM"), "41401": ("CAD", "coronary artery disease"),
-    "1749": ("breast cancer",), "1539": ("colon cancer",), "1629": ("lung cancer",), "43491": ("stroke",),
-    "4280": ("heart failure",), "185": ("prostate cancer",), "2720": ("high cholesterol",),
-}
+# Negated mentions ("no evidence of pneumonia") and family history name conditions the admission
+# is not coded with, in the same surface forms as coded ones: the conditions a work-up rules out
+# and the family illnesses clinicians ask about, plus (`P_TAIL_NEGATION`, `P_TAIL_FAMILY`) any
+# code of the hospital's tail, so that a mention alone does not make a code.
+NEGATABLE = ("486", "41071", "41519", "45341", "5990", "0389", "431", "5789", "42731", "4280", "00845", "5849",
+             "43491", "51881", "78552", "99592", "5070", "5119", "2875", "2930", "4275", "4271", "41401", "4241",
+             "5180", "7907", "2762", "2767", "2761", "4589", "5845", "70703", "1629", "1970", "1985", "5715",
+             "03842", "04111", "0380", "0088", "2851", "4168")
+FAMILY_HISTORY = ("4019", "25000", "41401", "1749", "1539", "1629", "43491", "4280", "185", "2720", "1830", "1890",
+                  "311", "3310", "3320", "30390", "2724", "412", "5715", "4275", "2449", "496", "1570", "20490",
+                  "29590", "5859", "27800", "71590", "7140", "3453")
 
 # --------------------------------------------------------------------------------------------
 # Text templates. Fields in braces come from `_note_fields`; `{f}` is a condition's surface form.
@@ -578,14 +574,17 @@ NOTES_PER_ADMISSION = 33.5  # non-discharge notes; with discharge summaries ~35 
 NOTES_PER_ADMISSION_SHORT = 3.0
 P_ADDENDA = (0.85, 0.11, 0.04)  # 0, 1, 2 addenda
 P_UNMENTIONED = 0.15
-P_IN_DISCHARGE_DIAGNOSIS = 0.85
+SECTION_SHARES = (("hpi", 0.2), ("pmh", 0.3), ("course", 0.5), ("discharge_dx", 0.7))  # a mention in each, independently
+P_SECOND_REPORT = 0.06  # a second "Report" (a transfer between services), as some MIMIC admissions have
+NEGATIONS_PER_REPORT = (1, 4)  # uniform count of ruled-out conditions in HPI and hospital course
+P_TAIL_NEGATION = 0.4
+P_TAIL_FAMILY = 0.3
 # quirks
 P_NO_DISCHARGE_SUMMARY = 0.03
 P_NO_CODES = 0.015
 P_EMPTY_CODE_ROW = 0.02
 P_DUPLICATE_CODE = 0.02
 P_OBSOLETE_CODE = 0.02
-P_ZERO_LESS = 0.15  # a leading-zero code written without its zero(s), as after a numeric cast
 P_NO_HADM = 0.03
 P_ISERROR = 0.006
 P_NON_ASCII = 0.05  # per note and kind of character
@@ -657,10 +656,70 @@ def _plain_title(title: str) -> str:
     return _lower_first(plain or title)
 
 
+# How clinicians shorten and reword dictionary titles: whole words or phrases, matched without case.
+REWORDINGS = (
+    ("secondary malignant neoplasm", "metastatic cancer"), ("malignant neoplasm", "cancer"),
+    ("benign neoplasm", "benign tumor"), ("neoplasm", "tumor"), ("personal history of", "h/o"), ("history", "hx"),
+    ("diabetes mellitus", "DM"), ("hypertensive", "HTN"), ("hypertension", "HTN"), ("tuberculosis", "TB"),
+    ("diseases", "dz"), ("disease", "dz"), ("disorders", "d/o"), ("disorder", "d/o"), ("infection", "infxn"),
+    ("fractures", "fx"), ("fracture", "fx"), ("without", "w/o"), ("with", "w/"), ("due to", "2/2"),
+    ("associated with", "assoc w/"), ("following", "after"), ("chronic", "chr"), ("syndrome", "syndr"),
+    ("insufficiency", "insuff"), ("deficiency", "def"), ("complications", "compl"), ("complication", "compl"),
+    ("infarction", "infarct"), ("hemorrhage", "bleed"), ("thrombosis", "clot"), ("embolism", "embolus"),
+    ("renal", "kidney"), ("cardiac", "heart"), ("pulmonary", "lung"), ("gastrointestinal", "GI"),
+    ("respiratory", "resp"), ("left", "L"), ("right", "R"), ("bilateral", "bilat"), ("abnormal", "abnl"),
+    ("congenital", "congen"), ("lower limb", "LE"), ("lower extremity", "LE"), ("upper limb", "UE"),
+    ("pneumonia", "PNA"), ("injury", "inj"), ("laceration", "lac"), ("obstruction", "obstr"), ("vertebra", "vert"),
+    ("and", "&"), ("unspecified", ""), ("other", ""),
+)
+ADJECTIVES = (("kidney", "renal"), ("heart", "cardiac"), ("lung", "pulmonary"), ("stomach", "gastric"),
+              ("liver", "hepatic"), ("brain", "cerebral"))  # a noun reworded only where it qualifies the next word
+_REWORD = re.compile(r"\b(" + "|".join(re.escape(a) for a, _ in REWORDINGS) + r")\b"
+                     r"|\b(" + "|".join(a for a, _ in ADJECTIVES) + r")(?= [a-z])", re.I)
+_REWORD_TO = {a: b for a, b in REWORDINGS + ADJECTIVES}
+_HEAD_CUT = re.compile(r",| of | due to | with | in | on | following | associated with | \(")
+_FUNCTION_WORDS = frozenset({"and", "or", "of", "on", "in", "to", "with", "the", "a", "by", "for", "from", "other"})
+
+
+def _reword(text: str, keep: Callable[[], bool] = lambda: True) -> str:
+    """`text` with the rewordings applied where `keep()` says so; spaces tidied."""
+    out = _REWORD.sub(lambda m: _REWORD_TO[m.group(0).lower()] if keep() else m.group(0), text)
+    return re.sub(r"\s+", " ", out).strip(" ,")
+
+
+def _paraphrases(plain: str, code: str) -> tuple[str, ...]:
+    """Rewordings of a plain title, fixed per code: abbreviated; `X of Y` turned into `Y X`, or
+    `A B` into the problem-list `B, A`, with some words abbreviated. Forms equal to the title are left out."""
+    r = random.Random(f"paraphrase {code}")
+    variants = [_reword(plain)]
+    head, sep, rest = plain.partition(" of ")
+    words = plain.split()
+    if sep and 0 < len(rest.split()) <= 4 and "," not in rest:
+        variants.append(_reword(f"{rest} {head}", keep=lambda: r.random() < 0.5))
+    elif 2 <= len(words) <= 3 and not _FUNCTION_WORDS & {w.lower() for w in words}:
+        variants.append(_reword(f"{words[-1]}, {' '.join(words[:-1])}", keep=lambda: r.random() < 0.5))
+    return tuple(dict.fromkeys(v for v in variants if v and v.lower() != plain.lower()))
+
+
+def _partial(plain: str, full: str) -> str:
+    """The head words of a title (`acute kidney failure` -> `kidney failure`): a partial mention."""
+    words = [w for w in _HEAD_CUT.split(plain, maxsplit=1)[0].split()]
+    for n in (2, 1):
+        candidate = words[-n:]
+        if len(candidate) < n or candidate[0].lower() in _FUNCTION_WORDS or not candidate[0][0].isalpha():
+            continue
+        text = " ".join(candidate)
+        if len(text) > 3 and text.lower() != full.lower():
+            return text
+    return plain or full
+
+
 class _Forms(NamedTuple):
-    synonyms: tuple[str, ...]
-    plain: str
-    full: str
+    synonyms: tuple[str, ...]  # curated abbreviations and synonyms (common codes only)
+    plain: str  # the title without qualifiers; "" when that is the full title itself
+    full: str  # the dictionary's long title, exactly
+    paraphrases: tuple[str, ...]  # rewordings of the plain title
+    partial: str  # its head words
 
 
 class _CodePool(NamedTuple):
@@ -692,8 +751,10 @@ class _World:
         """Surface forms of a code, worked out on first use (most codes never are)."""
         key = (kind, code)
         if key not in self._forms_cache:
-            title = titles[code]
-            self._forms_cache[key] = _Forms(synonyms.get(code, ()), _plain_title(title), _lower_first(title))
+            full = _lower_first(titles[code])
+            plain = _plain_title(titles[code])
+            self._forms_cache[key] = _Forms(synonyms.get(code, ()), "" if plain.lower() == full.lower() else plain, full,
+                                            _paraphrases(plain, code), _partial(plain, full))
         return self._forms_cache[key]
 
 
@@ -804,15 +865,9 @@ def _sample_procedures(r: random.Random, world: _World, diagnoses: list[str]) ->
     return codes
 
 
-def _zero_less(r: random.Random, code: str) -> str:
-    if code[0] == "0" and r.random() < P_ZERO_LESS:
-        return code.lstrip("0") or code
-    return code
-
-
 def _code_rows(r: random.Random, codes: list[str], extra_quirks: bool) -> list[tuple[int | None, str | None]]:
-    """(SEQ_NUM, ICD9_CODE) rows with MIMIC's quirks: zero-less codes, duplicates, empty codes."""
-    written = [_zero_less(r, c) for c in codes]
+    """(SEQ_NUM, ICD9_CODE) rows with MIMIC's quirks: duplicates, empty codes."""
+    written = list(codes)
     if extra_quirks and written and r.random() < P_DUPLICATE_CODE:
         written.append(_pick(r, written))
     rows: list[tuple[int | None, str | None]] = list(enumerate(written, start=1))
@@ -969,11 +1024,27 @@ def _note_fields(r: random.Random, adm: _Admission) -> _Fields:
     return _Fields(r, adm)
 
 
+P_FORMS = (("paraphrase", 0.55), ("partial", 0.2), ("plain", 0.15), ("full", 0.1))  # after the synonyms
+P_SYNONYM = 0.5  # codes with curated synonyms
+
+
 def _mention(r: random.Random, forms: _Forms) -> str:
-    """One way of writing a condition: an abbreviation/synonym, the plain title, or the full title."""
-    if forms.synonyms and r.random() < 0.7:
+    """One way of writing a condition: mostly an abbreviation, synonym or rewording, sometimes
+    its head words, the plain title or (rarely) the exact dictionary title."""
+    if forms.synonyms and r.random() < P_SYNONYM:
         return _pick(r, forms.synonyms)
-    return forms.plain if r.random() < 0.7 else forms.full
+    u = r.random()
+    for kind, p in P_FORMS:
+        if u < p:
+            break
+        u -= p
+    if kind == "paraphrase" and forms.paraphrases:
+        return _pick(r, forms.paraphrases)
+    if kind == "full":
+        return forms.full
+    if kind == "plain" and forms.plain:
+        return forms.plain
+    return forms.partial
 
 
 def _words(lines: list[str]) -> int:
@@ -1058,46 +1129,59 @@ def _medication_lines(r: random.Random, adm: _Admission, budget: float) -> list[
 
 @dataclass
 class _Placement:
-    """Where each mentioned condition appears in a discharge summary."""
+    """Where each mentioned condition appears in a discharge summary (and its first addendum)."""
 
     hpi: list[str]
     pmh: list[str]
     course: list[str]
     discharge_dx: list[str]
+    addendum: list[str]
 
 
-def _place_diagnoses(r: random.Random, codes: list[str]) -> _Placement:
-    place = _Placement([], [], [], [])
+def _place_diagnoses(r: random.Random, codes: list[str], with_addendum: bool) -> _Placement:
+    """Each code in each section with its `SECTION_SHARES` chance; one left in none goes to one
+    section picked at random, an addendum among them when there is one."""
+    place = _Placement([], [], [], [], [])
     for code in codes:
-        sections = [s for s, p in ((place.hpi, 0.25), (place.pmh, 0.35), (place.course, 0.6)) if r.random() < p]
-        if r.random() < P_IN_DISCHARGE_DIAGNOSIS:
-            sections.append(place.discharge_dx)
-        elif not sections:
-            sections.append(_pick(r, (place.hpi, place.pmh, place.course)))
+        sections = [getattr(place, name) for name, p in SECTION_SHARES if r.random() < p]
+        if not sections:
+            options = [place.hpi, place.pmh, place.course, place.discharge_dx] + ([place.addendum] if with_addendum else [])
+            sections.append(_pick(r, options))
         for section in sections:
             section.append(code)
     return place
 
 
-def _negations(r: random.Random, adm: _Admission, k: int) -> list[str]:
-    candidates = [c for c in NEGATABLE if c not in adm.diagnoses]
+def _uncoded_condition(r: random.Random, world: _World, adm: _Admission, curated: tuple[str, ...],
+                       p_tail: float) -> str | None:
+    """A condition the admission is not coded with: from `curated`, or with `p_tail` any tail code."""
+    if r.random() < p_tail:
+        code = r.choices(world.dx_pool.tail, cum_weights=world.dx_pool.tail_cum)[0]
+    else:
+        code = _pick(r, curated)
+    return None if code in adm.diagnoses else code
+
+
+def _negations(r: random.Random, world: _World, adm: _Admission, k: int) -> list[str]:
     out = []
-    for code in r.sample(candidates, min(k, len(candidates))):
-        form = _pick(r, NEGATABLE[code])
-        out.append(_pick(r, NEGATIONS).format(f=form, F=_cap(form)))
+    for _ in range(k):
+        code = _uncoded_condition(r, world, adm, NEGATABLE, P_TAIL_NEGATION)
+        if code is not None:
+            form = _mention(r, world.dx_forms(code))
+            out.append(_pick(r, NEGATIONS).format(f=form, F=_cap(form)))
     return out
 
 
-def _family_history(r: random.Random, adm: _Admission, fields: dict) -> str:
-    candidates = [c for c in FAMILY_HISTORY if c not in adm.diagnoses]
-    if r.random() < 0.3 or not candidates:
+def _family_history(r: random.Random, world: _World, adm: _Admission, fields: dict) -> str:
+    if r.random() < 0.3:
         return _pick(r, ("Noncontributory.", "Non-contributory", "No family history of early MI or sudden death."))
-    codes = r.sample(candidates, min(len(candidates), _between(r, 1, 2)))
     lines = []
-    for code in codes:
-        fields["f"] = _pick(r, FAMILY_HISTORY[code])
-        lines.append(_pick(r, FAMILY_TEMPLATES).format_map(fields))
-    return " ".join(lines)
+    for _ in range(_between(r, 1, 3)):
+        code = _uncoded_condition(r, world, adm, FAMILY_HISTORY, P_TAIL_FAMILY)
+        if code is not None:
+            fields["f"] = _mention(r, world.dx_forms(code))
+            lines.append(_pick(r, FAMILY_TEMPLATES).format_map(fields))
+    return " ".join(lines) or "Noncontributory."
 
 
 def _social_history(r: random.Random, fields: dict) -> str:
@@ -1122,8 +1206,10 @@ class _DischargeBody(NamedTuple):
     diagnosis: list[str]
 
 
-def _discharge_body(r: random.Random, adm: _Admission, world: _World, short: bool, f: _Fields) -> _DischargeBody:
-    """Where the coded conditions and procedures are written, before any filler."""
+def _discharge_body(r: random.Random, adm: _Admission, world: _World, short: bool, f: _Fields,
+                    with_addendum: bool) -> tuple[_DischargeBody, list[str]]:
+    """Where the coded conditions and procedures are written, before any filler; and the codes
+    left for the first addendum to mention."""
 
     def dx_form(code: str) -> str:
         return _mention(r, world.dx_forms(code))
@@ -1131,7 +1217,9 @@ def _discharge_body(r: random.Random, adm: _Admission, world: _World, short: boo
     def proc_form(code: str) -> str:
         return _mention(r, world.proc_forms(code))
 
-    place = _place_diagnoses(r, adm.dx_mentioned)
+    place = _place_diagnoses(r, adm.dx_mentioned, with_addendum)
+    n_negations = _between(r, *NEGATIONS_PER_REPORT)
+    in_hpi = _between(r, 0, n_negations)
     in_procedures = [c for c in adm.proc_mentioned if r.random() < 0.75]
     in_course = [c for c in adm.proc_mentioned if c not in in_procedures or r.random() < 0.5]
 
@@ -1139,7 +1227,7 @@ def _discharge_body(r: random.Random, adm: _Admission, world: _World, short: boo
     history = ", ".join(dx_form(c) for c in place.pmh[:4]) or "no significant past medical history"
     hpi = [f"{f['age']} y/o {f['sexword']} with {history} who presents with {f['symptom']}."]
     hpi += [_pick(r, ("Found to have {f}.", "Workup notable for {f}.", "Also with {f}.")).format(f=dx_form(c)) for c in place.hpi]
-    hpi += _negations(r, adm, _between(r, 0, 1))
+    hpi += _negations(r, world, adm, in_hpi)
     pmh = [f"- {_cap(dx_form(c))}" for c in place.pmh] + [f"- {s}" for s in r.sample(PAST_SURGERY, _between(r, 0, 2))]
     course = []
     for code in place.course:
@@ -1149,7 +1237,7 @@ def _discharge_body(r: random.Random, adm: _Admission, world: _World, short: boo
     for code in in_course:
         course.append(_pick(r, ("{P} was performed on {d} without complication.", "Underwent {p} on {d}.",
                                 "{P} was done on {d}.")).format(p=proc_form(code), P=_cap(proc_form(code)), d=f["date"]))
-    course += _negations(r, adm, _between(r, 0, 2))
+    course += _negations(r, world, adm, n_negations - in_hpi)
     if place.discharge_dx:
         listed = [_cap(dx_form(c)) for c in place.discharge_dx]
         if r.random() < 0.6:
@@ -1164,7 +1252,7 @@ def _discharge_body(r: random.Random, adm: _Admission, world: _World, short: boo
         course=course, admission_meds=[f"{name} {strength} {unit} daily".replace("  ", " ")
                                        for name, strength, unit, _ in r.sample(DRUGS, 2)],
         discharge_meds=_medication_lines(r, adm, 0), diagnosis=diagnosis,
-    )
+    ), place.addendum
 
 
 def _pad(r: random.Random, adm: _Admission, body: _DischargeBody, f: _Fields, target: float) -> None:
@@ -1180,12 +1268,14 @@ def _pad(r: random.Random, adm: _Admission, body: _DischargeBody, f: _Fields, ta
     r.shuffle(body.course)
 
 
-def _discharge_summary(r: random.Random, adm: _Admission, world: _World, short: bool, canary: str | None) -> str:
-    """A discharge summary: MIMIC's section headers, de-identification brackets, coded conditions mentioned."""
+def _discharge_summary(r: random.Random, adm: _Admission, world: _World, short: bool, canary: str | None,
+                       with_addendum: bool = False) -> tuple[str, list[str]]:
+    """A discharge summary: MIMIC's section headers, de-identification brackets, coded conditions
+    mentioned; and the codes its first addendum is to mention."""
     f = _note_fields(r, adm)
     target = r.uniform(220, 360) if short else min(6000.0, max(450.0, r.lognormvariate(math.log(1500), 0.4)))
     canary_slot = r.random()  # drawn with or without canaries, so canaries change nothing else
-    body = _discharge_body(r, adm, world, short, f)
+    body, for_addendum = _discharge_body(r, adm, world, short, f, with_addendum)
     _pad(r, adm, body, f, target)
     header = (f"Admission Date:  {_deid_date(adm.admit)}              Discharge Date:   {_deid_date(adm.discharge)}\n\n"
               f"Date of Birth:  {_deid_date(adm.dob)}             Sex:   {adm.sex}\n\n"
@@ -1200,7 +1290,7 @@ def _discharge_summary(r: random.Random, adm: _Admission, world: _World, short: 
         ("History of Present Illness:", [" ".join(body.hpi)]),
         ("Past Medical History:", body.pmh),
         ("Social History:", [_social_history(r, f)]),
-        ("Family History:", [_family_history(r, adm, f)]),
+        ("Family History:", [_family_history(r, world, adm, f)]),
         ("Physical Exam:", body.exam),
         ("Pertinent Results:", body.results),
         ("Hospital Course:", body.course or ["Uncomplicated."]),
@@ -1219,15 +1309,21 @@ def _discharge_summary(r: random.Random, adm: _Admission, world: _World, short: 
         i = 1 + int(canary_slot * (len(blocks) - 1))
         blocks[i] = f"{blocks[i]} {canary}"
     blocks.append(f"{_pick(r, NAMES)} MD [**MD Number(1) {_between(r, 100, 9999)}**]\n\nCompleted by:{_deid_date(adm.discharge)}")
-    return "\n\n".join(blocks) + "\n"
+    return "\n\n".join(blocks) + "\n", for_addendum
 
 
-def _addendum(r: random.Random, adm: _Admission, world: _World, when: date) -> str:
+ADDENDUM_EVIDENCE = ("Also followed for {f}.", "Final culture and pathology results are consistent with {f}.",
+                     "The discharge diagnoses should also include {f}.", "Of note, {f} was also addressed.")
+
+
+def _addendum(r: random.Random, adm: _Admission, world: _World, when: date, codes: list[str]) -> str:
+    """A later note to the summary; it names `codes` (evidence written nowhere else) and maybe one more."""
     f = _note_fields(r, adm)
     lines = [_pick(r, ("Patient's discharge medications were changed as follows.", "Please note the following correction.",
                        "Additional results returned after discharge."))]
     if adm.dx_mentioned and r.random() < 0.5:
-        lines.append(f"Also followed for {_mention(r, world.dx_forms(_pick(r, adm.dx_mentioned)))}.")
+        codes = codes + [_pick(r, adm.dx_mentioned)]
+    lines += [_pick(r, ADDENDUM_EVIDENCE).format(f=_mention(r, world.dx_forms(c))) for c in codes]
     lines += _fill(r, COURSE_FILLER, f, 15)
     return (f"Name:  {_pick(r, NAMES)}                 Unit No:   [**Numeric Identifier {_between(r, 1000, 99999)}**]\n\n"
             f"Admission Date:  {_deid_date(adm.admit)}              Discharge Date:   {_deid_date(adm.discharge)}\n\n"
@@ -1291,6 +1387,24 @@ def _brief_note(r: random.Random, category: _Category, adm: _Admission, world: _
     return " ".join(lines) + "\n"
 
 
+def _split_stay(r: random.Random, adm: _Admission) -> list[_Admission]:
+    """Two reports of one stay (a transfer summary, then the discharge summary of the next
+    service): each mentioned code goes to the first, the second or both."""
+    transfer = adm.admit + (adm.discharge - adm.admit) * r.uniform(0.3, 0.7)
+    first: dict[str, list[str]] = {"dx": [], "proc": []}
+    second: dict[str, list[str]] = {"dx": [], "proc": []}
+    for kind, codes in (("dx", adm.dx_mentioned), ("proc", adm.proc_mentioned)):
+        for code in codes:
+            u = r.random()
+            if u < 0.6:
+                first[kind].append(code)
+            if u >= 0.4:
+                second[kind].append(code)
+    other_service = _pick(r, [s for s in SERVICES if s != adm.service])
+    return [replace(adm, discharge=transfer, dx_mentioned=first["dx"], proc_mentioned=first["proc"]),
+            replace(adm, service=other_service, dx_mentioned=second["dx"], proc_mentioned=second["proc"])]
+
+
 NoteRow = tuple  # (SUBJECT_ID, HADM_ID, CHARTDATE, CHARTTIME, STORETIME, CATEGORY, DESCRIPTION, CGID, ISERROR, TEXT)
 
 
@@ -1327,15 +1441,18 @@ def _admission_notes(r: random.Random, adm: _Admission, world: _World, short: bo
     timed.sort(key=lambda item: item[0])
     notes = [row for _, row in timed]
     if adm.has_discharge_summary:
-        canary = next(canaries) if canaries is not None else None
-        day = adm.discharge.date()
-        notes.append((adm.subject_id, adm.hadm_id, day.isoformat(), None, None, "Discharge summary", "Report",
-                      None, None, _discharge_summary(r, adm, world, short, canary)))
+        parts = _split_stay(r, adm) if r.random() < P_SECOND_REPORT else [adm]
         n_addenda = r.choices((0, 1, 2), weights=P_ADDENDA)[0]
-        for _ in range(n_addenda):
+        for i, part in enumerate(parts):
+            canary = next(canaries) if canaries is not None else None
+            text, for_addendum = _discharge_summary(r, part, world, short, canary, n_addenda > 0 and i == len(parts) - 1)
+            notes.append((adm.subject_id, adm.hadm_id, part.discharge.date().isoformat(), None, None, "Discharge summary",
+                          "Report", None, None, text))
+        day = adm.discharge.date()
+        for k in range(n_addenda):
             day = day + timedelta(days=_between(r, 1, 30))
             notes.append((adm.subject_id, adm.hadm_id, day.isoformat(), None, None, "Discharge summary", "Addendum",
-                          None, None, _addendum(r, adm, world, day)))
+                          None, None, _addendum(r, adm, world, day, for_addendum if k == 0 else [])))
     return notes
 
 

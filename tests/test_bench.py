@@ -43,7 +43,7 @@ def test_markdown_shows_medians_spread_checks_and_missing_suites(tmp_path):
     assert "| c | s | 1.50 (1.00–2.00) |" in text
     assert "| speed-up | 1.50 (1.00–2.00) | ≥ 2× | **no** |" in text
     assert "check: equal values: passed" in text and "CPU X, 2 cores" in text
-    assert "Not measured yet: preprocess, train, predict." in text
+    assert "Not measured yet: preprocess, train, predict, twin." in text
 
 
 def test_unknown_suite_or_scale_is_refused(tmp_path):
@@ -61,7 +61,7 @@ def smoke(tmp_path_factory):
     """Every suite at smoke scale, once each (the timings are not looked at), recorded into one temporary folder."""
     root = tmp_path_factory.mktemp("bench")
     docs = {}
-    for suite in ("metrics", "preprocess", "train", "predict"):
+    for suite in ("metrics", "preprocess", "train", "predict", "twin"):
         docs[suite] = run_suite(suite, scale="smoke", repeats=SMOKE_REPEATS, warmup=0, data_dir=root / "data",
                                 out=root / "results" / f"{suite}.json", markdown=root / "RESULTS.md", progress=False)
     return root, docs
@@ -99,10 +99,21 @@ def test_predict_suite_and_markdown(smoke):
     root, docs = smoke
     assert [r["notes_per_s"]["n"] for r in docs["predict"]["rows"]] == [SMOKE_REPEATS] * 2
     text = (root / "RESULTS.md").read_text()
-    for suite in ("metrics", "preprocess", "train", "predict"):
+    for suite in ("metrics", "preprocess", "train", "predict", "twin"):
         assert f"## {suite}" in text
     assert "Not measured yet" not in text
     assert json.loads((root / "results" / "train.json").read_text())["suite"] == "train"
+
+
+def test_twin_suite_reads_the_evidence_of_both_note_lengths(smoke):
+    """At smoke scale the suite reads two small twins (no training); its checks hold on them."""
+    doc = smoke[1]["twin"]
+    assert doc["rows"] == [] and len(doc["checks"]) == 4 and all(c["ok"] for c in doc["checks"]), doc["checks"]
+    short, full = doc["text"].values()
+    assert short["exact_title"] <= 0.2 and full["exact_title"] <= 0.2
+    assert "first_mention_past_4096" in full and "first_mention_past_4096" not in short
+    assert full["words_median"] > 3 * short["words_median"]
+    assert all(s["unknown_not_obsolete"] == [] for s in (short, full))
 
 
 def test_cli_bench_refuses_a_bad_scale():
@@ -165,7 +176,7 @@ def test_gpu_suite_full_refuses_without_cuda_and_records_nothing(tmp_path):
 def test_markdown_says_gpu_figures_are_not_recorded_until_the_gpu_suite_ran(tmp_path):
     text = results.render([], tmp_path)
     assert "GPU figures" in text and "are not recorded: the suite needs a CUDA GPU" in text
-    assert "Not measured yet: preprocess, metrics, train, predict." in text  # gpu is not in that list
+    assert "Not measured yet: preprocess, metrics, train, predict, twin." in text  # gpu is not in that list
 
 
 def test_gpu_peak_table_and_model_flops():

@@ -7,13 +7,15 @@ the same invocation. Nothing here is a test: `make test` only checks that the su
 
 Suites: `preprocess` (step 01 against pandas read-everything), `metrics` (icdlib.metrics against
 scikit-learn's per-label loop), `train` (tokens/s of segmented dynamic batches against the original
-project's fixed 1024-token window), `predict` (notes/s of icdlib.predict), `gpu` (LoRA training
+project's fixed 1024-token window), `predict` (notes/s of icdlib.predict), `twin` (how hard the
+synthetic twin is: evidence forms and positions in its text, and the frequency prior, TF-IDF and
+the tiny demo model trained on twins of several seeds), `gpu` (LoRA training
 tokens/s, MFU and peak GPU memory of Llama-3-8B- and Mistral-7B-shaped coders in bf16 and 4-bit
 QLoRA, scoring notes/s, and the memory one backbone copy costs; `--scale full` needs a CUDA GPU
 and refuses without one, `--scale smoke` runs a toy shape on the CPU).
 """
 
-SUITES = ("preprocess", "metrics", "train", "predict", "gpu")
+SUITES = ("preprocess", "metrics", "train", "predict", "twin", "gpu")
 
 
 def run_suite(suite: str, scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir=None, out=None,
