@@ -38,7 +38,8 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)])
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()), show_progress=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()), show_progress=False,
+                                  initial_alphabet=["_"])  # llm2vec's MNTP mask token
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_input_names=["input_ids", "attention_mask"],
                                    padding_side="right", clean_up_tokenization_spaces=False, **SPECIAL_TOKENS)
@@ -254,9 +255,9 @@ def locate(model_path: str, base_model_path: str = "") -> Located:
 
 def check(cfg: Config) -> Located | None:
     """Fail fast: the backbone of `cfg` (and its second adapter) is loadable, before step 01 works."""
-    if not cfg.model_path:
+    if not cfg.model_path and not cfg.base_model_path:
         return None
-    found = locate(cfg.model_path, cfg.base_model_path)
+    found = locate(cfg.model_path or cfg.base_model_path, cfg.base_model_path if cfg.model_path else "")
     if cfg.adapter_path:
         adapter = Path(_local(cfg.adapter_path, "adapter_path", {}))
         _read_json(adapter / "adapter_config.json", "adapter_path must be a PEFT adapter folder")
@@ -292,13 +293,14 @@ def _quiet():
 
 
 def load(model_path: str | Path, dtype: torch.dtype = torch.float32, base_model_path: str = "",
-         device: torch.device | None = None, load_in: str = "native"):
+         device: torch.device | None = None, load_in: str = "native", merge: bool = True):
     """(bidirectional model, tokenizer), MNTP merged; offline-safe for local folders.
 
     The same steps as `llm2vec.LLM2Vec.from_pretrained` (llm2vec's bidirectional classes, the
     adapter of an adapter-only model merged in), but with the base named explicitly, no hub
     lookups for local folders, and the weights placed on `device` before the merge (an 8B merge
-    on the CPU is slow and needs the RAM of a second copy).
+    on the CPU is slow and needs the RAM of a second copy). `merge=False` keeps the adapter of an
+    adapter-only model as a trainable peft model (to continue its MNTP).
     """
     from llm2vec import LLM2Vec
     from peft import PeftModel
@@ -321,18 +323,46 @@ def load(model_path: str | Path, dtype: torch.dtype = torch.float32, base_model_
     with _quiet(), quantize.loading(load_in):
         model = model_class.from_pretrained(found.base or found.model, **kwargs)
         if found.base:
-            model = PeftModel.from_pretrained(model, found.model).merge_and_unload()
+            model = PeftModel.from_pretrained(model, found.model, is_trainable=not merge)
+            if merge:
+                model = model.merge_and_unload()
         tokenizer = AutoTokenizer.from_pretrained(found.tokenizer)
+    if not merge and found.base:
+        model.get_base_model().config._name_or_path = found.name_or_path or model.config._name_or_path
+        return model, _padded(tokenizer)
     # transformers' own adapter bookkeeping must not survive the merge: save_pretrained of a
     # fully trained backbone would look for adapters that no longer exist
     model._hf_peft_config_loaded = False
     if hasattr(model, "peft_config"):  # left by merge_and_unload; a new LoRA would warn of "multiple adapters"
         del model.peft_config
     model.config._name_or_path = found.name_or_path or model.config._name_or_path
+    return model, _padded(tokenizer)
+
+
+def _padded(tokenizer):
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return tokenizer
+
+
+def lm_head_weight(found: Located) -> torch.Tensor | None:
+    """The decoder's `lm_head.weight` from the checkpoint files (the base of an adapter-only
+    model), read alone; None when the checkpoint has none (tied embeddings, a bare encoder)."""
+    from safetensors import safe_open
+
+    folder = Path(found.base or found.model)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shard = json.loads(index.read_text()).get("weight_map", {}).get("lm_head.weight")
+        files = [folder / shard] if shard else []
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            if "lm_head.weight" in f.keys():
+                return f.get_tensor("lm_head.weight")
+    return None
 
 
 def make_trainable(model: torch.nn.Module, cfg: Config, adapter_path: str | Path = ""):

@@ -107,6 +107,17 @@ class Config:
     max_segments: int = 8  # 1 reproduces plain truncation
     truncation: str = "head"  # head | tail | head_tail: which tokens of a note longer than max_segments segments stay
 
+    # MNTP (llm2vec's masked next-token prediction) on the train notes before fine-tuning (icdlib.mntp)
+    mntp_steps: int = 0  # 0: no MNTP stage
+    mntp_masking: str = "auto"  # auto (all_mask for Mistral, bert otherwise) | bert (80/10/10) | all_mask
+    mntp_probability: float = 0.0  # share of tokens selected; 0: the recipe's (bert 0.2, all_mask 0.8)
+    mntp_length: int = 512  # tokens per chunk of the concatenated notes
+    mntp_batch_size: int = 32  # chunks per step (all processes together)
+    mntp_lr: float = 5.0e-5  # the Trainer default llm2vec's recipe runs with
+    mntp_compare: str = "none"  # none | without | with: also fine-tune the other arm for 03/04 (needs mntp_steps > 0):
+    #   without: the model starts from MNTP, 03_train/without_mntp/ from the backbone as loaded;
+    #   with: the model starts from the backbone as loaded, 03_train/with_mntp/ from MNTP
+
     # training
     epochs: int = 3
     max_steps: int = -1  # optimizer steps; -1 means epochs
@@ -176,6 +187,8 @@ CHOICES = {
     "precision": ("auto", "bf16", "fp16", "fp32"),
     "benchmark": ("none", "caml_full", "caml_50", "edin_clean", "seed"),
     "truncation": ("head", "tail", "head_tail"),
+    "mntp_masking": ("auto", "bert", "all_mask"),
+    "mntp_compare": ("none", "without", "with"),
 }
 
 _TYPES = typing.get_type_hints(Config)
@@ -218,6 +231,11 @@ RANGES = {
     "nproc": _AT_LEAST_1,
     "threshold": (lambda v: 0 < v < 1, "in (0, 1)"),
     "seed_test_share": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "mntp_steps": _AT_LEAST_0,
+    "mntp_probability": (lambda v: 0 <= v < 1, "in [0, 1) (0: the recipe's)"),
+    "mntp_length": (lambda v: v >= 2, "at least 2"),
+    "mntp_batch_size": _AT_LEAST_1,
+    "mntp_lr": _POSITIVE,
 }
 
 
@@ -390,6 +408,9 @@ def resolve(backbone: str, overrides: dict | None = None, params_dir: Path | Non
     values["backbone"] = backbone
     stated = dict(overrides or {}) if "benchmark" in (overrides or {}) else {**file_values, **(overrides or {})}
     cfg = Config(**apply_benchmark(absolute_paths(values, cwd), stated))
+    if cfg.mntp_compare != "none" and cfg.mntp_steps == 0:
+        raise ConfigError(f"mntp_compare={cfg.mntp_compare} compares fine-tuning with and without the MNTP stage, "
+                          f"but mntp_steps=0: set mntp_steps (or mntp_compare=none)")
     if "/" in cfg.run_name or cfg.run_name in ("", ".", ".."):
         raise ConfigError(f"run must be a plain folder name, got {cfg.run_name!r}")
     if not cfg.model_path:  # a tiny backbone is built from these: heads split the width into even halves

@@ -22,7 +22,7 @@ from icdlib import analysis, metrics, preprocess, provenance, record
 from icdlib.config import Config
 from icdlib.errors import DataError
 from icdlib.labels import multi_hot
-from icdlib.runfolder import SCORED_SPLITS, Run, atomic_path, atomic_write_text, tree_hash
+from icdlib.runfolder import MNTP_ARMS, SCORED_SPLITS, Run, atomic_path, atomic_write_text, tree_hash
 
 STEP = "04_evaluate"
 PARAMS = ("threshold", "baseline", "seed")  # what step 04's output depends on besides its inputs
@@ -113,6 +113,37 @@ def score_baseline(ev: Evaluation, scores: dict[str, np.ndarray]) -> dict:
     return ev.results["baseline"]
 
 
+def comparison_scores(run: Run, ev: Evaluation, arm: str) -> dict[str, np.ndarray] | None:
+    """The scores of the MNTP comparison's other fine-tuning (`03_train/without_mntp/` or
+    `with_mntp/`, `mntp_compare`), aligned with `ev`'s admissions; None when the run has none."""
+    if arm == "none":
+        return None
+    plain = Run(run.dir, MNTP_ARMS[arm])
+    if not all(plain.predictions(s).is_file() for s in ev.splits):
+        raise DataError(f"{plain.rel(plain.trained)}/ lacks predictions (mntp_compare={arm}): rerun 03")
+    best_id = tree_hash(plain.checkpoint("best"))
+    out = {}
+    for split, s in ev.splits.items():
+        with np.load(plain.predictions(split)) as z:
+            if str(z["best"]) != best_id or not np.array_equal(z["hadm_id"], s.notes["hadm_id"].to_numpy()):
+                raise record.RecordError(f"{plain.rel(plain.predictions(split))} does not match {plain.rel(plain.checkpoint('best'))} "
+                                         f"or this run's {split} admissions: rerun 03")
+            out[split] = z["scores"]
+    return out
+
+
+def score_comparison(ev: Evaluation, scores: dict[str, np.ndarray], arm: str) -> dict:
+    """Metrics of the comparison's other fine-tuning, as the model's are (fixed and val-tuned
+    threshold), as `ev.results["without_mntp"]` or `ev.results["with_mntp"]`."""
+    tuned = metrics.tune_threshold(ev.splits["val"].y_true, scores["val"])
+    out = {"threshold": tuned}
+    for split, s in ev.splits.items():
+        out[split] = metrics.compute(s.y_true, scores[split], ev.threshold)
+        out[f"{split}_tuned"] = metrics.compute(s.y_true, scores[split], tuned)
+    ev.results[MNTP_ARMS[arm]] = out
+    return out
+
+
 def run(cfg: Config, progress: bool = False) -> Evaluation:
     """Step 04: score the predictions, train and score the baseline (when `cfg.baseline`), and write
     metrics.json, per_code.parquet and the step's manifest. Returns what the notebook shows."""
@@ -122,6 +153,9 @@ def run(cfg: Config, progress: bool = False) -> Evaluation:
         ev = load(cfg)
         step.invalidate()
         score_all(ev, cfg)
+        other = comparison_scores(step.run, ev, cfg.mntp_compare)
+        if other is not None:
+            score_comparison(ev, other, cfg.mntp_compare)
         if cfg.baseline:
             from icdlib import baseline
 
@@ -151,6 +185,11 @@ def systems(ev: Evaluation) -> dict[str, dict]:
     for split in ev.splits:
         rows[f"icdlib {split} @{ev.threshold:g}"] = ev.results[split]
         rows[f"icdlib {split} @tuned {ev.results['threshold']:.3f}"] = ev.results[f"{split}_tuned"]
+    for arm, key in MNTP_ARMS.items():
+        if key in ev.results:
+            for split in ev.splits:
+                rows[f"icdlib {arm} MNTP {split} @tuned {ev.results[key]['threshold']:.3f}"] = \
+                    ev.results[key][f"{split}_tuned"]
     if "baseline" in ev.results:
         for split in ev.splits:
             rows[f"TF-IDF baseline {split} @tuned"] = ev.results["baseline"][f"{split}_tuned"]

@@ -504,6 +504,42 @@ def history(history: pd.DataFrame) -> Figure:
     return fig
 
 
+NO_MNTP = "No MNTP stage in this run (`mntp_steps: 0`): fine-tuning started from the backbone as loaded."
+
+
+def mntp_history(history: pd.DataFrame | None, arms: dict[str, pd.DataFrame] | None = None,
+                 metric: str = "map") -> Figure | Shown:
+    """Left: the MNTP loss (masked-token cross-entropy) against its step. Right, when the run
+    fine-tuned with and without the stage (`mntp_compare`; `arms` from `train.mntp_arms`):
+    validation `metric` of both against the fine-tuning step. `Shown` (one line) without MNTP."""
+    if history is None or history.empty:
+        return Shown(NO_MNTP, markdown=NO_MNTP)
+    fig, (left, right) = _figure(1, 2, size=(10.0, 4.5))
+    left.plot(history["step"], history["loss"], color="tab:purple", lw=1, alpha=0.5 if len(history) > 50 else 1,
+              label="MNTP loss")
+    if len(history) > 50:
+        window = max(5, len(history) // 25)
+        left.plot(history["step"], history["loss"].rolling(window, min_periods=1).mean(), color="tab:purple", lw=2,
+                  label=f"moving mean ({window} steps)")
+    left.legend(fontsize=8)
+    left.set_title("MNTP on the train notes")
+    left.set_xlabel("MNTP step")
+    left.set_ylabel("cross-entropy (masked tokens)")
+    column = f"val_{metric}"
+    arms = [(name, h) for name, h in (arms or {}).items() if h is not None and column in h and h[column].notna().any()]
+    for name, h in arms:
+        right.plot(h["step"], h[column], marker="o", ms=3, label=name)
+    if len(arms) == 2:
+        right.legend(fontsize=8)
+        right.set_title(f"Fine-tuning: validation {metric}")
+        right.set_xlabel("Optimizer step")
+        right.set_ylabel(metric)
+    else:
+        _empty(right, "no second fine-tuning to compare (mntp_compare: none)")
+    fig.suptitle("MNTP stage")
+    return fig
+
+
 # --------------------------------------------------------------------------- evaluation
 
 def _subsample_curve(x: np.ndarray, y: np.ndarray, max_points: int = 2000):
@@ -1023,9 +1059,9 @@ def _metric_sentences(metrics: dict, synthetic: bool) -> list[str]:
         better = [name for name, a, b in wins if a > b]
         worse = [name for name, a, b in wins if a < b]
         versus = ", ".join(f"{name} {_f(b)}" for name, _, b in wins)
-        if wins and not better:
+        if wins and len(worse) == len(wins):
             verdict = f"**the model loses to the baseline on all {len(wins)} of these metrics**"
-        elif wins and not worse:
+        elif wins and len(better) == len(wins):
             verdict = f"**the model beats the baseline on all {len(wins)} of these metrics**"
         else:
             verdict = (f"**the model beats the baseline on {len(better)} of {len(wins)} metrics** "

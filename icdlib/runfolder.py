@@ -225,6 +225,10 @@ MANIFEST = "manifest.json"
 KEY_FILE = "cache_key.txt"
 
 
+# the second fine-tuning of an MNTP comparison (mntp_compare), by what it starts from
+MNTP_ARMS = {"without": "without_mntp", "with": "with_mntp"}
+
+
 class Run:
     """Every path of one run folder, `outputs/<run>/`, as DESIGN.md's table lists them.
 
@@ -232,8 +236,9 @@ class Run:
     `01_preprocess` … `05_error_analysis`; `step()` also takes `"01"`, `1` or `"preprocess"`.
     """
 
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(self, run_dir: str | os.PathLike, variant: str = ""):
         self.dir = Path(run_dir)
+        self.variant = variant  # a second fine-tuning of the same run (`without_mntp`): its own 03 outputs
 
     @classmethod
     def of(cls, cfg) -> "Run":
@@ -241,13 +246,13 @@ class Run:
         return cls(cfg.run_dir)
 
     def __repr__(self) -> str:
-        return f"Run({str(self.dir)!r})"
+        return f"Run({str(self.dir)!r}" + (f", variant={self.variant!r})" if self.variant else ")")
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Run) and self.dir == other.dir
+        return isinstance(other, Run) and (self.dir, self.variant) == (other.dir, other.variant)
 
     def __hash__(self) -> int:
-        return hash(self.dir)
+        return hash((self.dir, self.variant))
 
     # the record
     @property
@@ -297,32 +302,47 @@ class Run:
         return self.step("01") / "stats.json"
 
     # 03
+    @property
+    def trained(self) -> Path:
+        """Where a fine-tuning writes: `03_train/`, or `03_train/<variant>/` for a variant."""
+        return self.step("03") / self.variant if self.variant else self.step("03")
+
     def checkpoint(self, which: str = "best") -> Path:
         """`03_train/best/` or `03_train/last/` (model folders, see `icdlib.checkpoint`)."""
         if which not in CHECKPOINTS:
             raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
-        return self.step("03") / which
+        return self.trained / which
 
     @property
     def history(self) -> Path:
-        return self.step("03") / "history.csv"
+        return self.trained / "history.csv"
 
     @property
     def progress(self) -> Path:
         """`03_train/progress.jsonl`: one JSON line per evaluation of the fit running (or last run)."""
-        return self.step("03") / "progress.jsonl"
+        return self.trained / "progress.jsonl"
 
     def predictions(self, split: str) -> Path:
         """`03_train/predictions_<split>.npz`: hadm_id, scores, and `best`, the id (`tree_hash`) of
         the best/ that scored them."""
         if split not in SCORED_SPLITS:
             raise ValueError(f"predictions exist for {', '.join(SCORED_SPLITS)}, not {split!r}")
-        return self.step("03") / f"predictions_{split}.npz"
+        return self.trained / f"predictions_{split}.npz"
 
     @property
     def backbone(self) -> Path:
         """`03_train/backbone/`: the tiny backbone built for the run (when `model_path` is empty)."""
         return self.step("03") / "backbone"
+
+    @property
+    def mntp(self) -> Path:
+        """The MNTP adapter (McGill's -mntp layout) and its history.csv."""
+        return self.step("03") / "mntp"
+
+    @property
+    def mntp_last(self) -> Path:
+        """MNTP's resume state."""
+        return self.step("03") / "mntp_last"
 
     @property
     def tokens(self) -> Path:
@@ -332,7 +352,7 @@ class Run:
     @property
     def tokens_json(self) -> Path:
         """`03_train/tokens.json`: per split, the notes and tokens truncation drops (`train.token_stats`)."""
-        return self.step("03") / "tokens.json"
+        return self.trained / "tokens.json"
 
     # 04
     @property

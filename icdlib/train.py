@@ -32,14 +32,14 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from icdlib import backbones, checkpoint, config, metrics, preprocess, record
+from icdlib import backbones, checkpoint, config, metrics, mntp, preprocess, record
 from icdlib.config import Config
 from icdlib.data import (LengthBucketSampler, NotesDataset, SegmentFormat, Tokenized, collate, tokenize_cached,
                          truncation_stats)
 from icdlib.errors import IcdlibError
 from icdlib.inference import Env, autocast, compute_dtype, pick_device, score, weights_dtype
 from icdlib.models import ICDCoder, loss_fn
-from icdlib.runfolder import SCORED_SPLITS, Run, atomic_path, atomic_write_text, lock, read_key, tree_hash
+from icdlib.runfolder import MNTP_ARMS, SCORED_SPLITS, Run, atomic_path, atomic_write_text, lock, read_key, tree_hash
 
 STEP = "03_train"
 # what step 03's output depends on, recorded in its manifest (data parameters: step 01's)
@@ -48,7 +48,9 @@ PARAMS = ("backbone", "seed", "base_model_path", "model_path", "model_type", "ad
           "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "head", "attention_dim", "segment_length",
           "max_segments", "truncation", "epochs", "max_steps", "batch_size", "grad_accum", "lr", "head_lr",
           "weight_decay", "warmup_steps", "schedule", "clip", "pos_weight", "eval_every", "save_every", "patience",
-          "metric", "threshold", "device", "precision", "grad_checkpointing", "num_workers", "resume", "nproc")
+          "metric", "threshold", "device", "precision", "grad_checkpointing", "num_workers", "resume", "nproc",
+          "mntp_steps", "mntp_masking", "mntp_probability", "mntp_length", "mntp_batch_size", "mntp_lr",
+          "mntp_compare")
 
 
 class TrainingError(IcdlibError):
@@ -105,26 +107,55 @@ class Prepared:
 
 
 def backbone_path(cfg: Config, train_texts: list[str]) -> str:
-    """`model_path`, or the run's tiny backbone (`03_train/backbone/`, rebuilt when its key changes)."""
-    if cfg.model_path:
-        return cfg.model_path
+    """`model_path`; a plain decoder named by `base_model_path` alone (made bidirectional, for
+    MNTP); or the run's tiny backbone (`03_train/backbone/`, rebuilt when its key changes)."""
+    if cfg.model_path or cfg.base_model_path:
+        return cfg.model_path or cfg.base_model_path
     return str(backbones.make_tiny(cfg, train_texts, Run.of(cfg).backbone))
 
 
-def prepare(cfg: Config, env: Env | None = None) -> Prepared:
-    """Read step 01, build (or load) the backbone and tokenizer, tokenise every split once."""
+def load_backbone(cfg: Config, env: Env, train: pd.DataFrame, with_mntp: bool = True,
+                  progress: bool = True) -> tuple[object, object, str, str, str]:
+    """(encoder, tokenizer, model path, base path, cache key) as fine-tuning starts from them:
+    the backbone, after the MNTP stage when `mntp_steps > 0` (run, resumed or reused; its
+    adapter becomes the model path, on the backbone's base)."""
+    path = backbone_path(cfg, train["text"].tolist())
+    base = cfg.base_model_path if cfg.model_path else ""
+    adapt = with_mntp and cfg.mntp_steps > 0
+    encoder, tokenizer = backbones.load(path, weights_dtype(cfg, env.device), base_model_path=base,
+                                        device=env.device, load_in=cfg.load_in, merge=not adapt)
+    tiny = not (cfg.model_path or cfg.base_model_path)
+    key = read_key(path) if tiny else ""  # the tiny backbone's: resume refuses a checkpoint of another one
+    if not adapt:
+        return encoder, tokenizer, path, base, key
+    found = backbones.locate(path, base)
+    stage = Run.of(cfg).mntp
+    # the adapter continues McGill's on its base; a fresh one sits on the backbone itself
+    on = found.given["base_model_path"] or found.given["model_path"]
+    stage_key = mntp.key(cfg, key or backbones.fingerprint(encoder.config) + on, train["hadm_id"].tolist(),
+                         train["text"].tolist())
+    if mntp.finished(stage, stage_key):
+        del encoder
+        encoder, tokenizer = backbones.load(stage, weights_dtype(cfg, env.device), base_model_path=on,
+                                            device=env.device, load_in=cfg.load_in)
+    else:
+        encoder = mntp.train(cfg, env, encoder, tokenizer, train["text"].tolist(), found, on, stage_key, progress)
+    return encoder, tokenizer, str(stage), on, f"{key}+mntp:{stage_key}"
+
+
+def prepare(cfg: Config, env: Env | None = None, with_mntp: bool = True, progress: bool = True) -> Prepared:
+    """Read step 01, build (or load) the backbone and tokenizer (through MNTP when asked),
+    tokenise every split once."""
     env = env or Env(pick_device(cfg.device))
     pre = preprocess.load(cfg.run_dir)
     notes, label_codes = pre.notes, pre.labels["code"].tolist()
     torch.manual_seed(cfg.seed)
-    path = backbone_path(cfg, notes.loc[notes["split"] == "train", "text"].tolist())
-    encoder, tokenizer = backbones.load(path, weights_dtype(cfg, env.device), base_model_path=cfg.base_model_path,
-                                        device=env.device, load_in=cfg.load_in)
+    encoder, tokenizer, path, base, key = load_backbone(cfg, env, notes[notes["split"] == "train"], with_mntp, progress)
     config.check_positions(cfg, getattr(encoder.config, "max_position_embeddings", None))
     fmt = backbones.segment_format(cfg, tokenizer, encoder.config._name_or_path)
-    where = checkpoint.backbone_record(path, cfg.base_model_path, encoder, fmt)
-    if not cfg.model_path:  # the tiny backbone's cache key: resume refuses a checkpoint of another one
-        where["cache_key"] = read_key(path)
+    where = checkpoint.backbone_record(path, base, encoder, fmt)
+    if key:
+        where["cache_key"] = key
     encoder = backbones.make_trainable(encoder, cfg, cfg.adapter_path)
     torch.manual_seed(cfg.seed)
     coder = ICDCoder(encoder, len(label_codes), cfg.head, cfg.attention_dim)
@@ -291,35 +322,48 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
     env = setup(cfg)
     with record.step(cfg, STEP, PARAMS, master=env.master) as step:
         cfg, run = step.cfg, step.run
-        if cfg.resume:
-            resume_point(run, env)
-        prep = prep or prepare(cfg, env)
-        if cfg.resume:
+        point = resume_point(run, env, cfg.mntp_steps > 0) if cfg.resume else None
+        prep = prep or prepare(cfg, env, with_mntp=cfg.mntp_compare != "with", progress=progress)
+        if point is not None:
             check_resumable(run, prep)
         step.invalidate()
         if env.master:
             write_token_stats(run, prep)
         history = train_loop(cfg, prep, env, progress)
+        wrote = [run.checkpoint("best"), run.history, run.tokens_json, *(run.predictions(s) for s in SCORED_SPLITS)]
+        if cfg.mntp_steps > 0:
+            wrote.append(run.mntp)
+        if cfg.mntp_compare != "none":
+            prep = None  # one fine-tuned backbone in memory at a time
+            other = Run(run.dir, MNTP_ARMS[cfg.mntp_compare])
+            if progress and env.master:
+                print(f"fine-tuning again {cfg.mntp_compare} MNTP, for comparison: {run.rel(other.trained)}/", flush=True)
+            arm = prepare(cfg, env, with_mntp=cfg.mntp_compare == "with", progress=progress)
+            train_loop(cfg, arm, env, False, run=other)
+            wrote += [other.checkpoint("best"), other.history, *(other.predictions(s) for s in SCORED_SPLITS)]
         if env.master:
             step.extra.update({"device_used": str(env.device), "processes": env.world})
-            step.wrote(run.checkpoint("best"), run.history, run.tokens_json, *(run.predictions(s) for s in SCORED_SPLITS))
+            step.wrote(*wrote)
     return history
 
 
-def resume_point(run: Run, env: Env) -> Path:
+def resume_point(run: Run, env: Env, mntp_stage: bool = False) -> Path | None:
     """`last/` to resume from. A kill between the two renames of `atomic_path` leaves no `last/`
     but the complete new checkpoint in `.last.tmp-<pid>`: an intact one is put back in place
-    (`checkpoint.recover`). With neither, a TrainingError (one line) instead of starting over."""
+    (`checkpoint.recover`). None when the fit never saved but an MNTP stage did (it resumes
+    there). With neither, a TrainingError (one line) instead of starting over."""
     last = run.checkpoint("last")
     if env.master and not checkpoint.resumable(last):
         checkpoint.recover(last)
     if env.world > 1:
         dist.barrier()
-    if not checkpoint.resumable(last):
-        raise TrainingError(f"resume=true but {run.rel(last)} is not a checkpoint to resume from (no "
-                            f"trainer_state.pt, and no intact .last.tmp-* left by a killed save): "
-                            f"set resume=false to start over")
-    return last
+    if checkpoint.resumable(last):
+        return last
+    if mntp_stage and (run.mntp_last / "state.pt").is_file():
+        return None
+    raise TrainingError(f"resume=true but {run.rel(last)} is not a checkpoint to resume from (no "
+                        f"trainer_state.pt, and no intact .last.tmp-* left by a killed save): "
+                        f"set resume=false to start over")
 
 
 def check_resumable(run: Run, prep: Prepared) -> None:
@@ -331,10 +375,10 @@ def check_resumable(run: Run, prep: Prepared) -> None:
                             f"or training notes changed since): set resume=false to start over")
 
 
-def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True) -> pd.DataFrame:
-    """The loop (see the module docstring); then the predictions of `best/`. Returns the history."""
-    run = Run.of(cfg)
-    out = run.step(STEP)
+def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True, run: Run | None = None) -> pd.DataFrame:
+    """The loop (see the module docstring); then the predictions of `best/`. Returns the history.
+    `run` is where it writes (default the run of `cfg`; a variant for the comparison without MNTP)."""
+    run = run or Run.of(cfg)
     last, best = run.checkpoint("last"), run.checkpoint("best")
     pad_id = prep.tokenizer.pad_token_id
     coder = prep.coder
@@ -377,7 +421,7 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True) -> 
                              "history": history, "rng": rng_state(), "scaler": scaler.state_dict()}
             checkpoint.save(last, coder, cfg, prep.labels, prep.backbone, prep.tokenizer, trainer_state)
 
-    report = Progress(progress_path(cfg.run_dir), steps, step, cfg.eval_every, progress, env.master)
+    report = Progress(run.progress, steps, step, cfg.eval_every, progress, env.master)
     model.train()
     done = step >= steps
     t0, tokens_seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
@@ -437,7 +481,7 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True) -> 
                 else:
                     stale += 1
                 if env.master:
-                    write_history(out, history)
+                    write_history(run.history, history)
                 if cfg.patience and stale >= cfg.patience:
                     done = True
             if step % cfg.save_every == 0:
@@ -456,15 +500,15 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True) -> 
     if env.world > 1:
         dist.barrier()
     optimizer = scheduler = model = None  # free their state: only the coder stays, best/ goes into it in place
-    write_predictions(cfg, prep, env, best, coder)
+    write_predictions(cfg, prep, env, best, coder, run)
     return pd.DataFrame(history)
 
 
-def write_history(out: Path, history: list[dict]) -> None:
-    atomic_write_text(out / "history.csv", pd.DataFrame(history).to_csv(index=False))
+def write_history(path: Path, history: list[dict]) -> None:
+    atomic_write_text(path, pd.DataFrame(history).to_csv(index=False))
 
 
-def write_predictions(cfg: Config, prep: Prepared, env: Env, best: Path, coder: ICDCoder) -> None:
+def write_predictions(cfg: Config, prep: Prepared, env: Env, best: Path, coder: ICDCoder, run: Run | None = None) -> None:
     """Scores of the best checkpoint on val and test: `predictions_<split>.npz` (hadm_id, scores,
     and `best`: the `tree_hash` of the best/ that scored them, which 04 and 05 compare with the
     best/ there is, so predictions older than a checkpoint are refused).
@@ -478,7 +522,7 @@ def write_predictions(cfg: Config, prep: Prepared, env: Env, best: Path, coder: 
         scores = score(coder, prep.tokens[split], cfg, env, prep.tokenizer.pad_token_id, fmt=prep.fmt)
         if env.master:
             hadm = prep.notes.loc[prep.notes["split"] == split, "hadm_id"].to_numpy()
-            with atomic_path(Run.of(cfg).predictions(split)) as tmp, open(tmp, "wb") as f:
+            with atomic_path((run or Run.of(cfg)).predictions(split)) as tmp, open(tmp, "wb") as f:
                 np.savez_compressed(f, hadm_id=hadm, scores=scores, best=np.array(best_id))
 
 
@@ -499,9 +543,20 @@ def load_token_stats(run_dir: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def load_history(run_dir: Path) -> pd.DataFrame:
-    path = Run(run_dir).history
+def load_history(run_dir: Path, variant: str = "") -> pd.DataFrame:
+    """history.csv of the run's fine-tuning (or of a `variant`, an MNTP_ARMS value); empty when missing."""
+    path = Run(run_dir, variant).history
     return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+
+def mntp_arms(cfg: Config, history: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The two fine-tunings of an MNTP comparison, {"with MNTP": history, "without MNTP": history}
+    (empty without `mntp_compare`); `history` is the model's own."""
+    if cfg.mntp_compare == "none":
+        return {}
+    other = load_history(cfg.run_dir, MNTP_ARMS[cfg.mntp_compare])
+    mine, theirs = ("without MNTP", "with MNTP") if cfg.mntp_compare == "with" else ("with MNTP", "without MNTP")
+    return {mine: history, theirs: other}
 
 
 def run(cfg: Config, progress: bool = True) -> pd.DataFrame:

@@ -24,6 +24,23 @@ report.header(cfg, provenance.collect(cfg.run_dir))
 history = train.run(cfg)
 
 # %% [markdown]
+# ## MNTP stage
+# With `mntp_steps` > 0 the backbone first learns to predict masked tokens of the train notes (never
+# val or test), LLM2Vec's recipe; its adapter is `03_train/mntp/`. With `mntp_compare` the same
+# fine-tuning ran twice, from the backbone with and without the stage (`03_train/with_mntp/` or
+# `without_mntp/` holds the one that is not this run's model).
+
+# %%
+from icdlib import mntp
+report.mntp_history(mntp.load_history(cfg.run_dir), train.mntp_arms(cfg, history), cfg.metric)
+
+# %% [markdown]
+# *How to read it:* left, the MNTP loss (cross-entropy of each masked token predicted from the position
+# before it) against the MNTP step: it should fall well below where it starts. Right, the validation
+# metric of the two fine-tunings, with and without the stage, on the same split, labels and budget: the
+# gap is what MNTP buys (or costs) this backbone; 04 scores both on test.
+
+# %% [markdown]
 # ## Truncation
 # Notes longer than `max_segments` segments lose tokens (`truncation`: the end, the start or the middle).
 

@@ -30,6 +30,8 @@ report.header(cfg, provenance.collect(cfg.run_dir))
 # ranking metrics (AUROC, AUPRC, P@k, MAP) do not depend on it. A dash: the paper does not report it.
 # The caption gives the split scored, its admissions (`n_docs`), the label space (`n_labels`) and
 # the labels with a positive and a negative there (`n_labels_scored`, those of the macro AUROC/AUPRC).
+# With `mntp_compare`, the `icdlib with MNTP` (or `without MNTP`) rows are the same fine-tuning
+# started from the backbone with (or without) the MNTP stage: the other arm of the comparison.
 
 # %%
 report.metrics_styled(evaluate.systems(ev), results[split], split, cfg.benchmark, cfg.synthetic)

@@ -64,8 +64,9 @@ def _tokenizer(family: str, texts: list[str]):
     tok = Tokenizer(models.BPE(unk_token=spec["specials"].get("unk_token")))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)])
+    # "_" is a token of both real vocabularies: llm2vec's MNTP uses it as the mask token
     tok.train_from_iterator(texts, trainer=trainers.BpeTrainer(vocab_size=800, special_tokens=specials,
-                                                                show_progress=False))
+                                                                show_progress=False, initial_alphabet=["_"]))
     bos = spec["specials"]["bos_token"]
     tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
                                                        special_tokens=[(bos, tok.token_to_id(bos))])

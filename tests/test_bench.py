@@ -89,8 +89,9 @@ def test_preprocess_suite_gets_the_same_notes_from_both_pipelines(smoke):
 
 def test_train_suite_counts_real_tokens_of_both_inputs(smoke):
     _, docs = smoke
-    ours, seed = docs["train"]["rows"]
+    ours, seed, mntp = docs["train"]["rows"]
     assert ours["covered"]["median"] == 100.0  # smoke notes fit in 8 × 512 tokens
+    assert mntp["system"].startswith("icdlib MNTP stage") and mntp["train_tps"]["median"] > 0
     assert seed["covered"]["median"] < 100.0 and seed["padding"]["median"] >= 0.0
     assert ours["train_tps"]["median"] > 0 and seed["infer_tps"]["median"] > 0
 
@@ -132,9 +133,11 @@ def test_gpu_suite_smoke_runs_the_toy_shapes_and_records_what_it_measured(tmp_pa
     doc = run_suite("gpu", scale="smoke", repeats=1, warmup=0, data_dir=tmp_path / "data",
                     out=tmp_path / "results" / "gpu.json", markdown=tmp_path / "RESULTS.md", progress=False)
     cuda = torch.cuda.is_available()
-    measured = [r for r in doc["rows"] if "skipped" not in r]
+    mntp = [r for r in doc["rows"] if r["system"].startswith("MNTP stage")]
+    measured = [r for r in doc["rows"] if "skipped" not in r and r not in mntp]
     skipped = [r for r in doc["rows"] if "skipped" in r]
-    assert len(doc["rows"]) == 4 and len(measured) == (4 if cuda else 2)
+    assert len(doc["rows"]) == 6 and len(measured) == (4 if cuda else 2) and len(mntp) == 2
+    assert all(r["train_tps"]["median"] > 0 and r["loss"] > 0 for r in mntp)
     for row in measured:
         assert row["tokens_per_step"] == 2 * 32  # 1 note × 2 segments × 32 tokens
         assert row["train_tps"]["median"] > 0 and row["score_nps"]["median"] > 0

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import huggingface_hub.constants as hub
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -247,3 +248,51 @@ def test_segment_length_beyond_the_backbones_positions_is_one_line(mistral, tmp_
     with pytest.raises(IcdlibError) as e:
         train.prepare(replace(cfg, segment_length=1024, max_segments=1))  # the replica has 512 positions
     assert "segment_length=1024 exceeds the backbone's 512 positions" in one_line(e.value)
+
+
+# ---------------------------------------------------------------- MNTP on real layouts (issue 13)
+
+MNTP = {"mntp_steps": 4, "mntp_length": 32, "mntp_batch_size": 4, "mntp_lr": 1.0e-3, "save_every": 2}
+
+
+def test_mntp_continues_mcgills_adapter_and_its_folder_is_a_model_path(llama, tmp_path):
+    """With a McGill -mntp model_path, MNTP keeps training that adapter (unmerged) on its base with
+    the checkpoint's own frozen LM head; 03_train/mntp/ then loads exactly like the McGill folder."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    cfg = replica_cfg(tmp_path, llama, "lora", **MNTP)
+    env = train.Env(torch.device("cpu"))
+    notes = preprocess.load(cfg.run_dir).notes
+    encoder, tokenizer, path, base, _ = train.load_backbone(cfg, env, notes[notes["split"] == "train"], progress=False)
+    folder = cfg.run_dir / "03_train/mntp"
+    assert (path, base) == (str(folder), str(llama.base))
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(llama.base) and adapter["r"] == 4  # McGill's adapter, r=4
+    ours, theirs = load_file(folder / "adapter_model.safetensors"), load_file(llama.mntp / "adapter_model.safetensors")
+    assert ours.keys() == theirs.keys() and all(k.startswith("base_model.model.layers.") for k in ours)
+    assert any(not torch.equal(ours[k], theirs[k]) for k in ours)  # trained further
+    loaded, _ = backbones.load(folder, base_model_path=str(llama.base))
+    torch.testing.assert_close(first_token_state(encoder, tokenizer), first_token_state(loaded, tokenizer),
+                               atol=1e-5, rtol=1e-5)
+    assert not isinstance(encoder, PeftModel)  # merged before fine-tuning
+
+
+def test_mntp_turns_a_plain_decoder_into_an_encoder(mistral, tmp_path):
+    """`base_model_path` alone (a plain Mistral *ForCausalLM checkpoint) plus mntp_steps: a fresh
+    LoRA (r=16) trained with the Mistral recipe (all tokens masked), then the whole step 03."""
+    from llm2vec.models import MistralBiModel
+
+    cfg = replica_cfg(tmp_path, mistral, "lora", model_path="", **MNTP)
+    train.fit(cfg, progress=False)
+    folder = cfg.run_dir / "03_train/mntp"
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(mistral.base) and adapter["r"] == 16
+    history = pd.read_csv(folder / "history.csv")
+    assert history["step"].tolist() == [1, 2, 3, 4]
+    loaded, _ = backbones.load(folder, base_model_path=str(mistral.base))
+    assert isinstance(loaded, MistralBiModel)
+    manifest = json.loads((cfg.run_dir / "03_train/best/icdlib.json").read_text())
+    assert manifest["backbone"]["model_path"] == str(folder) and manifest["backbone"]["base_model_path"] == str(mistral.base)
+    coder = predict.load(cfg.run_dir / "03_train/best", device="cpu")
+    assert coder is not None

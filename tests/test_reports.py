@@ -29,7 +29,7 @@ def small_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("reports")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # warnings must show if there are any
     args = ["run", "--backbone", "tiny", "--run", "r", "--output-root", str(root), "-p", "synth_admissions=120",
-            "-p", f"max_steps={MAX_STEPS}", "-p", f"eval_every={EVAL_EVERY}"]
+            "-p", f"max_steps={MAX_STEPS}", "-p", f"eval_every={EVAL_EVERY}", "-p", "mntp_steps=20"]
     done = subprocess.run([sys.executable, "-m", "icdlib", *args], cwd=ROOT, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return root / "r", done.stdout + done.stderr
@@ -70,7 +70,9 @@ def test_training_shows_one_line_per_evaluation(small_run):
     cells = [c for c in notebook(run_dir, "03_train")["cells"] if "train.run(" in "".join(c["source"])]
     assert len(cells) == 1
     text = "".join("".join(o.get("text", "")) for o in cells[0]["outputs"])
-    lines = text.splitlines()
+    mntp = [line for line in text.splitlines() if line.startswith("MNTP")]
+    assert mntp[0].startswith("MNTP on ") and re.fullmatch(r"MNTP step 20/20 loss \d\.\d{4} [\d.]+k tok/s", mntp[-1]), mntp
+    lines = [line for line in text.splitlines() if not line.startswith("MNTP")]
     assert len(lines) <= len(history) + 3, lines
     steps = [int(m[1]) for m in (re.match(rf"step (\d+)/{MAX_STEPS} loss \d\.\d{{4}} val map (\d\.\d{{3}}) "
                                           r"[\d.]+k? tok/s ETA \S+$", line) for line in lines) if m]
@@ -112,7 +114,7 @@ def test_terminal_streams_training_lines(small_run):
 # ---------------------------------------------------------------- header: parameters and provenance
 
 def test_parameters_list_the_differences_and_all_keys_one_click_away(tmp_path):
-    cfg = config.resolve("tiny", {"max_steps": 7, "lr": 1.0e-3, "output_root": str(tmp_path), "run": "x",
+    cfg = config.resolve("tiny", {"max_steps": 7, "lr": 2.0e-3, "output_root": str(tmp_path), "run": "x",
                                   "mimic_dir": str(tmp_path / "mimic")})
     shown = report.parameters(cfg)
     head, details = shown.html.split("<details>")

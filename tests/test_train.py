@@ -16,7 +16,7 @@ from icdlib.errors import IcdlibError
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"synth_admissions": 120, "min_count": 3, "tiny_hidden": 32, "tiny_vocab": 500, "attention_dim": 16,
          "segment_length": 64, "max_segments": 2, "batch_size": 8, "eval_every": 3, "save_every": 3,
-         "warmup_steps": 2, "max_steps": 6}
+         "warmup_steps": 2, "max_steps": 6, "mntp_steps": 0, "mntp_compare": "none"}  # MNTP: tests/test_mntp.py
 
 
 def small_cfg(root, run, **over):

@@ -11,7 +11,7 @@ project's fixed 1024-token window), `predict` (notes/s of icdlib.predict), `twin
 synthetic twin is: evidence forms and positions in its text, and the frequency prior, TF-IDF and
 the tiny demo model trained on twins of several seeds), `gpu` (LoRA training
 tokens/s, MFU and peak GPU memory of Llama-3-8B- and Mistral-7B-shaped coders in bf16 and 4-bit
-QLoRA, scoring notes/s, and the memory one backbone copy costs; `--scale full` needs a CUDA GPU
+QLoRA, scoring notes/s, the memory one backbone copy costs, and an MNTP step; `--scale full` needs a CUDA GPU
 and refuses without one, `--scale smoke` runs a toy shape on the CPU).
 """
 

@@ -72,9 +72,9 @@ SMOKE_SHAPES = {
 }
 SCALES = {
     "full": {"shapes": FULL_SHAPES, "labels": 8922, "segments": 8, "segment_length": 512, "codes_per_note": 16,
-             "steps": 4, "score_notes": 8, "score_batches": 2, "needs_cuda": True},
+             "steps": 4, "score_notes": 8, "score_batches": 2, "mntp_chunks": 8, "needs_cuda": True},
     "smoke": {"shapes": SMOKE_SHAPES, "labels": 100, "segments": 2, "segment_length": 32, "codes_per_note": 5,
-              "steps": 2, "score_notes": 2, "score_batches": 2, "needs_cuda": False},
+              "steps": 2, "score_notes": 2, "score_batches": 2, "mntp_chunks": 2, "needs_cuda": False},
 }
 # Dense (no sparsity) bf16 tensor-core peaks of NVIDIA's data sheets, TFLOP/s, first match on the
 # CUDA device name wins; names not listed (NVL variants included) get no MFU.
@@ -239,6 +239,45 @@ def train_runs(coder, cfg, batch, steps: int, runs: int, warmup: int, device, dt
     return rates, float(loss.detach())
 
 
+def mntp_runs(base, cfg, plan: dict, vocab: int, runs: int, warmup: int, device, dtype, say) -> tuple[list[float], float]:
+    """Tokens/s of MNTP steps (icdlib.mntp: masking, loss over the masked positions through a frozen
+    LM head, LoRA, AdamW, clipping, gradient checkpointing) on `base`; and the last loss."""
+    from icdlib import mntp
+    from icdlib.train import autocast
+
+    model = mntp.with_lora(base, cfg)
+    model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    head, _ = mntp.lm_head_for(model.get_base_model(), None)
+    head.requires_grad_(False)  # a real checkpoint's LM head stays frozen in the recipe
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.mntp_lr)
+    g = torch.Generator().manual_seed(cfg.seed)
+    shape = (plan["mntp_chunks"], plan["segment_length"])
+    ids = torch.randint(vocab, shape, generator=g)
+    recipe = mntp.Masking("bert", mntp.RECIPES["bert"], 0)
+    model.train()
+    rates, loss = [], torch.tensor(float("nan"))
+    for i in range(warmup + runs):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(plan["steps"]):
+            inputs, labels = mntp.mask_tokens(ids, torch.zeros(shape, dtype=torch.bool), recipe, vocab, g)
+            with autocast(device, dtype):
+                loss = mntp.mntp_loss(model, head, inputs.to(device), labels.to(device))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        rate = ids.numel() * plan["steps"] / (time.perf_counter() - t0)
+        say(f"MNTP {'warm-up' if i < warmup else f'run {i - warmup + 1}/{runs}'}: {rate:,.0f} tokens/s, "
+            f"loss {float(loss.detach()):.4f}")
+        if i >= warmup:
+            rates.append(rate)
+    del optimizer, head
+    return rates, float(loss.detach())
+
+
 @torch.no_grad()
 def score_runs(coder, batches: list[dict], runs: int, warmup: int, device, dtype, say) -> list[float]:
     """Notes/s of `runs` timed passes over `batches` (after `warmup` passes)."""
@@ -380,6 +419,18 @@ def _run(plan, repeats, warmup, progress, device, dtype, device_name, device_gb,
                                         f"live model reused", "ratio": summary([second_peak / reuse_peak])})
         notes.append(line + ".")
         del coder, base
+
+        # ---- the MNTP stage on a fresh bf16 backbone
+        _free(device)
+        base = build_base(shape, device, dtype)
+        mntp_tps, mntp_loss = mntp_runs(base, cfg, plan, shape["vocab"], repeats, warmup, device, dtype, say)
+        peak_gb = _peak_gb(device)
+        rows.append({"case": case, "system": f"MNTP stage: bf16 weights, LoRA, {plan['mntp_chunks']} chunks × "
+                                              f"{plan['segment_length']} tokens per step, 20% masked",
+                     "train_tps": summary(mntp_tps), "train_peak_gb": None if peak_gb is None else summary([peak_gb]),
+                     "backbone_gb": summary([one_copy["param_bytes"] / GB]), "loss": mntp_loss})
+        checks.append({"what": f"{name} MNTP: loss finite", "ok": bool(torch.isfinite(torch.tensor(mntp_loss)))})
+        del base
 
         # ---- 4-bit weights (QLoRA)
         system = "4-bit NF4 weights + double quantization, LoRA (QLoRA, bf16 compute)"

@@ -25,7 +25,7 @@ make setup
 .venv/bin/python -m icdlib bench metrics
 .venv/bin/python -m icdlib bench train
 .venv/bin/python -m icdlib bench predict
-.venv/bin/python -m icdlib bench twin         # trains the demo recipe on 3 twins (about 6 min)
+.venv/bin/python -m icdlib bench twin         # trains the demo recipe on 3 twins (about 8 min)
 .venv/bin/python -m icdlib bench gpu          # needs a CUDA GPU (pip install -e '.[gpu]' for the 4-bit rows)
 ```
 """

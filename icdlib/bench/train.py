@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from icdlib import backbones, config, preprocess
+from icdlib import backbones, config, mntp, preprocess
 from icdlib.bench.harness import ratios, summary
 from icdlib.bench.preprocess import ensure_twin
 from icdlib.data import NotesDataset, collate, tokenize
@@ -77,6 +77,28 @@ def _tokens_per_s(coder, optimizer, batches, step) -> float:
     return sum(int(b["attention_mask"].sum()) for b in batches) / seconds
 
 
+def mntp_tokens_per_s(cfg: config.Config, backbone: str, texts: list[str], batch_size: int, steps: int) -> float:
+    """Tokens/s of whole MNTP steps (masking, forward, loss over the masked positions, backward,
+    clipping, AdamW) with the stage's own functions, LoRA on the tiny backbone."""
+    encoder, tokenizer = backbones.load(backbone)
+    model = mntp.with_lora(encoder, cfg)
+    head, trainable = mntp.lm_head_for(model.get_base_model(), None)
+    params = [p for p in model.parameters() if p.requires_grad] + ([head.weight] if trainable else [])
+    optimizer = torch.optim.AdamW(params, lr=cfg.mntp_lr)
+    ids, special = mntp.corpus(texts, tokenizer, cfg.segment_length)
+    recipe = mntp.masking(cfg, tokenizer, encoder.config)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        rows = torch.arange(i * batch_size, (i + 1) * batch_size) % len(ids)
+        inputs, labels = mntp.mask_tokens(ids[rows], special[rows], recipe, len(tokenizer), generator)
+        mntp.mntp_loss(model, head, inputs, labels).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return steps * batch_size * ids.shape[1] / (time.perf_counter() - t0)
+
+
 def run(scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir: Path | None = None,
         progress: bool = True, **_) -> dict:
     from icdlib.train import optimizer_for
@@ -88,7 +110,7 @@ def run(scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir: Path |
     pre = preprocess.build(cfg, progress=False)
     notes, labels = pre.notes, pre.labels
     torch.manual_seed(cfg.seed)
-    coder, tokenizer, _ = tiny_coder(cfg, notes, labels, scratch / "backbone")
+    coder, tokenizer, backbone = tiny_coder(cfg, notes, labels, scratch / "backbone")
     optimizer = optimizer_for(coder, cfg)
     pad = tokenizer.pad_token_id
     untruncated = tokenize(notes["text"].tolist(), tokenizer, 10**9).lengths()
@@ -117,6 +139,14 @@ def run(scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir: Path |
                 if progress:
                     print(f"[bench train] {'warm-up' if i < warmup else f'run {i - warmup + 1}/{repeats}'} {name} "
                           f"{kind}: {value:,.0f} tokens/s", flush=True)
+    mntp_runs = []
+    for i in range(warmup + repeats):
+        value = mntp_tokens_per_s(cfg, backbone, notes["text"].tolist(), bs, steps)
+        if i >= warmup:
+            mntp_runs.append(value)
+        if progress:
+            print(f"[bench train] {'warm-up' if i < warmup else f'run {i - warmup + 1}/{repeats}'} MNTP: "
+                  f"{value:,.0f} tokens/s", flush=True)
     covered = {name: sum(int(b["attention_mask"].sum()) for b in batches) for name, batches in inputs.items()}
     total = int(sum(len(dataset.tokens.note(i)) for g in groups for i in g))
     slots = {name: sum(b["attention_mask"].numel() for b in batches) for name, batches in inputs.items()}
@@ -126,12 +156,16 @@ def run(scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir: Path |
     rows = [{"case": case, "system": name, "train_tps": summary(m["train"]), "infer_tps": summary(m["infer"]),
              "covered": summary([100.0 * covered[name] / total]), "padding": summary([100.0 * (1 - covered[name] / slots[name])])}
             for name, m in measured.items()]
+    rows.append({"case": case, "system": f"icdlib MNTP stage: LoRA r={cfg.lora_r}, {bs} chunks × {cfg.segment_length} "
+                                          f"tokens, {mntp.RECIPES['bert']:.0%} masked",
+                 "train_tps": summary(mntp_runs)})
     ours, seed = measured.values()
     return {
         "description": "Tokens/s counts real note tokens (padding excluded) over whole training steps (forward, "
                        "backward, clipping, AdamW) and inference steps, CPU, float32, "
                        f"{torch.get_num_threads()} torch threads. 'note tokens seen' is the share of the notes' "
-                       f"tokens (up to {cfg.segment_length * cfg.max_segments:,}) that each input covers.",
+                       f"tokens (up to {cfg.segment_length * cfg.max_segments:,}) that each input covers. The MNTP "
+                       "row counts every token of its chunks over whole MNTP steps (icdlib.mntp).",
         "columns": [["train_tps", "train tokens/s", 0], ["infer_tps", "inference tokens/s", 0],
                     ["covered", "note tokens seen %", 1], ["padding", "padding %", 1]],
         "rows": rows,

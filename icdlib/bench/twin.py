@@ -12,7 +12,8 @@ code, the admission's discharge summaries joined as step 01 joins them):
   tables write that the dictionaries lack (only MIMIC's obsolete codes should be);
 
 and it trains the demo recipe (`--backbone tiny`, 600 short admissions) on twins of several
-seeds, reporting the frequency prior, the TF-IDF baseline and the tiny model on val and test.
+seeds, reporting the frequency prior, the TF-IDF baseline, the tiny model and the other arm of
+its MNTP comparison (`mntp_compare`) on val and test.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import pandas as pd
 from icdlib import backbones, config, metrics, preprocess, synth
 from icdlib.bench.harness import summary
 from icdlib.labels import multi_hot
-from icdlib.runfolder import atomic_path
+from icdlib.runfolder import MNTP_ARMS, atomic_path
 
 SCALES = {"full": {"text": ((600, True), (2000, False)), "learn": 600},
           "smoke": {"text": ((80, True), (30, False)), "learn": 0}}
@@ -182,13 +183,16 @@ def learn(mimic_dir: Path, scratch: Path) -> dict[str, dict[str, dict]]:
     notes = pd.read_parquet(run_dir / "01_preprocess" / "notes.parquet")
     labels = pd.read_parquet(run_dir / "01_preprocess" / "labels.parquet")
     share = labels["n_train"].to_numpy() / (notes["split"] == "train").sum()
-    out = {"frequency prior": {}, "TF-IDF baseline": {}, "tiny model": {}}
+    arms = {f"tiny model {arm} MNTP": key for arm, key in MNTP_ARMS.items() if key in m}
+    out = {"frequency prior": {}, "TF-IDF baseline": {}, "tiny model": {}, **{name: {} for name in arms}}
     for split in ("val", "test"):
         part = notes[notes["split"] == split]
         y = multi_hot([list(c) for c in part["codes"]], labels["code"].tolist())
         out["frequency prior"][split] = metrics.compute(y, np.tile(share, (len(part), 1)))
         out["TF-IDF baseline"][split] = m["baseline"][f"{split}_tuned"]
         out["tiny model"][split] = m[split]
+        for name, key in arms.items():
+            out[name][split] = m[key][split]
     shutil.rmtree(scratch, ignore_errors=True)
     return out
 

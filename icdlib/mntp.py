@@ -1,0 +1,312 @@
+"""Masked next-token prediction (MNTP): adapt a bidirectional encoder to the notes before fine-tuning.
+
+LLM2Vec makes a decoder an encoder in steps: bidirectional attention, then MNTP, which masks a
+share of the tokens and trains the model to predict each masked token i from its output at
+position i-1, through the decoder's own language-model head. This module runs that step on the
+**train split's notes only** (never val or test text), following McGill-NLP/llm2vec's
+`experiments/run_mntp.py` and `train_configs/mntp/*.json`:
+
+* the corpus is the notes tokenised as the tokenizer does by default (BOS per note), concatenated
+  and cut into `mntp_length`-token chunks (512), the remainder dropped;
+* masking (`mntp_masking`): `bert` selects 20% of the tokens (never special ones) and replaces
+  80% of them by the mask token, 10% by a random token, keeps 10% (transformers'
+  DataCollatorForLanguageModeling); `all_mask` selects 80% and replaces all (llm2vec's Mistral
+  recipe); `auto` picks `all_mask` for Mistral and `bert` otherwise. The mask token is the
+  tokenizer's, else `_` (llm2vec's "blank");
+* loss: cross-entropy of the logits at i-1 against the token at i, over masked tokens (the shift
+  of LlamaForCausalLM.forward, which llm2vec's *BiForMNTP classes inherit);
+* LoRA r=16, alpha 32, dropout 0.05 on the seven projections of the inner model (`lora_*`), AdamW,
+  linear decay without warm-up (the Trainer defaults the recipe leaves), gradient clip 1.0.
+  A McGill `-mntp` model_path is not merged first: its own MNTP adapter keeps training.
+
+The result is `03_train/mntp/`, laid out like McGill's `-mntp` repositories (config.json,
+tokenizer, adapter_config.json naming the base, adapter_model.safetensors with keys
+`base_model.model.layers.*`), so another run loads it with `model_path` (and `base_model_path`)
+as it loads theirs. Its `history.csv` is the MNTP learning curve; `03_train/mntp_last/` holds the
+state `resume: true` continues from; a finished stage is reused while its key is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+
+from icdlib import backbones
+from icdlib.config import Config
+from icdlib.errors import IcdlibError
+from icdlib.inference import Env, autocast, compute_dtype
+from icdlib.runfolder import Run, atomic_path, atomic_write_text, content_key, read_key, source_hash, write_key
+
+RECIPES = {"bert": 0.2, "all_mask": 0.8}  # share of tokens selected, per masking style (llm2vec's configs)
+BLANK_MASK = "_"
+PARAMS = ("mntp_steps", "mntp_masking", "mntp_probability", "mntp_length", "mntp_batch_size", "mntp_lr",
+          "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "seed")
+
+
+@dataclass(frozen=True)
+class Masking:
+    style: str  # bert | all_mask
+    probability: float
+    mask_id: int
+
+
+def masking(cfg: Config, tokenizer, config) -> Masking:
+    """The recipe for this backbone: `auto` is all_mask for Mistral, bert otherwise."""
+    style = cfg.mntp_masking
+    if style == "auto":
+        style = "all_mask" if type(config).__name__.startswith("Mistral") else "bert"
+    probability = cfg.mntp_probability or RECIPES[style]
+    token = tokenizer.mask_token or BLANK_MASK
+    mask_id = tokenizer.convert_tokens_to_ids(token)
+    if mask_id is None or (mask_id == tokenizer.unk_token_id and token != tokenizer.unk_token):
+        raise IcdlibError(f"MNTP: the tokenizer has no mask token and no {BLANK_MASK!r} token to stand for it")
+    return Masking(style, probability, int(mask_id))
+
+
+def corpus(texts: list[str], tokenizer, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, special) of shape [chunks, length]: the notes tokenised, concatenated, cut into chunks."""
+    encoded = tokenizer(list(texts), return_special_tokens_mask=True)
+    ids = np.concatenate([np.asarray(x, np.int64) for x in encoded["input_ids"]]) if texts else np.zeros(0, np.int64)
+    special = np.concatenate([np.asarray(x, bool) for x in encoded["special_tokens_mask"]]) if texts else np.zeros(0, bool)
+    n = len(ids) // length
+    if n == 0:
+        raise IcdlibError(f"MNTP: the train notes hold {len(ids):,} tokens, fewer than one {length}-token chunk "
+                          f"(lower mntp_length or set mntp_steps=0)")
+    return (torch.from_numpy(ids[: n * length].reshape(n, length)),
+            torch.from_numpy(special[: n * length].reshape(n, length)))
+
+
+def mask_tokens(ids: torch.Tensor, special: torch.Tensor, recipe: Masking, vocab_size: int,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels): labels hold the original token where it was selected, -100 elsewhere.
+
+    The same draws, in the same order, as transformers' DataCollatorForLanguageModeling
+    (`bert`) and llm2vec's full-masking collator (`all_mask`), from `generator`."""
+    inputs, labels = ids.clone(), ids.clone()
+    chance = torch.full(ids.shape, recipe.probability)
+    chance.masked_fill_(special, 0.0)
+    selected = torch.bernoulli(chance, generator=generator).bool()
+    labels[~selected] = -100
+    if recipe.style == "all_mask":
+        inputs[selected] = recipe.mask_id
+        return inputs, labels
+    replaced = torch.bernoulli(torch.full(ids.shape, 0.8), generator=generator).bool() & selected
+    inputs[replaced] = recipe.mask_id
+    randomised = torch.bernoulli(torch.full(ids.shape, 0.5), generator=generator).bool() & selected & ~replaced
+    inputs[randomised] = torch.randint(vocab_size, ids.shape, dtype=ids.dtype, generator=generator)[randomised]
+    return inputs, labels
+
+
+def mntp_loss(encoder, lm_head: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the token at i given the output at i-1, over selected tokens; only
+    those positions go through the LM head (a 128k vocabulary over every position would not fit)."""
+    hidden = encoder(input_ids=inputs, attention_mask=torch.ones_like(inputs)).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = lm_head(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), target[keep])
+
+
+class _Objective(torch.nn.Module):
+    """The encoder and its LM head as one module whose forward is the MNTP loss."""
+
+    def __init__(self, encoder, head: torch.nn.Module):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return mntp_loss(self.encoder, self.head, inputs, labels)
+
+
+def lm_head_for(encoder, located: backbones.Located | None) -> tuple[torch.nn.Module, bool]:
+    """(LM head, trainable): the checkpoint's `lm_head.weight` (or the tied input embeddings),
+    frozen as in the recipe; a backbone without one (the tiny model) gets a trainable head that
+    starts from its input embeddings."""
+    embeddings = encoder.get_input_embeddings().weight
+    head = torch.nn.Linear(embeddings.shape[1], embeddings.shape[0], bias=False,
+                           device=embeddings.device, dtype=embeddings.dtype)
+    weight = backbones.lm_head_weight(located) if located is not None else None
+    tied = getattr(encoder.config, "tie_word_embeddings", False)
+    with torch.no_grad():
+        head.weight.copy_(weight.to(head.weight) if weight is not None else embeddings)
+    trainable = weight is None and not tied
+    head.requires_grad_(trainable)
+    return head, trainable
+
+
+def key(cfg: Config, backbone_key: str, train_ids: list[int], train_texts: list[str]) -> str:
+    """What a finished stage depends on: its parameters, the backbone, the train notes, the code."""
+    import hashlib
+
+    texts = hashlib.sha256()
+    for t in train_texts:
+        texts.update(t.encode("utf-8", "replace") + b"\0")
+    return content_key({"params": {k: getattr(cfg, k) for k in PARAMS}, "backbone": backbone_key,
+                        "ids": hashlib.sha256(np.asarray(train_ids, np.int64).tobytes()).hexdigest(),
+                        "texts": texts.hexdigest(), "code": source_hash(mask_tokens, mntp_loss, corpus, train)})
+
+
+def finished(folder: Path, stage_key: str) -> bool:
+    return read_key(folder) == stage_key and (Path(folder) / "adapter_model.safetensors").is_file()
+
+
+def with_lora(encoder, cfg: Config):
+    """The encoder with a trainable MNTP adapter: the one it was loaded with (a McGill `-mntp`
+    model, unmerged), or a fresh LoRA on the inner model as in the recipe."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if isinstance(encoder, PeftModel):
+        for name, p in encoder.named_parameters():
+            p.requires_grad_("lora_" in name)
+        return encoder
+    encoder.requires_grad_(False)
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_targets), bias="none")
+    return get_peft_model(encoder, lora)
+
+
+def _save_state(folder: Path, model, head, head_trainable: bool, optimizer, scheduler, step: int, epoch: int,
+                batch: int, history: list[dict], generator: torch.Generator) -> None:
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    with atomic_path(folder) as tmp:
+        tmp.mkdir(parents=True)
+        tensors = {k: v.detach().cpu().contiguous()
+                   for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()}
+        if head_trainable:
+            tensors["lm_head.weight"] = head.weight.detach().cpu().contiguous()
+        save_file(tensors, tmp / "weights.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                    "epoch": epoch, "batch": batch, "history": history, "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state()}, tmp / "state.pt")
+
+
+def _load_state(folder: Path, model, head, head_trainable: bool) -> dict:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / "weights.safetensors"))
+    if head_trainable:
+        with torch.no_grad():
+            head.weight.copy_(tensors.pop("lm_head.weight"))
+    set_peft_model_state_dict(model, tensors)
+    return torch.load(folder / "state.pt", weights_only=False)
+
+
+def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], located: backbones.Located | None,
+          base_name: str, stage_key: str, progress: bool = True):
+    """Run MNTP (resuming from `mntp_last/` when asked), save `03_train/mntp/`; returns the
+    encoder with the adapter merged, ready for fine-tuning."""
+    run = Run.of(cfg)
+    out, last = run.mntp, run.mntp_last
+    recipe = masking(cfg, tokenizer, encoder.config)
+    ids, special = corpus(train_texts, tokenizer, cfg.mntp_length)
+    model = with_lora(encoder, cfg).to(env.device)
+    if cfg.grad_checkpointing:
+        model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    head, head_trainable = lm_head_for(model.get_base_model(), located)
+    head.to(env.device)
+    params = [p for p in model.parameters() if p.requires_grad] + ([head.weight] if head_trainable else [])
+    optimizer = torch.optim.AdamW(params, lr=cfg.mntp_lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / cfg.mntp_steps))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    step, epoch, batch, history = 0, 0, 0, []
+    if cfg.resume and (last / "state.pt").is_file() and read_key(last) == stage_key:
+        state = _load_state(last, model, head, head_trainable)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, batch, history = state["step"], state["epoch"], state["batch"], state["history"]
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+    dtype = compute_dtype(cfg, env.device)
+    forward = _Objective(model, head)  # one module, so that DDP also averages a trainable head's gradients
+    if env.world > 1:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            forward, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    per_rank = max(1, cfg.mntp_batch_size // env.world)
+    show = progress and env.master
+    every = max(1, cfg.mntp_steps // 10)
+    if show:
+        print(f"MNTP on {len(train_texts):,} train notes: {len(ids):,} chunks of {cfg.mntp_length} tokens, "
+              f"{recipe.style} masking of {recipe.probability:.0%}, {cfg.mntp_steps} steps from step {step}", flush=True)
+    model.train()
+    t0, tokens = time.perf_counter(), 0
+    while step < cfg.mntp_steps:
+        order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        batches = [order[i:i + cfg.mntp_batch_size] for i in range(0, len(order), cfg.mntp_batch_size)]
+        while batch < len(batches) and step < cfg.mntp_steps:
+            # every rank draws the whole batch's masks (the same draws at any world size), then takes its share
+            inputs, labels = mask_tokens(ids[batches[batch]], special[batches[batch]], recipe, len(tokenizer), generator)
+            mine = slice(env.rank * per_rank, (env.rank + 1) * per_rank)
+            inputs, labels = inputs[mine], labels[mine]
+            with autocast(env.device, dtype):
+                loss = forward(inputs.to(env.device), labels.to(env.device))
+            if not torch.isfinite(loss):
+                raise IcdlibError(f"MNTP loss is {loss.item()} at step {step}: lower mntp_lr")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step, batch = step + 1, batch + 1
+            tokens += int(inputs.numel()) * env.world
+            history.append({"step": step, "epoch": epoch + batch / len(batches), "loss": float(loss.item()),
+                            "lr": scheduler.get_last_lr()[0],
+                            "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9)})
+            if show and (step % every == 0 or step == cfg.mntp_steps):
+                print(f"MNTP step {step}/{cfg.mntp_steps} loss {loss.item():.4f} "
+                      f"{history[-1]['tokens_per_s'] / 1e3:.1f}k tok/s", flush=True)
+            if env.master and (step % cfg.save_every == 0 or step == cfg.mntp_steps):
+                _save_state(last, model, head, head_trainable, optimizer, scheduler, step, epoch, batch, history,
+                            generator)
+                write_key(last, stage_key)
+        if batch >= len(batches):
+            epoch, batch = epoch + 1, 0
+    if env.master:
+        save(out, model, tokenizer, base_name, history, stage_key)
+    if env.world > 1:
+        dist.barrier()
+    return merged(model)
+
+
+def save(folder: Path, model, tokenizer, base_name: str, history: list[dict], stage_key: str) -> Path:
+    """`03_train/mntp/` in McGill's -mntp layout (see the module docstring), plus history.csv."""
+    with atomic_path(folder) as tmp:
+        model.save_pretrained(tmp, save_embedding_layers=False)  # the embeddings stay the base's
+        config = json.loads((tmp / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = base_name
+        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        base = model.get_base_model()
+        base.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
+        write_key(tmp, stage_key)
+    return folder
+
+
+def merged(model):
+    """The encoder with its MNTP adapter merged in, clean of peft's bookkeeping (as backbones.load)."""
+    encoder = model.merge_and_unload()
+    encoder._hf_peft_config_loaded = False
+    if hasattr(encoder, "peft_config"):
+        del encoder.peft_config
+    return encoder
+
+
+def load_history(run_dir: Path) -> pd.DataFrame | None:
+    """The MNTP learning curve of a run, or None when it had no MNTP stage."""
+    path = Run(run_dir).mntp / "history.csv"
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def tokens_per_s(history: pd.DataFrame) -> float:
+    return float(history["tokens_per_s"].iloc[-1]) if history is not None and len(history) else math.nan

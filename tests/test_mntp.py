@@ -1,0 +1,223 @@
+"""The MNTP stage: llm2vec's masking and loss on exact small cases, train notes only, McGill's
+adapter layout, exact resume, and the stage inside step 03."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from icdlib import backbones, config, mntp, preprocess, train
+from icdlib.inference import Env
+from icdlib.runfolder import MNTP_ARMS, Run
+from test_train import ROOT, kill_at_fifth_step
+
+SMALL = {"synth_admissions": 120, "min_count": 3, "tiny_hidden": 32, "tiny_vocab": 500, "attention_dim": 16,
+         "segment_length": 64, "max_segments": 2, "batch_size": 8, "eval_every": 3, "save_every": 3,
+         "warmup_steps": 2, "max_steps": 3, "mntp_steps": 6, "mntp_length": 64, "mntp_batch_size": 8, "mntp_lr": 3e-3,
+         "mntp_compare": "none"}
+TEXTS = ["Acute kidney injury with hypertension.", "Septic shock, intubated.", "CHF exacerbation; afib with RVR."] * 8
+
+
+def small_cfg(root, run, **over):
+    cfg = config.load("tiny", params={"output_root": str(root), "run": run, **SMALL, **over})
+    preprocess.run(cfg, progress=False)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    tok = backbones.train_tokenizer(TEXTS, 120)
+    assert tok.convert_tokens_to_ids("_") != tok.unk_token_id  # the recipe's "blank" mask token exists
+    return tok
+
+
+def test_corpus_concatenates_the_notes_and_cuts_whole_chunks(tokenizer):
+    ids, special = mntp.corpus(TEXTS[:3], tokenizer, 8)
+    flat = [t for text in TEXTS[:3] for t in tokenizer(text)["input_ids"]]
+    assert ids.shape == (len(flat) // 8, 8)
+    assert ids.flatten().tolist() == flat[: ids.numel()]  # in order, the remainder dropped
+    assert special.sum() == sum(1 for t in flat[: ids.numel()] if t in tokenizer.all_special_ids)
+    with pytest.raises(Exception, match="fewer than one 4096-token chunk"):
+        mntp.corpus(TEXTS[:1], tokenizer, 4096)
+
+
+def test_bert_masking_draws_what_transformers_collator_draws(tokenizer):
+    from transformers import DataCollatorForLanguageModeling
+
+    ids, special = mntp.corpus(TEXTS, tokenizer, 16)
+    tokenizer.mask_token = "_"
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.2)
+    torch.manual_seed(7)
+    expected_inputs, expected_labels = collator.torch_mask_tokens(ids.clone(), special_tokens_mask=special.clone())
+    recipe = mntp.Masking("bert", 0.2, tokenizer.convert_tokens_to_ids("_"))
+    inputs, labels = mntp.mask_tokens(ids, special, recipe, len(tokenizer), torch.Generator().manual_seed(7))
+    assert torch.equal(inputs, expected_inputs) and torch.equal(labels, expected_labels)
+    selected = labels != -100
+    assert not selected[special].any() and torch.equal(labels[selected], ids[selected])
+    assert (inputs[selected] == recipe.mask_id).float().mean() == pytest.approx(0.8, abs=0.12)
+
+
+def test_all_mask_masks_every_selected_token(tokenizer):
+    ids, special = mntp.corpus(TEXTS, tokenizer, 16)
+    recipe = mntp.Masking("all_mask", 0.8, 5)
+    inputs, labels = mntp.mask_tokens(ids, special, recipe, len(tokenizer), torch.Generator().manual_seed(0))
+    selected = labels != -100
+    assert (inputs[selected] == 5).all() and torch.equal(inputs[~selected], ids[~selected])
+    assert not selected[special].any()
+    assert selected[~special].float().mean() == pytest.approx(0.8, abs=0.08)
+
+
+def test_recipe_per_family(tokenizer):
+    from transformers import LlamaConfig, MistralConfig
+
+    cfg = config.Config()
+    assert mntp.masking(cfg, tokenizer, LlamaConfig()).style == "bert"
+    assert mntp.masking(cfg, tokenizer, LlamaConfig()).probability == 0.2
+    assert mntp.masking(cfg, tokenizer, MistralConfig()) == mntp.Masking("all_mask", 0.8, tokenizer.convert_tokens_to_ids("_"))
+    assert mntp.masking(config.Config(mntp_masking="bert", mntp_probability=0.3), tokenizer, MistralConfig()).probability == 0.3
+
+
+def test_loss_is_llm2vecs_mntp_loss(tokenizer):
+    """Our loss (LM head on the selected positions only) equals LlamaBiForMNTP's (the shift of
+    LlamaForCausalLM over every position) on the same weights."""
+    from llm2vec.models import LlamaBiForMNTP
+    from transformers import LlamaConfig
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    reference = LlamaBiForMNTP(cfg).eval()
+    ids, special = mntp.corpus(TEXTS, tokenizer, 16)
+    inputs, labels = mntp.mask_tokens(ids, special, mntp.Masking("bert", 0.2, 3), len(tokenizer),
+                                      torch.Generator().manual_seed(1))
+    expected = reference(input_ids=inputs, attention_mask=torch.ones_like(inputs), labels=labels).loss
+    ours = mntp.mntp_loss(reference.model, reference.lm_head, inputs, labels)
+    assert ours.item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_stage_reads_train_notes_only_and_its_loss_falls(tmp_path, monkeypatch):
+    cfg = small_cfg(tmp_path, "r", mntp_steps=20, mntp_lr=1e-2, max_steps=1)
+    seen = []
+    real = mntp.corpus
+
+    def spy(texts, tokenizer, length):
+        seen.extend(texts)
+        return real(texts, tokenizer, length)
+
+    monkeypatch.setattr(mntp, "corpus", spy)
+    train.fit(cfg, progress=False)
+    notes = pd.read_parquet(cfg.run_dir / "01_preprocess/notes.parquet")
+    assert sorted(seen) == sorted(notes.loc[notes["split"] == "train", "text"])
+    assert not set(seen) & set(notes.loc[notes["split"] != "train", "text"])
+    history = mntp.load_history(cfg.run_dir)
+    assert history["step"].tolist() == list(range(1, 21))
+    assert history["loss"].iloc[-3:].mean() < history["loss"].iloc[:3].mean() - 0.3, history["loss"].tolist()
+
+
+def test_adapter_has_mcgills_layout_and_loads_as_their_mntp_folders_do(tmp_path):
+    cfg = small_cfg(tmp_path, "m", max_steps=1)
+    env = Env(torch.device("cpu"))
+    notes = preprocess.load(cfg.run_dir).notes
+    encoder, tokenizer, path, base, _ = train.load_backbone(cfg, env, notes[notes["split"] == "train"], progress=False)
+    folder = Run.of(cfg).mntp
+    assert path == str(folder) and base == str(Run.of(cfg).backbone.resolve())
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == base and adapter["r"] == 16 and adapter["lora_alpha"] == 32
+    assert set(adapter["target_modules"]) == set(config.SEVEN_PROJECTIONS)
+    keys = load_file(folder / "adapter_model.safetensors").keys()
+    assert keys and all(k.startswith("base_model.model.layers.") for k in keys)
+    assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
+    # the folder is a model_path, as McGill's -mntp repositories are: the same encoder outputs
+    loaded, _ = backbones.load(folder, base_model_path=base)
+    ids = torch.tensor([tokenizer("Septic shock and acute kidney injury.")["input_ids"]])
+    with torch.no_grad():
+        a = encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+        b = loaded(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_finished_stage_is_reused_and_a_changed_one_redone(tmp_path):
+    cfg = small_cfg(tmp_path, "c", max_steps=1)
+    train.fit(cfg, progress=False)
+    stamp = (Run.of(cfg).mntp / "adapter_model.safetensors").stat().st_mtime_ns
+    train.fit(cfg, progress=False)
+    assert (Run.of(cfg).mntp / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+    changed = config.load("tiny", params={"output_root": str(tmp_path), "run": "c", **SMALL, "max_steps": 1,
+                                          "mntp_steps": 4})
+    train.fit(changed, progress=False)
+    assert mntp.load_history(cfg.run_dir)["step"].max() == 4
+
+
+def test_kill_and_resume_equals_an_uninterrupted_stage(tmp_path, monkeypatch):
+    whole = small_cfg(tmp_path, "whole", max_steps=1)
+    train.fit(whole, progress=False)
+    broken = small_cfg(tmp_path, "broken", max_steps=1)
+    kill_at_fifth_step(broken, monkeypatch)  # after the step-3 MNTP state, mid-way to step 6
+    assert not (Run.of(broken).mntp / "adapter_model.safetensors").exists()
+    assert torch.load(Run.of(broken).mntp_last / "state.pt", weights_only=False)["step"] == 3
+    resumed = config.load("tiny", params={"output_root": str(tmp_path), "run": "broken", **SMALL, "max_steps": 1,
+                                          "resume": True})
+    train.fit(resumed, progress=False)
+    a = load_file(Run.of(whole).mntp / "adapter_model.safetensors")
+    b = load_file(Run.of(broken).mntp / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert mntp.load_history(whole.run_dir)["loss"].tolist() == mntp.load_history(broken.run_dir)["loss"].tolist()
+
+
+@pytest.mark.parametrize("arm", ["without", "with"])
+def test_comparison_is_a_second_fine_tuning_of_the_same_split(tmp_path, arm):
+    """mntp_compare: the other arm fine-tunes from the other backbone (with or without MNTP) on the
+    same split; 04 scores it beside the model."""
+    from icdlib import evaluate
+
+    cfg = small_cfg(tmp_path, "cmp", mntp_compare=arm, baseline=False)
+    train.fit(cfg, progress=False)
+    other = Run(cfg.run_dir, MNTP_ARMS[arm])
+    for split in ("val", "test"):
+        a, b = np.load(Run.of(cfg).predictions(split)), np.load(other.predictions(split))
+        np.testing.assert_array_equal(a["hadm_id"], b["hadm_id"])
+        assert not np.allclose(a["scores"], b["scores"])
+    model_from = json.loads((Run.of(cfg).checkpoint("best") / "icdlib.json").read_text())["backbone"]["model_path"]
+    other_from = json.loads((other.checkpoint("best") / "icdlib.json").read_text())["backbone"]["model_path"]
+    with_mntp, without = (model_from, other_from) if arm == "without" else (other_from, model_from)
+    assert with_mntp.endswith("03_train/mntp") and without.endswith("03_train/backbone")
+    arms = train.mntp_arms(cfg, train.load_history(cfg.run_dir))
+    assert set(arms) == {"with MNTP", "without MNTP"} and all(len(h) for h in arms.values())
+    ev = evaluate.run(cfg)
+    assert ev.results[MNTP_ARMS[arm]]["test_tuned"]["n_docs"] == ev.results["test"]["n_docs"]
+    assert any(name.startswith(f"icdlib {arm} MNTP test @tuned") for name in evaluate.systems(ev))
+
+
+def test_a_comparison_without_the_stage_is_refused():
+    with pytest.raises(config.ConfigError, match="mntp_compare=with .* but mntp_steps=0"):
+        config.resolve("tiny", {"mntp_steps": 0})
+
+
+def test_two_processes_run_the_stage_and_split_each_batch(tmp_path):
+    """torchrun --nproc_per_node 2: each gloo process takes half of every MNTP batch (the same
+    masks as one process draws); rank 0 writes the adapter, then fine-tuning starts from it."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = small_cfg(tmp_path, "ddp", max_steps=2, eval_every=1)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    params = [x for k in ("mntp_steps", "mntp_length", "mntp_batch_size", "mntp_lr", "mntp_compare")
+              for x in ("-p", f"{k}={getattr(cfg, k)}")]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                           "icdlib", "train", "ddp", "--output-root", str(tmp_path), "--quiet", *params],
+                          cwd=ROOT, capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = mntp.load_history(cfg.run_dir)
+    assert history["step"].tolist() == list(range(1, cfg.mntp_steps + 1))
+    assert np.isfinite(history["loss"]).all()
+    loaded, _ = backbones.load(Run.of(cfg).mntp, base_model_path=str(Run.of(cfg).backbone.resolve()))
+    assert loaded is not None
+    manifest = json.loads((Run.of(cfg).checkpoint("best") / "icdlib.json").read_text())
+    assert manifest["backbone"]["model_path"].endswith("03_train/mntp")
