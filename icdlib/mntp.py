@@ -233,11 +233,11 @@ def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], loc
         forward = torch.nn.parallel.DistributedDataParallel(
             forward, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     per_rank = max(1, cfg.mntp_batch_size // env.world)
-    show = progress and env.master
     every = max(1, cfg.mntp_steps // 10)
-    if show:
-        print(f"MNTP on {len(train_texts):,} train notes: {len(ids):,} chunks of {cfg.mntp_length} tokens, "
-              f"{recipe.style} masking of {recipe.probability:.0%}, {cfg.mntp_steps} steps from step {step}", flush=True)
+    report = _Reporter(run.progress, progress and env.master) if env.master else None
+    if report:
+        report({"event": "mntp_start", "notes": len(train_texts), "chunks": len(ids), "length": cfg.mntp_length,
+                "style": recipe.style, "probability": recipe.probability, "total": cfg.mntp_steps, "step": step})
     model.train()
     t0, tokens = time.perf_counter(), 0
     while step < cfg.mntp_steps:
@@ -262,9 +262,9 @@ def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], loc
             history.append({"step": step, "epoch": epoch + batch / len(batches), "loss": float(loss.item()),
                             "lr": scheduler.get_last_lr()[0],
                             "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9)})
-            if show and (step % every == 0 or step == cfg.mntp_steps):
-                print(f"MNTP step {step}/{cfg.mntp_steps} loss {loss.item():.4f} "
-                      f"{history[-1]['tokens_per_s'] / 1e3:.1f}k tok/s", flush=True)
+            if report and (step % every == 0 or step == cfg.mntp_steps):
+                report({"event": "mntp", "step": step, "total": cfg.mntp_steps, "loss": float(loss.item()),
+                        "tokens_per_s": history[-1]["tokens_per_s"]})
             if env.master and (step % cfg.save_every == 0 or step == cfg.mntp_steps):
                 _save_state(last, model, head, head_trainable, optimizer, scheduler, step, epoch, batch, history,
                             generator)
@@ -276,6 +276,32 @@ def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], loc
     if env.world > 1:
         dist.barrier()
     return merged(model)
+
+
+def progress_text(record: dict) -> str:
+    """A progress record of the stage as one line (03's notebook and `icdlib run` print it)."""
+    if record["event"] == "mntp_start":
+        return (f"MNTP on {record['notes']:,} train notes: {record['chunks']:,} chunks of {record['length']} tokens, "
+                f"{record['style']} masking of {record['probability']:.0%}, {record['total']} steps from step "
+                f"{record['step']}")
+    return (f"MNTP step {record['step']}/{record['total']} loss {record['loss']:.4f} "
+            f"{record['tokens_per_s'] / 1e3:.1f}k tok/s")
+
+
+class _Reporter:
+    """Appends the stage's progress records to `03_train/progress.jsonl`, where `icdlib run`
+    follows them (a fine-tuning after the stage starts the file afresh); prints them when `show`."""
+
+    def __init__(self, path: Path, show: bool):
+        self.path, self.show, self.started = Path(path), show, time.time()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, record: dict) -> None:
+        record = {**record, "started": self.started, "time": time.time()}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.show:
+            print(progress_text(record), flush=True)
 
 
 def save(folder: Path, model, tokenizer, base_name: str, history: list[dict], stage_key: str) -> Path:

@@ -243,6 +243,8 @@ def _duration(seconds: float | None) -> str:
 def progress_line(record: dict) -> str:
     """A progress record as one line: `step 40/280 loss 0.0712 val map 0.301 12.3k tok/s ETA 3m10s`
     (a start record: `training 280 steps from step 0, validating every 50`)."""
+    if str(record.get("event", "")).startswith("mntp"):
+        return mntp.progress_text(record)
     if record.get("event") == "start":
         return (f"training {record['total']} steps from step {record['step']}, "
                 f"validating every {record['eval_every']}")

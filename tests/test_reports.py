@@ -86,6 +86,9 @@ def test_progress_file_has_one_line_per_evaluation(small_run):
     run_dir, _ = small_run
     history = pd.read_csv(run_dir / "03_train" / "history.csv")
     records = [json.loads(line) for line in train.progress_path(run_dir).read_text().splitlines()]
+    mntp = [r for r in records if r["event"].startswith("mntp")]  # the comparison arm's stage, after the fit
+    assert [r["event"] for r in mntp] == ["mntp_start"] + ["mntp"] * 10 and mntp[-1]["step"] == 20
+    records = [r for r in records if r not in mntp]
     assert [r["event"] for r in records] == ["start"] + ["eval"] * len(history)
     assert records[0]["total"] == MAX_STEPS and records[0]["eval_every"] == EVAL_EVERY
     evals = records[1:]
@@ -108,6 +111,8 @@ def test_terminal_streams_training_lines(small_run):
         assert re.fullmatch(rf"\[icdlib\] 03_train step {step}/{MAX_STEPS} loss \d\.\d{{4}} val map {value:.3f} "
                             r"[\d.]+k? tok/s ETA \S+", line), line
     assert f"[icdlib] 03_train training {MAX_STEPS} steps from step 0, validating every {EVAL_EVERY}" in lines
+    mntp = [line for line in lines[start:end] if line.startswith("[icdlib] 03_train MNTP")]  # the stage streams too
+    assert mntp[0].startswith("[icdlib] 03_train MNTP on ") and mntp[-1].startswith("[icdlib] 03_train MNTP step 20/20 ")
     assert "Executing" not in terminal and "\r" not in terminal  # papermill's cell bar is for terminals only
 
 
