@@ -1,0 +1,410 @@
+"""Reading MIMIC-IV v2.2 + MIMIC-IV-Note v2.2 (as PhysioNet ships them) into admissions, as Edin et al. did.
+
+Layout: `mimic_dir/hosp/` holds diagnoses_icd, procedures_icd, d_icd_diagnoses and d_icd_procedures;
+`note_dir/note/` (note_dir defaults to mimic_dir) holds discharge; each `.csv.gz` or `.csv`, lower-case
+columns. Codes are text (`icd_code`) with `icd_version` 9 or 10: one dataset per version
+(`mimic4_icd9`, `mimic4_icd10`). The integrity checks are icdlib.mimic's (a cut `.csv`, a
+truncated or damaged `.csv.gz` are refused in one line); discharge is streamed with pyarrow, only
+the columns needed and the notes of the wanted admissions kept.
+
+Edin et al.'s preparation (JoakimEdin/medical-coding-reproducibility, `prepare_data/prepare_mimiciv.py`
+and `prepare_data/utils.py`, read at commits 98d18ab and 1087eac), and where this module follows it:
+
+- Codes: `icd_code` read as str; dots by version and table (`reformat_icd`): ICD-9 as MIMIC-III
+  (`reformat_icd9` = icdlib.codes.dot), ICD-10 diagnoses (CM) after the 3rd character, ICD-10
+  procedures (PCS) left undotted (`reformat_icd10`). Then, per table, `dropna(icd_code)` and
+  `drop_duplicates([hadm_id, icd_code])` over the *dotted* code and *both versions* (the first row
+  in file order wins, and its version decides which dataset keeps the code), then grouping by
+  (subject_id, hadm_id, icd_version) — an admission coded in both versions is in both datasets
+  (7 admissions of Edin's published splits are). Followed exactly.
+- Notes: all of `note/discharge.csv.gz` (no note_type filter), `dropna(text)`, then
+  `drop_duplicates([hadm_id, text])`. Notes left-merged with each version's codes; notes with no
+  code of that version dropped (`dropna(how="all")` on the two code columns). Followed.
+- Rare codes: `filter_codes` counts each code over the dataset's admissions (every split, before
+  any split file) and keeps those seen >= 10 times (MIN_TARGET_COUNT), then admissions with no
+  code left are dropped. Here that is `edin_filter`, separate so step 01 applies it only for the
+  Edin presets (Edin applies it to both MIMIC-IV datasets unconditionally).
+- Text: Edin lower-cases, replaces `[^A-Za-z0-9]+` by a space, drops digit-only tokens
+  (`(\\s\\d+)+\\s`), squeezes whitespace and strips. `prepare` returns the text untouched (`___`
+  de-identification marks kept); `clean_edin` is that cleaning, for step 01 to apply.
+
+Where this module differs, or could not check:
+
+- Edin keeps one row per distinct (hadm_id, text) and never joins notes. Edin's published MIMIC-IV
+  split files hold each `_id` once (checked: 209,326 and 122,279 unique ids), so on v2.2 an
+  admission has one distinct discharge note and the join here is a no-op; should one have several,
+  they are joined in note_seq (then charttime, note_id) order by a blank line, not repeated as rows.
+- ICD-10-CM codes of 3 characters: Edin's `reformat_icd10` writes `I10.` (a trailing dot); here
+  `I10`, as ICD-10-CM writes it. One-to-one, so counts and the label space are the same.
+- Edin's `pd.read_csv` reads empty text and pandas' NA strings (`NA`, `NULL`, ...) as missing; here
+  only a missing or empty text is. Edin does not strip or upper-case codes; here they are (a no-op
+  on clean data). Edin crashes on an icd_version other than 9/10; here a `DataError`.
+- The published dataset sizes (Edin: 209,326 / 122,279 admissions) were not reproduced: no MIMIC-IV
+  copy was at hand. Edin runs its text cleaning in vaex; `clean_edin` is the same regexes in `re`
+  (identical after the first substitution leaves only ASCII letters, digits and spaces; the
+  lower-casing of a few non-ASCII letters may differ, and those letters are removed anyway).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from icdlib import mimic
+from icdlib.codes import DIAGNOSIS, PROCEDURE, dot, normalise
+from icdlib.errors import ConfigError, DataError, MimicSchemaError
+
+DATASETS = {"mimic4_icd9": 9, "mimic4_icd10": 10}
+MIN_COUNT = 10  # Edin et al.'s MIN_TARGET_COUNT
+TABLES = {  # name: (folder, columns)
+    "diagnoses_icd": ("hosp", ["subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"]),
+    "procedures_icd": ("hosp", ["subject_id", "hadm_id", "seq_num", "chartdate", "icd_code", "icd_version"]),
+    "d_icd_diagnoses": ("hosp", ["icd_code", "icd_version", "long_title"]),
+    "d_icd_procedures": ("hosp", ["icd_code", "icd_version", "long_title"]),
+    "discharge": ("note", ["note_id", "subject_id", "hadm_id", "note_type", "note_seq", "charttime", "storetime",
+                           "text"]),
+}
+CODE_TABLES = {DIAGNOSIS: "diagnoses_icd", PROCEDURE: "procedures_icd"}
+DICTIONARIES = {DIAGNOSIS: "d_icd_diagnoses", PROCEDURE: "d_icd_procedures"}
+NOTE_TYPES = {"NOTE_ID": pa.string(), "SUBJECT_ID": pa.int64(), "HADM_ID": pa.int64(), "NOTE_TYPE": pa.string(),
+              "NOTE_SEQ": pa.int64(), "CHARTTIME": pa.string(), "TEXT": pa.binary()}
+# a discharge record starts a line with note_id (`10000032-DS-21`), subject_id: a note line never does
+NOTE_START = re.compile(rb'\n(?="?\d+-[A-Z]{2}-\d+"?,"?\d+"?,)')
+
+
+def dot10(code: str, kind: str) -> str:
+    """ICD-10 as Edin et al. wrote it: CM after the 3rd character (`I509`→`I50.9`, `e119`→`E11.9`,
+    `I10`→`I10`), PCS undotted (`0dtj4zz`→`0DTJ4ZZ`); normalised first (`codes.normalise`)."""
+    code = normalise(code)
+    if kind == DIAGNOSIS:
+        return f"{code[:3]}.{code[3:]}" if len(code) > 3 else code
+    if kind == PROCEDURE:
+        return code
+    raise ValueError(f"kind must be {DIAGNOSIS!r} or {PROCEDURE!r}, got {kind!r}")
+
+
+def dot_version(code: str, kind: str, version: int) -> str:
+    """`codes.dot` for ICD-9, `dot10` for ICD-10."""
+    return dot(code, kind) if version == 9 else dot10(code, kind)
+
+
+def _version(dataset: str) -> int:
+    if dataset not in DATASETS:
+        raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
+    return DATASETS[dataset]
+
+
+def table_path(folder: Path, table: str) -> Path:
+    """`<folder>/<table>.csv.gz` or `.csv`; one line naming what is missing otherwise."""
+    for name in (f"{table}.csv.gz", f"{table}.csv"):
+        if (folder / name).is_file():
+            return folder / name
+    raise MimicSchemaError(f"{folder} lacks {table}.csv.gz (or {table}.csv)")
+
+
+def check_schema(mimic_dir: Path, note_dir: Path | None = None) -> dict[str, Path]:
+    """Paths of the five tables (keys: TABLES), after checking each exists, has MIMIC-IV's columns
+    and, for a plain CSV, ends with a complete record. Fails at the first problem, in one line."""
+    roots = {"hosp": Path(mimic_dir).expanduser(), "note": Path(note_dir if note_dir else mimic_dir).expanduser()}
+    for what, root in (("mimic_dir", roots["hosp"]), ("note_dir", roots["note"])):
+        if not root.is_dir():
+            raise MimicSchemaError(f"{what} {root} is not a folder (expected MIMIC-IV v2.2's hosp/ and "
+                                   f"MIMIC-IV-Note v2.2's note/)")
+    for sub, root in roots.items():
+        if not (root / sub).is_dir():
+            raise MimicSchemaError(f"{root} has no {sub}/ folder (expected "
+                                   f"{'MIMIC-IV v2.2' if sub == 'hosp' else 'MIMIC-IV-Note v2.2'}'s {sub}/)")
+    paths = {}
+    for table, (sub, columns) in TABLES.items():
+        path = table_path(roots[sub] / sub, table)
+        header = [c.lower() for c in mimic.read_header(path)]
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise MimicSchemaError(
+                f"{sub}/{path.name} lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                f"(has: {', '.join(header)}; expected: {', '.join(columns)})")
+        if table == "discharge":
+            _check_discharge_complete(path)
+        else:
+            mimic.check_complete(path)
+        paths[table] = path
+    return paths
+
+
+def _check_discharge_end(path: Path, tail: bytes, from_start: bool, columns: int) -> None:
+    """`mimic.check_end` for discharge, anchored at its last record start (found by note_id).
+
+    mimic's generic record start (digits then a comma) does not match a note_id, and a note line
+    such as `2, then ...` would; so the check starts at the last NOTE_START instead."""
+    if from_start:
+        return mimic.check_end(path, tail, True, columns)
+    starts = [m.start() for m in NOTE_START.finditer(tail)]
+    if not starts:  # no record start in the tail (a note longer than TAIL_BYTES): the final line break only
+        if tail and not tail.endswith(b"\n"):
+            raise DataError(f"{path} ends in the middle of a record (no line break after it): {mimic.TRUNCATED}")
+        return
+    mimic.check_end(path, tail[starts[-1]:], True, columns)  # its "header" is the empty line before the record
+
+
+def _check_discharge_complete(path: Path) -> None:
+    """A plain discharge.csv must end with a complete record (its last TAIL_BYTES read); a .gz is
+    checked as it streams."""
+    if path.name.endswith(".gz"):
+        return
+    size = path.stat().st_size
+    start = max(0, size - mimic.TAIL_BYTES)
+    with open(path, "rb") as f:
+        f.seek(start)
+        tail = f.read()
+    _check_discharge_end(path, tail, start == 0, len(mimic.read_header(path)))
+
+
+class _DischargeGunzip(mimic._Gunzip):
+    """mimic's checked gzip stream, its end checked as discharge's."""
+
+    def check_end(self, columns: int) -> None:
+        tail = b"".join(b.to_pybytes() for b in self._kept)
+        _check_discharge_end(self.path, tail, self.total == len(tail), columns)
+
+
+def _count(mask) -> int:
+    """True values of a boolean arrow array (0 for an empty one)."""
+    return pc.sum(mask).as_py() or 0
+
+
+def _label(path: Path) -> str:
+    return f"{path.parent.name}/{path.name}"
+
+
+def _versions(path: Path, values: pd.Series) -> np.ndarray:
+    """icd_version as int 9/10, or a one-line DataError naming the file and the values found."""
+    bad = ~values.isin([9, 10])
+    if bad.any():
+        found = sorted({str(v) for v in values[bad].tolist()})
+        raise DataError(f"{_label(path)}: icd_version must be 9 or 10, found {', '.join(found[:5])} "
+                        f"in {int(bad.sum())} rows")
+    return values.to_numpy(dtype=np.int64)
+
+
+def _dotted(raw: pd.Series, version: np.ndarray, kind: str) -> np.ndarray:
+    """Each raw code dotted by its row's version, computed once per distinct code and version."""
+    index, uniques = pd.factorize(raw)
+    nine = np.array([dot(c, kind) for c in uniques] + [""], dtype=object)
+    ten = np.array([dot10(c, kind) for c in uniques] + [""], dtype=object)
+    return np.where(version == 9, nine[index], ten[index]).astype(object)
+
+
+def read_codes(paths: dict[str, Path], version: int) -> tuple[pd.DataFrame, dict]:
+    """The ICD-`version` code rows (hadm_id, subject_id, code, kind), dotted and de-duplicated as Edin.
+
+    Per table, rows with an empty icd_code or no hadm_id are dropped, then repeats of a dotted code
+    within an admission, whatever their version, the first row in file order kept: a later row of
+    `version` repeating an earlier row of the other version is dropped (counted apart). Returns the
+    rows and the counts of each drop.
+    """
+    if version not in (9, 10):
+        raise ConfigError(f"version must be 9 or 10; got {version!r}")
+    other = 19 - version
+    frames, stats = [], {}
+    for kind, table in CODE_TABLES.items():
+        path = paths[table]
+        df = mimic._read_csv(path, {"SUBJECT_ID": pa.int64(), "HADM_ID": pa.int64(), "ICD_CODE": pa.string(),
+                                    "ICD_VERSION": pa.int64()})
+        raw = df["ICD_CODE"].fillna("").astype(str)
+        empty = raw.map(normalise).eq("").to_numpy()
+        no_hadm = df["HADM_ID"].isna().to_numpy() & ~empty
+        stats[f"{table} rows"] = len(df)
+        stats[f"{table} rows with empty icd_code (dropped)"] = int(empty.sum())
+        stats[f"{table} rows without hadm_id (dropped)"] = int(no_hadm.sum())
+        keep = ~empty & ~no_hadm
+        rows = pd.DataFrame({"hadm_id": df.loc[keep, "HADM_ID"].astype("int64").to_numpy(),
+                             "subject_id": df.loc[keep, "SUBJECT_ID"].to_numpy(),
+                             "version": _versions(path, df.loc[keep, "ICD_VERSION"])})
+        rows["code"] = _dotted(raw[keep], rows["version"].to_numpy(), kind)
+        first_version = rows.groupby(["hadm_id", "code"], sort=False)["version"].transform("first").to_numpy()
+        repeat = rows.duplicated(["hadm_id", "code"], keep="first").to_numpy()
+        mine = rows["version"].to_numpy() == version
+        cross = mine & (first_version != version)
+        stats[f"{table} rows of ICD-{other} (the other dataset)"] = int((~mine).sum())
+        stats[f"{table} ICD-{version} codes repeated within an admission (dropped)"] = int(
+            (repeat & mine & ~cross).sum())
+        stats[f"{table} ICD-{version} codes an earlier ICD-{other} row of the admission has (dropped, as Edin)"] = int(
+            cross.sum())
+        rows = rows[mine & ~repeat]
+        frames.append(pd.DataFrame({"hadm_id": rows["hadm_id"].to_numpy(),
+                                    "subject_id": rows["subject_id"].astype("int64").to_numpy(),
+                                    "code": rows["code"].to_numpy(dtype=object), "kind": kind}))
+    out = pd.concat(frames, ignore_index=True)
+    stats[f"ICD-{version} code rows kept"] = len(out)
+    return out, stats
+
+
+def read_dictionary(paths: dict[str, Path], version: int) -> pd.DataFrame:
+    """The ICD-`version` dictionary codes, dotted: columns code, kind, short_title, long_title.
+
+    MIMIC-IV has only long_title; short_title is the same text, untruncated (a cut title can read
+    as another code's, and report.py shortens titles for display itself).
+    """
+    frames = []
+    for kind, table in DICTIONARIES.items():
+        path = paths[table]
+        df = mimic._read_csv(path, {"ICD_CODE": pa.string(), "ICD_VERSION": pa.int64(), "LONG_TITLE": pa.string()})
+        df = df[df["ICD_CODE"].fillna("").map(normalise).ne("")]
+        df = df[_versions(path, df["ICD_VERSION"]) == version]
+        title = df["LONG_TITLE"].fillna("").to_numpy(dtype=object)
+        frames.append(pd.DataFrame({"code": [dot_version(c, kind, version) for c in df["ICD_CODE"]], "kind": kind,
+                                    "short_title": title, "long_title": title}))
+    return pd.concat(frames, ignore_index=True).drop_duplicates("code").reset_index(drop=True)
+
+
+def read_notes(paths: dict[str, Path], hadm_ids=None, progress: bool = False,
+               block_size: int = 4 << 20) -> tuple[pd.DataFrame, dict]:
+    """One row per admission of `note/discharge`: hadm_id, subject_id, text; and the counts dropped.
+
+    Streamed batch by batch; only the notes of `hadm_ids` (all when None) are kept. Notes without
+    hadm_id or with an empty text are dropped, and a note repeating another of its admission word
+    for word (Edin's drop_duplicates). Several notes of one admission are joined by a blank line in
+    note_seq, charttime, note_id order. Texts are as written (`___` marks kept); invalid UTF-8 is
+    repaired with U+FFFD and counted, as icdlib.mimic does.
+    """
+    from tqdm import tqdm  # not tqdm.auto, which warns in a notebook without ipywidgets
+
+    path = paths["discharge"]
+    names = mimic.read_header(path)
+    _check_discharge_complete(path)
+    wanted = None if hadm_ids is None else pa.array(np.unique(np.asarray(hadm_ids, dtype=np.int64)), pa.int64())
+    stats = {"discharge notes": 0, "discharge notes without hadm_id (dropped)": 0}
+    if wanted is not None:
+        stats["discharge notes of other admissions (dropped)"] = 0
+    stats.update({"discharge notes with empty text (dropped)": 0, "notes with invalid UTF-8 (bytes replaced)": 0,
+                  "discharge notes of note_type other than DS (kept, as Edin)": 0})
+    source = _DischargeGunzip(path) if path.name.endswith(".gz") else path
+    frames = []
+    try:
+        reader = pacsv.open_csv(
+            source,
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block_size),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(include_columns=list(NOTE_TYPES), column_types=NOTE_TYPES,
+                                                 strings_can_be_null=True),
+        )
+        with tqdm(unit=" notes", desc=path.name, disable=None if progress else True) as bar:
+            for batch in reader:
+                bar.update(batch.num_rows)
+                stats["discharge notes"] += batch.num_rows
+                hadm = batch.column("HADM_ID")
+                keep = pc.is_valid(hadm)
+                stats["discharge notes without hadm_id (dropped)"] += batch.num_rows - _count(keep)
+                if wanted is not None:
+                    mine = pc.and_(keep, pc.is_in(hadm, value_set=wanted))
+                    stats["discharge notes of other admissions (dropped)"] += (_count(keep)
+                                                                                - _count(mine))
+                    keep = mine
+                text = batch.column("TEXT")
+                filled = pc.and_(keep, pc.fill_null(pc.greater(pc.binary_length(text), 0), False))
+                stats["discharge notes with empty text (dropped)"] += _count(keep) - _count(filled)
+                kept = batch.filter(filled)
+                if not kept.num_rows:
+                    continue
+                decoded, bad = mimic._text(kept.column("TEXT"))
+                stats["notes with invalid UTF-8 (bytes replaced)"] += bad
+                other = pc.fill_null(pc.not_equal(kept.column("NOTE_TYPE"), "DS"), True)
+                stats["discharge notes of note_type other than DS (kept, as Edin)"] += _count(other)
+                frames.append(pd.DataFrame({  # one batch at a time: the notes are never held twice
+                    "hadm_id": kept.column("HADM_ID").to_numpy(), "subject_id": kept.column("SUBJECT_ID").to_pandas(),
+                    "note_seq": kept.column("NOTE_SEQ").to_pandas(), "charttime": kept.column("CHARTTIME").to_pandas(),
+                    "note_id": kept.column("NOTE_ID").to_pandas(), "text": decoded.to_pandas()}))
+        if isinstance(source, _DischargeGunzip):
+            source.check_end(len(names))
+    except (pa.ArrowInvalid, OSError, EOFError) as e:
+        raise mimic._read_error(path, e) from None
+    finally:
+        if isinstance(source, _DischargeGunzip):
+            source.close()
+    columns = ["hadm_id", "subject_id", "note_seq", "charttime", "note_id", "text"]
+    notes = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({c: [] for c in columns})
+    notes = notes.sort_values(["hadm_id", "note_seq", "charttime", "note_id"], na_position="first", kind="stable")
+    repeated = notes.duplicated(["hadm_id", "text"])
+    stats["discharge notes repeating another of the admission word for word (dropped, as Edin)"] = int(repeated.sum())
+    notes = notes[~repeated]
+    several = notes["hadm_id"].duplicated(keep=False)
+    stats["admissions with several distinct discharge notes (joined in note_seq order)"] = int(
+        notes.loc[several, "hadm_id"].nunique())
+    single = notes.loc[~several, ["hadm_id", "subject_id", "text"]]
+    joined = (notes[several].groupby("hadm_id", sort=False)
+              .agg(subject_id=("subject_id", "first"), text=("text", "\n\n".join)).reset_index())
+    out = pd.concat([single, joined], ignore_index=True).sort_values("hadm_id", kind="stable")
+    out = out.reset_index(drop=True).astype({"hadm_id": "int64", "subject_id": "int64"})
+    stats["admissions with a discharge note"] = len(out)
+    return out[["hadm_id", "subject_id", "text"]], stats
+
+
+def group_codes(rows: pd.DataFrame) -> pd.DataFrame:
+    """hadm_id → its sorted unique codes (Edin sorts each table's codes and puts procedures first;
+    the order carries no meaning for multi-label targets)."""
+    rows = rows.drop_duplicates(["hadm_id", "code"]).sort_values(["hadm_id", "code"])
+    grouped = rows.groupby("hadm_id", sort=True)["code"].agg(list)
+    return pd.DataFrame({"hadm_id": grouped.index.to_numpy(dtype=np.int64), "codes": grouped.to_list()})
+
+
+def prepare(mimic_dir: Path, note_dir: Path | None = None, dataset: str = "mimic4_icd9",
+            progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Edin et al.'s MIMIC-IV `dataset` before its rare-code filter (`edin_filter`).
+
+    Returns the admissions (hadm_id, subject_id, text, codes: sorted unique dotted codes), sorted
+    by hadm_id; every admission with a discharge note and at least one code of the dataset's
+    version; the dictionary of that version (`read_dictionary`), plus the codes seen in the data
+    that it lacks, with their kind and empty titles (so it gives every code's kind); and the
+    counts of each step, in order. The text is raw: `clean_edin` is Edin's cleaning.
+    """
+    version = _version(dataset)
+    paths = check_schema(mimic_dir, note_dir)
+    rows, stats = read_codes(paths, version)
+    coded = group_codes(rows)
+    stats[f"admissions with ICD-{version} codes"] = len(coded)
+    notes, note_stats = read_notes(paths, hadm_ids=coded["hadm_id"].to_numpy(), progress=progress)
+    stats.update({f"discharge notes of admissions without ICD-{version} codes (dropped)"
+                  if k == "discharge notes of other admissions (dropped)" else k: v for k, v in note_stats.items()})
+    stats[f"admissions with ICD-{version} codes but no discharge note (dropped)"] = int(
+        (~coded["hadm_id"].isin(notes["hadm_id"])).sum())
+    notes = notes.merge(coded, on="hadm_id", how="inner")[["hadm_id", "subject_id", "text", "codes"]]
+    stats["admissions"] = len(notes)
+    dictionary = read_dictionary(paths, version)
+    seen = rows.drop_duplicates("code")
+    absent = seen[~seen["code"].isin(dictionary["code"]) & seen["code"].isin(set(notes["codes"].explode()))]
+    stats["distinct codes absent from the dictionaries (kept, no title)"] = len(absent)
+    untitled = pd.DataFrame({"code": absent["code"].to_numpy(), "kind": absent["kind"].to_numpy(),
+                             "short_title": "", "long_title": ""})
+    dictionary = pd.concat([dictionary, untitled], ignore_index=True)
+    return notes.reset_index(drop=True), dictionary, stats
+
+
+def edin_filter(notes: pd.DataFrame, min_count: int = MIN_COUNT) -> tuple[pd.DataFrame, dict]:
+    """Edin et al.'s benchmark filter: codes seen in fewer than `min_count` admissions of `notes`
+    (the whole dataset: give it every admission, before any split) dropped from every admission,
+    then the admissions left without codes. Each admission's codes must be unique (as `prepare`'s)."""
+    counts = notes["codes"].explode().dropna().value_counts()
+    keep = set(counts.index[counts >= min_count].tolist())
+    codes = notes["codes"].map(lambda cs: [c for c in cs if c in keep])
+    left = codes.map(len).gt(0).to_numpy()
+    stats = {f"codes in < {min_count} admissions of the whole dataset (dropped, edin)": int((counts < min_count).sum()),
+             "code assignments of those codes (dropped, edin)": int(counts[counts < min_count].sum()),
+             "admissions without codes left (dropped, edin)": int((~left).sum()),
+             "codes kept (edin)": len(keep)}
+    out = notes.assign(codes=codes)[left].reset_index(drop=True)
+    return out, stats
+
+
+def clean_edin(text: str) -> str:
+    """Edin et al.'s TextPreprocessor as set for MIMIC-IV: lower case, every run of characters other
+    than ASCII letters and digits a space (`___` marks and accented letters go), digit-only tokens
+    between spaces dropped, whitespace squeezed and stripped."""
+    text = re.sub(r"[^A-Za-z0-9]+", " ", text.lower())
+    text = re.sub(r"(\s\d+)+\s", " ", text)
+    return re.sub(r"\s+", " ", text).strip()
