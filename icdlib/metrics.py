@@ -20,11 +20,12 @@ Conventions
   those with at least one positive label in the label space. A document without
   one (possible when the label space is pruned, e.g. ``labels: observed``) has no
   defined R-precision or average precision, and counting its P@k as 0 would mix two
-  document sets in one table. This is the rule of Edin et al.'s MAP and R-precision;
-  that their ``Precision@k`` (JoakimEdin/medical-coding-reproducibility,
-  ``src/metrics.py``) filters the same way could not be checked against their code
-  here. On CAML's full label space every document has a positive, so the rule
-  changes nothing there.
+  document sets in one table. It is Edin et al.'s rule (JoakimEdin/medical-coding-
+  reproducibility, ``src/metrics.py``: ``MetricCollection.filter_batch`` drops the
+  documents without a target in the label space before ``Precision_K``,
+  ``PrecisionAtRecall`` and ``MeanAveragePrecision`` see them; their P@k is hits/k).
+  On CAML's full label space every document has a positive, so the rule changes
+  nothing there.
 * Two macro-F1 definitions: ``f1_macro`` is the mean per-label F1 over labels with
   a positive (Edin et al.); ``f1_macro_caml`` is the F1 of macro-precision and
   macro-recall over all labels (CAML; the macro-F1 of CAML, LAAT, MSMN, PLM-ICD).
