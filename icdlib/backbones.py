@@ -325,25 +325,28 @@ def load(model_path: str | Path, dtype: torch.dtype = torch.float32, base_model_
         if found.base:
             model = PeftModel.from_pretrained(model, found.model, is_trainable=not merge)
             if merge:
-                model = model.merge_and_unload()
+                model = merged(model)
         tokenizer = AutoTokenizer.from_pretrained(found.tokenizer)
-    if not merge and found.base:
+    if found.base and not merge:
         model.get_base_model().config._name_or_path = found.name_or_path or model.config._name_or_path
-        return model, _padded(tokenizer)
-    # transformers' own adapter bookkeeping must not survive the merge: save_pretrained of a
-    # fully trained backbone would look for adapters that no longer exist
-    model._hf_peft_config_loaded = False
-    if hasattr(model, "peft_config"):  # left by merge_and_unload; a new LoRA would warn of "multiple adapters"
-        del model.peft_config
-    model.config._name_or_path = found.name_or_path or model.config._name_or_path
-    return model, _padded(tokenizer)
-
-
-def _padded(tokenizer):
+    else:
+        model._hf_peft_config_loaded = False  # a full model too (see `merged`)
+        model.config._name_or_path = found.name_or_path or model.config._name_or_path
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return model, tokenizer
+
+
+def merged(model):
+    """A peft model's base with its adapter merged in, clean of the adapter bookkeeping."""
+    base = model.merge_and_unload()
+    # transformers' own adapter bookkeeping must not survive the merge: save_pretrained of a
+    # fully trained backbone would look for adapters that no longer exist
+    base._hf_peft_config_loaded = False
+    if hasattr(base, "peft_config"):  # left by merge_and_unload; a new LoRA would warn of "multiple adapters"
+        del base.peft_config
+    return base
 
 
 def lm_head_weight(found: Located) -> torch.Tensor | None:

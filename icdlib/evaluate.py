@@ -115,19 +115,18 @@ def score_baseline(ev: Evaluation, scores: dict[str, np.ndarray]) -> dict:
 
 def comparison_scores(run: Run, ev: Evaluation, arm: str) -> dict[str, np.ndarray] | None:
     """The scores of the MNTP comparison's other fine-tuning (`03_train/without_mntp/` or
-    `with_mntp/`, `mntp_compare`), aligned with `ev`'s admissions; None when the run has none."""
+    `with_mntp/`, `mntp_compare`), checked as the model's are (`check_predictions`) and aligned
+    with `ev`'s admissions; None when the run has none."""
     if arm == "none":
         return None
-    plain = Run(run.dir, MNTP_ARMS[arm])
-    if not all(plain.predictions(s).is_file() for s in ev.splits):
-        raise DataError(f"{plain.rel(plain.trained)}/ lacks predictions (mntp_compare={arm}): rerun 03")
-    best_id = tree_hash(plain.checkpoint("best"))
+    other = Run(run.dir, MNTP_ARMS[arm])
+    check_predictions(other)
     out = {}
     for split, s in ev.splits.items():
-        with np.load(plain.predictions(split)) as z:
-            if str(z["best"]) != best_id or not np.array_equal(z["hadm_id"], s.notes["hadm_id"].to_numpy()):
-                raise record.RecordError(f"{plain.rel(plain.predictions(split))} does not match {plain.rel(plain.checkpoint('best'))} "
-                                         f"or this run's {split} admissions: rerun 03")
+        with np.load(other.predictions(split)) as z:
+            if not np.array_equal(z["hadm_id"], s.notes["hadm_id"].to_numpy()):
+                raise record.RecordError(f"{other.rel(other.predictions(split))} scores other {split} admissions "
+                                         f"than {run.rel(run.predictions(split))}: rerun 03")
             out[split] = z["scores"]
     return out
 

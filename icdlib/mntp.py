@@ -115,8 +115,9 @@ def mntp_loss(encoder, lm_head: torch.nn.Module, inputs: torch.Tensor, labels: t
     return torch.nn.functional.cross_entropy(logits.float(), target[keep])
 
 
-class _Objective(torch.nn.Module):
-    """The encoder and its LM head as one module whose forward is the MNTP loss."""
+class Objective(torch.nn.Module):
+    """The encoder and its LM head as one module whose forward is the MNTP loss (one module, so
+    that DDP also averages a trainable head's gradients)."""
 
     def __init__(self, encoder, head: torch.nn.Module):
         super().__init__()
@@ -124,6 +125,29 @@ class _Objective(torch.nn.Module):
 
     def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return mntp_loss(self.encoder, self.head, inputs, labels)
+
+
+def objective(encoder, cfg: Config, located: backbones.Located | None) -> Objective:
+    """The stage's model: the encoder with its trainable adapter (`with_lora`) and its LM head
+    (`lm_head_for`)."""
+    model = with_lora(encoder, cfg)
+    head, _ = lm_head_for(model.get_base_model(), located)
+    return Objective(model, head)
+
+
+def train_step(forward, optimizer: torch.optim.Optimizer, params: list, inputs: torch.Tensor, labels: torch.Tensor,
+         device: torch.device, dtype: torch.dtype, at: int = 0) -> torch.Tensor:
+    """One MNTP optimizer step: the loss (`forward`: an Objective, maybe under DDP), backward,
+    gradient clip 1.0, AdamW. Stops before the update on a non-finite loss."""
+    with autocast(device, dtype):
+        loss = forward(inputs.to(device), labels.to(device))
+    if not torch.isfinite(loss):
+        raise IcdlibError(f"MNTP loss is {loss.item()} at step {at}: lower mntp_lr")
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
 
 
 def lm_head_for(encoder, located: backbones.Located | None) -> tuple[torch.nn.Module, bool]:
@@ -151,7 +175,7 @@ def key(cfg: Config, backbone_key: str, train_ids: list[int], train_texts: list[
         texts.update(t.encode("utf-8", "replace") + b"\0")
     return content_key({"params": {k: getattr(cfg, k) for k in PARAMS}, "backbone": backbone_key,
                         "ids": hashlib.sha256(np.asarray(train_ids, np.int64).tobytes()).hexdigest(),
-                        "texts": texts.hexdigest(), "code": source_hash(mask_tokens, mntp_loss, corpus, train)})
+                        "texts": texts.hexdigest(), "code": source_hash(mask_tokens, mntp_loss, corpus, train_step, train)})
 
 
 def finished(folder: Path, stage_key: str) -> bool:
@@ -210,12 +234,12 @@ def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], loc
     out, last = run.mntp, run.mntp_last
     recipe = masking(cfg, tokenizer, encoder.config)
     ids, special = corpus(train_texts, tokenizer, cfg.mntp_length)
-    model = with_lora(encoder, cfg).to(env.device)
+    obj = objective(encoder, cfg, located).to(env.device)
+    model, head = obj.encoder, obj.head
+    head_trainable = head.weight.requires_grad
     if cfg.grad_checkpointing:
         model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    head, head_trainable = lm_head_for(model.get_base_model(), located)
-    head.to(env.device)
-    params = [p for p in model.parameters() if p.requires_grad] + ([head.weight] if head_trainable else [])
+    params = [p for p in obj.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.mntp_lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / cfg.mntp_steps))
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -228,7 +252,7 @@ def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], loc
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
     dtype = compute_dtype(cfg, env.device)
-    forward = _Objective(model, head)  # one module, so that DDP also averages a trainable head's gradients
+    forward = obj
     if env.world > 1:
         forward = torch.nn.parallel.DistributedDataParallel(
             forward, device_ids=[env.device.index] if env.device.type == "cuda" else None)
@@ -248,14 +272,7 @@ def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], loc
             inputs, labels = mask_tokens(ids[batches[batch]], special[batches[batch]], recipe, len(tokenizer), generator)
             mine = slice(env.rank * per_rank, (env.rank + 1) * per_rank)
             inputs, labels = inputs[mine], labels[mine]
-            with autocast(env.device, dtype):
-                loss = forward(inputs.to(env.device), labels.to(env.device))
-            if not torch.isfinite(loss):
-                raise IcdlibError(f"MNTP loss is {loss.item()} at step {step}: lower mntp_lr")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss = train_step(forward, optimizer, params, inputs, labels, env.device, dtype, at=step)
             scheduler.step()
             step, batch = step + 1, batch + 1
             tokens += int(inputs.numel()) * env.world
@@ -275,7 +292,7 @@ def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], loc
         save(out, model, tokenizer, base_name, history, stage_key)
     if env.world > 1:
         dist.barrier()
-    return merged(model)
+    return backbones.merged(model)
 
 
 def progress_text(record: dict) -> str:
@@ -317,15 +334,6 @@ def save(folder: Path, model, tokenizer, base_name: str, history: list[dict], st
         pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
         write_key(tmp, stage_key)
     return folder
-
-
-def merged(model):
-    """The encoder with its MNTP adapter merged in, clean of peft's bookkeeping (as backbones.load)."""
-    encoder = model.merge_and_unload()
-    encoder._hf_peft_config_loaded = False
-    if hasattr(encoder, "peft_config"):
-        del encoder.peft_config
-    return encoder
 
 
 def load_history(run_dir: Path) -> pd.DataFrame | None:

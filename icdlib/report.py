@@ -467,18 +467,22 @@ def unseen_in_train(notes: pd.DataFrame) -> pd.DataFrame:
 HISTORY_METRICS = ("map", "auroc_micro", "f1_micro")
 
 
+def _loss_curve(ax, steps: pd.Series, loss: pd.Series, color: str, label: str, unit: str) -> None:
+    """A loss against its step, with a moving mean over 1/25 of the points when there are many."""
+    ax.plot(steps, loss, color=color, lw=1, alpha=0.5 if len(loss) > 50 else 1, label=label)
+    if len(loss) > 50:
+        window = max(5, len(loss) // 25)
+        ax.plot(steps, loss.rolling(window, min_periods=1).mean(), color=color, lw=2,
+                label=f"moving mean ({window} {unit})")
+    ax.legend(fontsize=8)
+
+
 def history(history: pd.DataFrame) -> Figure:
     """Two panels: training loss vs step; validation map / auroc_micro / f1_micro vs step."""
     fig, (left, right) = _figure(1, 2, size=(10.0, 4.5))
     if "train_loss" in history and history["train_loss"].notna().any():
         loss = history[["step", "train_loss"]].dropna()
-        left.plot(loss["step"], loss["train_loss"], color="tab:blue", lw=1, alpha=0.5 if len(loss) > 50 else 1,
-                  label="train loss")
-        if len(loss) > 50:
-            window = max(5, len(loss) // 25)
-            left.plot(loss["step"], loss["train_loss"].rolling(window, min_periods=1).mean(),
-                      color="tab:blue", lw=2, label=f"moving mean ({window} logs)")
-        left.legend(fontsize=8)
+        _loss_curve(left, loss["step"], loss["train_loss"], "tab:blue", "train loss", "logs")
     else:
         _empty(left, "no training loss logged")
     left.set_title("Training loss")
@@ -515,13 +519,7 @@ def mntp_history(history: pd.DataFrame | None, arms: dict[str, pd.DataFrame] | N
     if history is None or history.empty:
         return Shown(NO_MNTP, markdown=NO_MNTP)
     fig, (left, right) = _figure(1, 2, size=(10.0, 4.5))
-    left.plot(history["step"], history["loss"], color="tab:purple", lw=1, alpha=0.5 if len(history) > 50 else 1,
-              label="MNTP loss")
-    if len(history) > 50:
-        window = max(5, len(history) // 25)
-        left.plot(history["step"], history["loss"].rolling(window, min_periods=1).mean(), color="tab:purple", lw=2,
-                  label=f"moving mean ({window} steps)")
-    left.legend(fontsize=8)
+    _loss_curve(left, history["step"], history["loss"], "tab:purple", "MNTP loss", "steps")
     left.set_title("MNTP on the train notes")
     left.set_xlabel("MNTP step")
     left.set_ylabel("cross-entropy (masked tokens)")

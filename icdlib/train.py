@@ -117,30 +117,32 @@ def backbone_path(cfg: Config, train_texts: list[str]) -> str:
 def load_backbone(cfg: Config, env: Env, train: pd.DataFrame, with_mntp: bool = True,
                   progress: bool = True) -> tuple[object, object, str, str, str]:
     """(encoder, tokenizer, model path, base path, cache key) as fine-tuning starts from them:
-    the backbone, after the MNTP stage when `mntp_steps > 0` (run, resumed or reused; its
-    adapter becomes the model path, on the backbone's base)."""
+    the backbone, after the MNTP stage when `mntp_steps > 0` (run, resumed, or reused without
+    loading the backbone first; its adapter becomes the model path, on the backbone's base)."""
+    from transformers import AutoConfig
+
     path = backbone_path(cfg, train["text"].tolist())
     base = cfg.base_model_path if cfg.model_path else ""
-    adapt = with_mntp and cfg.mntp_steps > 0
-    encoder, tokenizer = backbones.load(path, weights_dtype(cfg, env.device), base_model_path=base,
-                                        device=env.device, load_in=cfg.load_in, merge=not adapt)
     tiny = not (cfg.model_path or cfg.base_model_path)
     key = read_key(path) if tiny else ""  # the tiny backbone's: resume refuses a checkpoint of another one
+    dtype = weights_dtype(cfg, env.device)
+    adapt = with_mntp and cfg.mntp_steps > 0
+    if adapt:
+        found = backbones.locate(path, base)
+        # the adapter continues McGill's on its base; a fresh one sits on the backbone itself
+        on = found.given["base_model_path"] or found.given["model_path"]
+        arch = key or backbones.fingerprint(AutoConfig.from_pretrained(found.base or found.model)) + on
+        stage, stage_key = Run.of(cfg).mntp, mntp.key(cfg, arch, train["hadm_id"].tolist(), train["text"].tolist())
+        record_key = f"{key}+mntp:{stage_key}"
+        if mntp.finished(stage, stage_key):
+            encoder, tokenizer = backbones.load(stage, dtype, base_model_path=on, device=env.device, load_in=cfg.load_in)
+            return encoder, tokenizer, str(stage), on, record_key
+    encoder, tokenizer = backbones.load(path, dtype, base_model_path=base, device=env.device, load_in=cfg.load_in,
+                                        merge=not adapt)
     if not adapt:
         return encoder, tokenizer, path, base, key
-    found = backbones.locate(path, base)
-    stage = Run.of(cfg).mntp
-    # the adapter continues McGill's on its base; a fresh one sits on the backbone itself
-    on = found.given["base_model_path"] or found.given["model_path"]
-    stage_key = mntp.key(cfg, key or backbones.fingerprint(encoder.config) + on, train["hadm_id"].tolist(),
-                         train["text"].tolist())
-    if mntp.finished(stage, stage_key):
-        del encoder
-        encoder, tokenizer = backbones.load(stage, weights_dtype(cfg, env.device), base_model_path=on,
-                                            device=env.device, load_in=cfg.load_in)
-    else:
-        encoder = mntp.train(cfg, env, encoder, tokenizer, train["text"].tolist(), found, on, stage_key, progress)
-    return encoder, tokenizer, str(stage), on, f"{key}+mntp:{stage_key}"
+    encoder = mntp.train(cfg, env, encoder, tokenizer, train["text"].tolist(), found, on, stage_key, progress)
+    return encoder, tokenizer, str(stage), on, record_key
 
 
 def prepare(cfg: Config, env: Env | None = None, with_mntp: bool = True, progress: bool = True) -> Prepared:

@@ -2,6 +2,7 @@
 adapter layout, exact resume, and the stage inside step 03."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,19 +13,16 @@ from safetensors.torch import load_file
 from icdlib import backbones, config, mntp, preprocess, train
 from icdlib.inference import Env
 from icdlib.runfolder import MNTP_ARMS, Run
+import test_train
 from test_train import ROOT, kill_at_fifth_step
 
-SMALL = {"synth_admissions": 120, "min_count": 3, "tiny_hidden": 32, "tiny_vocab": 500, "attention_dim": 16,
-         "segment_length": 64, "max_segments": 2, "batch_size": 8, "eval_every": 3, "save_every": 3,
-         "warmup_steps": 2, "max_steps": 3, "mntp_steps": 6, "mntp_length": 64, "mntp_batch_size": 8, "mntp_lr": 3e-3,
-         "mntp_compare": "none"}
+SMALL = {**test_train.SMALL, "max_steps": 3, "mntp_steps": 6, "mntp_length": 64, "mntp_batch_size": 8,
+         "mntp_lr": 3e-3}
 TEXTS = ["Acute kidney injury with hypertension.", "Septic shock, intubated.", "CHF exacerbation; afib with RVR."] * 8
 
 
 def small_cfg(root, run, **over):
-    cfg = config.load("tiny", params={"output_root": str(root), "run": run, **SMALL, **over})
-    preprocess.run(cfg, progress=False)
-    return cfg
+    return test_train.small_cfg(root, run, **{**SMALL, **over})
 
 
 @pytest.fixture(scope="module")
@@ -139,12 +137,16 @@ def test_adapter_has_mcgills_layout_and_loads_as_their_mntp_folders_do(tmp_path)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_finished_stage_is_reused_and_a_changed_one_redone(tmp_path):
+def test_finished_stage_is_reused_and_a_changed_one_redone(tmp_path, monkeypatch):
     cfg = small_cfg(tmp_path, "c", max_steps=1)
     train.fit(cfg, progress=False)
     stamp = (Run.of(cfg).mntp / "adapter_model.safetensors").stat().st_mtime_ns
+    loads, real_load = [], backbones.load
+    monkeypatch.setattr(backbones, "load", lambda path, *a, **k: loads.append(Path(path)) or real_load(path, *a, **k))
     train.fit(cfg, progress=False)
     assert (Run.of(cfg).mntp / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+    assert loads == [Run.of(cfg).mntp]  # reused: the backbone is not loaded first
+    monkeypatch.setattr(backbones, "load", real_load)
     changed = config.load("tiny", params={"output_root": str(tmp_path), "run": "c", **SMALL, "max_steps": 1,
                                           "mntp_steps": 4})
     train.fit(changed, progress=False)

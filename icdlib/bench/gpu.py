@@ -240,41 +240,34 @@ def train_runs(coder, cfg, batch, steps: int, runs: int, warmup: int, device, dt
 
 
 def mntp_runs(base, cfg, plan: dict, vocab: int, runs: int, warmup: int, device, dtype, say) -> tuple[list[float], float]:
-    """Tokens/s of MNTP steps (icdlib.mntp: masking, loss over the masked positions through a frozen
-    LM head, LoRA, AdamW, clipping, gradient checkpointing) on `base`; and the last loss."""
+    """Tokens/s of MNTP steps (`mntp.train_step`: masking, loss over the masked positions through
+    a frozen LM head, LoRA, AdamW, clipping, gradient checkpointing) on `base`; and the last loss."""
     from icdlib import mntp
-    from icdlib.train import autocast
 
-    model = mntp.with_lora(base, cfg)
-    model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    head, _ = mntp.lm_head_for(model.get_base_model(), None)
-    head.requires_grad_(False)  # a real checkpoint's LM head stays frozen in the recipe
-    params = [p for p in model.parameters() if p.requires_grad]
+    obj = mntp.objective(base, cfg, None)
+    obj.head.requires_grad_(False)  # a real checkpoint's LM head stays frozen in the recipe
+    obj.encoder.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    params = [p for p in obj.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.mntp_lr)
     g = torch.Generator().manual_seed(cfg.seed)
     shape = (plan["mntp_chunks"], plan["segment_length"])
     ids = torch.randint(vocab, shape, generator=g)
     recipe = mntp.Masking("bert", mntp.RECIPES["bert"], 0)
-    model.train()
+    obj.train()
     rates, loss = [], torch.tensor(float("nan"))
     for i in range(warmup + runs):
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(plan["steps"]):
             inputs, labels = mntp.mask_tokens(ids, torch.zeros(shape, dtype=torch.bool), recipe, vocab, g)
-            with autocast(device, dtype):
-                loss = mntp.mntp_loss(model, head, inputs.to(device), labels.to(device))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss = mntp.train_step(obj, optimizer, params, inputs, labels, device, dtype)
         _sync(device)
         rate = ids.numel() * plan["steps"] / (time.perf_counter() - t0)
         say(f"MNTP {'warm-up' if i < warmup else f'run {i - warmup + 1}/{runs}'}: {rate:,.0f} tokens/s, "
             f"loss {float(loss.detach()):.4f}")
         if i >= warmup:
             rates.append(rate)
-    del optimizer, head
+    del optimizer, obj
     return rates, float(loss.detach())
 
 

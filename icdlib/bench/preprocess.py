@@ -25,14 +25,14 @@ TARGET_RSS_MB = 2000.0
 FULL_SIZE = 58_976
 
 
-def ensure_twin(data_dir: Path, admissions: int, progress: bool = True) -> Path:
-    """The synthetic twin of that many admissions (full-length notes), generated once."""
+def ensure_twin(data_dir: Path, admissions: int, progress: bool = True, short: bool = False, seed: int = 0) -> Path:
+    """The synthetic twin of that many admissions (full-length notes unless `short`), generated once."""
     from icdlib import synth
 
-    out = Path(data_dir) / f"twin-{admissions}-seed0"
+    out = Path(data_dir) / f"twin-{admissions}-seed{seed}{'-short' if short else ''}"
     if not (out / "NOTEEVENTS.csv").is_file():
         with atomic_path(out) as tmp:
-            synth.generate(tmp, admissions=admissions, seed=0, progress=progress)
+            synth.generate(tmp, admissions=admissions, seed=seed, short=short, progress=progress)
     return out
 
 

@@ -78,24 +78,21 @@ def _tokens_per_s(coder, optimizer, batches, step) -> float:
 
 
 def mntp_tokens_per_s(cfg: config.Config, backbone: str, texts: list[str], batch_size: int, steps: int) -> float:
-    """Tokens/s of whole MNTP steps (masking, forward, loss over the masked positions, backward,
-    clipping, AdamW) with the stage's own functions, LoRA on the tiny backbone."""
+    """Tokens/s of whole MNTP steps (`mntp.train_step`: masking, forward, loss over the masked
+    positions, backward, clipping, AdamW), LoRA on the tiny backbone."""
     encoder, tokenizer = backbones.load(backbone)
-    model = mntp.with_lora(encoder, cfg)
-    head, trainable = mntp.lm_head_for(model.get_base_model(), None)
-    params = [p for p in model.parameters() if p.requires_grad] + ([head.weight] if trainable else [])
+    obj = mntp.objective(encoder, cfg, None)
+    params = [p for p in obj.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.mntp_lr)
     ids, special = mntp.corpus(texts, tokenizer, cfg.segment_length)
     recipe = mntp.masking(cfg, tokenizer, encoder.config)
     generator = torch.Generator().manual_seed(cfg.seed)
+    cpu = torch.device("cpu")
     t0 = time.perf_counter()
     for i in range(steps):
         rows = torch.arange(i * batch_size, (i + 1) * batch_size) % len(ids)
         inputs, labels = mntp.mask_tokens(ids[rows], special[rows], recipe, len(tokenizer), generator)
-        mntp.mntp_loss(model, head, inputs, labels).backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        mntp.train_step(obj, optimizer, params, inputs, labels, cpu, torch.float32, at=i)
     return steps * batch_size * ids.shape[1] / (time.perf_counter() - t0)
 
 

@@ -30,22 +30,14 @@ import pandas as pd
 
 from icdlib import backbones, config, metrics, preprocess, synth
 from icdlib.bench.harness import summary
+from icdlib.bench.preprocess import ensure_twin
 from icdlib.labels import multi_hot
-from icdlib.runfolder import MNTP_ARMS, atomic_path
+from icdlib.runfolder import MNTP_ARMS
 
 SCALES = {"full": {"text": ((600, True), (2000, False)), "learn": 600},
           "smoke": {"text": ((80, True), (30, False)), "learn": 0}}
 FAR = 4096  # tokens: what 8 × 512-token segments hold
 MAX_EXACT_TITLE = 0.20  # issue 12: the exact long title in at most 20% of assignments
-
-
-def ensure_twin(data_dir: Path, admissions: int, short: bool, seed: int = 0) -> Path:
-    """A twin written once under `data_dir` (named by size, note length and seed)."""
-    out = Path(data_dir) / f"twin-{admissions}-{'short' if short else 'full'}-seed{seed}"
-    if not (out / "NOTEEVENTS.csv").is_file():
-        with atomic_path(out) as tmp:
-            synth.generate(tmp, admissions=admissions, seed=seed, short=short, progress=False)
-    return out
 
 
 def joined_notes(mimic_dir: Path) -> pd.DataFrame:
@@ -210,7 +202,7 @@ def run(scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir: Path |
     index = form_index(world)
     checks, notes_out, texts = [], [], {}
     for admissions, short in plan["text"]:
-        twin = ensure_twin(data_dir, admissions, short)
+        twin = ensure_twin(data_dir, admissions, False, short)
         name = f"{admissions:,} admissions, {'short' if short else 'full-length'} notes"
         stats = texts[name] = text_statistics(twin, world, index, far=not short)
         if progress:
@@ -235,7 +227,7 @@ def run(scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir: Path |
     if plan["learn"]:
         runs = []
         for seed in range(repeats):
-            twin = ensure_twin(data_dir, plan["learn"], True, seed)
+            twin = ensure_twin(data_dir, plan["learn"], False, short=True, seed=seed)
             runs.append(learn(twin, data_dir / "scratch-twin"))
             if progress:
                 tiny = runs[-1]["tiny model"]["test"]
