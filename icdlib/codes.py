@@ -40,5 +40,8 @@ def dot(code: str, kind: str) -> str:
 
 
 def category(code: str) -> str:
-    """The 3-digit category of a dotted code (`428.30`→`428`, `E888.9`→`E888`, `38.93`→`38`)."""
-    return code.split(".")[0]
+    """The category of a dotted code: ICD-9's 3 digits (`428.30`→`428`, `E888.9`→`E888`, `38.93`→`38`),
+    ICD-10-CM's 3 characters (`I50.9`→`I50`), and for ICD-10-PCS (7 characters, undotted) the first
+    three: section, body system and root operation (`0DTJ4ZZ`→`0DT`)."""
+    head = code.split(".")[0]
+    return head[:3] if len(head) == 7 else head

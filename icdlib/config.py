@@ -9,20 +9,20 @@ steps read the run and leave that record as it is.
 Notebooks call `from_notebook(globals())` after their parameters cell, so every key of `Config`
 works as a papermill parameter (`papermill notebooks/03_train.ipynb out.ipynb -p epochs 1`).
 
-Paths (`output_root`, `mimic_dir`, `split_dir`, `top50_file`, and `model_path`, `base_model_path`,
+Paths (`output_root`, `mimic_dir`, `note_dir`, `split_dir`, `top50_file`, and `model_path`, `base_model_path`,
 `adapter_path` when they name a local folder rather than a hub name) are made absolute against the
 caller's working directory when the configuration is resolved, wherever they come from: the command
 line, papermill parameters, the API or a params file. The resolved Config holds absolute paths only.
 
 Benchmark presets (`benchmark`, `BENCHMARKS`) are applied by `resolve` after merging: a preset sets
-the split, the label rule and the filters its paper used (`caml_full`, `caml_50`, `edin_clean`,
-`seed`), replacing what the defaults and a params file below it say; a value given at the same
+the dataset, the split, the label rule and the filters its paper used (`caml_full`, `caml_50`,
+`edin_clean`, `seed`; `edin_mimic4_icd9`, `edin_mimic4_icd10` for MIMIC-IV), replacing what the defaults and a params file below it say; a value given at the same
 layer as `benchmark` or a later one (the params file naming it, then the overrides) that
 contradicts the preset is one `ConfigError`. `caml_50` takes CAML's `top50_codes.txt` from
 `split_dir` unless `top50_file` names one. With `benchmark: none`, hand-made combinations that
 look like a benchmark but are not one (`split: caml_50` without `labels: top50`, `split: clean`
 with a train-only `min_count`, `seed_test_share` without `split: seed`) are refused naming the
-preset to use.
+preset to use, and so is a split of another dataset's admissions (`check_dataset`).
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ class Config:
     backbone: str = "tiny"  # the params file name: params/<backbone>.yaml
     run: str = ""  # run folder name under output_root; empty means the backbone name
     output_root: str = ""  # folder holding run folders; empty means <repo>/outputs
-    mimic_dir: str = ""  # MIMIC-III v1.4 folder; empty means the synthetic twin
+    mimic_dir: str = ""  # MIMIC-III v1.4 folder, or MIMIC-IV v2.2's (holding hosp/); empty means the synthetic twin
+    dataset: str = "mimic3"  # mimic3 | mimic4_icd9 | mimic4_icd10 (MIMIC-IV's admissions coded in that ICD version)
+    note_dir: str = ""  # MIMIC-IV-Note v2.2 folder (holding note/); empty means mimic_dir
     seed: int = 1234
     share_safe: str = "auto"  # auto (on for real MIMIC, off for the twin) | on | off
 
@@ -68,13 +70,14 @@ class Config:
     synth_short: bool = True  # short notes for fast demos
 
     # preprocessing
-    benchmark: str = "none"  # none | caml_full | caml_50 | edin_clean | seed: sets split, labels and filters as the
+    benchmark: str = "none"  # none | caml_full | caml_50 | edin_clean | seed | edin_mimic4_icd9 | edin_mimic4_icd10:
+    #                          sets split, labels and filters as the
     #                          paper did (BENCHMARKS; applied by resolve, conflicting explicit values are refused)
     note_categories: list[str] = field(default_factory=lambda: ["Discharge summary"])
     note_descriptions: list[str] = field(default_factory=lambda: ["Report", "Addendum"])
-    text_cleaning: str = "none"  # none | caml
-    split: str = "patient"  # seed | patient | caml_full | caml_50 | clean
-    split_dir: str = ""  # folder with the public split files (caml_full, caml_50, clean)
+    text_cleaning: str = "none"  # none | caml | edin (Edin et al.'s: lower case, only letters and digits)
+    split: str = "patient"  # seed | patient | caml_full | caml_50 | clean | mimic4_icd9 | mimic4_icd10
+    split_dir: str = ""  # folder with the public split files (caml_full, caml_50, clean, mimic4_icd9, mimic4_icd10)
     labels: str = "observed"  # observed | all | top50
     top50_file: str = ""  # CAML's top-50 code list, one code a line (labels: top50)
     min_count: int = 1  # drop label codes seen fewer times in train (edin_clean: in the whole dataset)
@@ -172,8 +175,9 @@ class Config:
 
 CHOICES = {
     "share_safe": ("auto", "on", "off"),
-    "text_cleaning": ("none", "caml"),
-    "split": ("seed", "patient", "caml_full", "caml_50", "clean"),
+    "dataset": ("mimic3", "mimic4_icd9", "mimic4_icd10"),
+    "text_cleaning": ("none", "caml", "edin"),
+    "split": ("seed", "patient", "caml_full", "caml_50", "clean", "mimic4_icd9", "mimic4_icd10"),
     "labels": ("observed", "all", "top50"),
     "model_type": ("llama", "mistral"),
     "load_in": ("native", "4bit", "8bit"),
@@ -185,7 +189,7 @@ CHOICES = {
     "metric": ("map", "auroc_micro", "auroc_macro", "auprc_micro", "f1_micro", "p_at_8"),
     "device": ("auto", "cpu", "cuda", "mps"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
-    "benchmark": ("none", "caml_full", "caml_50", "edin_clean", "seed"),
+    "benchmark": ("none", "caml_full", "caml_50", "edin_clean", "seed", "edin_mimic4_icd9", "edin_mimic4_icd10"),
     "truncation": ("head", "tail", "head_tail"),
     "mntp_masking": ("auto", "bert", "all_mask"),
     "mntp_compare": ("none", "without", "with"),
@@ -243,13 +247,19 @@ RANGES = {
 # caml_full: CAML's ids, labels every code of train, dev and test (preprocess counts all splits);
 # caml_50: CAML's ids and its 50 codes; edin_clean: Edin et al.'s split file, codes seen in < 10
 # admissions of the whole dataset dropped, then admissions left without codes; seed: the original
-# project's rule (HADM_ID 8/9 -> val, no test) and every dictionary code.
+# project's rule (HADM_ID 8/9 -> val, no test) and every dictionary code; edin_mimic4_icd9/10: Edin et
+# al.'s MIMIC-IV datasets, their split files and the same rare-code rule.
 BENCHMARKS = {
-    "caml_full": {"split": "caml_full", "labels": "observed", "min_count": 1, "seed_test_share": 0.0},
-    "caml_50": {"split": "caml_50", "labels": "top50", "min_count": 1, "seed_test_share": 0.0},
-    "edin_clean": {"split": "clean", "labels": "observed", "min_count": 10, "seed_test_share": 0.0},
+    "caml_full": {"dataset": "mimic3", "split": "caml_full", "labels": "observed", "min_count": 1,
+                  "seed_test_share": 0.0},
+    "caml_50": {"dataset": "mimic3", "split": "caml_50", "labels": "top50", "min_count": 1, "seed_test_share": 0.0},
+    "edin_clean": {"dataset": "mimic3", "split": "clean", "labels": "observed", "min_count": 10,
+                   "seed_test_share": 0.0},
     "seed": {"split": "seed", "labels": "all", "min_count": 1},
+    **{f"edin_{name}": {"dataset": name, "split": name, "labels": "observed", "min_count": 10, "seed_test_share": 0.0}
+       for name in ("mimic4_icd9", "mimic4_icd10")},
 }
+MIMIC3_SPLITS = ("caml_full", "caml_50", "clean")  # public split files of MIMIC-III admissions
 CAML_TOP50_FILE = "top50_codes.txt"  # in split_dir, beside CAML's id files
 
 
@@ -266,13 +276,15 @@ def apply_benchmark(values: dict, stated: dict) -> dict:
     name = values.get("benchmark", "none")
     out = dict(values)
     if name == "none":
+        check_dataset(out)
         split, labels = out.get("split", "patient"), out.get("labels", "observed")
         if split == "caml_50" and labels != "top50":
             raise ConfigError(f"split=caml_50 with labels={labels} is not CAML's top-50 task: "
                               f"use benchmark=caml_50 (or labels=top50)")
-        if split == "clean" and out.get("min_count", 1) > 1:
-            raise ConfigError(f"split=clean with min_count={out['min_count']} counts train admissions only, not "
-                              f"Edin et al.'s whole dataset: use benchmark=edin_clean (or min_count=1)")
+        if split in ("clean", "mimic4_icd9", "mimic4_icd10") and out.get("min_count", 1) > 1:
+            preset = "edin_clean" if split == "clean" else f"edin_{split}"
+            raise ConfigError(f"split={split} with min_count={out['min_count']} counts train admissions only, not "
+                              f"Edin et al.'s whole dataset: use benchmark={preset} (or min_count=1)")
         if split != "seed" and out.get("seed_test_share", 0.0) > 0:
             raise ConfigError(f"seed_test_share={out['seed_test_share']} holds out a test set from the seed split "
                               f"only, not split={split}: use benchmark=seed (or split=seed)")
@@ -284,7 +296,23 @@ def apply_benchmark(values: dict, stated: dict) -> dict:
         out[key] = want
     if name == "caml_50" and not out.get("top50_file") and out.get("split_dir"):
         out["top50_file"] = os.path.join(out["split_dir"], CAML_TOP50_FILE)
-    return out
+    return check_dataset(out)
+
+
+def check_dataset(values: dict) -> dict:
+    """`values` if its split and note_dir fit its dataset: MIMIC-III's split files hold MIMIC-III
+    admissions, a MIMIC-IV split file its own dataset's, and only MIMIC-IV has a separate note folder."""
+    dataset, split = values.get("dataset", "mimic3"), values.get("split", "patient")
+    if split in MIMIC3_SPLITS and dataset != "mimic3":
+        raise ConfigError(f"split={split} lists MIMIC-III admissions, not dataset={dataset}'s: use split={dataset} "
+                          f"(Edin et al.'s file), patient or seed")
+    if split.startswith("mimic4_") and split != dataset:
+        raise ConfigError(f"split={split} lists the admissions of dataset={split}, not dataset={dataset}'s: "
+                          f"use dataset={split} (or another split)")
+    if values.get("note_dir") and dataset == "mimic3":
+        raise ConfigError("note_dir names MIMIC-IV-Note's folder, but dataset=mimic3 reads NOTEEVENTS from mimic_dir: "
+                          "drop note_dir (or set dataset=mimic4_icd9 or mimic4_icd10)")
+    return values
 
 
 def backbones() -> list[str]:
@@ -361,7 +389,7 @@ def _merge(values: dict, updates: dict, source: str) -> None:
         values[key] = _check_value(key, value, source)
 
 
-LOCAL_PATH_KEYS = ("output_root", "mimic_dir", "split_dir", "top50_file")
+LOCAL_PATH_KEYS = ("output_root", "mimic_dir", "note_dir", "split_dir", "top50_file")
 MODEL_PATH_KEYS = ("model_path", "base_model_path", "adapter_path")  # a hub name or a local folder
 
 

@@ -79,8 +79,10 @@ def build(notes: pd.DataFrame, dictionary: pd.DataFrame, kinds: dict[str, str], 
 
 
 def kind_of(code: str) -> str:
-    """Dotted procedures have two characters before the dot; diagnoses three or four."""
-    return "procedure" if len(code.split(".")[0]) == 2 else "diagnosis"
+    """Dotted ICD-9 procedures have two characters before the dot, diagnoses three or four;
+    ICD-10-PCS procedures are 7 characters, undotted (ICD-10-CM dots after three)."""
+    head = code.split(".")[0]
+    return "procedure" if len(head) in (2, 7) else "diagnosis"
 
 
 def multi_hot(code_lists, label_codes: list[str]) -> np.ndarray:

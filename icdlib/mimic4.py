@@ -22,8 +22,10 @@ and `prepare_data/utils.py`, read at commits 98d18ab and 1087eac), and where thi
   code of that version dropped (`dropna(how="all")` on the two code columns). Followed.
 - Rare codes: `filter_codes` counts each code over the dataset's admissions (every split, before
   any split file) and keeps those seen >= 10 times (MIN_TARGET_COUNT), then admissions with no
-  code left are dropped. Here that is `edin_filter`, separate so step 01 applies it only for the
-  Edin presets (Edin applies it to both MIMIC-IV datasets unconditionally).
+  code left are dropped. Here that is step 01's `preprocess.rare_codes`, the rule of every Edin
+  preset, applied only for `edin_mimic4_icd9` / `edin_mimic4_icd10` (Edin applies it to both
+  MIMIC-IV datasets unconditionally). The rare codes leave the label space and stay in the
+  admission's code list (counted as outside the label space), so the targets are Edin's.
 - Text: Edin lower-cases, replaces `[^A-Za-z0-9]+` by a space, drops digit-only tokens
   (`(\\s\\d+)+\\s`), squeezes whitespace and strips. `prepare` returns the text untouched (`___`
   de-identification marks kept); `clean_edin` is that cleaning, for step 01 to apply.
@@ -40,13 +42,17 @@ Where this module differs, or could not check:
   only a missing or empty text is. Edin does not strip or upper-case codes; here they are (a no-op
   on clean data). Edin crashes on an icd_version other than 9/10; here a `DataError`.
 - The published dataset sizes (Edin: 209,326 / 122,279 admissions) were not reproduced: no MIMIC-IV
-  copy was at hand. Edin runs its text cleaning in vaex; `clean_edin` is the same regexes in `re`
-  (identical after the first substitution leaves only ASCII letters, digits and spaces; the
-  lower-casing of a few non-ASCII letters may differ, and those letters are removed anyway).
+  copy was at hand. Edin runs its text cleaning in vaex; `clean_edin_all` computes what the same
+  regexes give (checked against Python's `re` on random texts) over the texts' UTF-8 bytes in
+  numpy, after arrow's lower-casing, whose mapping of a few non-ASCII letters may differ from
+  Python's (those letters are removed anyway).
+- Memory: the texts stay in arrow buffers from the CSV reader to the result (never one Python
+  string per note), are copied once into hadm_id order, and are cleaned a few MB at a time.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -61,7 +67,6 @@ from icdlib.codes import DIAGNOSIS, PROCEDURE, dot, normalise
 from icdlib.errors import ConfigError, DataError, MimicSchemaError
 
 DATASETS = {"mimic4_icd9": 9, "mimic4_icd10": 10}
-MIN_COUNT = 10  # Edin et al.'s MIN_TARGET_COUNT
 TABLES = {  # name: (folder, columns)
     "diagnoses_icd": ("hosp", ["subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"]),
     "procedures_icd": ("hosp", ["subject_id", "hadm_id", "seq_num", "chartdate", "icd_code", "icd_version"]),
@@ -173,6 +178,16 @@ class _DischargeGunzip(mimic._Gunzip):
         _check_discharge_end(self.path, tail, self.total == len(tail), columns)
 
 
+def _isin_sorted(values: pa.Array, sorted_set: np.ndarray) -> np.ndarray:
+    """values (int64, nulls allowed: never in) in `sorted_set` (sorted unique int64), by binary search:
+    unlike `pc.is_in`, no hash table of the whole set is built for each batch."""
+    v = pc.fill_null(values, 0).to_numpy()
+    if not len(sorted_set):
+        return np.zeros(len(v), bool)
+    at = np.minimum(np.searchsorted(sorted_set, v), len(sorted_set) - 1)
+    return (sorted_set[at] == v) & pc.is_valid(values).to_numpy(zero_copy_only=False)
+
+
 def _count(mask) -> int:
     """True values of a boolean arrow array (0 for an empty one)."""
     return pc.sum(mask).as_py() or 0
@@ -192,12 +207,21 @@ def _versions(path: Path, values: pd.Series) -> np.ndarray:
     return values.to_numpy(dtype=np.int64)
 
 
-def _dotted(raw: pd.Series, version: np.ndarray, kind: str) -> np.ndarray:
-    """Each raw code dotted by its row's version, computed once per distinct code and version."""
+def _dotted(raw: pd.Series, version: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each raw code dotted by its row's version, computed once per distinct code and version:
+    (the dotted codes, distinct; each row's position among them)."""
     index, uniques = pd.factorize(raw)
-    nine = np.array([dot(c, kind) for c in uniques] + [""], dtype=object)
-    ten = np.array([dot10(c, kind) for c in uniques] + [""], dtype=object)
-    return np.where(version == 9, nine[index], ten[index]).astype(object)
+    both = [dot(c, kind) for c in uniques] + [dot10(c, kind) for c in uniques]
+    ids, names = pd.factorize(np.array(both, dtype=object))
+    return np.asarray(names, dtype=object), np.where(version == 9, ids[index], ids[len(uniques) + index])
+
+
+def _first_of_each(key: np.ndarray) -> np.ndarray:
+    """For each row, the position of the first row with its key."""
+    group, _ = pd.factorize(key)
+    first = np.empty(group.max() + 1 if len(group) else 0, np.int64)
+    first[group[::-1]] = np.arange(len(group) - 1, -1, -1)  # the last write, the earliest row, wins
+    return first[group]
 
 
 def read_codes(paths: dict[str, Path], version: int) -> tuple[pd.DataFrame, dict]:
@@ -217,7 +241,8 @@ def read_codes(paths: dict[str, Path], version: int) -> tuple[pd.DataFrame, dict
         df = mimic._read_csv(path, {"SUBJECT_ID": pa.int64(), "HADM_ID": pa.int64(), "ICD_CODE": pa.string(),
                                     "ICD_VERSION": pa.int64()})
         raw = df["ICD_CODE"].fillna("").astype(str)
-        empty = raw.map(normalise).eq("").to_numpy()
+        index, uniques = pd.factorize(raw)  # normalised once per distinct code
+        empty = np.array([normalise(c) == "" for c in uniques], dtype=bool)[index] if len(raw) else np.zeros(0, bool)
         no_hadm = df["HADM_ID"].isna().to_numpy() & ~empty
         stats[f"{table} rows"] = len(df)
         stats[f"{table} rows with empty icd_code (dropped)"] = int(empty.sum())
@@ -226,9 +251,11 @@ def read_codes(paths: dict[str, Path], version: int) -> tuple[pd.DataFrame, dict
         rows = pd.DataFrame({"hadm_id": df.loc[keep, "HADM_ID"].astype("int64").to_numpy(),
                              "subject_id": df.loc[keep, "SUBJECT_ID"].to_numpy(),
                              "version": _versions(path, df.loc[keep, "ICD_VERSION"])})
-        rows["code"] = _dotted(raw[keep], rows["version"].to_numpy(), kind)
-        first_version = rows.groupby(["hadm_id", "code"], sort=False)["version"].transform("first").to_numpy()
-        repeat = rows.duplicated(["hadm_id", "code"], keep="first").to_numpy()
+        names, code_id = _dotted(raw[keep], rows["version"].to_numpy(), kind)
+        rows["code"] = names[code_id]
+        first = _first_of_each(rows["hadm_id"].to_numpy() * max(len(names), 1) + code_id)  # (hadm_id, code) as one int
+        first_version = rows["version"].to_numpy()[first]
+        repeat = first != np.arange(len(rows))
         mine = rows["version"].to_numpy() == version
         cross = mine & (first_version != version)
         stats[f"{table} rows of ICD-{other} (the other dataset)"] = int((~mine).sum())
@@ -278,14 +305,14 @@ def read_notes(paths: dict[str, Path], hadm_ids=None, progress: bool = False,
     path = paths["discharge"]
     names = mimic.read_header(path)
     _check_discharge_complete(path)
-    wanted = None if hadm_ids is None else pa.array(np.unique(np.asarray(hadm_ids, dtype=np.int64)), pa.int64())
+    wanted = None if hadm_ids is None else np.unique(np.asarray(hadm_ids, dtype=np.int64))
     stats = {"discharge notes": 0, "discharge notes without hadm_id (dropped)": 0}
     if wanted is not None:
         stats["discharge notes of other admissions (dropped)"] = 0
     stats.update({"discharge notes with empty text (dropped)": 0, "notes with invalid UTF-8 (bytes replaced)": 0,
                   "discharge notes of note_type other than DS (kept, as Edin)": 0})
     source = _DischargeGunzip(path) if path.name.endswith(".gz") else path
-    frames = []
+    keys, texts = [], []  # per batch: the kept notes' small columns, and their texts (arrow, never copied to Python)
     try:
         reader = pacsv.open_csv(
             source,
@@ -302,24 +329,24 @@ def read_notes(paths: dict[str, Path], hadm_ids=None, progress: bool = False,
                 keep = pc.is_valid(hadm)
                 stats["discharge notes without hadm_id (dropped)"] += batch.num_rows - _count(keep)
                 if wanted is not None:
-                    mine = pc.and_(keep, pc.is_in(hadm, value_set=wanted))
+                    mine = pc.and_(keep, pa.array(_isin_sorted(hadm, wanted)))
                     stats["discharge notes of other admissions (dropped)"] += (_count(keep)
                                                                                 - _count(mine))
                     keep = mine
                 text = batch.column("TEXT")
                 filled = pc.and_(keep, pc.fill_null(pc.greater(pc.binary_length(text), 0), False))
                 stats["discharge notes with empty text (dropped)"] += _count(keep) - _count(filled)
-                kept = batch.filter(filled)
+                kept = batch if _count(filled) == batch.num_rows else batch.filter(filled)
+                del batch, hadm, text  # the batch's unkept notes go now
                 if not kept.num_rows:
                     continue
                 decoded, bad = mimic._text(kept.column("TEXT"))
                 stats["notes with invalid UTF-8 (bytes replaced)"] += bad
                 other = pc.fill_null(pc.not_equal(kept.column("NOTE_TYPE"), "DS"), True)
                 stats["discharge notes of note_type other than DS (kept, as Edin)"] += _count(other)
-                frames.append(pd.DataFrame({  # one batch at a time: the notes are never held twice
-                    "hadm_id": kept.column("HADM_ID").to_numpy(), "subject_id": kept.column("SUBJECT_ID").to_pandas(),
-                    "note_seq": kept.column("NOTE_SEQ").to_pandas(), "charttime": kept.column("CHARTTIME").to_pandas(),
-                    "note_id": kept.column("NOTE_ID").to_pandas(), "text": decoded.to_pandas()}))
+                keys.append(kept.select(["HADM_ID", "SUBJECT_ID", "NOTE_SEQ", "CHARTTIME", "NOTE_ID"]))
+                texts.append(decoded)
+                del kept, decoded
         if isinstance(source, _DischargeGunzip):
             source.check_end(len(names))
     except (pa.ArrowInvalid, OSError, EOFError) as e:
@@ -327,35 +354,73 @@ def read_notes(paths: dict[str, Path], hadm_ids=None, progress: bool = False,
     finally:
         if isinstance(source, _DischargeGunzip):
             source.close()
-    columns = ["hadm_id", "subject_id", "note_seq", "charttime", "note_id", "text"]
-    notes = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({c: [] for c in columns})
-    notes = notes.sort_values(["hadm_id", "note_seq", "charttime", "note_id"], na_position="first", kind="stable")
-    repeated = notes.duplicated(["hadm_id", "text"])
-    stats["discharge notes repeating another of the admission word for word (dropped, as Edin)"] = int(repeated.sum())
-    notes = notes[~repeated]
-    several = notes["hadm_id"].duplicated(keep=False)
-    stats["admissions with several distinct discharge notes (joined in note_seq order)"] = int(
-        notes.loc[several, "hadm_id"].nunique())
-    single = notes.loc[~several, ["hadm_id", "subject_id", "text"]]
-    joined = (notes[several].groupby("hadm_id", sort=False)
-              .agg(subject_id=("subject_id", "first"), text=("text", "\n\n".join)).reset_index())
-    out = pd.concat([single, joined], ignore_index=True).sort_values("hadm_id", kind="stable")
-    out = out.reset_index(drop=True).astype({"hadm_id": "int64", "subject_id": "int64"})
+    return _admission_notes(keys, texts, stats)
+
+
+def _admission_notes(keys: list[pa.RecordBatch], texts: list[pa.Array], stats: dict) -> tuple[pd.DataFrame, dict]:
+    """`read_notes`' rows from the kept notes: sorted by hadm_id, note_seq, charttime, note_id (missing
+    first, ties in file order); a note repeating an earlier one of its admission word for word
+    dropped; an admission's distinct notes joined by a blank line.
+
+    Only the small columns are sorted; each text is copied once, from the batches' buffers straight
+    into the result's, the batches released as they are copied (`preprocess.join_texts`), so the
+    notes are never held twice, nor as Python strings. Only the (few) admissions with several notes
+    have their texts compared and joined in Python. `texts` is emptied."""
+    from icdlib.preprocess import join_texts, run_starts
+
+    table = pa.Table.from_batches(keys) if keys else None
+    del keys
+    n = table.num_rows if table is not None else 0
+    by = [(c, "ascending", "at_start") for c in ("HADM_ID", "NOTE_SEQ", "CHARTTIME", "NOTE_ID")]  # missing first
+    order = pc.sort_indices(table, sort_keys=by).to_numpy() if n else np.zeros(0, np.int64)
+    hadm = table.column("HADM_ID").to_numpy()[order] if n else np.zeros(0, np.int64)
+    if n and table.column("SUBJECT_ID").null_count:
+        raise DataError(f"note/discharge: {table.column('SUBJECT_ID').null_count} notes without subject_id")
+    subject = table.column("SUBJECT_ID").to_numpy()[order] if n else np.zeros(0, np.int64)
+    del table
+    starts = run_starts(hadm)
+    sizes = np.diff(np.r_[starts, len(hadm)]).astype(np.int64)
+    rows = order[starts].astype(np.int64)  # each admission's text: its first note, or its joined notes
+    repeated, several = 0, 0
+    multi = np.flatnonzero(sizes > 1)
+    if len(multi):
+        bounds = np.cumsum([0] + [len(t) for t in texts])
+
+        def text_of(row: int) -> str:
+            c = int(np.searchsorted(bounds, row, side="right") - 1)
+            return texts[c][row - int(bounds[c])].as_py()
+
+        joined = []
+        for a in multi.tolist():
+            distinct = list(dict.fromkeys(text_of(int(r)) for r in order[starts[a]:starts[a] + sizes[a]]))
+            repeated += int(sizes[a]) - len(distinct)
+            several += len(distinct) > 1
+            joined.append("\n\n".join(distinct))
+        rows[multi] = n + np.arange(len(multi))  # the joined texts: one more chunk after the notes
+        texts.append(pa.array(joined, pa.large_string()))
+    stats["discharge notes repeating another of the admission word for word (dropped, as Edin)"] = repeated
+    stats["admissions with several distinct discharge notes (joined in note_seq order)"] = several
+    m = len(starts)
+    text = (join_texts(texts, rows, np.arange(m, dtype=np.int64), np.ones(m, np.int64)) if m
+            else pd.Series([], dtype=str))
+    texts.clear()
+    out = pd.DataFrame({"hadm_id": hadm[starts].astype(np.int64), "subject_id": subject[starts].astype(np.int64),
+                        "text": text.array})
     stats["admissions with a discharge note"] = len(out)
-    return out[["hadm_id", "subject_id", "text"]], stats
+    return out, stats
 
 
 def group_codes(rows: pd.DataFrame) -> pd.DataFrame:
     """hadm_id → its sorted unique codes (Edin sorts each table's codes and puts procedures first;
-    the order carries no meaning for multi-label targets)."""
-    rows = rows.drop_duplicates(["hadm_id", "code"]).sort_values(["hadm_id", "code"])
-    grouped = rows.groupby("hadm_id", sort=True)["code"].agg(list)
-    return pd.DataFrame({"hadm_id": grouped.index.to_numpy(dtype=np.int64), "codes": grouped.to_list()})
+    the order carries no meaning for multi-label targets). `preprocess.group_codes`, in numpy."""
+    from icdlib.preprocess import group_codes as grouped
+
+    return grouped(rows)
 
 
 def prepare(mimic_dir: Path, note_dir: Path | None = None, dataset: str = "mimic4_icd9",
             progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Edin et al.'s MIMIC-IV `dataset` before its rare-code filter (`edin_filter`).
+    """Edin et al.'s MIMIC-IV `dataset` before its rare-code filter (`preprocess.rare_codes`).
 
     Returns the admissions (hadm_id, subject_id, text, codes: sorted unique dotted codes), sorted
     by hadm_id; every admission with a discharge note and at least one code of the dataset's
@@ -373,7 +438,11 @@ def prepare(mimic_dir: Path, note_dir: Path | None = None, dataset: str = "mimic
                   if k == "discharge notes of other admissions (dropped)" else k: v for k, v in note_stats.items()})
     stats[f"admissions with ICD-{version} codes but no discharge note (dropped)"] = int(
         (~coded["hadm_id"].isin(notes["hadm_id"])).sum())
-    notes = notes.merge(coded, on="hadm_id", how="inner")[["hadm_id", "subject_id", "text", "codes"]]
+    # every note's admission is coded (read_notes kept only those): its codes by position, so the texts are not copied
+    at = pd.Index(coded["hadm_id"]).get_indexer(notes["hadm_id"])
+    if (at < 0).any():
+        notes, at = notes[at >= 0].reset_index(drop=True), at[at >= 0]
+    notes["codes"] = coded["codes"].to_numpy()[at]
     stats["admissions"] = len(notes)
     dictionary = read_dictionary(paths, version)
     seen = rows.drop_duplicates("code")
@@ -385,26 +454,125 @@ def prepare(mimic_dir: Path, note_dir: Path | None = None, dataset: str = "mimic
     return notes.reset_index(drop=True), dictionary, stats
 
 
-def edin_filter(notes: pd.DataFrame, min_count: int = MIN_COUNT) -> tuple[pd.DataFrame, dict]:
-    """Edin et al.'s benchmark filter: codes seen in fewer than `min_count` admissions of `notes`
-    (the whole dataset: give it every admission, before any split) dropped from every admission,
-    then the admissions left without codes. Each admission's codes must be unique (as `prepare`'s)."""
-    counts = notes["codes"].explode().dropna().value_counts()
-    keep = set(counts.index[counts >= min_count].tolist())
-    codes = notes["codes"].map(lambda cs: [c for c in cs if c in keep])
-    left = codes.map(len).gt(0).to_numpy()
-    stats = {f"codes in < {min_count} admissions of the whole dataset (dropped, edin)": int((counts < min_count).sum()),
-             "code assignments of those codes (dropped, edin)": int(counts[counts < min_count].sum()),
-             "admissions without codes left (dropped, edin)": int((~left).sum()),
-             "codes kept (edin)": len(keep)}
-    out = notes.assign(codes=codes)[left].reset_index(drop=True)
-    return out, stats
-
-
 def clean_edin(text: str) -> str:
+    """Edin et al.'s TextPreprocessor as set for MIMIC-IV, for one text: `clean_edin_all`."""
+    return clean_edin_all([text])[0]
+
+
+def clean_edin_all(texts, piece_bytes: int = 8 << 20, threads: int | None = None):
     """Edin et al.'s TextPreprocessor as set for MIMIC-IV: lower case, every run of characters other
     than ASCII letters and digits a space (`___` marks and accented letters go), digit-only tokens
-    between spaces dropped, whitespace squeezed and stripped."""
-    text = re.sub(r"[^A-Za-z0-9]+", " ", text.lower())
-    text = re.sub(r"(\s\d+)+\s", " ", text)
-    return re.sub(r"\s+", " ", text).strip()
+    between spaces dropped, whitespace squeezed and stripped (`_clean_piece`: the same result as
+    their regexes, in numpy over the texts' bytes, which cleans a full MIMIC-IV dataset in seconds
+    rather than the minutes of Python's `re` or arrow's RE2).
+
+    `texts`: a list of str (a list is returned), a pandas Series (a str Series on the same index,
+    arrow-backed: no Python string is made) or an arrow string array (a large_string ChunkedArray).
+    Cleaned `piece_bytes` of text at a time, so the intermediate arrays stay that small (and reused
+    by the allocator), on `threads` threads (default: the CPU count, at most 4; numpy releases the
+    GIL)."""
+    if isinstance(texts, list):
+        out = []
+        for piece in _pieces(texts, piece_bytes):
+            out.extend(_clean_piece(pa.array(piece, pa.large_string())).to_pylist())
+        return out
+    if isinstance(texts, pd.Series):
+        arr = texts.array.__arrow_array__() if hasattr(texts.array, "__arrow_array__") else \
+            pa.array(texts.to_numpy(dtype=object), pa.large_string())
+        cleaned = clean_edin_all(arr, piece_bytes, threads)
+        return pd.Series(pa.table({"text": cleaned}).to_pandas()["text"].array, index=texts.index, name=texts.name)
+    pieces = []
+    for chunk in texts.chunks if isinstance(texts, pa.ChunkedArray) else [texts]:
+        chunk = chunk.cast(pa.large_string())
+        if not len(chunk):
+            continue
+        offsets = np.frombuffer(chunk.buffers()[1], np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
+        cuts = np.unique(np.r_[0, np.searchsorted(offsets, np.arange(offsets[0], offsets[-1], piece_bytes)[1:]),
+                               len(chunk)])
+        pieces += [chunk.slice(a, b - a) for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist())]
+    threads = min(os.cpu_count() or 1, 4) if threads is None else threads
+    if threads > 1 and len(pieces) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            cleaned = list(pool.map(_clean_piece, pieces))
+    else:
+        cleaned = [_clean_piece(p) for p in pieces]
+    return pa.chunked_array(cleaned, pa.large_string())
+
+
+def _pieces(texts: list[str], piece_bytes: int):
+    """Consecutive slices of `texts` of about `piece_bytes` characters (at least one text each)."""
+    start = 0
+    while start < len(texts):
+        stop, size = start, 0
+        while stop < len(texts) and (size < piece_bytes or stop == start):
+            size += len(texts[stop])
+            stop += 1
+        yield texts[start:stop]
+        start = stop
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The positions of the ranges [starts[i], ends[i]), concatenated."""
+    lengths = ends - starts
+    return np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(int(lengths.sum()))
+
+
+def _clean_piece(arr: pa.Array) -> pa.Array:
+    """`clean_edin_all` of one arrow string array, on its UTF-8 bytes in numpy (no regex).
+
+    After arrow's `utf8_lower`, a token is a run of bytes in [a-z0-9] within one text; every
+    other byte (a multi-byte character's included) separates tokens, as `[^a-z0-9]+` does. Edin's
+    `(\\s\\d+)+\\s` then drops the digit-only tokens with a separator on both sides (not a text's
+    first token unless the text starts with a separator, nor its last unless it ends with one), and
+    the squeezing and stripping leave the other tokens joined by one space: what is built here,
+    with byte masks and one compaction, faster than RE2's substitutions (which match at every
+    separator)."""
+    if arr.null_count:  # a missing text stays missing
+        return pc.if_else(pc.is_valid(arr), _clean_piece(pc.fill_null(arr, "")), pa.scalar(None, pa.large_string()))
+    arr = pc.utf8_lower(arr.cast(pa.large_string()))
+    n = len(arr)
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + n + 1]
+    off = offsets - offsets[0]
+    data = arr.buffers()[2]
+    b = (np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]] if data is not None and off[-1]
+         else np.zeros(0, np.uint8))
+    alnum = (b - np.uint8(97) < 26) | (b - np.uint8(48) < 10)
+    step = np.diff(alnum.view(np.int8), prepend=np.int8(0), append=np.int8(0))
+    starts = np.flatnonzero(step[:-1] == 1)
+    ends = np.flatnonzero(step[1:] == -1) + 1
+    inner = off[1:-1]
+    split = inner[(inner > 0) & (inner < len(b))]
+    split = np.unique(split[alnum[split] & alnum[split - 1]])  # texts meeting inside a run: two tokens
+    if len(split):
+        starts = np.insert(starts, np.searchsorted(starts, split), split)
+        ends = np.insert(ends, np.searchsorted(ends, split), split)
+    edge = np.zeros(len(b) + 1, bool)  # a text starts here (or the last one ends)
+    edge[off] = True
+    digit_first = np.flatnonzero(b[starts] - np.uint8(48) < 10)  # the only tokens that can be digits only
+    if len(digit_first):
+        first, last = starts[digit_first], ends[digit_first]
+        lengths = last - first
+        letters = np.logical_or.reduceat(b[_ranges(first, last)] - np.uint8(97) < 26, np.r_[0, np.cumsum(lengths)[:-1]])
+        dropped = digit_first[~letters & ~edge[first] & ~edge[last]]  # digits only, a separator on each side
+    else:
+        dropped = digit_first
+    emit = alnum  # the bytes written: those of the kept tokens, and one separator before each but a text's first
+    if len(dropped):
+        emit[_ranges(starts[dropped], ends[dropped])] = False
+        kept = np.ones(len(starts), bool)
+        kept[dropped] = False
+        starts, ends = starts[kept], ends[kept]
+    first = np.searchsorted(starts, off)  # text i's kept tokens: starts[first[i]:first[i + 1]]
+    count = np.diff(first)
+    later = np.ones(len(starts), bool)
+    later[first[:-1][count > 0]] = False
+    emit[starts[later] - 1] = True
+    out = b[emit]
+    lengths = ends - starts
+    out[(np.cumsum(lengths + later) - lengths)[later] - 1] = ord(" ")
+    total = np.r_[0, np.cumsum(lengths)]
+    per_text = total[first[1:]] - total[first[:-1]] + np.maximum(count - 1, 0)
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(np.r_[0, np.cumsum(per_text)].astype(np.int64)),
+                                            pa.py_buffer(out))

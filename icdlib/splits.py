@@ -2,7 +2,8 @@
 
 `seed` is the original project's rule (HADM_ID ending in 8 or 9 → val, no test); `patient` a
 deterministic patient-level 75/10/15 split by a hash of SUBJECT_ID (stable whatever else is in
-the data); `caml_full`, `caml_50` and `clean` read the public ID files from `split_dir`. IDs in
+the data); `caml_full`, `caml_50` and `clean` (MIMIC-III), `mimic4_icd9` and `mimic4_icd10` (Edin
+et al.'s MIMIC-IV files) read the public ID files from `split_dir`. IDs in
 a split file but absent from the data, and admissions in the data but in no split file, are
 counted and reported, never silently dropped.
 
@@ -25,7 +26,8 @@ from icdlib.errors import DataError
 SPLITS = ("train", "val", "test")
 CAML_FILES = {"train": "train_{}_hadm_ids.csv", "val": "dev_{}_hadm_ids.csv", "test": "test_{}_hadm_ids.csv"}
 EDIN_FILES = {"caml_full": "mimiciii_full_splits.feather", "caml_50": "mimiciii_50_splits.feather",
-              "clean": "mimiciii_clean_splits.feather"}
+              "clean": "mimiciii_clean_splits.feather", "mimic4_icd9": "mimiciv_icd9_split.feather",
+              "mimic4_icd10": "mimiciv_icd10_split.feather"}
 
 
 def seed_rule(hadm_ids: np.ndarray) -> np.ndarray:
@@ -89,7 +91,7 @@ def read_split_files(name: str, split_dir: Path) -> pd.DataFrame:
         if bad:
             raise DataError(f"{feather.name}: split values must be train, val, test; found {bad[:5]}")
         return pd.DataFrame({"hadm_id": df["_id"].astype("int64"), "split": df["split"].astype(str)})
-    expected = ", ".join(f.format(name.split('_')[-1]) for f in CAML_FILES.values()) if name != "clean" else ""
+    expected = ", ".join(f.format(name.split('_')[-1]) for f in CAML_FILES.values()) if name.startswith("caml") else ""
     raise DataError(
         f"split_dir {split_dir} lacks the files of split {name!r}: "
         + (f"{expected} or " if expected else "") + EDIN_FILES[name]

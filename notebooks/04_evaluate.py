@@ -3,13 +3,14 @@
 # Reads `01_preprocess/` and `03_train/predictions_*.npz`; writes `outputs/<run>/04_evaluate/`:
 # `metrics.json` and `per_code.parquet`. A TF-IDF + linear baseline trained on the same split
 # and label space is scored beside the model. Published reference rows appear only when the run
-# reproduces their benchmark (`benchmark: caml_full` or `seed`) on real MIMIC-III; none for the
-# synthetic twin, whose numbers are not comparable to them.
+# reproduces their benchmark on real data (`benchmark: caml_full` or `seed` on MIMIC-III,
+# `edin_mimic4_icd9` or `edin_mimic4_icd10` on MIMIC-IV); none for the synthetic twins, whose
+# numbers are not comparable to them.
 
 # %% tags=["parameters"]
 backbone = "tiny"      # tiny | tiny-mistral | llama3 | mistral | seed-llama3
 run = ""               # run folder name; empty means the backbone name
-mimic_dir = ""         # MIMIC-III v1.4 folder; empty means the synthetic twin
+mimic_dir = ""         # MIMIC-III v1.4 (or MIMIC-IV v2.2) folder; empty means the synthetic twin
 params = {}            # other parameters, e.g. {"max_steps": 50}; with papermill also -p max_steps 50
 
 # %%
@@ -34,7 +35,7 @@ report.header(cfg, provenance.collect(cfg.run_dir))
 # started from the backbone with (or without) the MNTP stage: the other arm of the comparison.
 
 # %%
-report.metrics_styled(evaluate.systems(ev), results[split], split, cfg.benchmark, cfg.synthetic)
+report.metrics_styled(evaluate.systems(ev), results[split], split, cfg.benchmark, cfg.synthetic, cfg.dataset)
 
 # %% [markdown]
 # *Which macro-F1 is which:* `F1 macro (mean per label, Edin)` is the mean of the per-code F1 over
@@ -108,4 +109,4 @@ report.calibration(s.y_true, s.y_score)
 # are near 0, so the points on the right rest on few pairs.
 
 # %%
-report.summary(metrics=results, per_code=per_code, synthetic=cfg.synthetic)
+report.summary(metrics=results, per_code=per_code, synthetic=cfg.synthetic, dataset=cfg.dataset)

@@ -6,7 +6,7 @@
 # %% tags=["parameters"]
 backbone = "tiny"      # tiny | tiny-mistral | llama3 | mistral | seed-llama3
 run = ""               # run folder name; empty means the backbone name
-mimic_dir = ""         # MIMIC-III v1.4 folder; empty means the synthetic twin
+mimic_dir = ""         # MIMIC-III v1.4 (or MIMIC-IV v2.2) folder; empty means the synthetic twin
 params = {}            # other parameters, e.g. {"max_steps": 50}; with papermill also -p max_steps 50
 
 # %%
@@ -41,7 +41,9 @@ false_pos
 false_neg
 
 # %% [markdown]
-# ## Confusions within a 3-digit category, and accuracy at category level
+# ## Confusions within a category, and accuracy at coarser levels
+# A category is ICD-9's 3 digits or ICD-10's 3 characters; an ICD-10 label space is also scored by
+# ICD-10-CM block and chapter (procedures: PCS body system and section).
 
 # %%
 analysis.category_confusions(s.y_true, s.y_score, ev.labels, threshold)

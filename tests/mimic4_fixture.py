@@ -66,10 +66,10 @@ ROWS = {"diagnoses_icd": DIAGNOSES, "procedures_icd": PROCEDURES, "d_icd_diagnos
 
 
 def write_mimic4(folder: Path, gz: bool = True, note_dir: Path | None = None, skip: tuple[str, ...] = (),
-                 drop_column: tuple[str, str] | None = None) -> Path:
+                 drop_column: tuple[str, str] | None = None, rows: dict | None = None) -> Path:
     """`folder/hosp/*` and `(note_dir or folder)/note/discharge`, quoted as PhysioNet does (when
-    needed); `.csv.gz` or `.csv`. Returns `folder`."""
-    for table, rows in ROWS.items():
+    needed); `.csv.gz` or `.csv`; `rows` replaces some tables' ROWS. Returns `folder`."""
+    for table, rows in {**ROWS, **(rows or {})}.items():
         if table in skip:
             continue
         sub, columns = TABLES[table]

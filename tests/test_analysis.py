@@ -4,13 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icdlib import analysis
+from icdlib import analysis, report
+from icdlib import labels as labelspace
 
 
 def label_table(codes, n_train=None):
     return pd.DataFrame({
         "code": codes,
-        "kind": ["procedure" if len(c.split(".")[0]) == 2 else "diagnosis" for c in codes],
+        "kind": [labelspace.kind_of(c) for c in codes],
         "short_title": [f"title {c}" for c in codes],
         "long_title": [f"long title {c}" for c in codes],
         "n_train": n_train if n_train is not None else list(range(len(codes), 0, -1)),
@@ -95,6 +96,29 @@ def test_category_level_3x4():
     assert (cat["tp"], cat["fp"], cat["fn"]) == (4, 1, 1)
     assert cat["f1"] == pytest.approx(0.8)
     assert cat["n_labels"] == 3
+
+
+def test_category_level_of_an_icd10_label_space_adds_block_and_chapter():
+    codes = ["I50.1", "I50.9", "I10", "0DTJ4ZZ", "0DTJ0ZZ"]  # categories I50, I50, I10, 0DT, 0DT
+    table_in = label_table(codes)
+    assert table_in["kind"].tolist() == ["diagnosis"] * 3 + ["procedure"] * 2
+
+    def row(cs):
+        return [1.0 if c in cs else 0.0 for c in codes]
+
+    # d0: I50.1 coded, I50.9 predicted (right category); d1: I10 coded, I50.9 predicted (right chapter
+    # only); d2: 0DTJ4ZZ coded, 0DTJ0ZZ predicted (same root operation on the same body system)
+    y = np.array([row({"I50.1"}), row({"I10"}), row({"0DTJ4ZZ"})])
+    pred = np.array([row({"I50.9"}), row({"I50.9"}), row({"0DTJ0ZZ"})])
+    table = analysis.category_level(y, scores_from(pred), table_in, 0.5)
+    assert list(table.index) == ["full code", "3-character category", "ICD-10 block", "ICD-10 chapter"]
+    got = {level: (r["n_labels"], r["tp"], r["fp"], r["fn"]) for level, r in table.iterrows()}
+    assert got == {"full code": (5, 0, 3, 3), "3-character category": (3, 2, 1, 1), "ICD-10 block": (3, 2, 1, 1),
+                   "ICD-10 chapter": (2, 3, 0, 0)}
+    assert table.loc["ICD-10 chapter", "f1"] == pytest.approx(1.0)
+    text = report.summary(levels=table).text
+    assert "its 3-character category is right moves micro-F1 from 0.000 to 0.667" in text
+    assert "At ICD-10 block level it is 0.667 and ICD-10 chapter level it is 1.000." in text
 
 
 def test_per_code_and_rankings():

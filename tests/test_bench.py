@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from icdlib.bench import harness, results, run_suite
@@ -197,3 +199,98 @@ def test_gpu_peak_table_and_model_flops():
     head = 2 * (d * a + a * c + c * d)
     assert gpu.flops_per_token(llama, lora, s, c, a, True) == 4 * n + 6 * lora + 12 * layers * s * d + 3 * head
     assert gpu.flops_per_token(llama, lora, s, c, a, False) == 2 * n + 2 * lora + 4 * layers * s * d + head
+
+
+# ---------------------------------------------------------------- preprocess suite, MIMIC-IV part
+
+def test_preprocess_suite_mimic4_smoke_records_its_own_json_and_both_systems_agree(tmp_path):
+    """`bench preprocess --dataset mimic4_icd9 --scale smoke`: a small synth4 twin, step 01 with Edin's preset
+    beside the pandas port of Edin's script; the MIMIC-III record beside it is kept."""
+    mimic3 = {"suite": "preprocess", "date": "2026-01-01 00:00 UTC", "command": "python -m icdlib bench preprocess",
+              "repeats": 1, "warmup": 0, "machine": {"cpu": "CPU X", "cores": 2, "memory_gb": 24.0, "gpu": "none",
+                                                     "os": "Linux", "python": "3.11", "commit": "abc"},
+              "versions": {}, "columns": [["seconds", "wall s", 1]],
+              "rows": [{"case": "mimic3 case", "system": "s", "seconds": harness.summary([1.0])}]}
+    results.write(mimic3, tmp_path / "results" / "preprocess.json", None)
+    doc = run_suite("preprocess", scale="smoke", repeats=1, warmup=0, data_dir=tmp_path / "data",
+                    out=tmp_path / "results" / "preprocess-mimic4_icd9.json", markdown=tmp_path / "RESULTS.md",
+                    progress=False, dataset="mimic4_icd9")
+    assert (doc["suite"], doc["dataset"], doc["record"]) == ("preprocess", "mimic4_icd9", "preprocess-mimic4_icd9")
+    assert "--dataset mimic4_icd9" in doc["command"]
+    assert json.loads((tmp_path / "results" / "preprocess.json").read_text()) == mimic3
+    assert json.loads((tmp_path / "results" / "preprocess-mimic4_icd9.json").read_text())["dataset"] == "mimic4_icd9"
+    systems = [r["system"] for r in doc["rows"]]
+    assert systems[:2] == ["icdlib step 01", "pandas, Edin et al.'s way"] and len(systems) == 5
+    assert all(r["seconds"]["n"] == 1 and r["peak_rss_mb"]["median"] > 50 for r in doc["rows"])
+    assert doc["rows"][0]["admissions"] == doc["rows"][1]["admissions"] > 0
+    checks = {c["what"]: c for c in doc["checks"]}
+    same = checks["same admissions, cleaned texts and target codes from icdlib and pandas"]
+    assert same["ok"], same
+    assert checks["same output from step 01 on the .csv.gz and on the plain .csv"]["ok"]
+    assert not any("≤" in c["what"] for c in doc["checks"])  # the RSS target is checked at full size only
+    assert doc["comparisons"][0]["met"] is None  # the speed-up target applies at full size only
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## preprocess\n" in text and "| mimic3 case | s | 1.0 |" in text
+    assert "## preprocess (mimic4_icd9)" in text and text.index("## preprocess\n") < text.index("## preprocess (")
+    twin = next((tmp_path / "data").glob("twin4-*-seed0"))
+    assert (twin / "note" / "discharge.csv.gz").is_file() and (twin / "hosp" / "diagnoses_icd.csv.gz").is_file()
+    split = pd.read_feather(tmp_path / "data" / f"{twin.name}-splits" / "mimiciv_icd9_split.feather")
+    assert list(split.columns) == ["_id", "split"] and set(split["split"]) == {"train", "val", "test"}
+
+
+def test_mimic4_output_check_can_fail():
+    """The equality check of the MIMIC-IV suite tells apart outputs that differ in ids, texts or codes."""
+    import pyarrow as pa
+
+    from icdlib.bench import preprocess4
+
+    base = preprocess4.digests(np.array([3, 1]), pa.array(["c t", "a t"]), [["X"], ["Y"]])
+    same = preprocess4.digests(np.array([1, 3]), pa.chunked_array([["a t"], ["c t"]]), [["Y"], ["X"]])
+    assert preprocess4._same(base, same) == (True, "2 admissions")
+    text = preprocess4.digests(np.array([1, 3]), pa.array(["a t", "c"]), [["Y"], ["X"]])
+    codes = preprocess4.digests(np.array([1, 3]), pa.array(["a t", "c t"]), [["Y"], ["X", "Z"]])
+    ids = preprocess4.digests(np.array([1, 4]), pa.array(["a t", "c t"]), [["Y"], ["X"]])
+    twice = preprocess4.digests(np.array([1, 1]), pa.array(["a t", "a t"]), [["Y"], ["Y"]])
+    assert preprocess4._same(base, text) == (False, "differ in texts (2 and 2 rows)")
+    assert preprocess4._same(base, codes)[1].startswith("differ in codes")
+    assert preprocess4._same(base, ids)[1].startswith("differ in ids")
+    assert preprocess4._same(base, twice)[1].startswith("differ in admissions, ids, texts, codes")
+
+
+def test_dataset_is_for_the_preprocess_suite_only(tmp_path):
+    with pytest.raises(IcdlibError, match="for the preprocess suite only"):
+        run_suite("metrics", scale="smoke", out=tmp_path / "x.json", dataset="mimic4_icd9")
+    with pytest.raises(IcdlibError, match="unknown dataset"):
+        run_suite("preprocess", scale="smoke", out=tmp_path / "x.json", dataset="mimic5")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_both_systems_clean_texts_as_edins_regexes_do():
+    """icdlib's byte-level cleaning (mimic4.clean_edin_all, in pieces) and the port's pandas `.str` cleaning
+    (edin4.clean) both give what Edin's TextPreprocessor regexes give in Python's `re`, on random texts."""
+    import random
+    import re
+
+    import pyarrow as pa
+
+    from icdlib import mimic4
+    from icdlib.bench import edin4
+
+    def edin(text):
+        text = re.sub(r"(\s\d+)+\s", " ", re.sub(r"[^A-Za-z0-9]+", " ", text.lower()))
+        return re.sub(r"\s+", " ", text).strip()
+
+    rng = random.Random(0)
+    alphabet = list("aZq09 7_.,\n\t-éÜ€") + ["  ", "12", " 3 ", "___"]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(5000)]
+    texts += ["Dose 12 mg, 34 56 times B12 x9 ... 2010", " 12 34", "a 12 34", "12 a", "...12 a 3 ", " 1 ", ""]
+    expected = [edin(t) for t in texts]
+    assert mimic4.clean_edin_all(texts) == expected
+    assert mimic4.clean_edin_all(texts, piece_bytes=500) == expected
+    series = pd.Series(texts, index=range(7, 7 + len(texts)))
+    cleaned = mimic4.clean_edin_all(series, piece_bytes=500)
+    assert cleaned.tolist() == expected and cleaned.index.equals(series.index)
+    chunked = pa.chunked_array([pa.array(texts[:100]), pa.array(texts[100:])])
+    assert mimic4.clean_edin_all(chunked, piece_bytes=300).to_pylist() == expected
+    assert edin4.clean(series).tolist() == expected
+    assert mimic4.clean_edin_all(pa.array(["A b", None])).to_pylist() == ["a b", None]

@@ -238,7 +238,8 @@ def test_benchmark_check_sets_expected_beside_observed(tmp_path, fixture):
     cfg = cfg_for(tmp_path, fixture, benchmark="caml_full")
     result = preprocess.build(cfg, progress=False)
     text = preprocess.benchmark_check(cfg, result).data
-    assert "| this run (benchmark=caml_full, split=caml_full, labels=observed) | 20 | 4 | 6 | 6 |" in text
+    assert "| this run (dataset=mimic3, benchmark=caml_full, split=caml_full, labels=observed) | 20 | 4 | 6 | 6 |" in text
+    assert "MIMIC-IV" not in text  # only the run's dataset's presets
     assert "| CAML full (Mullenbach et al.): expected | 47,723 | 1,631 | 3,372 | 8,922 |" in text
     assert "| CAML top-50 (Mullenbach et al.): expected | 8,066 | 1,573 | 1,729 | 50 |" in text
     assert "| MIMIC-III clean (Edin et al.): expected | 38,401 | 5,577 | 8,734 | 3,681 |" in text

@@ -4,12 +4,11 @@ datasets, Edin et al.'s steps (checked against a pandas port of their script), a
 import gzip
 import re
 import shutil
-from collections import Counter
 
 import pandas as pd
 import pytest
 
-from icdlib import mimic, mimic4
+from icdlib import mimic, mimic4, preprocess
 from icdlib.codes import DIAGNOSIS, PROCEDURE
 from icdlib.errors import ConfigError, DataError, MimicSchemaError
 
@@ -119,19 +118,24 @@ def test_gz_and_csv_read_the_same(gz, plain):
         assert a[2] == b[2]
 
 
+def edin_targets(notes, min_count):
+    """Step 01's rare-code rule as the targets it leaves: each kept admission's codes in the label space."""
+    kept, whole, stats = preprocess.rare_codes(notes, min_count, "edin")
+    return kept.assign(codes=kept["codes"].map(lambda cs: [c for c in cs if whole[c] >= min_count])), stats
+
+
 def test_edin_filter_label_spaces(gz):
     nine, _, _ = mimic4.prepare(gz, dataset="mimic4_icd9")
-    kept, stats = mimic4.edin_filter(nine, min_count=2)
+    kept, stats = edin_targets(nine, min_count=2)
     assert dict(zip(kept["hadm_id"], kept["codes"])) == {200001: ["38.93", "401.9"],
                                                          200003: ["38.93", "401.9", "V10.52"], 200005: ["V10.52"]}
     assert stats == {"codes in < 2 admissions of the whole dataset (dropped, edin)": 4,
-                     "code assignments of those codes (dropped, edin)": 4,
-                     "admissions without codes left (dropped, edin)": 1, "codes kept (edin)": 3}
+                     "admissions without codes left (dropped, edin)": 1}
     assert kept["text"].tolist() == nine.set_index("hadm_id").loc[[200001, 200003, 200005], "text"].tolist()
     ten, _, _ = mimic4.prepare(gz, dataset="mimic4_icd10")
-    assert sorted(set(mimic4.edin_filter(ten, 2)[0]["codes"].explode())) == ["0DTJ4ZZ", "A41.9", "I10"]
-    assert mimic4.edin_filter(ten, 3)[0]["codes"].tolist() == [["I10"]] * 3
-    assert mimic4.edin_filter(ten)[0].empty  # Edin's 10: nothing in 3 admissions reaches it
+    assert sorted(set(edin_targets(ten, 2)[0]["codes"].explode())) == ["0DTJ4ZZ", "A41.9", "I10"]
+    assert edin_targets(ten, 3)[0]["codes"].tolist() == [["I10"]] * 3
+    assert edin_targets(ten, 10)[0].empty  # Edin's 10: nothing in 3 admissions reaches it
     assert len(nine) == 4  # the input is left as it was
 
 
@@ -139,8 +143,8 @@ def test_edin_filter_counts_at_ten():
     notes = pd.DataFrame({"hadm_id": range(12), "subject_id": range(12), "text": "t",
                           "codes": [["A"] + (["B"] if i < 9 else []) + (["C"] if i == 11 else []) for i in range(10)]
                           + [["B"], ["C"]]})
-    kept, stats = mimic4.edin_filter(notes)  # A: 10, B: 10, C: 2
-    assert stats["codes kept (edin)"] == 2
+    kept, stats = edin_targets(notes, 10)  # A: 10, B: 10, C: 2
+    assert stats["codes in < 10 admissions of the whole dataset (dropped, edin)"] == 1
     assert kept["hadm_id"].tolist() == list(range(11))
     assert kept["codes"].tolist()[9:] == [["A"], ["B"]]
 
@@ -167,49 +171,29 @@ def test_notes_of_every_admission_and_separate_note_dir(tmp_path):
 
 
 def test_against_a_port_of_edins_script(gz):
-    """Edin's prepare_mimiciv.py steps in pandas (reformat_icd, parse_codes_dataframe,
+    """Edin's prepare_mimiciv.py steps as icdlib.bench.edin4 ports them (reformat_icd, parse_codes_dataframe,
     parse_notes_dataframe, the merges, filter_codes, the empty-target drop), on codes stripped and
     upper-cased first (mimic4's one deliberate change) and `I10.` read as `I10`."""
-    def reformat(code, version, is_diag):
-        code = "".join(code.split("."))
-        if version == 10:
-            return code[:3] + "." + code[3:] if is_diag else code
-        if is_diag:
-            cut = 4 if code.startswith("E") else 3
-            return code[:cut] + "." + code[cut:] if len(code) > cut else code
-        return code[:2] + "." + code[2:] if len(code) > 2 else code
+    from icdlib.bench import edin4
 
-    def codes(name, is_diag):
-        df = pd.read_csv(gz / "hosp" / name, dtype={"icd_code": str})
-        df = df.dropna(subset=["icd_code"])  # Edin dots first (no NaN in MIMIC-IV); NaN cannot be dotted here
-        df["icd_code"] = [reformat(c.strip().upper(), v, is_diag) for c, v in zip(df["icd_code"], df["icd_version"])]
-        df = df.drop_duplicates(subset=["hadm_id", "icd_code"])
-        return df.groupby(["subject_id", "hadm_id", "icd_version"])["icd_code"].agg(lambda s: s.sort_values().tolist())
-
-    proc, diag = codes("procedures_icd.csv.gz", False).reset_index(), codes("diagnoses_icd.csv.gz", True).reset_index()
-    notes = pd.read_csv(gz / "note" / "discharge.csv.gz").dropna(subset=["text"]).drop_duplicates(["hadm_id", "text"])
+    proc = edin4.read_codes(gz / "hosp" / "procedures_icd.csv.gz", is_diag=False, tidy_codes=True)
+    diag = edin4.read_codes(gz / "hosp" / "diagnoses_icd.csv.gz", is_diag=True, tidy_codes=True)
+    notes = edin4.read_notes(gz / "note" / "discharge.csv.gz")
     for version, dataset in ((9, "mimic4_icd9"), (10, "mimic4_icd10")):
-        df = notes.merge(proc[proc.icd_version == version][["hadm_id", "icd_code"]].rename(columns={"icd_code": "p"}),
-                         on="hadm_id", how="left")
-        df = df.merge(diag[diag.icd_version == version][["hadm_id", "icd_code"]].rename(columns={"icd_code": "d"}),
-                      on="hadm_id", how="left").dropna(subset=["p", "d"], how="all")
-        for col in ("p", "d"):
-            df[col] = df[col].apply(lambda x: x if isinstance(x, list) else [])
-        texts = df.groupby("hadm_id")["text"].agg(list)
+        df = edin4.merge(notes, proc, diag, version)
+        p, d = f"icd{version}_proc", f"icd{version}_diag"
+        texts = df.groupby(edin4.ID)["text"].agg(list)
         # the one difference: Edin keeps each distinct note of an admission as a row (so its codes count
         # once per note); mimic4 joins them. Edin's MIMIC-IV split files hold each admission once.
-        df = df.drop_duplicates("hadm_id")
+        df = df.drop_duplicates(edin4.ID)
         for min_count in (1, 2, 3):
-            ref = df.copy()
-            for col in ("p", "d"):
-                seen = Counter(c for cs in ref[col] for c in cs)
-                ref[col] = ref[col].apply(lambda cs: [c for c in cs if seen[c] >= min_count])
-            ref["target"] = ref["p"] + ref["d"]
+            ref = edin4.filter_codes(df.copy(), [p, d], min_count)
+            ref["target"] = ref[p] + ref[d]
             ref = ref[ref["target"].map(len) > 0]
             expected = {}  # Edin keeps one row per distinct note: the same codes on each
-            for hadm, target in zip(ref["hadm_id"].astype(int), ref["target"]):
+            for hadm, target in zip(ref[edin4.ID].astype(int), ref["target"]):
                 expected[hadm] = sorted(c.rstrip(".") for c in target)
-            ours, _ = mimic4.edin_filter(mimic4.prepare(gz, dataset=dataset)[0], min_count)
+            ours, _ = edin_targets(mimic4.prepare(gz, dataset=dataset)[0], min_count)
             assert dict(zip(ours["hadm_id"], ours["codes"])) == expected
             for hadm, text in zip(ours["hadm_id"], ours["text"]):
                 assert text == "\n\n".join(sorted(texts[hadm], key=lambda t: t != TEXT_200001))

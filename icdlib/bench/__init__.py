@@ -5,7 +5,9 @@
 after a warm-up, with its min–max; ratios are taken run by run between the two systems measured in
 the same invocation. Nothing here is a test: `make test` only checks that the suites run.
 
-Suites: `preprocess` (step 01 against pandas read-everything), `metrics` (icdlib.metrics against
+Suites: `preprocess` (step 01 against pandas read-everything; with `--dataset mimic4_icd9` or
+`mimic4_icd10`, on a full-size MIMIC-IV twin against Edin et al.'s pandas preparation, recorded as
+`preprocess-<dataset>.json`), `metrics` (icdlib.metrics against
 scikit-learn's per-label loop), `train` (tokens/s of segmented dynamic batches against the original
 project's fixed 1024-token window), `predict` (notes/s of icdlib.predict), `twin` (how hard the
 synthetic twin is: evidence forms and positions in its text, and the frequency prior, TF-IDF and
@@ -19,8 +21,11 @@ SUITES = ("preprocess", "metrics", "train", "predict", "twin", "gpu")
 
 
 def run_suite(suite: str, scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir=None, out=None,
-              markdown=None, progress: bool = True, command: str = "") -> dict:
-    """Run one suite and record it: `out` (JSON) and `markdown` (re-rendered from every JSON beside `out`)."""
+              markdown=None, progress: bool = True, command: str = "", dataset: str = "mimic3") -> dict:
+    """Run one suite and record it: `out` (JSON) and `markdown` (re-rendered from every JSON beside `out`).
+
+    `dataset` (the `preprocess` suite only): mimic3, or mimic4_icd9 / mimic4_icd10 for the MIMIC-IV
+    part, recorded as `preprocess-<dataset>.json` beside (not over) the MIMIC-III record."""
     import importlib
     from pathlib import Path
 
@@ -29,19 +34,34 @@ def run_suite(suite: str, scale: str = "full", repeats: int = 3, warmup: int = 1
 
     if suite not in SUITES:
         raise IcdlibError(f"unknown benchmark suite {suite!r}; choose one of {', '.join(SUITES)}")
+    if dataset not in DATASETS:
+        raise IcdlibError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if dataset != "mimic3" and suite != "preprocess":
+        raise IcdlibError(f"--dataset {dataset} is for the preprocess suite only, not {suite}")
     module = importlib.import_module(f"icdlib.bench.{suite}")
     if scale not in module.SCALES:
         raise IcdlibError(f"suite {suite} has no scale {scale!r}; choose one of {', '.join(module.SCALES)}")
     if repeats < 1 or warmup < 0:
         raise IcdlibError(f"repeats must be ≥ 1 and warmup ≥ 0, got {repeats} and {warmup}")
-    out = Path(out) if out else results.RESULTS_DIR / f"{suite}.json"
+    record = record_name(suite, dataset)
+    out = Path(out) if out else results.RESULTS_DIR / f"{record}.json"
     markdown = Path(markdown) if markdown else results.MARKDOWN
     data_dir = Path(data_dir) if data_dir else results.BENCH_DIR / "data"
     provenance = harness.machine()
+    extra = {} if dataset == "mimic3" else {"dataset": dataset}
     doc = module.run(scale=scale, repeats=repeats, warmup=warmup, data_dir=data_dir, progress=progress,
-                     figure=markdown.parent / f"{suite}.png")
+                     figure=markdown.parent / f"{record}.png", **extra)
+    default = f"python -m icdlib bench {suite} --scale {scale} --repeats {repeats}"
     doc = {"suite": suite, "date": harness.now(), "scale": scale, "repeats": repeats, "warmup": warmup,
-           "command": command or f"python -m icdlib bench {suite} --scale {scale} --repeats {repeats}",
-           **provenance, **doc}
+           "command": command or (default + (f" --dataset {dataset}" if extra else "")),
+           **({"record": record} if extra else {}), **provenance, **doc}
     results.write(doc, out, markdown)
     return doc
+
+
+DATASETS = ("mimic3", "mimic4_icd9", "mimic4_icd10")
+
+
+def record_name(suite: str, dataset: str = "mimic3") -> str:
+    """The results file's stem: the suite's name, and `<suite>-<dataset>` for a MIMIC-IV dataset."""
+    return suite if dataset == "mimic3" else f"{suite}-{dataset}"

@@ -25,14 +25,31 @@ TARGET_RSS_MB = 2000.0
 FULL_SIZE = 58_976
 
 
-def ensure_twin(data_dir: Path, admissions: int, progress: bool = True, short: bool = False, seed: int = 0) -> Path:
-    """The synthetic twin of that many admissions (full-length notes unless `short`), generated once."""
-    from icdlib import synth
+def ensure_twin(data_dir: Path, admissions, progress: bool = True, short: bool = False, seed: int = 0,
+                dataset: str = "mimic3") -> Path:
+    """The synthetic twin of that many admissions (full-length notes unless `short`), generated once.
 
-    out = Path(data_dir) / f"twin-{admissions}-seed{seed}{'-short' if short else ''}"
-    if not (out / "NOTEEVENTS.csv").is_file():
-        with atomic_path(out) as tmp:
+    MIMIC-III (`icdlib.synth`): `admissions` is a count. MIMIC-IV (`dataset` mimic4_*, `icdlib.synth4`,
+    hosp/ and note/ as .csv.gz): `admissions` is (ICD-9, ICD-10) admissions; one twin serves both datasets."""
+    if dataset == "mimic3":
+        from icdlib import synth
+
+        out, made = Path(data_dir) / f"twin-{admissions}-seed{seed}{'-short' if short else ''}", "NOTEEVENTS.csv"
+
+        def generate(tmp: Path) -> None:
             synth.generate(tmp, admissions=admissions, seed=seed, short=short, progress=progress)
+    else:
+        icd9, icd10 = admissions
+        out = Path(data_dir) / f"twin4-{icd9}-{icd10}-seed{seed}{'-short' if short else ''}"
+        made = "note/discharge.csv.gz"
+
+        def generate(tmp: Path) -> None:
+            from icdlib import synth4
+
+            synth4.generate(tmp, icd9=icd9, icd10=icd10, seed=seed, short=short, gzip=True, progress=progress)
+    if not (out / made).is_file():
+        with atomic_path(out) as tmp:
+            generate(tmp)
     return out
 
 
@@ -91,7 +108,12 @@ def _read_through(path: Path) -> None:
 
 
 def run(scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir: Path | None = None,
-        progress: bool = True, figure: Path | None = None, **_) -> dict:
+        progress: bool = True, figure: Path | None = None, dataset: str = "mimic3", **_) -> dict:
+    if dataset != "mimic3":  # MIMIC-IV: step 01 against Edin et al.'s pandas preparation
+        from icdlib.bench import preprocess4
+
+        return preprocess4.run(scale=scale, repeats=repeats, warmup=warmup, data_dir=data_dir, progress=progress,
+                               figure=figure, dataset=dataset)
     data_dir = Path(data_dir)
     sizes = SCALES[scale]
     twins = {n: ensure_twin(data_dir, n, progress) for n in sizes}

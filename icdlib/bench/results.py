@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from icdlib.bench import SUITES
+from icdlib.bench import DATASETS, SUITES
 from icdlib.config import REPO_ROOT
 from icdlib.runfolder import atomic_write_text
 
@@ -22,6 +22,8 @@ run between two systems measured side by side in the same invocation. Reproduce 
 ```bash
 make setup
 .venv/bin/python -m icdlib bench preprocess   # first run writes the twins to benchmarks/data/ (about 10 min, 5.5 GB)
+.venv/bin/python -m icdlib bench preprocess --dataset mimic4_icd9 --repeats 1 --warmup 0   # MIMIC-IV twin: ~10 min, 4.3 GB
+.venv/bin/python -m icdlib bench preprocess --dataset mimic4_icd10 --repeats 1 --warmup 0
 .venv/bin/python -m icdlib bench metrics
 .venv/bin/python -m icdlib bench train
 .venv/bin/python -m icdlib bench predict
@@ -51,8 +53,12 @@ def read_all(folder: Path) -> list[dict]:
     for path in sorted(Path(folder).glob("*.json")):
         doc = json.loads(path.read_text())
         if doc.get("suite") in SUITES:
-            found[doc["suite"]] = doc
-    return [found[s] for s in SUITES if s in found]
+            found[doc.get("record", doc["suite"])] = doc  # record: `preprocess-mimic4_icd9` beside `preprocess`
+    def order(record: str) -> tuple:
+        dataset = found[record].get("dataset", "mimic3")
+        return SUITES.index(found[record]["suite"]), DATASETS.index(dataset) if dataset in DATASETS else 99, record
+
+    return [found[r] for r in sorted(found, key=order)]
 
 
 def cell(stat: dict | None, digits: int) -> str:
@@ -67,7 +73,8 @@ def cell(stat: dict | None, digits: int) -> str:
 
 def render_suite(doc: dict, markdown_dir: Path) -> str:
     m, v = doc["machine"], doc["versions"]
-    lines = [f"## {doc['suite']}", "",
+    title = doc["suite"] + (f" ({doc['dataset']})" if doc.get("dataset") else "")
+    lines = [f"## {title}", "",
              f"{doc['date']} · {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, GPU: {m['gpu']} · "
              f"{m['os']}, Python {m['python']} · commit {m['commit']}  ",
              "versions: " + ", ".join(f"{k} {x}" for k, x in v.items()) + "  ",
