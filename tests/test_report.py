@@ -207,7 +207,8 @@ def test_metrics_table():
 
 @pytest.mark.parametrize("benchmark, synthetic, n_rows", [
     ("caml_full", False, 4), ("seed", False, 1), ("none", False, 0), ("caml_50", False, 0),
-    ("edin_clean", False, 0), ("caml_full", True, 0), ("seed", True, 0)])
+    ("edin_clean", False, 0), ("caml_full", True, 0), ("seed", True, 0), ("edin_mimic4_icd10", False, 2),
+    ("edin_mimic4_icd9", False, 0), ("edin_mimic4_icd10", True, 0)])
 def test_reference_rows_only_for_the_runs_own_benchmark(benchmark, synthetic, n_rows):
     table = report.metrics_table({"icdlib test @tuned": {"f1_micro": 0.5}}, benchmark=benchmark,
                                  synthetic=synthetic, names=False)
@@ -219,7 +220,16 @@ def test_reference_rows_only_for_the_runs_own_benchmark(benchmark, synthetic, n_
     if benchmark == "seed" and n_rows:
         assert "LLM2Vec seed project" in refs[0] and table.loc[refs[0], "auprc_micro"] == 47.41
         assert table.loc[refs[0], ["f1_micro", "f1_macro", "f1_macro_caml"]].isna().all()
+    if benchmark == "edin_mimic4_icd10" and n_rows:
+        assert [name.split(" (")[0] for name in refs] == ["PLM-ICD", "LAAT"]
+        assert all(name.endswith("(Edin et al. 2023, MIMIC-IV ICD-10, Edin split)") for name in refs)
+        assert table.loc[refs[0], ["f1_micro", "f1_macro", "map"]].tolist() == [58.5, 21.1, 61.9]
+        assert table.loc[refs, "f1_macro_caml"].isna().all()  # their macro-F1 is the mean per label
     note = report.reference_note(benchmark, synthetic)
+    if benchmark == "edin_mimic4_icd9" and not synthetic:
+        assert "no source at hand gave their numbers" in note
+    if synthetic and benchmark.startswith("edin_mimic4"):
+        assert "synthetic MIMIC-IV twin (ICD-10)" in report.reference_note(benchmark, True, "mimic4_icd10")
     if synthetic:
         assert "synthetic" in note and "no reference rows" in note
     elif benchmark in ("caml_50", "edin_clean"):
