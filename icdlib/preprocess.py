@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from icdlib import labels as labelspace
-from icdlib import mimic, record, splits
+from icdlib import mimic, mimic4, record, splits
 from icdlib.config import Config
 from icdlib.errors import DataError
 from icdlib.runfolder import Run, atomic_path, content_key, read_key, source_hash, write_key
@@ -109,24 +109,13 @@ def mimic_dir(cfg: Config, progress: bool = True) -> Path:
     return out
 
 
-def note_dir(cfg: Config, source: Path) -> Path:
-    """MIMIC-IV-Note's folder: `note_dir`, or the MIMIC-IV folder `source` (the twin holds both)."""
-    return Path(cfg.note_dir).expanduser() if cfg.note_dir else source
-
-
 def clean_caml(text: str) -> str:
     """CAML's cleaning: lower case, `\\w+` tokens, all-digit tokens dropped."""
     return " ".join(t for t in re.findall(r"\w+", text.lower()) if not t.isdigit())
 
 
-def _clean_edin(texts: list[str]) -> list[str]:
-    from icdlib import mimic4
-
-    return mimic4.clean_edin_all(texts)
-
-
 # text_cleaning (none keeps the text as written): a list of texts -> the cleaned list, in step 01 and predict
-CLEANERS = {"caml": lambda texts: [clean_caml(t) for t in texts], "edin": _clean_edin}
+CLEANERS = {"caml": lambda texts: [clean_caml(t) for t in texts], "edin": mimic4.clean_edin_all}
 CLEAN_BATCH = 5_000  # texts cleaned at a time: a cleaner's copies are a batch's, not the dataset's
 
 
@@ -298,9 +287,7 @@ def _mimic3(cfg: Config, source: Path, progress: bool) -> _Admissions:
 
 def _mimic4(cfg: Config, source: Path, progress: bool) -> _Admissions:
     """MIMIC-IV: Edin et al.'s preparation of the dataset's ICD version (`icdlib.mimic4.prepare`)."""
-    from icdlib import mimic4
-
-    notes, dictionary, stats = mimic4.prepare(source, note_dir(cfg, source), cfg.dataset, progress=progress)
+    notes, dictionary, stats = mimic4.prepare(source, cfg.note_dir or None, cfg.dataset, progress=progress)
     kinds = dict(zip(dictionary["code"].tolist(), dictionary["kind"].tolist()))
     return _Admissions(notes, lambda kept: kept.pop("text"), dictionary, kinds, stats)
 
@@ -365,10 +352,8 @@ def sources(cfg: Config) -> dict:
     MIMIC-III table (and split / top-50 files) by name, size and mtime."""
     parts = {}
     if cfg.mimic_dir and cfg.dataset != "mimic3":
-        from icdlib import mimic4
-
         source = Path(cfg.mimic_dir).expanduser()
-        paths = mimic4.check_schema(source, note_dir(cfg, source))
+        paths = mimic4.check_schema(source, cfg.note_dir or None)  # empty: note/ beside hosp/
         parts["files"] = {f"{p.parent.name}/{p.name}": [p.stat().st_size, p.stat().st_mtime_ns] for p in paths.values()}
     elif cfg.mimic_dir:
         paths = mimic.check_schema(Path(cfg.mimic_dir).expanduser())
