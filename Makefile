@@ -3,17 +3,18 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+REFERENCE_VENV ?= .venv-llm2vec
 
-.PHONY: setup demo test lab clean-demo
+.PHONY: setup demo test lab clean-demo llm2vec-reference
 
 setup: $(INSTALLED)
 
-# Re-installs only when the pins change. torch==2.13.0 is pinned: an unpinned torch pulls a
-# multi-GB CUDA build.
-$(INSTALLED): pyproject.toml
+# Re-installs only when the pins change: every package at requirements.lock's version (torch==2.13.0
+# among them: an unpinned torch pulls a multi-GB CUDA build); pyproject.toml holds the ranges.
+$(INSTALLED): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[notebooks,test]'
 	touch $@
 
 # The whole pipeline (01→05) on the synthetic MIMIC-III twin with the tiny backbone, on CPU.
@@ -28,3 +29,10 @@ lab: setup
 
 clean-demo:
 	rm -rf outputs/demo
+
+# llm2vec 0.2.3's own outputs on the hub replica, made in its pinned 2024 environment (built here
+# into .venv-llm2vec), into tests/llm2vec_reference/: what `make test` compares icdlib with.
+llm2vec-reference:
+	test -x $(REFERENCE_VENV)/bin/python || $(PYTHON) -m venv $(REFERENCE_VENV)
+	$(REFERENCE_VENV)/bin/python -m pip install --quiet -r tests/llm2vec_reference/requirements.txt
+	$(REFERENCE_VENV)/bin/python tests/llm2vec_reference/make_reference.py

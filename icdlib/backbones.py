@@ -1,10 +1,12 @@
-"""LLM2Vec backbones: the real McGill-NLP checkpoints, or a tiny random one for CPUs.
+"""LLM2Vec backbones: the real McGill-NLP checkpoints, any supported decoder, or a tiny random one for CPUs.
 
-Both load through `llm2vec.LLM2Vec.from_pretrained`, so the tests exercise the same loading
-code as a GPU run. A tiny backbone is llm2vec's `LlamaBiModel` / `MistralBiModel` built from a
-small config with random weights and a BPE tokenizer trained on the training notes, saved in
-Hugging Face format in the run folder first. Trainability is set here: a LoRA adapter (fresh,
-or continued from a second LLM2Vec adapter), the full backbone, or nothing.
+All load through `load`: transformers' own model class for the architecture (`AutoModel`), made
+bidirectional by `icdlib.bidirectional` (llm2vec's first step, owned here), an adapter-only
+`-mntp` model's LoRA merged in as llm2vec merges it; so the tests exercise the same loading code
+as a GPU run. A tiny backbone is transformers' `LlamaModel` / `MistralModel` built from a small
+config with random weights and a BPE tokenizer trained on the training notes, saved in Hugging
+Face format in the run folder first. Trainability is set here: a LoRA adapter (fresh, or
+continued from a second LLM2Vec adapter), the full backbone, or nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, MistralConfig, PreTrainedTokenizerFast
 
+from icdlib import bidirectional
 from icdlib.config import Config, is_local_path
 from icdlib.errors import IcdlibError
 from icdlib.runfolder import atomic_path, content_key, read_key, source_hash, write_key
@@ -95,13 +98,13 @@ def tiny_key(cfg: Config, train_texts: list[str]) -> str:
                         "positions": max(cfg.segment_length, 128), "texts": texts.hexdigest(),
                         "code": source_hash(make_tiny, train_tokenizer, tiny_config, lsa_embeddings),
                         "versions": {p: metadata.version(p) for p in ("torch", "transformers", "tokenizers",
-                                                                      "llm2vec", "scikit-learn")}})
+                                                                      "scikit-learn")}})
 
 
 def make_tiny(cfg: Config, train_texts: list[str], out_dir: Path) -> Path:
     """Save a random tiny bidirectional backbone + tokenizer at `out_dir` (Hugging Face format),
     or reuse the one there when it was built with the same `tiny_key` (recorded in cache_key.txt)."""
-    from llm2vec.models import LlamaBiModel, MistralBiModel
+    from transformers import AutoModel
 
     out_dir = Path(out_dir)
     key = tiny_key(cfg, train_texts)
@@ -110,12 +113,12 @@ def make_tiny(cfg: Config, train_texts: list[str], out_dir: Path) -> Path:
     torch.manual_seed(cfg.seed)
     tokenizer = train_tokenizer(train_texts, cfg.tiny_vocab)
     config = tiny_config(cfg, tokenizer)
-    model = (MistralBiModel if cfg.model_type == "mistral" else LlamaBiModel)(config)
+    model = bidirectional.make_bidirectional(AutoModel.from_config(config))
     if cfg.tiny_init == "lsa":
         with torch.no_grad():
             model.embed_tokens.weight.copy_(lsa_embeddings(train_texts, tokenizer, cfg.tiny_hidden, cfg.seed))
-    with atomic_path(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+    with atomic_path(out_dir) as tmp, quiet():
+        model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_key(tmp, key)
     return out_dir
@@ -264,54 +267,87 @@ def check(cfg: Config) -> Located | None:
     return found
 
 
+# what decides the numbers a backbone computes, besides its weights
+ARCHITECTURE = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act", "hidden_activation",
+                "rms_norm_eps", "max_position_embeddings", "sliding_window", "layer_types", "tie_word_embeddings",
+                "attention_bias", "rope_theta", "rope_scaling", "rope_parameters", "query_pre_attn_scalar",
+                "attn_logit_softcapping", "final_logit_softcapping")
+
+
+def architecture(config) -> dict:
+    """A backbone's architecture as JSON values: the config fields of ARCHITECTURE it has (names,
+    dtypes, versions and bookkeeping left out), so that a model folder can tell its backbone apart
+    from another one and say which field differs."""
+    values = {}
+    for key in ARCHITECTURE:
+        value = getattr(config, key, None)
+        if value is not None:
+            values[key] = json.loads(json.dumps(value, sort_keys=True, default=str))
+    return values
+
+
 def fingerprint(config) -> str:
-    """A short hash of a backbone's architecture (its config without names, dtypes and versions)."""
-    values = {k: v for k, v in config.to_dict().items()
-              if k not in ("_name_or_path", "torch_dtype", "transformers_version", "architectures",
-                           "_attn_implementation_autoset", "quantization_config")}
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A short hash of `architecture(config)` (cache keys)."""
+    return hashlib.sha256(json.dumps(architecture(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def architecture_difference(recorded: dict, config) -> str:
+    """'' when `config` has the `recorded` architecture, else the fields that differ (`hidden_size 64 here, 4096 recorded`)."""
+    now = architecture(config)
+    keys = [k for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)]
+    return "; ".join(f"{k} {now.get(k)!r} here, {recorded.get(k)!r} recorded" for k in keys)
 
 
 # ---------------------------------------------------------------- loading
 
 @contextlib.contextmanager
-def _quiet():
-    """Silence the loaders' chatter (unused lm_head weights, peft notices); real errors still raise."""
+def quiet():
+    """Silence the loaders' chatter (load reports of unused lm_head weights, weight-loading bars, peft
+    notices); real errors still raise."""
     import warnings
 
     from transformers.utils import logging as hf_logging
 
-    level = hf_logging.get_verbosity()
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module="peft")
             warnings.filterwarnings("ignore", message=".*peft_config.*")
+            # peft (0.21) still asks the renamed attribute; the model answers right, with a FutureWarning
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
             yield
     finally:
         hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load(model_path: str | Path, dtype: torch.dtype = torch.float32, base_model_path: str = "",
-         device: torch.device | None = None, load_in: str = "native", merge: bool = True):
+         device: torch.device | None = None, load_in: str = "native", merge: bool = True, attention: str = "auto"):
     """(bidirectional model, tokenizer), MNTP merged; offline-safe for local folders.
 
-    The same steps as `llm2vec.LLM2Vec.from_pretrained` (llm2vec's bidirectional classes, the
-    adapter of an adapter-only model merged in), but with the base named explicitly, no hub
-    lookups for local folders, and the weights placed on `device` before the merge (an 8B merge
-    on the CPU is slow and needs the RAM of a second copy). `merge=False` keeps the adapter of an
-    adapter-only model as a trainable peft model (to continue its MNTP).
+    What `llm2vec.LLM2Vec.from_pretrained` does — the bare model of the base's architecture made
+    bidirectional, the adapter of an adapter-only model merged in — with transformers' own model
+    classes (`icdlib.bidirectional`), the base named explicitly, no hub lookups for local folders,
+    and the weights placed on `device` before the merge (an 8B merge on the CPU is slow and needs
+    the RAM of a second copy). `merge=False` keeps the adapter of an adapter-only model as a
+    trainable peft model (to continue its MNTP). `attention` picks the kernel (`auto`: SDPA where
+    the architecture has it, else eager).
     """
-    from llm2vec import LLM2Vec
     from peft import PeftModel
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     found = locate(str(model_path), base_model_path)
-    config = AutoConfig.from_pretrained(found.base or found.model)
-    model_class = LLM2Vec._get_model_class(type(config).__name__, enable_bidirectional=True)
-    kwargs = {"torch_dtype": dtype, "attn_implementation": "sdpa"}
+    bidirectional.check(AutoConfig.from_pretrained(found.base or found.model))
+    kwargs = {"dtype": dtype}
+    if attention != "auto":
+        bidirectional.check_attention(attention)
+        kwargs["attn_implementation"] = attention
     if device is not None and device.type == "cuda":
-        kwargs.update(device_map={"": device.index or 0}, low_cpu_mem_usage=True)
+        kwargs["device_map"] = {"": device.index or 0}
     from icdlib import quantize
 
     if load_in != "native":
@@ -320,8 +356,8 @@ def load(model_path: str | Path, dtype: torch.dtype = torch.float32, base_model_
                                 "train_backbone=lora (QLoRA) or frozen, not full, and precision bf16 or fp16")
         quantize.check(load_in, device or torch.device("cpu"))
         kwargs["quantization_config"] = quantize.bnb_config(load_in, dtype)
-    with _quiet(), quantize.loading(load_in):
-        model = model_class.from_pretrained(found.base or found.model, **kwargs)
+    with quiet():
+        model = bidirectional.make_bidirectional(AutoModel.from_pretrained(found.base or found.model, **kwargs))
         if found.base:
             model = PeftModel.from_pretrained(model, found.model, is_trainable=not merge)
             if merge:
@@ -386,11 +422,12 @@ def make_trainable(model: torch.nn.Module, cfg: Config, adapter_path: str | Path
 
         model = quantize.prepare_for_training(model)
     if adapter_path:
-        with _quiet():
+        with quiet():
             return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=True)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.lora_targets), bias="none")
-    return get_peft_model(model, lora)
+    with quiet():
+        return get_peft_model(model, lora)
 
 
 # ---------------------------------------------------------------- how text enters the encoder

@@ -3,7 +3,8 @@
 A model folder holds only what training changed, in Hugging Face formats, plus what is needed
 to rebuild the rest:
 
-    icdlib.json          backbone record (paths as given, fingerprint, input format), label codes, config
+    icdlib.json          backbone record (paths as given, architecture, input format), label codes, config,
+                         the versions that wrote it
     adapter/             the peft LoRA adapter (train_backbone: lora)
     backbone/            the whole backbone + tokenizer (train_backbone: full)
     head.safetensors     the label head
@@ -23,7 +24,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from icdlib import backbones
+from icdlib import backbones, provenance
 from icdlib.config import Config
 from icdlib.data import PLAIN, SegmentFormat
 from icdlib.errors import IcdlibError
@@ -39,13 +40,13 @@ def _unwrap(model):
 
 def backbone_record(model_path: str, base_model_path: str = "", encoder=None, fmt: SegmentFormat = PLAIN) -> dict:
     """What a model folder needs to find its backbone again: the paths as the user gave them
-    (hub names as names, local folders absolute), a fingerprint of the architecture, the input format."""
+    (hub names as names, local folders absolute), its architecture (`backbones.architecture`), the input format."""
     given = backbones.locate(model_path, base_model_path).given if model_path else {}
     record = {"model_path": given.get("model_path", ""), "base_model_path": given.get("base_model_path", ""),
               "input_format": fmt.to_dict()}
     if encoder is not None:
         base = encoder.get_base_model() if hasattr(encoder, "get_base_model") else encoder
-        record["fingerprint"] = backbones.fingerprint(base.config)
+        record["architecture"] = backbones.architecture(base.config)
     return record
 
 
@@ -57,18 +58,19 @@ def save(folder: Path, coder: ICDCoder, cfg: Config, labels: pd.DataFrame, backb
     folder = Path(folder)
     if isinstance(backbone, (str, Path)):
         backbone = backbone_record(str(backbone), encoder=coder.encoder)
-    with atomic_path(folder) as tmp:
+    with atomic_path(folder) as tmp, backbones.quiet():
         tmp.mkdir(parents=True)
         if cfg.train_backbone == "lora":
             coder.encoder.save_pretrained(tmp / "adapter")
         elif cfg.train_backbone == "full":
-            coder.encoder.save_pretrained(tmp / "backbone", safe_serialization=True)
+            coder.encoder.save_pretrained(tmp / "backbone")
             tokenizer.save_pretrained(tmp / "backbone")
         save_file({k: v.detach().float().cpu().contiguous() for k, v in coder.head.state_dict().items()},
                   tmp / "head.safetensors")
         manifest = {"backbone": {**backbone, "relative": _relative(backbone, folder)},
                     "labels": labels["code"].tolist(), "kinds": labels["kind"].tolist(),
-                    "titles": labels["short_title"].tolist(), "config": cfg.to_dict()}
+                    "titles": labels["short_title"].tolist(), "config": cfg.to_dict(),
+                    "versions": provenance.versions()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
@@ -127,35 +129,71 @@ def backbone_location(folder: Path, manifest: dict, model_path: str = "", base_m
     return found["model_path"], found["base_model_path"]
 
 
+def written_with(folder: Path, manifest: dict) -> str:
+    """The versions a model folder was written with, as one phrase: its own record, else its run's
+    03_train/manifest.json (folders written before model folders recorded them), else that it is older."""
+    recorded = manifest.get("versions")
+    if not recorded:
+        step = Path(folder).parent / "manifest.json"
+        try:
+            recorded = json.loads(step.read_text()).get("versions")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+    if not recorded:
+        return "an icdlib that recorded no versions (transformers 4.44.2 and llm2vec 0.2.3, before December 2026)"
+    return ", ".join(f"{k} {v}" for k, v in recorded.items() if k in ("transformers", "peft", "llm2vec", "torch") and v)
+
+
 def load(folder: Path, dtype: torch.dtype = torch.float32, trainable: bool = False,
          expect_labels: list[str] | None = None, model_path: str = "", base_model_path: str = "",
          device: torch.device | None = None):
     """(coder, tokenizer, manifest, config) rebuilt from a model folder; `model_path` and
-    `base_model_path` override where the backbone is looked for (a run folder moved elsewhere)."""
-    from peft import PeftModel
+    `base_model_path` override where the backbone is looked for (a run folder moved elsewhere).
 
+    A folder written by another software stack loads when its files fit this one; when they do
+    not, one line names the versions it was written with and the versions here."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     labels = manifest["labels"]
     _check_labels(folder, labels, expect_labels)
     cfg = Config(**{k: v for k, v in manifest["config"].items() if k in Config.__dataclass_fields__})
-    if cfg.train_backbone == "full":
-        encoder, tokenizer = backbones.load(folder / "backbone", dtype, device=device)
-        encoder.requires_grad_(trainable)
-    else:
-        where, base = backbone_location(folder, manifest, model_path, base_model_path)
-        encoder, tokenizer = backbones.load(where, dtype, base_model_path=base, device=device, load_in=cfg.load_in)
-        recorded = manifest["backbone"].get("fingerprint")
-        if recorded and backbones.fingerprint(encoder.config) != recorded:
-            raise IcdlibError(f"the backbone at {where} is not the one {folder} was trained on (its config "
-                              f"fingerprint {backbones.fingerprint(encoder.config)} differs from {recorded})")
-        encoder.requires_grad_(False)
-        if cfg.train_backbone == "lora":
-            with backbones._quiet():
-                encoder = PeftModel.from_pretrained(encoder, str(folder / "adapter"), is_trainable=trainable)
-    coder = ICDCoder(encoder, len(labels), cfg.head, cfg.attention_dim)
-    load_head(coder, folder)
+    try:
+        encoder, tokenizer = _load_encoder(folder, manifest, cfg, dtype, trainable, model_path, base_model_path, device)
+        coder = ICDCoder(encoder, len(labels), cfg.head, cfg.attention_dim)
+        load_head(coder, folder)
+    except IcdlibError:
+        raise
+    except (RuntimeError, ValueError, KeyError, OSError, TypeError) as e:
+        here = provenance.versions()
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise IcdlibError(f"model folder {folder} was written with {written_with(folder, manifest)} and does not load "
+                          f"with transformers {here['transformers']}, peft {here['peft']} here ({type(e).__name__}: "
+                          f"{first}): retrain it, or load it in the environment that wrote it") from None
     return coder, tokenizer, manifest, cfg
+
+
+def _load_encoder(folder: Path, manifest: dict, cfg: Config, dtype, trainable: bool, model_path: str,
+                  base_model_path: str, device):
+    from peft import PeftModel
+
+    if cfg.train_backbone == "full":
+        encoder, tokenizer = backbones.load(folder / "backbone", dtype, device=device, attention=cfg.attention)
+        encoder.requires_grad_(trainable)
+        return encoder, tokenizer
+    where, base = backbone_location(folder, manifest, model_path, base_model_path)
+    encoder, tokenizer = backbones.load(where, dtype, base_model_path=base, device=device, load_in=cfg.load_in,
+                                        attention=cfg.attention)
+    recorded = manifest["backbone"].get("architecture")
+    # a folder written before architectures were recorded holds a hash of transformers 4's config
+    # dict, which transformers 5 cannot reproduce: there the adapter's and head's shapes are the check
+    differs = backbones.architecture_difference(recorded, encoder.config) if recorded else ""
+    if differs:
+        raise IcdlibError(f"the backbone at {where} is not the one {folder} was trained on: {differs}")
+    encoder.requires_grad_(False)
+    if cfg.train_backbone == "lora":
+        with backbones.quiet():
+            encoder = PeftModel.from_pretrained(encoder, str(folder / "adapter"), is_trainable=trainable)
+    return encoder, tokenizer
 
 
 def _check_labels(folder: Path, labels: list[str], expected: list[str] | None) -> None:

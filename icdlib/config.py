@@ -91,6 +91,8 @@ class Config:
     model_type: str = "llama"  # llama | mistral (architecture of a tiny backbone)
     adapter_path: str = ""  # optional second LLM2Vec adapter (simcse/supervised) to start LoRA from
     load_in: str = "native"  # native | 4bit | 8bit (bitsandbytes, CUDA only: QLoRA on a quantized base)
+    attention: str = "auto"  # auto | sdpa | eager | flash_attention_2 (the attention kernel; auto: SDPA where the
+    #                          architecture has it, else eager; all of them bidirectional, padding masked)
     segment_bos: bool = False  # start every segment with the tokenizer's BOS token (as llm2vec encodes)
     instruction: str = "auto"  # auto | none | llm2vec: wrap segments in the chat format the supervised/
     #                            simcse adapters were trained with; auto = llm2vec when adapter_path is set
@@ -181,6 +183,7 @@ CHOICES = {
     "labels": ("observed", "all", "top50"),
     "model_type": ("llama", "mistral"),
     "load_in": ("native", "4bit", "8bit"),
+    "attention": ("auto", "sdpa", "eager", "flash_attention_2"),
     "instruction": ("auto", "none", "llm2vec"),
     "tiny_init": ("random", "lsa"),
     "train_backbone": ("lora", "full", "frozen"),

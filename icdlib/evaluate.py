@@ -204,7 +204,7 @@ def write(cfg: Config, ev: Evaluation):
     """`metrics.json` and `per_code.parquet` of `ev`, each written atomically; returns metrics.json's path.
 
     metrics.json carries, under `provenance`, what made the numbers (`provenance.collect`: git
-    commit and dirty flag, python/torch/transformers/peft/llm2vec versions, device, date, and the
+    commit and dirty flag, python/torch/transformers/peft/tokenizers versions, device, date, and the
     content hashes of notes.parquet and labels.parquet); `ev.results` gets the same entry."""
     run = Run.of(cfg)
     with atomic_path(run.per_code) as tmp:

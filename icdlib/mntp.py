@@ -43,6 +43,7 @@ from icdlib import backbones
 from icdlib.config import Config
 from icdlib.errors import IcdlibError
 from icdlib.inference import Env, autocast, compute_dtype
+from icdlib.models import checkpoint_activations
 from icdlib.runfolder import Run, atomic_path, content_key, read_key, source_hash, write_key
 
 RECIPES = {"bert": 0.2, "all_mask": 0.8}  # share of tokens selected, per masking style (llm2vec's configs)
@@ -150,13 +151,28 @@ def train_step(forward, optimizer: torch.optim.Optimizer, params: list, inputs: 
     return loss
 
 
+class LMHead(torch.nn.Linear):
+    """A decoder's language-model head: logits = h · Wᵀ, soft-capped (`cap · tanh(logits / cap)`)
+    where the architecture caps them (Gemma 2's `final_logit_softcapping`), as its `*ForCausalLM` does."""
+
+    def __init__(self, hidden: int, vocab: int, softcap: float | None = None, **kwargs):
+        super().__init__(hidden, vocab, bias=False, **kwargs)
+        self.softcap = softcap
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(hidden)
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
 def lm_head_for(encoder, located: backbones.Located | None) -> tuple[torch.nn.Module, bool]:
     """(LM head, trainable): the checkpoint's `lm_head.weight` (or the tied input embeddings),
     frozen as in the recipe; a backbone without one (the tiny model) gets a trainable head that
     starts from its input embeddings."""
     embeddings = encoder.get_input_embeddings().weight
-    head = torch.nn.Linear(embeddings.shape[1], embeddings.shape[0], bias=False,
-                           device=embeddings.device, dtype=embeddings.dtype)
+    head = LMHead(embeddings.shape[1], embeddings.shape[0], getattr(encoder.config, "final_logit_softcapping", None),
+                  device=embeddings.device, dtype=embeddings.dtype)
     weight = backbones.lm_head_weight(located) if located is not None else None
     tied = getattr(encoder.config, "tie_word_embeddings", False)
     with torch.no_grad():
@@ -194,7 +210,8 @@ def with_lora(encoder, cfg: Config):
     encoder.requires_grad_(False)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.lora_targets), bias="none")
-    return get_peft_model(encoder, lora)
+    with backbones.quiet():
+        return get_peft_model(encoder, lora)
 
 
 def _save_state(folder: Path, model, head, head_trainable: bool, optimizer, scheduler, step: int, epoch: int,
@@ -238,7 +255,7 @@ def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], loc
     model, head = obj.encoder, obj.head
     head_trainable = head.weight.requires_grad
     if cfg.grad_checkpointing:
-        model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_activations(model.get_base_model())
     params = [p for p in obj.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.mntp_lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / cfg.mntp_steps))
@@ -323,7 +340,7 @@ class _Reporter:
 
 def save(folder: Path, model, tokenizer, base_name: str, history: list[dict], stage_key: str) -> Path:
     """`03_train/mntp/` in McGill's -mntp layout (see the module docstring), plus history.csv."""
-    with atomic_path(folder) as tmp:
+    with atomic_path(folder) as tmp, backbones.quiet():
         model.save_pretrained(tmp, save_embedding_layers=False)  # the embeddings stay the base's
         config = json.loads((tmp / "adapter_config.json").read_text())
         config["base_model_name_or_path"] = base_name

@@ -93,6 +93,17 @@ class ICDCoder(nn.Module):
         return self.head(states.float(), mask)
 
 
+def checkpoint_activations(model) -> None:
+    """Non-reentrant activation (gradient) checkpointing on a transformers model: gradients reach LoRA
+    weights inside each checkpointed layer without an input-grad hook. transformers >= 5.11 calls it
+    `activation_checkpointing_enable`; earlier 5.x `gradient_checkpointing_enable`."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor, pos_weight: float = 0.0) -> torch.Tensor:
     weight = None
     if pos_weight > 0:

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout (or site-packages when installed)
-PACKAGES = ("torch", "transformers", "peft", "llm2vec", "icdlib")
+PACKAGES = ("torch", "transformers", "peft", "tokenizers", "icdlib")
 DATA_FILES = ("01_preprocess/notes.parquet", "01_preprocess/labels.parquet")
 HASH_CHARS = 12  # of a sha256 hex digest: enough to tell two data sets apart at a glance
 
@@ -87,7 +87,7 @@ def collect(run_dir: Path, files=DATA_FILES) -> dict:
     """What made the results in `run_dir`, as a JSON-ready dict.
 
     Keys: `commit` (full sha or None), `dirty` (bool or None), `date` (UTC, ISO 8601, seconds),
-    `versions` (python, torch, transformers, peft, llm2vec, icdlib), `device`, `platform`
+    `versions` (python, torch, transformers, peft, tokenizers, icdlib), `device`, `platform`
     (OS and machine), `data` (each of `files`, relative to `run_dir`, mapped to its short
     content hash, or None where it does not exist yet). No absolute path and no host name.
     """

@@ -1,8 +1,9 @@
 """Quantized backbones (`load_in: 4bit | 8bit`): QLoRA on a frozen bitsandbytes base, CUDA only.
 
 `check` refuses what cannot work before anything is loaded, `bnb_config` is what
-`from_pretrained(quantization_config=...)` takes, `loading` must surround that call (see there),
-and `prepare_for_training` readies a quantized base for LoRA. bitsandbytes is an optional extra
+`from_pretrained(quantization_config=...)` takes, and `prepare_for_training` readies a quantized
+base for LoRA. (Transformers 4.44 needed its dispatch patched to place a bitsandbytes model on
+one GPU; transformers 5 places it itself, so nothing here patches transformers.) bitsandbytes is an optional extra
 (`pip install -e '.[gpu]'`): it is imported only by `check`, when a quantized load is asked for
 on a CUDA device, never when this module is imported (importing it takes seconds and, on a
 machine without CUDA, prints warnings).
@@ -11,7 +12,6 @@ machine without CUDA, prints warnings).
 from __future__ import annotations
 
 import importlib
-from contextlib import contextmanager
 from importlib import metadata
 
 import torch
@@ -80,41 +80,6 @@ def bnb_config(load_in: str, compute_dtype: torch.dtype = torch.bfloat16):
                               bnb_4bit_compute_dtype=compute_dtype)
 
 
-@contextmanager
-def loading(load_in: str):
-    """Wrap `from_pretrained(..., quantization_config=bnb_config(...), device_map=...)` in this.
-
-    With the pinned stack a quantized load on one GPU otherwise fails at its last step:
-    transformers 4.44.2 hands the loaded model to accelerate's `dispatch_model`, which (accelerate
-    1.15.0) calls `model.to(device)` on a 4-bit model once bitsandbytes >= 0.43.2 and on an 8-bit
-    one once >= 0.48, and transformers 4.44.2's `PreTrainedModel.to` refuses every bitsandbytes
-    model ("`.to` is not supported for `4-bit` or `8-bit` bitsandbytes models"; transformers
-    lifted that for 4-bit only in 4.45). Inside this context transformers' `dispatch_model` is
-    called with `force_hooks=True` for bitsandbytes models: accelerate then places the model
-    with its device hooks instead of `.to`, which is how it handled every quantized model before
-    those versions. The weights are already on their device by then; the hooks move the
-    remaining buffers (rotary frequencies) and the inputs. `native` changes nothing.
-    """
-    _known(load_in)
-    if load_in == "native":
-        yield
-        return
-    import transformers.modeling_utils as modeling_utils
-
-    original = modeling_utils.dispatch_model
-
-    def dispatch(model, *args, **kwargs):
-        if getattr(model, "quantization_method", None) == "bitsandbytes":
-            kwargs["force_hooks"] = True
-        return original(model, *args, **kwargs)
-
-    modeling_utils.dispatch_model = dispatch
-    try:
-        yield
-    finally:
-        modeling_utils.dispatch_model = original
-
-
 def is_quantized(model: torch.nn.Module) -> bool:
     """True for a model transformers loaded with a bitsandbytes config (4-bit or 8-bit)."""
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
@@ -137,7 +102,9 @@ def prepare_for_training(model: torch.nn.Module, gradient_checkpointing: bool = 
     (gradients reach the LoRA weights inside each checkpointed layer although the embedding
     output does not require grad). Works on a native model too (freeze + checkpointing only).
     """
+    from icdlib.models import checkpoint_activations
+
     model.requires_grad_(False)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_activations(model)
     return model

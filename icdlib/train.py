@@ -38,7 +38,7 @@ from icdlib.data import (LengthBucketSampler, NotesDataset, SegmentFormat, Token
                          truncation_stats)
 from icdlib.errors import IcdlibError
 from icdlib.inference import Env, autocast, compute_dtype, pick_device, score, weights_dtype
-from icdlib.models import ICDCoder, loss_fn
+from icdlib.models import ICDCoder, checkpoint_activations, loss_fn
 from icdlib.runfolder import MNTP_ARMS, SCORED_SPLITS, Run, atomic_path, atomic_write_text, lock, read_key, tree_hash
 
 STEP = "03_train"
@@ -106,12 +106,19 @@ class Prepared:
     fmt: SegmentFormat
 
 
-def backbone_path(cfg: Config, train_texts: list[str]) -> str:
+def backbone_path(cfg: Config, train_texts: list[str], env: Env | None = None) -> str:
     """`model_path`; a plain decoder named by `base_model_path` alone (made bidirectional, for
-    MNTP); or the run's tiny backbone (`03_train/backbone/`, rebuilt when its key changes)."""
+    MNTP); or the run's tiny backbone (`03_train/backbone/`, rebuilt when its key changes). Under
+    torchrun the master process builds the tiny backbone and the others wait for it (transformers
+    writes model files from rank 0 only)."""
     if cfg.model_path or cfg.base_model_path:
         return cfg.model_path or cfg.base_model_path
-    return str(backbones.make_tiny(cfg, train_texts, Run.of(cfg).backbone))
+    folder = Run.of(cfg).backbone
+    if env is None or env.master:
+        backbones.make_tiny(cfg, train_texts, folder)
+    if env is not None and env.world > 1:
+        dist.barrier()
+    return str(folder)
 
 
 def load_backbone(cfg: Config, env: Env, train: pd.DataFrame, with_mntp: bool = True,
@@ -121,7 +128,7 @@ def load_backbone(cfg: Config, env: Env, train: pd.DataFrame, with_mntp: bool = 
     loading the backbone first; its adapter becomes the model path, on the backbone's base)."""
     from transformers import AutoConfig
 
-    path = backbone_path(cfg, train["text"].tolist())
+    path = backbone_path(cfg, train["text"].tolist(), env)
     base = cfg.base_model_path if cfg.model_path else ""
     tiny = not (cfg.model_path or cfg.base_model_path)
     key = read_key(path) if tiny else ""  # the tiny backbone's: resume refuses a checkpoint of another one
@@ -135,10 +142,11 @@ def load_backbone(cfg: Config, env: Env, train: pd.DataFrame, with_mntp: bool = 
         stage, stage_key = Run.of(cfg).mntp, mntp.key(cfg, arch, train["hadm_id"].tolist(), train["text"].tolist())
         record_key = f"{key}+mntp:{stage_key}"
         if mntp.finished(stage, stage_key):
-            encoder, tokenizer = backbones.load(stage, dtype, base_model_path=on, device=env.device, load_in=cfg.load_in)
+            encoder, tokenizer = backbones.load(stage, dtype, base_model_path=on, device=env.device, load_in=cfg.load_in,
+                                                attention=cfg.attention)
             return encoder, tokenizer, str(stage), on, record_key
     encoder, tokenizer = backbones.load(path, dtype, base_model_path=base, device=env.device, load_in=cfg.load_in,
-                                        merge=not adapt)
+                                        merge=not adapt, attention=cfg.attention)
     if not adapt:
         return encoder, tokenizer, path, base, key
     encoder = mntp.train(cfg, env, encoder, tokenizer, train["text"].tolist(), found, on, stage_key, progress)
@@ -395,7 +403,7 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True, run
     scaler = grad_scaler(coder, env.device, dtype)  # before DDP, which must see the final parameter dtypes
     if cfg.grad_checkpointing:
         base = coder.encoder.get_base_model() if hasattr(coder.encoder, "get_base_model") else coder.encoder
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_activations(base)
     model = coder
     if env.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(coder, device_ids=[env.device.index] if env.device.type == "cuda" else None)

@@ -12,7 +12,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory):
-    """A tiny random LlamaBiModel + BPE tokenizer saved in Hugging Face format."""
+    """A tiny random bidirectional Llama (transformers' LlamaModel) + BPE tokenizer saved in Hugging Face format."""
     from icdlib import backbones, config
 
     cfg = config.resolve("tiny", {"tiny_layers": 2, "tiny_hidden": 64, "tiny_heads": 4, "tiny_vocab": 300})

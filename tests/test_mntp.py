@@ -78,16 +78,18 @@ def test_recipe_per_family(tokenizer):
     assert mntp.masking(config.Config(mntp_masking="bert", mntp_probability=0.3), tokenizer, MistralConfig()).probability == 0.3
 
 
-def test_loss_is_llm2vecs_mntp_loss(tokenizer):
-    """Our loss (LM head on the selected positions only) equals LlamaBiForMNTP's (the shift of
-    LlamaForCausalLM over every position) on the same weights."""
-    from llm2vec.models import LlamaBiForMNTP
-    from transformers import LlamaConfig
+def test_loss_is_the_causal_lm_shift_over_masked_tokens(tokenizer):
+    """Our loss (LM head on the selected positions only) equals LlamaForCausalLM's own loss (its
+    shift over every position, which llm2vec's LlamaBiForMNTP inherits) on the same bidirectional
+    weights. tests/test_llm2vec_reference.py compares it with LlamaBiForMNTP itself."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from icdlib.bidirectional import make_bidirectional
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
-    reference = LlamaBiForMNTP(cfg).eval()
+    reference = make_bidirectional(LlamaForCausalLM(cfg)).eval()
     ids, special = mntp.corpus(TEXTS, tokenizer, 16)
     inputs, labels = mntp.mask_tokens(ids, special, mntp.Masking("bert", 0.2, 3), len(tokenizer),
                                       torch.Generator().manual_seed(1))

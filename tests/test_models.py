@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from icdlib import backbones, config, train
+from icdlib.bidirectional import is_bidirectional
 from icdlib.data import collate, left_pad_segments, tokenize
-from icdlib.models import ICDCoder, LabelAttentionHead, MeanHead, loss_fn
+from icdlib.models import ICDCoder, LabelAttentionHead, MeanHead, checkpoint_activations, loss_fn
 
 
 def build(path, train_backbone="lora", head="label_attention", n_labels=5, checkpointing=False):
@@ -15,11 +16,11 @@ def build(path, train_backbone="lora", head="label_attention", n_labels=5, check
     coder = ICDCoder(encoder, n_labels, head, attention_dim=32)
     if checkpointing:
         base = encoder.get_base_model() if hasattr(encoder, "get_base_model") else encoder
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_activations(base)
     return coder, tokenizer
 
 
-def test_loaded_through_llm2vec_is_bidirectional(tiny_backbone):
+def test_the_tiny_backbone_loads_bidirectional(tiny_backbone):
     coder, tok = build(tiny_backbone, "frozen")
     coder.eval()
     ids = torch.tensor([tok("heart failure with atrial fibrillation", add_special_tokens=False)["input_ids"]])
@@ -29,7 +30,7 @@ def test_loaded_through_llm2vec_is_bidirectional(tiny_backbone):
     ids2[0, -1] = (ids2[0, -1] + 7) % len(tok)
     first2 = coder.encoder(input_ids=ids2, attention_mask=mask).last_hidden_state[0, 0]
     assert not torch.allclose(first, first2), "changing the last token must change the first token's state"
-    assert type(coder.encoder).__name__ == "LlamaBiModel"
+    assert type(coder.encoder).__name__ == "LlamaModel" and is_bidirectional(coder.encoder)
 
 
 def test_segments_and_padding_side_do_not_change_scores(tiny_backbone):
@@ -125,7 +126,7 @@ def test_tiny_mistral_loads_as_a_bidirectional_mistral(tmp_path):
     cfg = config.resolve("tiny-mistral", {"tiny_hidden": 32, "tiny_vocab": 200, "tiny_init": "random"})
     texts = ["acute kidney injury and sepsis with hypotension"] * 20
     encoder, tokenizer = backbones.load(backbones.make_tiny(cfg, texts, tmp_path / "bb"))
-    assert type(encoder).__name__ == "MistralBiModel"
+    assert type(encoder).__name__ == "MistralModel" and is_bidirectional(encoder)
     assert tokenizer.model_input_names == ["input_ids", "attention_mask"]
 
 

@@ -1,4 +1,4 @@
-"""icdlib.quantize without a GPU: refusals, the BitsAndBytesConfig it builds, QLoRA preparation, the load fix.
+"""icdlib.quantize without a GPU: refusals, the BitsAndBytesConfig it builds, QLoRA preparation.
 
 bitsandbytes is not installed by `make setup` (it is the `gpu` extra). Where transformers only
 reads its version, a stand-in `bitsandbytes-0.50.2.dist-info` on sys.path is enough; where a
@@ -114,13 +114,14 @@ def test_bitsandbytes_is_imported_only_by_check_on_cuda(tmp_path):
 
 
 def _tiny_bimodel(dtype=torch.bfloat16):
-    from llm2vec.models import LlamaBiModel
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig, LlamaModel
+
+    from icdlib.bidirectional import make_bidirectional
 
     config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
     torch.manual_seed(0)
-    return LlamaBiModel._from_config(config, torch_dtype=dtype, attn_implementation="sdpa")
+    return make_bidirectional(LlamaModel._from_config(config, dtype=dtype, attn_implementation="sdpa"))
 
 
 def test_prepare_for_training_freezes_checkpoints_and_keeps_dtypes():
@@ -146,36 +147,8 @@ def test_prepare_for_training_freezes_checkpoints_and_keeps_dtypes():
 
 
 def test_peft_prepare_would_upcast_what_prepare_for_training_keeps():
-    """Why prepare_for_training does not call peft 0.17.1's prepare_model_for_kbit_training (see its docstring)."""
+    """Why prepare_for_training does not call peft's prepare_model_for_kbit_training (see its docstring)."""
     from peft import prepare_model_for_kbit_training
 
     model = prepare_model_for_kbit_training(_tiny_bimodel(), gradient_checkpointing_kwargs={"use_reentrant": False})
     assert {p.dtype for p in model.parameters()} == {torch.float32}
-
-
-def test_loading_forces_accelerate_hooks_for_bitsandbytes_models_only(monkeypatch):
-    import transformers.modeling_utils as modeling_utils
-
-    calls = []
-    monkeypatch.setattr(modeling_utils, "dispatch_model", lambda model, **kw: calls.append(kw) or model)
-    recorder = modeling_utils.dispatch_model
-    quantized = torch.nn.Module()
-    quantized.quantization_method = "bitsandbytes"
-    with quantize.loading("4bit"):
-        modeling_utils.dispatch_model(quantized, device_map={"": 0})
-        modeling_utils.dispatch_model(torch.nn.Module(), device_map={"": 0})
-    assert calls == [{"device_map": {"": 0}, "force_hooks": True}, {"device_map": {"": 0}}]
-    assert modeling_utils.dispatch_model is recorder
-    with quantize.loading("native"):
-        assert modeling_utils.dispatch_model is recorder
-
-
-def test_transformers_still_dispatches_through_the_name_loading_replaces():
-    """quantize.loading patches `transformers.modeling_utils.dispatch_model`; from_pretrained must call it by that name."""
-    import inspect
-
-    import accelerate
-    import transformers.modeling_utils as modeling_utils
-
-    assert modeling_utils.dispatch_model is accelerate.dispatch_model
-    assert "dispatch_model(model, **device_map_kwargs)" in inspect.getsource(modeling_utils.PreTrainedModel.from_pretrained)

@@ -281,7 +281,7 @@ def test_metrics_json_written_by_evaluate_run_carries_provenance(done):
     m = json.loads(run.metrics.read_text())
     info = m["provenance"]
     assert set(info) >= {"commit", "dirty", "date", "versions", "device", "platform", "data"}
-    assert set(info["versions"]) >= {"python", "torch", "transformers", "peft", "llm2vec"}
+    assert set(info["versions"]) >= {"python", "torch", "transformers", "peft", "tokenizers"}
     assert info["versions"]["torch"] and info["versions"]["python"]
     assert info["device"].startswith(("cpu", "cuda", "mps"))
     assert dt.datetime.fromisoformat(info["date"]).tzinfo is not None

@@ -156,8 +156,8 @@ def test_provenance_collect(small_run):
     run_dir, _ = small_run
     info = provenance.collect(run_dir)
     assert set(info) == {"commit", "dirty", "date", "versions", "device", "platform", "data"}
-    assert set(info["versions"]) == {"python", "torch", "transformers", "peft", "llm2vec", "icdlib"}
-    assert info["versions"]["transformers"] == "4.44.2" and info["versions"]["llm2vec"] == "0.2.3"
+    assert set(info["versions"]) == {"python", "torch", "transformers", "peft", "tokenizers", "icdlib"}
+    assert info["versions"]["transformers"].startswith("5.") and info["versions"]["peft"]
     assert info["device"].startswith(("cpu", "cuda", "mps"))
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode == 0:

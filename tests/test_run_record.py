@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from icdlib import backbones, baseline, checkpoint, config, data, evaluate, preprocess, record, steps, train
+from icdlib.bidirectional import is_bidirectional
 from icdlib.provenance import file_hash
 from icdlib.runfolder import LOCK_ENV, Run, RunLockedError, lock, read_key, tree_hash
 from test_train import SMALL
@@ -280,7 +281,7 @@ def test_the_tiny_backbone_is_rebuilt_for_another_architecture(done, tmp_path):
     mistral = config.resolve("tiny-mistral", {**FAST, "output_root": cfg.output_root, "run": cfg.run})
     prep = train.prepare(mistral)
     assert json.loads((run.backbone / "config.json").read_text())["model_type"] == "mistral"
-    assert type(prep.coder.encoder).__name__ == "MistralBiModel"
+    assert type(prep.coder.encoder).__name__ == "MistralModel" and is_bidirectional(prep.coder.encoder)
     assert prep.backbone["cache_key"] == read_key(run.backbone) == backbones.tiny_key(
         mistral, prep.notes.loc[prep.notes["split"] == "train", "text"].tolist())
 

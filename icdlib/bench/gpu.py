@@ -1,7 +1,7 @@
 """`gpu` suite: LoRA training and scoring of Llama-3-8B- and Mistral-7B-shaped LLM2Vec coders, bf16 and 4-bit.
 
-Each backbone is llm2vec's `LlamaBiModel` / `MistralBiModel` built from a config with random
-weights, directly on the GPU in bf16 (nothing is downloaded; random weights cost the same time
+Each backbone is transformers' `LlamaModel` / `MistralModel` made bidirectional
+(`icdlib.bidirectional`) and built from a config with random weights, directly on the GPU in bf16 (nothing is downloaded; random weights cost the same time
 and memory as trained ones):
 
 - Llama-3-8B shape: hidden 4,096, 32 layers, 32 heads, 8 KV heads, MLP 14,336, vocab 128,256;
@@ -18,7 +18,7 @@ note of 8 segments × 512 real tokens per training step. Recorded per backbone a
 - 4-bit: the same with the backbone loaded through `icdlib.quantize` (NF4, double quantization,
   bf16 compute: QLoRA). Random weights are quantized the way a real checkpoint is: the bf16
   model is saved to a scratch folder on local disk and loaded with
-  `from_pretrained(quantization_config=quantize.bnb_config("4bit"))` inside `quantize.loading`;
+  `from_pretrained(quantization_config=quantize.bnb_config("4bit"))`;
 - "one backbone in memory": the bytes of one backbone copy (parameters × element size, and the
   allocator's growth while building it), and the peak memory of scoring the best checkpoint
   (LoRA + head weights) by a second backbone load beside the live model against loading it into
@@ -133,37 +133,37 @@ def model_config(shape: dict):
     return MistralConfig(sliding_window=None, **common) if shape["arch"] == "mistral" else LlamaConfig(**common)
 
 
-def model_class(shape: dict):
-    from llm2vec.models import LlamaBiModel, MistralBiModel
-
-    return MistralBiModel if shape["arch"] == "mistral" else LlamaBiModel
-
-
 def build_base(shape: dict, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """A random bidirectional backbone of `shape`, created on `device` in `dtype` (no CPU copy)."""
+    from transformers import AutoModel
+
+    from icdlib.bidirectional import make_bidirectional
+
     with torch.device(device):
-        return model_class(shape)._from_config(model_config(shape), torch_dtype=dtype, attn_implementation="sdpa")
+        return make_bidirectional(AutoModel.from_config(model_config(shape), dtype=dtype, attn_implementation="sdpa"))
 
 
 def load_quantized(folder: Path, shape: dict, load_in: str, device: torch.device, dtype: torch.dtype):
     """The saved backbone at `folder`, quantized by bitsandbytes while it loads (as a real checkpoint is)."""
+    from transformers import AutoModel
+
     from icdlib import quantize
+    from icdlib.bidirectional import make_bidirectional
 
     quantize.check(load_in, device)
-    with quantize.loading(load_in):
-        return model_class(shape).from_pretrained(
-            str(folder), quantization_config=quantize.bnb_config(load_in, dtype), torch_dtype=dtype,
-            device_map={"": device.index or 0}, low_cpu_mem_usage=True, attn_implementation="sdpa")
+    return make_bidirectional(AutoModel.from_pretrained(
+        str(folder), quantization_config=quantize.bnb_config(load_in, dtype), dtype=dtype,
+        device_map={"": device.index or 0}, attn_implementation="sdpa"))
 
 
 def build_coder(base: torch.nn.Module, cfg, labels: int, device: torch.device):
     """LoRA + label-attention head on `base`, gradient checkpointing on, as `icdlib.train` sets it up."""
     from icdlib import backbones
-    from icdlib.models import ICDCoder
+    from icdlib.models import ICDCoder, checkpoint_activations
 
     encoder = backbones.make_trainable(base, cfg)
     inner = encoder.get_base_model() if hasattr(encoder, "get_base_model") else encoder
-    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpoint_activations(inner)
     torch.manual_seed(cfg.seed)
     coder = ICDCoder(encoder, labels, cfg.head, cfg.attention_dim)
     coder.head.to(device)  # the backbone is in place already (a quantized one refuses `.to`)
@@ -243,10 +243,11 @@ def mntp_runs(base, cfg, plan: dict, vocab: int, runs: int, warmup: int, device,
     """Tokens/s of MNTP steps (`mntp.train_step`: masking, loss over the masked positions through
     a frozen LM head, LoRA, AdamW, clipping, gradient checkpointing) on `base`; and the last loss."""
     from icdlib import mntp
+    from icdlib.models import checkpoint_activations
 
     obj = mntp.objective(base, cfg, None)
     obj.head.requires_grad_(False)  # a real checkpoint's LM head stays frozen in the recipe
-    obj.encoder.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpoint_activations(obj.encoder.get_base_model())
     params = [p for p in obj.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.mntp_lr)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -368,7 +369,7 @@ def _run(plan, repeats, warmup, progress, device, dtype, device_name, device_gb,
             folder = Path(tempfile.mkdtemp(prefix="bench-gpu-", dir=scratch_root))
             scratch.append(folder)
             t0 = time.perf_counter()
-            base.save_pretrained(folder, safe_serialization=True)
+            base.save_pretrained(folder)
             say(f"bf16 weights saved for the 4-bit load in {time.perf_counter() - t0:.1f} s")
         coder = build_coder(base, cfg, plan["labels"], device)
         lora = sum(p.numel() for p in coder.encoder.parameters() if p.requires_grad)
