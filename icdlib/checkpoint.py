@@ -129,19 +129,24 @@ def backbone_location(folder: Path, manifest: dict, model_path: str = "", base_m
     return found["model_path"], found["base_model_path"]
 
 
-def written_with(folder: Path, manifest: dict) -> str:
-    """The versions a model folder was written with, as one phrase: its own record, else its run's
-    03_train/manifest.json (folders written before model folders recorded them), else that it is older."""
+def recorded_versions(folder: Path, manifest: dict) -> dict | None:
+    """The versions a model folder was written with: its own record, else its run's
+    03_train/manifest.json (folders written before model folders recorded them); None if neither."""
     recorded = manifest.get("versions")
     if not recorded:
-        step = Path(folder).parent / "manifest.json"
         try:
-            recorded = json.loads(step.read_text()).get("versions")
+            recorded = json.loads((Path(folder).parent / "manifest.json").read_text()).get("versions")
         except (OSError, ValueError, AttributeError):
             recorded = None
+    return recorded or None
+
+
+def written_with(folder: Path, manifest: dict) -> str:
+    """`recorded_versions` as one phrase (`transformers 4.44.2, peft 0.17.1, llm2vec 0.2.3, torch 2.13.0`)."""
+    recorded = recorded_versions(folder, manifest)
     if not recorded:
         return "an icdlib that recorded no versions (transformers 4.44.2 and llm2vec 0.2.3, before December 2026)"
-    return ", ".join(f"{k} {v}" for k, v in recorded.items() if k in ("transformers", "peft", "llm2vec", "torch") and v)
+    return ", ".join(f"{k} {recorded[k]}" for k in ("transformers", "peft", "llm2vec", "torch") if recorded.get(k))
 
 
 def load(folder: Path, dtype: torch.dtype = torch.float32, trainable: bool = False,
@@ -165,7 +170,8 @@ def load(folder: Path, dtype: torch.dtype = torch.float32, trainable: bool = Fal
         raise
     except (RuntimeError, ValueError, KeyError, OSError, TypeError) as e:
         here = provenance.versions()
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        first = " ".join(line.strip() for line in str(e).strip().splitlines()[:2]) or type(e).__name__
+        first = first if len(first) <= 300 else first[:299] + "…"
         raise IcdlibError(f"model folder {folder} was written with {written_with(folder, manifest)} and does not load "
                           f"with transformers {here['transformers']}, peft {here['peft']} here ({type(e).__name__}: "
                           f"{first}): retrain it, or load it in the environment that wrote it") from None

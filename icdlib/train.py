@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from icdlib import backbones, checkpoint, config, metrics, mntp, preprocess, record
+from icdlib import backbones, checkpoint, config, metrics, mntp, preprocess, provenance, record
 from icdlib.config import Config
 from icdlib.data import (LengthBucketSampler, NotesDataset, SegmentFormat, Tokenized, collate, tokenize_cached,
                          truncation_stats)
@@ -381,8 +381,14 @@ def resume_point(run: Run, env: Env, mntp_stage: bool = False) -> Path | None:
 def check_resumable(run: Run, prep: Prepared) -> None:
     """`last/` fits the backbone prepared now (the tiny backbone's cache key; None for real ones)."""
     last = run.checkpoint("last")
-    trained_on = checkpoint.read_manifest(last)["backbone"].get("cache_key")
-    if trained_on != prep.backbone.get("cache_key"):
+    manifest = checkpoint.read_manifest(last)
+    if manifest["backbone"].get("cache_key") != prep.backbone.get("cache_key"):
+        recorded = checkpoint.recorded_versions(last, manifest) or {}
+        if recorded.get("transformers") != provenance.versions()["transformers"]:
+            raise TrainingError(f"resume=true but {run.rel(last)} was written with "
+                                f"{checkpoint.written_with(last, manifest)}, and the tiny backbone is built anew for "
+                                f"transformers {provenance.versions()['transformers']} here: set resume=false to "
+                                f"start over (or resume in the environment that wrote it)")
         raise TrainingError(f"resume=true but {run.rel(last)} was trained on another tiny backbone (its parameters "
                             f"or training notes changed since): set resume=false to start over")
 

@@ -122,3 +122,18 @@ def test_cli_max_segments_reads_more_of_the_note(model_dir, coder, tmp_path, cap
     assert cli.main(["predict", "--model", str(model_dir), "--text-file", str(long), "--device", "cpu",
                      "--max-segments", "4", "--top-k", "2"]) == 0
     assert f"kept the first {2 * KEPT} of" in capsys.readouterr().err
+
+
+def test_a_model_folder_names_what_differs_in_another_backbone(model_dir, tmp_path):
+    """--model-path pointing at a backbone of another shape: the field that differs, in one line."""
+    import json
+
+    cfg = config.resolve("tiny", {"tiny_hidden": 32, "tiny_vocab": 300, "tiny_init": "random"})
+    other = backbones.make_tiny(cfg, [" ".join(WORDS)] * 20, tmp_path / "other")
+    recorded = json.loads((model_dir / "icdlib.json").read_text())
+    assert recorded["backbone"]["architecture"]["hidden_size"] == 64 and recorded["versions"]["transformers"]
+    with pytest.raises(IcdlibError) as e:
+        predict.load(model_dir, device="cpu", model_path=str(other))
+    text = str(e.value)
+    assert "\n" not in text and f"the backbone at {other} is not the one {model_dir} was trained on" in text
+    assert "hidden_size 32 here, 64 recorded" in text

@@ -21,7 +21,7 @@ from pathlib import Path
 from icdlib.config import REPO_ROOT
 from icdlib.errors import IcdlibError
 
-PACKAGES = ("icdlib", "torch", "transformers", "peft", "llm2vec", "numpy", "pandas", "pyarrow", "scikit-learn")
+PACKAGES = ("icdlib", "torch", "transformers", "peft", "tokenizers", "numpy", "pandas", "pyarrow", "scikit-learn")
 _MARK = "ICDLIB-BENCH-RESULT "
 
 
