@@ -109,7 +109,7 @@ def mask_tokens(ids: torch.Tensor, special: torch.Tensor, recipe: Masking, vocab
 def mntp_loss(encoder, lm_head: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the token at i given the output at i-1, over selected tokens; only
     those positions go through the LM head (a 128k vocabulary over every position would not fit)."""
-    hidden = encoder(input_ids=inputs, attention_mask=torch.ones_like(inputs)).last_hidden_state
+    hidden = encoder(input_ids=inputs, attention_mask=torch.ones_like(inputs), use_cache=False).last_hidden_state
     target = labels[:, 1:]
     keep = target != -100
     logits = lm_head(hidden[:, :-1][keep])

@@ -47,6 +47,9 @@ def test_runs_01_to_05_offline_from_another_folder(backbone, tmp_path):
     run = work / "out" / "r"
     for name in ("01_preprocess", "02_label_stats", "03_train", "04_evaluate", "05_error_analysis"):
         assert (run / "reports" / f"{name}.html").is_file()
+        cells = json.loads((run / "reports" / f"{name}.ipynb").read_text())["cells"]
+        stderr = ["".join(o["text"]) for c in cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
+        assert not stderr, f"{name} writes to stderr: {stderr[0][:300]}"
     metrics = json.loads((run / "04_evaluate/metrics.json").read_text())
     assert metrics["test"]["n_docs"] > 0 and 0 <= metrics["test"]["auroc_micro"] <= 1
     saved = json.loads((run / "config.json").read_text())
