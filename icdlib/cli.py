@@ -22,6 +22,7 @@ def _overrides(pairs: list[str]) -> dict:
 def cmd_run(args) -> None:
     from icdlib import backbones, config, pipeline
 
+    pipeline.require_notebook_stack()
     params = _overrides(args.param)
     if args.output_root:
         params["output_root"] = args.output_root

@@ -63,6 +63,21 @@ def kernel_manager_class():
     return _KERNEL_MANAGER
 
 
+NOTEBOOK_STACK = ("papermill", "nbformat", "nbclient", "nbconvert", "jupyter_client", "ipykernel", "matplotlib", "seaborn")
+
+
+def require_notebook_stack() -> None:
+    """Refuse, in one line, to run the notebooks where their packages are missing (a GPU image
+    without Jupyter: there `python -m icdlib train`, `predict` and `bench gpu` work)."""
+    from importlib.util import find_spec
+
+    missing = [name for name in NOTEBOOK_STACK if find_spec(name) is None]
+    if missing:
+        raise IcdlibError(f"running the notebooks needs {', '.join(missing)}, not installed here: "
+                          f"pip install -e '.[notebooks]' (without them, python -m icdlib train, predict and bench "
+                          f"gpu still run)")
+
+
 def execute(name: str, cfg: Config, params: dict, progress: bool = True) -> Path:
     """Run notebook `name` for the run of `cfg`; return the executed notebook's path.
 

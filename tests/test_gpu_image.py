@@ -81,3 +81,11 @@ def test_train_predict_and_bench_gpu_run_without_jupyter(image, tmp_path):
                   "--out", str(tmp_path / "gpu.json"), "--markdown", str(tmp_path / "gpu.md"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "gpu.json").is_file()
+
+
+def test_the_notebooks_say_what_they_need_in_one_line(image, tmp_path):
+    done = icdlib(image, "run", "--backbone", "tiny", "--output-root", "out", cwd=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "running the notebooks needs papermill, nbformat" in lines[0] and "pip install -e '.[notebooks]'" in lines[0]
+    assert not (tmp_path / "out").exists()
