@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import hub_replica
 from icdlib import backbones, config, mntp
 from icdlib.bidirectional import is_bidirectional
+from llm2vec_reference.make_reference import load_tensors
 
 REFERENCE = Path(__file__).resolve().parent / "llm2vec_reference"
 ATOL = 1e-5
@@ -30,7 +30,7 @@ FAMILIES = ("llama", "mistral")
 
 @pytest.fixture(scope="module")
 def reference():
-    return load_file(REFERENCE / "llm2vec-0.2.3.safetensors"), json.loads((REFERENCE / "reference.json").read_text())
+    return load_tensors(REFERENCE / "llm2vec-0.2.3.json"), json.loads((REFERENCE / "reference.json").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ environment) it records, with llm2vec's own loaders and classes, in fp32:
 - `{family}.objective.loss`: `LlamaBiForMNTP` / `MistralBiForMNTP` (the base with its LM head) on a fixed
   masked batch: the MNTP loss, token i predicted from the output at i-1.
 
-It writes `llm2vec-0.2.3.safetensors` and `reference.json` (versions, the sha256 of every replica
-file it read) beside itself. tests/test_llm2vec_reference.py builds the replica again on today's
+It writes `llm2vec-0.2.3.json` (the tensors as numbers: outputs, no weights) and `reference.json`
+(versions, the sha256 of every replica file it read) beside itself. tests/test_llm2vec_reference.py builds the replica again on today's
 stack, checks the hashes and compares icdlib's outputs to these tensors.
 """
 
@@ -61,6 +61,26 @@ def masked_batch(vocab_size: int, mask_id: int, first_id: int):
     inputs = ids.masked_fill(chosen, mask_id)
     labels = ids.masked_fill(~chosen, -100)
     return inputs, labels
+
+
+def save_tensors(tensors: dict, path: Path) -> None:
+    """Tensors as JSON: {name: {dtype, shape, values}}; floats with 9 significant digits, which
+    give every float32 back exactly."""
+    out = {}
+    for name, t in sorted(tensors.items()):
+        flat = t.detach().reshape(-1).tolist()
+        floating = t.dtype.is_floating_point
+        out[name] = {"dtype": "float32" if floating else "int64", "shape": list(t.shape),
+                     "values": [float(f"{v:.9g}") for v in flat] if floating else flat}
+    path.write_text(json.dumps(out, separators=(",", ":")) + "\n")
+
+
+def load_tensors(path: Path) -> dict:
+    """`save_tensors`' file back as torch tensors."""
+    import torch
+
+    return {name: torch.tensor(t["values"], dtype=getattr(torch, t["dtype"])).reshape(t["shape"])
+            for name, t in json.loads(Path(path).read_text()).items()}
 
 
 def sha256(path: Path) -> str:
@@ -129,11 +149,8 @@ def main() -> None:
         tensors[f"{family}.objective.labels"] = labels
         tensors[f"{family}.objective.loss"] = loss.float().reshape(1)
         record["families"][family] = entry
-    from safetensors.torch import save_file
-
-    out = HERE / "llm2vec-0.2.3.safetensors"
-    save_file({k: v.contiguous() for k, v in sorted(tensors.items())}, str(out))
-    out.chmod(0o644)
+    out = HERE / "llm2vec-0.2.3.json"
+    save_tensors(tensors, out)
     record["versions"] = {p: metadata.version(p) for p in ("llm2vec", "transformers", "peft", "tokenizers", "torch",
                                                           "safetensors", "numpy")}
     record["python"] = platform.python_version()
