@@ -3,10 +3,10 @@
 `check` refuses what cannot work before anything is loaded, `bnb_config` is what
 `from_pretrained(quantization_config=...)` takes, and `prepare_for_training` readies a quantized
 base for LoRA. (Transformers 4.44 needed its dispatch patched to place a bitsandbytes model on
-one GPU; transformers 5 places it itself, so nothing here patches transformers.) bitsandbytes is an optional extra
-(`pip install -e '.[gpu]'`): it is imported only by `check`, when a quantized load is asked for
-on a CUDA device, never when this module is imported (importing it takes seconds and, on a
-machine without CUDA, prints warnings).
+one GPU; transformers 5 places it itself, so nothing here patches transformers.) bitsandbytes is
+an optional extra (`pip install -e '.[gpu]'`): it is imported only by `check`, when a quantized
+load is asked for on a CUDA device, never when this module is imported (importing it takes
+seconds and, on a machine without CUDA, prints warnings).
 """
 
 from __future__ import annotations
@@ -89,17 +89,17 @@ def prepare_for_training(model: torch.nn.Module, gradient_checkpointing: bool = 
     """Ready a (quantized) base for LoRA: every base weight frozen, non-reentrant gradient checkpointing.
 
     This is peft's `prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs=
-    {"use_reentrant": False})` without its first step. In peft (0.17.1 to 0.21.2, tested) that function casts *every*
-    fp16/bf16 parameter that is not a `Params4bit` to fp32. On a 4-bit Llama-3-8B those are the
-    embeddings (128,256 × 4,096: 1.05 GB in bf16 become 2.1 GB) and the norms, and an fp32
-    embedding output then carries the whole residual stream in fp32 (bitsandbytes returns each
-    layer's output in its input's dtype), doubling the activations kept for checkpointing. On a
-    model that is not quantized, the cast turns all 8 B weights into fp32 (16 GB become 32 GB).
-    icdlib computes in bf16 under autocast (fp16 with loss scaling on GPUs without bf16), where
-    the fp32 norms buy nothing, so this keeps every dtype as loaded. The other steps are the same:
-    freeze all parameters (LoRA adds the trainable ones afterwards) and enable gradient
-    checkpointing with `use_reentrant=False`, which needs no `enable_input_require_grads` hook
-    (gradients reach the LoRA weights inside each checkpointed layer although the embedding
+    {"use_reentrant": False})` without its first step. In peft (0.17.1 to 0.21.2, tested) that
+    function casts *every* fp16/bf16 parameter that is not a `Params4bit` to fp32. On a 4-bit
+    Llama-3-8B those are the embeddings (128,256 × 4,096: 1.05 GB in bf16 become 2.1 GB) and the
+    norms, and an fp32 embedding output then carries the whole residual stream in fp32 (bitsandbytes
+    returns each layer's output in its input's dtype), doubling the activations kept for
+    checkpointing. On a model that is not quantized, the cast turns all 8 B weights into fp32 (16 GB
+    become 32 GB). icdlib computes in bf16 under autocast (fp16 with loss scaling on GPUs without
+    bf16), where the fp32 norms buy nothing, so this keeps every dtype as loaded. The other steps
+    are the same: freeze all parameters (LoRA adds the trainable ones afterwards) and enable
+    gradient checkpointing with `use_reentrant=False`, which needs no `enable_input_require_grads`
+    hook (gradients reach the LoRA weights inside each checkpointed layer although the embedding
     output does not require grad). Works on a native model too (freeze + checkpointing only).
     """
     from icdlib.models import checkpoint_activations

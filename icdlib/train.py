@@ -384,11 +384,12 @@ def check_resumable(run: Run, prep: Prepared) -> None:
     manifest = checkpoint.read_manifest(last)
     if manifest["backbone"].get("cache_key") != prep.backbone.get("cache_key"):
         recorded = checkpoint.recorded_versions(last, manifest) or {}
-        if recorded.get("transformers") != provenance.versions()["transformers"]:
+        here = provenance.versions()["transformers"]
+        if recorded.get("transformers") != here:
             raise TrainingError(f"resume=true but {run.rel(last)} was written with "
                                 f"{checkpoint.written_with(last, manifest)}, and the tiny backbone is built anew for "
-                                f"transformers {provenance.versions()['transformers']} here: set resume=false to "
-                                f"start over (or resume in the environment that wrote it)")
+                                f"transformers {here} here: set resume=false to start over (or resume in the "
+                                f"environment that wrote it)")
         raise TrainingError(f"resume=true but {run.rel(last)} was trained on another tiny backbone (its parameters "
                             f"or training notes changed since): set resume=false to start over")
 

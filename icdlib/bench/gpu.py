@@ -1,8 +1,8 @@
 """`gpu` suite: LoRA training and scoring of Llama-3-8B- and Mistral-7B-shaped LLM2Vec coders, bf16 and 4-bit.
 
 Each backbone is transformers' `LlamaModel` / `MistralModel` made bidirectional
-(`icdlib.bidirectional`) and built from a config with random weights, directly on the GPU in bf16 (nothing is downloaded; random weights cost the same time
-and memory as trained ones):
+(`icdlib.bidirectional`), built from a config with random weights, directly on the GPU in bf16
+(nothing is downloaded; random weights cost the same time and memory as trained ones):
 
 - Llama-3-8B shape: hidden 4,096, 32 layers, 32 heads, 8 KV heads, MLP 14,336, vocab 128,256;
 - Mistral-7B shape: the same but vocab 32,000.

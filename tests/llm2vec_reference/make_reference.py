@@ -15,8 +15,9 @@ environment) it records, with llm2vec's own loaders and classes, in fp32:
   masked batch: the MNTP loss, token i predicted from the output at i-1.
 
 It writes `llm2vec-0.2.3.json` (the tensors as numbers: outputs, no weights) and `reference.json`
-(versions, the sha256 of every replica file it read) beside itself. tests/test_llm2vec_reference.py builds the replica again on today's
-stack, checks the hashes and compares icdlib's outputs to these tensors.
+(versions, the sha256 of every replica file it read) beside itself. tests/test_llm2vec_reference.py
+builds the replica again on today's stack, checks the hashes and compares icdlib's outputs to these
+tensors.
 """
 
 from __future__ import annotations
