@@ -17,7 +17,11 @@ position i-1, through the decoder's own language-model head. This module runs th
   of LlamaForCausalLM.forward, which llm2vec's *BiForMNTP classes inherit);
 * LoRA r=16, alpha 32, dropout 0.05 on the seven projections of the inner model (`lora_*`), AdamW,
   linear decay without warm-up (the Trainer defaults the recipe leaves), gradient clip 1.0.
-  A McGill `-mntp` model_path is not merged first: its own MNTP adapter keeps training.
+  A McGill `-mntp` model_path is not merged first: its own MNTP adapter keeps training;
+* under torchrun every process draws the whole batch's masks (the draws of one process) and
+  trains on its contiguous part of the batch (`share`), its loss weighted by its share of the
+  batch's masked tokens, so that each update and logged loss are those of one process on the
+  whole batch. Dropout differs between processes: it is seeded by `seed`, rank and step.
 
 The result is `03_train/mntp/`, laid out like McGill's `-mntp` repositories (config.json,
 tokenizer, adapter_config.json naming the base, adapter_model.safetensors with keys
@@ -106,14 +110,21 @@ def mask_tokens(ids: torch.Tensor, special: torch.Tensor, recipe: Masking, vocab
     return inputs, labels
 
 
-def mntp_loss(encoder, lm_head: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the token at i given the output at i-1, over selected tokens; only
-    those positions go through the LM head (a 128k vocabulary over every position would not fit)."""
+def mntp_loss(encoder, lm_head: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+              reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of the token at i given the output at i-1 over the selected tokens (`targets`),
+    their mean or (`reduction="sum"`) their sum; only those positions go through the LM head (a
+    128k vocabulary over every position would not fit)."""
     hidden = encoder(input_ids=inputs, attention_mask=torch.ones_like(inputs), use_cache=False).last_hidden_state
     target = labels[:, 1:]
     keep = target != -100
     logits = lm_head(hidden[:, :-1][keep])
-    return torch.nn.functional.cross_entropy(logits.float(), target[keep])
+    return torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction=reduction)
+
+
+def targets(labels: torch.Tensor) -> int:
+    """How many tokens `mntp_loss` scores: the selected ones after each chunk's first."""
+    return int((labels[:, 1:] != -100).sum())
 
 
 class Objective(torch.nn.Module):
@@ -124,8 +135,8 @@ class Objective(torch.nn.Module):
         super().__init__()
         self.encoder, self.head = encoder, head
 
-    def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return mntp_loss(self.encoder, self.head, inputs, labels)
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        return mntp_loss(self.encoder, self.head, inputs, labels, reduction)
 
 
 def objective(encoder, cfg: Config, located: backbones.Located | None) -> Objective:
@@ -137,14 +148,27 @@ def objective(encoder, cfg: Config, located: backbones.Located | None) -> Object
 
 
 def train_step(forward, optimizer: torch.optim.Optimizer, params: list, inputs: torch.Tensor, labels: torch.Tensor,
-         device: torch.device, dtype: torch.dtype, at: int = 0) -> torch.Tensor:
+               device: torch.device, dtype: torch.dtype, at: int = 0, scored: int | None = None,
+               world: int = 1) -> torch.Tensor:
     """One MNTP optimizer step: the loss (`forward`: an Objective, maybe under DDP), backward,
-    gradient clip 1.0, AdamW. Stops before the update on a non-finite loss."""
+    gradient clip 1.0, AdamW; returns the batch's loss. Stops before the update on a non-finite loss.
+
+    Under DDP (`world` processes), `inputs` and `labels` are this process's part of a batch whose
+    parts hold `scored` tokens to score in all (`targets` of the whole batch). The process's loss
+    is its sum over its own tokens / `scored` × `world`, so that DDP's mean of the gradients is the
+    gradient of one process on the whole batch; the returned loss is the whole batch's, the same
+    on every process (which then all stop together on a non-finite one). A part with no token to
+    score contributes a zero gradient."""
+    scored = targets(labels) if scored is None else scored
     with autocast(device, dtype):
-        loss = forward(inputs.to(device), labels.to(device))
+        summed = forward(inputs.to(device), labels.to(device), reduction="sum")
+    loss = summed.detach().clone()
+    if world > 1:
+        dist.all_reduce(loss)
+    loss = loss / max(scored, 1)
     if not torch.isfinite(loss):
         raise IcdlibError(f"MNTP loss is {loss.item()} at step {at}: lower mntp_lr")
-    loss.backward()
+    (summed * (world / max(scored, 1))).backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -182,6 +206,21 @@ def lm_head_for(encoder, located: backbones.Located | None) -> tuple[torch.nn.Mo
     return head, trainable
 
 
+def share(chunks: torch.Tensor, world: int, rank: int) -> slice:
+    """The positions of a batch (`chunks`: its chunk indices) that process `rank` of `world`
+    trains on: `world` contiguous parts in rank order whose sizes differ by at most one, so every
+    chunk is on exactly one process; empty for the last ranks when the batch is smaller than `world`."""
+    size, extra = divmod(len(chunks), world)
+    start = rank * size + min(rank, extra)
+    return slice(start, start + size + (rank < extra))
+
+
+def dropout_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of a process's global RNG (dropout: CPU and GPU generators) for one step: another
+    stream per process, and the same for that step whether the stage ran through or resumed."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
 def key(cfg: Config, backbone_key: str, train_ids: list[int], train_texts: list[str]) -> str:
     """What a finished stage depends on: its parameters, the backbone, the train notes, the code."""
     import hashlib
@@ -191,7 +230,9 @@ def key(cfg: Config, backbone_key: str, train_ids: list[int], train_texts: list[
         texts.update(t.encode("utf-8", "replace") + b"\0")
     return content_key({"params": {k: getattr(cfg, k) for k in PARAMS}, "backbone": backbone_key,
                         "ids": hashlib.sha256(np.asarray(train_ids, np.int64).tobytes()).hexdigest(),
-                        "texts": texts.hexdigest(), "code": source_hash(mask_tokens, mntp_loss, corpus, train_step, train)})
+                        "texts": texts.hexdigest(),
+                        "code": source_hash(mask_tokens, mntp_loss, targets, corpus, train_step, share, dropout_seed,
+                                            train)})
 
 
 def finished(folder: Path, stage_key: str) -> bool:
@@ -227,8 +268,8 @@ def _save_state(folder: Path, model, head, head_trainable: bool, optimizer, sche
             tensors["lm_head.weight"] = head.weight.detach().cpu().contiguous()
         save_file(tensors, tmp / "weights.safetensors")
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    "epoch": epoch, "batch": batch, "history": history, "generator": generator.get_state(),
-                    "torch_rng": torch.get_rng_state()}, tmp / "state.pt")
+                    "epoch": epoch, "batch": batch, "history": history, "generator": generator.get_state()},
+                   tmp / "state.pt")
 
 
 def _load_state(folder: Path, model, head, head_trainable: bool) -> dict:
@@ -240,7 +281,9 @@ def _load_state(folder: Path, model, head, head_trainable: bool) -> dict:
         with torch.no_grad():
             head.weight.copy_(tensors.pop("lm_head.weight"))
     set_peft_model_state_dict(model, tensors)
-    return torch.load(folder / "state.pt", weights_only=False)
+    # onto the CPU: optimizer.load_state_dict moves the moments to their parameters' device, and
+    # the generator state must be a CPU tensor
+    return torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
 
 
 def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], located: backbones.Located | None,
@@ -251,6 +294,7 @@ def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], loc
     out, last = run.mntp, run.mntp_last
     recipe = masking(cfg, tokenizer, encoder.config)
     ids, special = corpus(train_texts, tokenizer, cfg.mntp_length)
+    torch.manual_seed(cfg.seed)  # a fresh adapter's initial weights: of the stage's key alone, not of the caller
     obj = objective(encoder, cfg, located).to(env.device)
     model, head = obj.encoder, obj.head
     head_trainable = head.weight.requires_grad
@@ -267,13 +311,11 @@ def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], loc
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, batch, history = state["step"], state["epoch"], state["batch"], state["history"]
         generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
     dtype = compute_dtype(cfg, env.device)
     forward = obj
     if env.world > 1:
         forward = torch.nn.parallel.DistributedDataParallel(
             forward, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-    per_rank = max(1, cfg.mntp_batch_size // env.world)
     every = max(1, cfg.mntp_steps // 10)
     report = _Reporter(run.progress, progress and env.master) if env.master else None
     if report:
@@ -285,14 +327,20 @@ def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], loc
         order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(cfg.seed + epoch))
         batches = [order[i:i + cfg.mntp_batch_size] for i in range(0, len(order), cfg.mntp_batch_size)]
         while batch < len(batches) and step < cfg.mntp_steps:
-            # every rank draws the whole batch's masks (the same draws at any world size), then takes its share
-            inputs, labels = mask_tokens(ids[batches[batch]], special[batches[batch]], recipe, len(tokenizer), generator)
-            mine = slice(env.rank * per_rank, (env.rank + 1) * per_rank)
-            inputs, labels = inputs[mine], labels[mine]
-            loss = train_step(forward, optimizer, params, inputs, labels, env.device, dtype, at=step)
+            chunks = batches[batch]
+            # every rank draws the whole batch's masks (the same draws at any world size), then takes its part
+            inputs, labels = mask_tokens(ids[chunks], special[chunks], recipe, len(tokenizer), generator)
+            scored = targets(labels)
+            part = share(chunks, env.world, env.rank)
+            inputs, labels = inputs[part], labels[part]
+            if not len(inputs):  # still in DDP's all-reduce, with a chunk that scores nothing: a zero gradient
+                inputs, labels = ids[chunks[:1]], torch.full_like(ids[chunks[:1]], -100)
+            torch.manual_seed(dropout_seed(cfg.seed, env.rank, step))
+            loss = train_step(forward, optimizer, params, inputs, labels, env.device, dtype, at=step, scored=scored,
+                              world=env.world)
             scheduler.step()
             step, batch = step + 1, batch + 1
-            tokens += int(inputs.numel()) * env.world
+            tokens += len(chunks) * cfg.mntp_length
             history.append({"step": step, "epoch": epoch + batch / len(batches), "loss": float(loss.item()),
                             "lr": scheduler.get_last_lr()[0],
                             "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9)})

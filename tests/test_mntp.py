@@ -1,7 +1,12 @@
 """The MNTP stage: llm2vec's masking and loss on exact small cases, train notes only, McGill's
-adapter layout, exact resume, and the stage inside step 03."""
+adapter layout, exact resume, the stage inside step 03, and under torchrun the updates of one process.
+
+Run as a script under torchrun, this file is the worker of the three-process test (`ddp_stage`)."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -205,10 +210,6 @@ def test_a_comparison_without_the_stage_is_refused():
 def test_two_processes_run_the_stage_and_split_each_batch(tmp_path):
     """torchrun --nproc_per_node 2: each gloo process takes half of every MNTP batch (the same
     masks as one process draws); rank 0 writes the adapter, then fine-tuning starts from it."""
-    import os
-    import subprocess
-    import sys
-
     cfg = small_cfg(tmp_path, "ddp", max_steps=2, eval_every=1)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     params = [x for k in ("mntp_steps", "mntp_length", "mntp_batch_size", "mntp_lr", "mntp_compare")
@@ -225,3 +226,146 @@ def test_two_processes_run_the_stage_and_split_each_batch(tmp_path):
     assert loaded is not None
     manifest = json.loads((Run.of(cfg).checkpoint("best") / "icdlib.json").read_text())
     assert manifest["backbone"]["model_path"].endswith("03_train/mntp")
+
+
+def test_each_process_takes_a_contiguous_part_and_every_chunk_is_on_one():
+    for n in range(10):
+        chunks = torch.arange(100, 100 + n)
+        for world in range(1, 6):
+            parts = [mntp.share(chunks, world, rank) for rank in range(world)]
+            assert torch.cat([chunks[p] for p in parts]).tolist() == chunks.tolist(), (n, world)
+            sizes = [len(chunks[p]) for p in parts]
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True), (n, world, sizes)
+
+
+def test_state_is_read_onto_the_cpu_whatever_device_wrote_it(tmp_path, monkeypatch):
+    """state.pt written from tensors on another device (here storages tagged `elsewhere`, a device
+    this process cannot restore to, as a GPU rank's state is on a rank with another GPU or none)
+    loads onto the CPU; the optimizer puts its moments on its parameters' device, and the masking
+    generator takes its state back."""
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    encoder = LlamaModel(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32))
+    obj = mntp.objective(encoder, config.Config(), None)
+    params = [p for p in obj.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    ids = torch.randint(50, (2, 16))
+    inputs, labels = mntp.mask_tokens(ids, torch.zeros_like(ids, dtype=torch.bool), mntp.Masking("all_mask", 0.5, 3),
+                                      50, torch.Generator().manual_seed(0))
+    mntp.train_step(obj, optimizer, params, inputs, labels, torch.device("cpu"), torch.float32)
+    generator = torch.Generator().manual_seed(5)
+
+    writing = {"on": True}
+
+    def tag(storage):
+        return "elsewhere" if writing["on"] else None
+
+    def restore(storage, location):
+        if location == "elsewhere":
+            raise RuntimeError("restored onto the device that wrote it, which this process cannot reach")
+
+    monkeypatch.setattr(torch.serialization, "_package_registry", list(torch.serialization._package_registry))
+    torch.serialization.register_package(9, tag, restore)  # before the CPU's (10): every storage is tagged
+    mntp._save_state(tmp_path / "last", obj.encoder, obj.head, True, optimizer, scheduler, 1, 0, 1, [], generator)
+    writing["on"] = False
+    with pytest.raises(RuntimeError, match="cannot reach"):  # without map_location, the old load
+        torch.load(tmp_path / "last" / "state.pt", weights_only=False)
+
+    state = mntp._load_state(tmp_path / "last", obj.encoder, obj.head, True)
+    fresh = torch.optim.AdamW(params, lr=1e-3)
+    fresh.load_state_dict(state["optimizer"])
+    for p in params:
+        for moment in ("exp_avg", "exp_avg_sq"):
+            assert fresh.state[p][moment].device == p.device
+            assert torch.equal(fresh.state[p][moment], optimizer.state[p][moment])
+    restored = torch.Generator()
+    restored.set_state(state["generator"])
+    assert torch.equal(torch.rand(4, generator=restored), torch.rand(4, generator=generator))
+
+
+# 70 chunks of 128 tokens: 17 batches of 4, then one of 2
+DDP = {"synth_admissions": 10, "mntp_length": 128, "mntp_batch_size": 4, "save_every": 1000}
+
+
+def ddp_stage(root: str, runs: list[str]) -> None:
+    """Under torchrun: the MNTP stage of each run as `icdlib train` runs it (`train.load_backbone`),
+    each process writing to `<run>/rank<r>.json` the chunks it trained on at each step (its part
+    of the batch, `mntp.share`) and the first row of its first LoRA dropout mask on a dense input."""
+    import torch.distributed as dist
+
+    for run in runs:
+        cfg = config.from_json(Run(Path(root) / run).config)  # as small_cfg wrote it
+        env = train.setup(cfg)
+        chunks, masks, real_share = [], [], mntp.share
+
+        def share(batch, world, rank):
+            part = real_share(batch, world, rank)
+            chunks.append(batch[part].tolist())
+            return part
+
+        def dropout(module, args, output):
+            # the first mask of a dense input (a 0 the inputs hold would stay 0 whatever the draw)
+            if isinstance(module, torch.nn.Dropout) and module.training and not masks and (args[0] != 0).all():
+                masks.append((output[0] != 0).flatten().tolist())
+
+        mntp.share = share
+        hook = torch.nn.modules.module.register_module_forward_hook(dropout)
+        notes = preprocess.load(cfg.run_dir).notes
+        train.load_backbone(cfg, env, notes[notes["split"] == "train"], progress=False)
+        hook.remove()
+        mntp.share = real_share
+        (cfg.run_dir / f"rank{env.rank}.json").write_text(json.dumps({"chunks": chunks, "mask": masks}))
+    dist.destroy_process_group()
+
+
+def test_three_processes_train_every_chunk_once_and_update_as_one_process(tmp_path):
+    """torchrun --nproc_per_node 3, batches of 4 chunks (parts of 2, 1 and 1; the epoch's last
+    batch, of 2, leaves the third process an empty part): over two epochs every chunk is trained on
+    exactly once per epoch, and without dropout the losses and weights are one process's (within
+    the 1e-5 of the two-process scores in test_train). With dropout, the processes draw different
+    masks."""
+    steps = 36  # two epochs of 18 batches
+    three = small_cfg(tmp_path, "three", **DDP, mntp_steps=steps, lora_dropout=0.0)
+    dropout = small_cfg(tmp_path, "dropout", **DDP, mntp_steps=1, lora_dropout=0.1)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3",
+                           __file__, str(tmp_path), "three", "dropout"],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    records = [json.loads((three.run_dir / f"rank{r}.json").read_text()) for r in range(3)]
+    start = [json.loads(line) for line in Run.of(three).progress.read_text().splitlines()][0]
+    n = start["chunks"]
+    per_epoch = -(-n // DDP["mntp_batch_size"])
+    assert n % DDP["mntp_batch_size"] == 2 and per_epoch * 2 == steps
+    for epoch in range(2):
+        steps_of = range(epoch * per_epoch, (epoch + 1) * per_epoch)
+        trained = sorted(c for r in records for s in steps_of for c in r["chunks"][s])
+        assert trained == list(range(n)), epoch
+    assert [len(r["chunks"][0]) for r in records] == [2, 1, 1]
+    assert [len(r["chunks"][per_epoch - 1]) for r in records] == [1, 1, 0]
+
+    one = small_cfg(tmp_path, "one", **DDP, mntp_steps=steps, lora_dropout=0.0)
+    notes = preprocess.load(one.run_dir).notes
+    train.load_backbone(one, Env(torch.device("cpu")), notes[notes["split"] == "train"], progress=False)
+    a, b = mntp.load_history(one.run_dir), mntp.load_history(three.run_dir)
+    assert b["step"].tolist() == list(range(1, steps + 1))
+    np.testing.assert_allclose(b["loss"], a["loss"], atol=1e-5, rtol=0)
+    for name in ("mntp/adapter_model.safetensors", "mntp_last/weights.safetensors"):  # the latter with the LM head
+        x, y = (load_file(cfg.run_dir / "03_train" / name) for cfg in (one, three))
+        assert x.keys() == y.keys()
+        for k in x:
+            torch.testing.assert_close(y[k], x[k], atol=1e-5, rtol=0, msg=k)
+    assert "lm_head.weight" in x
+
+    masks = [json.loads((dropout.run_dir / f"rank{r}.json").read_text())["mask"][0] for r in range(3)]
+    kept = [np.asarray(m) for m in masks]
+    assert all(0.85 < k.mean() < 0.95 for k in kept)  # about 10% dropped
+    assert all((kept[i] != kept[j]).mean() > 0.1 for i, j in ((0, 1), (0, 2), (1, 2)))  # 0.18 when independent
+
+
+if __name__ == "__main__":
+    ddp_stage(sys.argv[1], sys.argv[2:])
