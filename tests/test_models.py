@@ -184,3 +184,30 @@ def test_token_attention_reads_segments_as_training_built_them(tiny_backbone):
     table = token_attention(coder, tok, text, label=1, max_tokens=42, segment_length=16, fmt=fmt, mode="tail")
     assert table["token"].tolist() == tok.convert_ids_to_tokens(ids[-42:])  # 3 segments of 14 note tokens
     assert 0.5 < table["weight"].sum() < 1.0 and (table["weight"] > 0).all()
+
+
+def test_lora_takes_its_input_in_the_compute_dtype():
+    """peft casts each LoRA input to the adapter's fp32 before dropout; after
+    `adapters_take_input_as_is` the input stays bf16 under autocast, the adapter weights stay fp32
+    (exact AdamW updates), and the output is peft's to the bit: a bf16 input cast to fp32 and back
+    by autocast is the same number, so the round trip bought nothing but memory traffic."""
+    from peft import LoraConfig, get_peft_model
+
+    from icdlib.models import adapters_take_input_as_is
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(64, 64)).to(torch.bfloat16)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["0"], lora_dropout=0.0, init_lora_weights=False)
+    model = get_peft_model(base, lora)
+    lora_a = model.base_model.model[0].lora_A["default"]
+    assert lora_a.weight.dtype == torch.float32
+    seen = []
+    lora_a.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    x = torch.randn(8, 64, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(x).float()
+        assert adapters_take_input_as_is(model) == 1
+        after = model(x).float()
+    assert seen == [torch.float32, torch.bfloat16]
+    assert lora_a.weight.dtype == torch.float32
+    assert torch.equal(after, before)
