@@ -130,37 +130,139 @@ def test_cli_bench_refuses_a_bad_scale():
 def test_gpu_suite_smoke_runs_the_toy_shapes_and_records_what_it_measured(tmp_path):
     import torch
 
+    from icdlib import config
     from icdlib.bench import gpu
 
     doc = run_suite("gpu", scale="smoke", repeats=1, warmup=0, data_dir=tmp_path / "data",
                     out=tmp_path / "results" / "gpu.json", markdown=tmp_path / "RESULTS.md", progress=False)
     cuda = torch.cuda.is_available()
-    mntp = [r for r in doc["rows"] if r["system"].startswith("MNTP stage")]
-    measured = [r for r in doc["rows"] if "skipped" not in r and r not in mntp]
+    mntp = [r for r in doc["rows"] if r.get("stage") == "MNTP"]
+    tuned = [r for r in doc["rows"] if r.get("stage") == "fine-tune"]
     skipped = [r for r in doc["rows"] if "skipped" in r]
-    assert len(doc["rows"]) == 6 and len(measured) == (4 if cuda else 2) and len(mntp) == 2
-    assert all(r["train_tps"]["median"] > 0 and r["loss"] > 0 for r in mntp)
-    for row in measured:
-        assert row["tokens_per_step"] == 2 * 32  # 1 note × 2 segments × 32 tokens
-        assert row["train_tps"]["median"] > 0 and row["score_nps"]["median"] > 0
+    bf16 = [r for r in tuned if r["weights"] == "bf16"]
+    # per backbone: bf16 checkpointing on/off × peft input cast on/off, MNTP on/off, 4-bit on/off (or skipped)
+    assert len(doc["rows"]) == (16 if cuda else 14) and len(bf16) == 8 and len(mntp) == 4
+    assert not any("out_of_memory" in r for r in doc["rows"])
+    for name, params in (("Llama-3-8B (toy shape)", "llama3"), ("Mistral-7B (toy shape)", "mistral")):
+        ours = [r for r in bf16 if r["case"].startswith(name)]
+        assert sorted((r["checkpointing"], r["peft_input_cast"]) for r in ours) == [
+            (False, False), (False, True), (True, False), (True, True)]
+        assert ours[0]["checkpointing"] and ours[0]["peft_input_cast"]  # first: checkpointing on, peft as it comes
+        assert sorted(r["checkpointing"] for r in mntp if r["case"].startswith(name)) == [False, True]
+        batch = doc["batch"][name]
+        assert batch["batch_size"] == config.resolve(params).batch_size == 2  # the params file's, not one note
+        assert batch["grad_checkpointing"] and batch["params_file"] == f"params/{params}.yaml"
+        assert (batch["max_segments"], batch["segment_length"]) == (2, 32)  # the smoke scale shrinks only these
+        assert (batch["mntp_batch_size"], batch["mntp_length"], batch["score_notes_per_batch"]) == (2, 32, 4)
+    for row in tuned:
+        assert row["notes_per_step"] == 2 and row["tokens_per_step"] == 2 * 2 * 32  # 2 notes × 2 segments × 32
+        assert row["checkpointing_as_asked"] and row["train_tps"]["median"] > 0 and row["loss"] > 0
         assert row["lora_params"] == 2 * 16 * (2 * (64 + 64) + 2 * (64 + 32) + 3 * (64 + 256))  # r=16, 7 projections
-        assert row["train_flops_per_token"] > row["score_flops_per_token"] > 0
+        assert ("score_nps" in row) == row["checkpointing"]  # scoring once per cast, on the checkpointing-on rows
+        # exact model FLOPs of the toy shape: N = 122,880, N_lora = 45,056, L·s·d = 2·32·64, head 2·90,368
+        assert row["train_flops_per_token"] == 4 * 122_880 + 6 * 45_056 + 12 * 2 * 32 * 64 + 3 * 180_736 == 1_353_216
+        assert row["score_flops_per_token"] == 2 * 122_880 + 2 * 45_056 + 4 * 2 * 32 * 64 + 180_736 == 532_992
+    assert all(r["lora_dtypes"] == ["float32"] for r in bf16)  # peft upcasts LoRA: why its input cast exists
+    assert all(r["train_tps"]["median"] > 0 and r["loss"] > 0 and r["checkpointing_as_asked"] for r in mntp)
     for shape in gpu.SMOKE_SHAPES.values():
         assert gpu.all_params(shape) == 1000 * 64 + 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 256) + 5 * 64
-    bf16 = measured[0]
-    assert bf16["backbone_gb"]["median"] * 1e9 >= gpu.all_params(gpu.SMOKE_SHAPES["Llama-3-8B (toy shape)"]) * 2
+    assert bf16[0]["backbone_gb"]["median"] * 1e9 >= gpu.all_params(gpu.SMOKE_SHAPES["Llama-3-8B (toy shape)"]) * 2
     assert all(c["ok"] for c in doc["checks"]), doc["checks"]
+
+    matmul = doc["measured_matmul"]
+    assert (matmul["n"], matmul["tflops"]["n"], matmul["dtype"]) == (256, 3, "bfloat16")
+    assert matmul["used_for_mfu"] == matmul["tflops"]["median"] > 0
+    for row in tuned:  # the measured-peak MFU divides by the measured matmul rate, nothing else
+        for rate, flops, mfu in (("train_tps", "train_flops_per_token", "train_mfu_measured"),
+                                 ("score_nps", "score_flops_per_token", "score_mfu_measured")):
+            if rate in row:
+                tokens = row[rate]["median"] * (1 if rate == "train_tps" else 2 * 32)
+                assert row[mfu]["median"] == pytest.approx(100 * tokens * row[flops] / (matmul["used_for_mfu"] * 1e12))
+    whats = [c["what"] for c in doc["comparisons"]]
+    assert "Llama-3-8B (toy shape) bf16: training tokens/s, peft input cast off / on (checkpointing on)" in whats
+    assert "Llama-3-8B (toy shape) bf16: training tokens/s, checkpointing off / on" in whats
+    assert "Mistral-7B (toy shape) MNTP: tokens/s, checkpointing off / on" in whats
     if not cuda:
         assert len(skipped) == 2 and all("needs a CUDA GPU" in r["skipped"] for r in skipped)
-        assert all(r["train_mfu"] is None and r["train_peak_gb"] is None for r in measured)
-        assert doc["peak_bf16_tflops"] is None
+        assert all(r[k] is None for r in tuned for k in ("train_mfu", "train_peak_gb", "train_reserved_gb"))
+        assert all(r["score_mfu"] is None and r["score_reserved_gb"] is None for r in tuned if "score_nps" in r)
+        assert all(r["train_peak_gb"] is None and r["train_reserved_gb"] is None for r in mntp)
+        assert doc["peak_bf16_tflops"] is None and matmul["timer"] == "wall clock"
+    else:
+        assert all(r["train_reserved_gb"]["median"] >= r["train_peak_gb"]["median"] > 0 for r in tuned + mntp)
+        assert matmul["timer"] == "CUDA events"
     one = doc["one_backbone"]["Llama-3-8B (toy shape)"]["bf16"]
-    assert one["param_bytes"] == round(bf16["backbone_gb"]["median"] * 1e9)
+    assert one["param_bytes"] == round(bf16[0]["backbone_gb"]["median"] * 1e9)
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## gpu" in text and "bf16 weights, LoRA" in text and "GPU figures" not in text
+    assert "train peak reserved GB" in text and "train MFU % measured matmul" in text
+    assert "Measured bf16 matmul peak:" in text and "peft input cast off" in text
     if not cuda:
-        assert "4-bit rows skipped: load_in=4bit needs a CUDA GPU" in text and "MFU left blank" in text
+        assert "4-bit rows skipped: load_in=4bit needs a CUDA GPU" in text and "Datasheet MFU left blank" in text
     assert json.loads((tmp_path / "results" / "gpu.json").read_text())["flops"]["training_per_token"] == gpu.TRAIN_FORMULA
+
+
+def test_gpu_suite_records_an_arm_that_runs_out_of_memory_and_goes_on(tmp_path, monkeypatch):
+    """Checkpointing off may not fit 80 GB at full shape: that arm is recorded as out of memory, with the bytes
+    asked, its memory freed, and the suite goes on (here the error is raised for every checkpointing-off arm)."""
+    import torch
+
+    from icdlib.bench import gpu
+
+    message = ("CUDA out of memory. Tried to allocate 1.50 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
+               "1.02 GiB is free.\nOf the allocated memory 75.10 GiB is allocated by PyTorch")
+    real_train, real_mntp = gpu.train_runs, gpu.mntp_runs
+
+    def train_runs(coder, *args, **kwargs):
+        if not gpu.checkpointing(coder.encoder):
+            raise torch.cuda.OutOfMemoryError(message)
+        return real_train(coder, *args, **kwargs)
+
+    def mntp_runs(obj, *args, **kwargs):
+        if not gpu.checkpointing(obj.encoder):
+            raise torch.cuda.OutOfMemoryError(message)
+        return real_mntp(obj, *args, **kwargs)
+
+    monkeypatch.setattr(gpu, "train_runs", train_runs)
+    monkeypatch.setattr(gpu, "mntp_runs", mntp_runs)
+    one = {"Llama-3-8B (toy shape)": gpu.SMOKE_SHAPES["Llama-3-8B (toy shape)"]}
+    monkeypatch.setitem(gpu.SCALES["smoke"], "shapes", one)
+    doc = run_suite("gpu", scale="smoke", repeats=1, warmup=0, data_dir=tmp_path / "data",
+                    out=tmp_path / "gpu.json", markdown=tmp_path / "RESULTS.md", progress=False)
+    measured = [r for r in doc["rows"] if "skipped" not in r]
+    out = [r for r in measured if "out_of_memory" in r]
+    assert len(out) == (4 if torch.cuda.is_available() else 3)  # bf16 × 2 casts, MNTP (, 4-bit)
+    assert all(not r["checkpointing"] and "train_tps" not in r and "loss" not in r for r in out)
+    for r in out:
+        assert r["out_of_memory"]["asked"] == "1.50 GiB" and r["out_of_memory"]["asked_bytes"] == 3 * 2 ** 29
+        assert r["out_of_memory"]["message"] == "CUDA out of memory. Tried to allocate 1.50 GiB. GPU 0 has a total " \
+                                               "capacity of 79.19 GiB of which 1.02 GiB is free."
+        assert "checkpointing off" in r["system"] and ": out of memory (asked 1.50 GiB more" in r["system"]
+    assert all(r["train_tps"]["median"] > 0 for r in measured if r["checkpointing"])  # the suite went on
+    assert not any("checkpointing off / on" in c["what"] for c in doc["comparisons"])  # nothing to compare with
+    assert any("peft input cast off / on (checkpointing on)" in c["what"] for c in doc["comparisons"])
+    assert all(c["ok"] for c in doc["checks"]), doc["checks"]
+    assert sum("(1,610,612,736 bytes asked)" in n for n in doc["notes"]) == len(out)
+    assert "out of memory (asked 1.50 GiB more" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_gpu_out_of_memory_message_matmul_rate_and_mfu_arithmetic():
+    import torch
+
+    from icdlib.bench import gpu
+
+    cpu = torch.device("cpu")
+    message = "CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has ..."
+    assert gpu.out_of_memory(message + "\nmore", cpu) == {
+        "asked": "20.00 MiB", "asked_bytes": 20 * 2 ** 20, "peak_allocated_gb": None, "peak_reserved_gb": None,
+        "message": message}
+    assert gpu.out_of_memory("", cpu)["asked_bytes"] is None
+    assert gpu.out_of_memory("Tried to allocate 512 B", cpu)["asked_bytes"] == 512
+    # 1,000 tokens/s × 1e9 FLOPs per token = 1 TFLOP/s: 50% of 2 TFLOP/s; no peak, no MFU
+    assert gpu.mfu([1000.0, 2000.0], 1e9, 2.0) == {"median": 75.0, "min": 50.0, "max": 100.0, "n": 2}
+    assert gpu.mfu([1000.0], 1e9, None) is None
+    rates = gpu.matmul_tflops(64, reps=2, runs=3, warmup=1, device=cpu, dtype=torch.bfloat16)
+    assert len(rates) == 3 and all(r > 0 for r in rates)
 
 
 def test_gpu_suite_full_refuses_without_cuda_and_records_nothing(tmp_path):

@@ -33,9 +33,14 @@ make setup
 """
 # Suites that need hardware the machine writing this file may lack, and what their absence means.
 NEEDS_HARDWARE = {
-    "gpu": "GPU figures (`bench gpu`: Llama-3-8B / Mistral-7B shapes, training tokens/s, MFU, peak GPU memory, "
-           "bf16 and 4-bit, scoring notes/s) are not recorded: the suite needs a CUDA GPU and has not been run on one "
-           "for this file (no GPU was available to the session that added it). No GPU numbers are estimated here.",
+    "gpu": "GPU figures (`bench gpu`: Llama-3-8B / Mistral-7B shapes at the params files' batch of 2 notes × 8 × "
+           "512 tokens, training tokens/s with gradient checkpointing on and off and with peft's fp32 cast of the "
+           "LoRA inputs on and off, MFU against the datasheet peak and a measured 8,192³ bf16 matmul, peak GPU "
+           "memory allocated and reserved, bf16 and 4-bit, scoring notes/s) are not recorded: the suite needs a CUDA "
+           "GPU and no GPU was lent to the sessions that wrote and extended it; only `--scale smoke` has run, on the "
+           "CPU. To record them: `pip install -e '.[gpu]'`, then `.venv/bin/python -m icdlib bench gpu --scale full "
+           "--repeats 3 --warmup 1` (writes `benchmarks/results/gpu.json` and re-renders this file). No GPU numbers "
+           "are estimated here.",
 }
 
 
