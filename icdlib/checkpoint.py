@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -51,22 +52,24 @@ def backbone_record(model_path: str, base_model_path: str = "", encoder=None, fm
 
 
 def save(folder: Path, coder: ICDCoder, cfg: Config, labels: pd.DataFrame, backbone: dict | str,
-         tokenizer, trainer_state: dict | None = None) -> Path:
+         tokenizer, trainer_state: dict | None = None, weights: dict | None = None) -> Path:
     """Write a model folder (see the module docstring); `labels` is the label table of step 01,
-    `backbone` the record of `backbone_record` (or a backbone folder)."""
+    `backbone` the record of `backbone_record` (or a backbone folder). `weights`: the coder's
+    whole state dict when its own tensors are shards (`distributed.full_weights`)."""
     coder = _unwrap(coder)
     folder = Path(folder)
     if isinstance(backbone, (str, Path)):
         backbone = backbone_record(str(backbone), encoder=coder.encoder)
+    head = coder.head.state_dict() if weights is None else _part(weights, "head.")
     with atomic_path(folder) as tmp, backbones.quiet():
         tmp.mkdir(parents=True)
         if cfg.train_backbone == "lora":
             coder.encoder.save_pretrained(tmp / "adapter")
         elif cfg.train_backbone == "full":
-            coder.encoder.save_pretrained(tmp / "backbone")
+            whole = None if weights is None else _part(weights, "encoder.")
+            coder.encoder.save_pretrained(tmp / "backbone", state_dict=whole)
             tokenizer.save_pretrained(tmp / "backbone")
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in coder.head.state_dict().items()},
-                  tmp / "head.safetensors")
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in head.items()}, tmp / "head.safetensors")
         manifest = {"backbone": {**backbone, "relative": _relative(backbone, folder)},
                     "labels": labels["code"].tolist(), "kinds": labels["kind"].tolist(),
                     "titles": labels["short_title"].tolist(), "config": cfg.to_dict(),
@@ -212,6 +215,22 @@ def input_format(manifest: dict) -> SegmentFormat:
     return SegmentFormat.from_dict(manifest["backbone"].get("input_format"))
 
 
+def _part(weights: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def full_weights(folder: Path, expect_labels: list[str] | None = None) -> dict:
+    """A fully fine-tuned model folder's weights as one state dict of the coder (`encoder.*`,
+    `head.*`), on the CPU: what `distributed.load_full_weights` puts into a sharded coder."""
+    folder = Path(folder)
+    _check_labels(folder, read_manifest(folder)["labels"], expect_labels)
+    weights = {}
+    for file in sorted((folder / "backbone").glob("*.safetensors")):
+        weights.update({f"encoder.{k}": v for k, v in load_file(file).items()})
+    weights.update({f"head.{k}": v for k, v in load_file(folder / "head.safetensors").items()})
+    return weights
+
+
 @torch.no_grad()
 def load_into(coder: ICDCoder, folder: Path, cfg: Config, expect_labels: list[str] | None = None) -> None:
     """Put a checkpoint's trained weights (adapter or backbone, and head) into a live coder, in place.
@@ -260,7 +279,10 @@ def load_head(coder: ICDCoder, folder: Path) -> None:
 
 
 def load_trainer_state(folder: Path) -> dict:
-    return torch.load(Path(folder) / "trainer_state.pt", weights_only=False)
+    """`trainer_state.pt` on the CPU, wherever it was written: a rank of a resumed torchrun job must
+    not put state saved from cuda:0 back on cuda:0 (`optimizer.load_state_dict` then moves each
+    state to its parameter's device)."""
+    return torch.load(Path(folder) / "trainer_state.pt", weights_only=False, map_location="cpu")
 
 
 def resumable(folder: Path) -> bool:
@@ -279,19 +301,22 @@ def resumable(folder: Path) -> bool:
 
 def recover(folder: Path) -> Path | None:
     """Put back the newest intact copy of `folder` that a killed `atomic_path` save left as
-    `.<name>.tmp-<pid>` (a process killed between its two renames: the old copy moved aside, the
-    complete new one not yet in place). Only copies of dead processes (or this one) count; a
-    damaged `folder` in the way is removed. Returns `folder`, or None when there is nothing to recover."""
-    from icdlib.runfolder import LEFTOVER, _remove, alive
+    `.<name>.tmp-<pid>.<host>` (a process killed between its two renames: the old copy moved aside,
+    the complete new one not yet in place). Only copies of dead processes (or this one) count, and
+    another node's once untouched for `QUIET_S`; a damaged `folder` in the way is removed. Returns
+    `folder`, or None when there is nothing to recover."""
+    from icdlib.runfolder import LEFTOVER, QUIET_S, _remove, alive, host_tag
 
     folder = Path(folder)
     found = []
     for entry in folder.parent.glob(f".{folder.name}.tmp-*"):
         m = LEFTOVER.match(entry.name)
-        if not m or m["rest"] or m["kind"] != "tmp" or not entry.is_dir():
+        if not m or m["kind"] != "tmp" or not entry.is_dir():
             continue
-        pid = int(m["pid"])
-        if pid != os.getpid() and alive(pid):
+        pid, here = int(m["pid"]), m["rest"] in (None, "", f".{host_tag()}")
+        if here and pid != os.getpid() and alive(pid):
+            continue
+        if not here and time.time() - entry.stat().st_mtime < QUIET_S:  # another node's: maybe a live save
             continue
         found.append(entry)
     for copy in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):

@@ -1,4 +1,4 @@
-"""`python -m icdlib COMMAND`: the whole pipeline, the synthetic twin, torchrun training, coding notes.
+"""`python -m icdlib COMMAND`: the whole pipeline, the synthetic twin, torchrun training, coding notes, memory plans.
 
 User errors print as one line (`icdlib: error: ...`) and exit with status 2.
 """
@@ -132,6 +132,15 @@ def cmd_bench(args) -> None:
     print(f"[icdlib bench] results: {args.out or 'benchmarks/results/' + bench.record_name(args.suite, args.dataset) + '.json'}")
 
 
+def cmd_plan(args) -> int:
+    from icdlib import memory_plan
+
+    cfg = memory_plan.for_backbone(args.backbone, _overrides(args.param))
+    plan = memory_plan.plan(cfg, args.device, round(args.gpu_memory * memory_plan.GB), args.labels)
+    print(memory_plan.render(plan))
+    return 0 if plan.fits else 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m icdlib", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -191,6 +200,25 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     q.set_defaults(func=cmd_predict)
 
+    m = sub.add_parser("plan", help="will a run fit the GPU? step 03's memory, worked out before anything loads",
+                       description="Print the memory of step 03 for a backbone's params file (and -p overrides): "
+                                   "weights, what trains with AdamW, activations with and without gradient "
+                                   "checkpointing, the head's tensors, the MNTP stage, CUDA's overhead; each term "
+                                   "with its formula, in GB (10^9 bytes). Then whether it fits --gpu-memory and, "
+                                   "when not, the first of batch_size=1 (grad_accum raised), "
+                                   "grad_checkpointing=true, both, load_in=4bit (then with those) that fits, as -p "
+                                   "overrides. Nothing is downloaded: the backbone's shape comes from its local "
+                                   "config.json, the Hugging Face cache or icdlib's table of shipped backbones. "
+                                   "Exit status: 0 fits, 1 does not fit, 2 a user error.")
+    m.add_argument("--backbone", required=True, help="params file name: params/<backbone>.yaml")
+    m.add_argument("--gpu-memory", type=float, required=True, metavar="GB",
+                   help="the GPU's memory in GB (10^9 bytes), e.g. 80 for an A100/H100 80GB (which holds 85 GB)")
+    m.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
+    m.add_argument("--labels", type=int, default=None, metavar="N",
+                   help="labels of the run (default: the benchmark's published count, else 8,922 assumed)")
+    m.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="where it trains (default: cuda)")
+    m.set_defaults(func=cmd_plan)
+
     from icdlib.bench import SUITES
 
     b = sub.add_parser("bench", help="measure speed and memory against the usual alternative (see benchmarks/)",
@@ -216,14 +244,22 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except IcdlibError as e:
+        from icdlib.distributed import RanksStopped, rank_from_environment
         from icdlib.pipeline import Interrupted
 
+        if isinstance(e, RanksStopped):
+            from icdlib.distributed import leave_together
+
+            if rank_from_environment() == 0:  # every rank holds the same line: rank 0 prints it
+                print(f"icdlib: error: {e}", file=sys.stderr, flush=True)
+            leave_together()  # before torchrun, seeing the first exit, stops the others mid-print
+            return 2
         print(f"icdlib: {'stopped' if isinstance(e, Interrupted) else 'error'}: {e}", file=sys.stderr)
         return 130 if isinstance(e, Interrupted) else 2
     except KeyboardInterrupt:
         print(f"icdlib: stopped: interrupted ({args.command}); nothing half-written is kept: "
               "rerun the command (training continues with -p resume=true)", file=sys.stderr)
         return 130
-    return 0
+    return status or 0

@@ -145,6 +145,10 @@ class Config:
     num_workers: int = 0
     resume: bool = False
     nproc: int = 1  # processes for multi-GPU training (torchrun) launched from 03
+    memory_check: bool = True  # on CUDA, 03 first checks the memory plan (python -m icdlib plan) and stops
+    #   before loading anything when the run would not fit; false trains anyway
+    keep_effective_batch: bool = False  # true: grad_accum is divided among the processes, so a step is
+    #   batch_size × grad_accum notes on any number of GPUs and lr/warmup_steps/eval_every keep their meaning
 
     # evaluation
     threshold: float = 0.5

@@ -9,6 +9,7 @@ gathers the whole matrix on every rank.
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -73,11 +74,19 @@ def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def is_sharded(model) -> bool:
+    """Sharded with torch's FSDP (`distributed.shard`)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 @torch.no_grad()
 def score(coder, tokens: Tokenized, cfg: Config, env: Env, pad_id: int, batch_size: int | None = None,
           progress: bool = False, fmt: SegmentFormat = PLAIN) -> np.ndarray:
     """Sigmoid scores (n_notes, n_labels) for every note; under torchrun each rank scores its
-    share (note i on rank i % world) and all ranks receive the whole matrix."""
+    share (note i on rank i % world) and all ranks receive the whole matrix (a model sharded with
+    FSDP takes part in every rank's forward passes: the ranks run equally many)."""
     from tqdm import tqdm  # not tqdm.auto: without ipywidgets it warns in every notebook
 
     model = coder.module if hasattr(coder, "module") else coder
@@ -87,14 +96,21 @@ def score(coder, tokens: Tokenized, cfg: Config, env: Env, pad_id: int, batch_si
     mine = np.arange(env.rank, n, env.world)
     mine = mine[np.argsort(tokens.lengths()[mine], kind="stable")]
     dtype = compute_dtype(cfg, env.device)
+    # a sharded model's forward pass is collective: every rank runs as many as the busiest one,
+    # the idle ones on note 0, whose scores they drop
+    most = math.ceil(n / env.world) if is_sharded(model) else len(mine)
+    rounds = math.ceil(most / bs)
     rows, parts = [], []
-    for start in tqdm(range(0, len(mine), bs), desc="scoring", disable=not progress, leave=False):
+    for start in tqdm(range(0, rounds * bs, bs), desc="scoring", disable=not progress, leave=False):
         idx = mine[start:start + bs]
-        batch = collate([(tokens.note(i), np.zeros(0, np.float32), i) for i in idx], cfg.segment_length, pad_id, fmt=fmt)
+        run = idx if len(idx) else np.zeros(1, np.int64)
+        batch = collate([(tokens.note(i), np.zeros(0, np.float32), i) for i in run], cfg.segment_length, pad_id,
+                        fmt=fmt)
         with autocast(env.device, dtype):
             logits = model(batch["input_ids"].to(env.device), batch["attention_mask"].to(env.device))
-        parts.append(torch.sigmoid(logits.float()).cpu().numpy())
-        rows.append(idx)
+        if len(idx):
+            parts.append(torch.sigmoid(logits.float()).cpu().numpy())
+            rows.append(idx)
     n_labels = model.n_labels
     local_rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     local = np.concatenate(parts) if parts else np.zeros((0, n_labels), np.float32)

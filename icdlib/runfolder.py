@@ -4,8 +4,8 @@ A run folder is the contract between notebooks, so nothing in it may look comple
 not: files are written to a temporary name beside their target and renamed into place, and a
 step's folder is built under a temporary name and renamed when the step has finished.
 
-Temporary names carry the writer's pid: `.<name>.tmp-<pid>` (with a random suffix for
-`atomic_write_text`), `.<name>.old-<pid>` for the target being replaced, and
+Temporary names carry the writer's pid: `.<name>.tmp-<pid>.<host>` (a random suffix instead of
+the host for `atomic_write_text`), `.<name>.old-<pid>.<host>` for the target being replaced, and
 `.<name>.running-<pid>.ipynb` for a notebook being executed (`running_notebook`). `clean_stale`
 removes those of processes that are no longer alive.
 
@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import tempfile
 import time
@@ -113,7 +114,8 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path `.<name>.tmp-<pid>` beside `path`; on success it is renamed to `path`.
+    """Yield a temporary path `.<name>.tmp-<pid>.<host>` beside `path`; on success it is renamed to
+    `path`. (The host's name too: on a filesystem shared by several nodes pids collide.)
 
     Works for files and folders: the caller writes whatever it likes at the yielded path.
     An existing target is replaced only once the new one is complete. What is renamed into
@@ -124,14 +126,14 @@ def atomic_path(path: Path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(path.parent, min_age_s=QUIET_S)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}.{host_tag()}"
     _remove(tmp)
     try:
         yield tmp
         if tmp.exists() or tmp.is_symlink():
             share(tmp)
         if path.is_dir() and tmp.is_dir():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            old = path.parent / f".{path.name}.old-{os.getpid()}.{host_tag()}"
             os.replace(path, old)
             os.replace(tmp, path)
             _remove(old)
@@ -139,6 +141,11 @@ def atomic_path(path: Path):
             os.replace(tmp, path)
     finally:
         _remove(tmp)
+
+
+def host_tag() -> str:
+    """This machine's name as a file-name part (letters, digits, `_`)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
 
 
 def running_notebook(folder: Path, name: str) -> Path:
@@ -327,6 +334,11 @@ class Run:
     def progress(self) -> Path:
         """`03_train/progress.jsonl`: one JSON line per evaluation of the fit running (or last run)."""
         return self.trained / "progress.jsonl"
+
+    @property
+    def failure(self) -> Path:
+        """`03_train/failure.txt`: the tracebacks of the ranks that stopped a multi-process fit."""
+        return self.step("03") / "failure.txt"
 
     def predictions(self, split: str) -> Path:
         """`03_train/predictions_<split>.npz`: hadm_id, scores, and `best`, the id (`tree_hash`) of

@@ -5,7 +5,10 @@ Read top to bottom: `prepare` builds the data and the model, `fit` runs the loop
 validation set; `last/` every `save_every` steps and at epoch end, `best/` by `metric`; early
 stopping), then scores val and test with the best checkpoint for step 04. Under torchrun every
 rank trains on its own batches and scores its share of the validation set; rank 0 gathers,
-logs and writes. `resume: true` continues from `last/` exactly where it stopped.
+logs and writes. LoRA and frozen backbones are replicated (DDP); a whole backbone that trains is
+sharded (FSDP: `distributed.shard`), and its checkpoints are whole model folders all the same.
+`resume: true` continues from `last/` exactly where it stopped, on any number of processes.
+How ranks start, agree on failures and stop together: `icdlib.distributed`.
 
 The step is `fit` (or `run`, which launches torchrun when nproc > 1): it holds the run folder's
 lock, checks step 01's manifest, writes the predictions only after the checkpoints (each
@@ -15,6 +18,7 @@ dtypes and scoring live in `icdlib.inference`, which `predict` uses without this
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -23,7 +27,8 @@ import random
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+import traceback
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +37,14 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from icdlib import backbones, checkpoint, config, metrics, mntp, preprocess, provenance, record
+from icdlib import (backbones, checkpoint, config, distributed, memory_plan, metrics, mntp, preprocess, provenance,
+                    record)
 from icdlib.config import Config
 from icdlib.data import (LengthBucketSampler, NotesDataset, SegmentFormat, Tokenized, collate, tokenize_cached,
                          truncation_stats)
 from icdlib.errors import IcdlibError
-from icdlib.inference import Env, autocast, compute_dtype, pick_device, score, weights_dtype
-from icdlib.models import ICDCoder, checkpoint_activations, loss_fn
+from icdlib.inference import Env, autocast, compute_dtype, is_sharded, pick_device, score, weights_dtype
+from icdlib.models import ICDCoder, adapters_take_input_as_is, checkpoint_activations, loss_fn
 from icdlib.runfolder import MNTP_ARMS, SCORED_SPLITS, Run, atomic_path, atomic_write_text, lock, read_key, tree_hash
 
 STEP = "03_train"
@@ -49,6 +55,7 @@ PARAMS = ("backbone", "seed", "base_model_path", "model_path", "model_type", "ad
           "max_segments", "truncation", "epochs", "max_steps", "batch_size", "grad_accum", "lr", "head_lr",
           "weight_decay", "warmup_steps", "schedule", "clip", "pos_weight", "eval_every", "save_every", "patience",
           "metric", "threshold", "device", "precision", "grad_checkpointing", "num_workers", "resume", "nproc",
+          "keep_effective_batch",
           "mntp_steps", "mntp_masking", "mntp_probability", "mntp_length", "mntp_batch_size", "mntp_lr",
           "mntp_compare")
 
@@ -60,23 +67,8 @@ class TrainingError(IcdlibError):
 # ---------------------------------------------------------------- devices and processes
 
 def setup(cfg: Config) -> Env:
-    """Device (cuda → mps → cpu unless forced) and, under torchrun, the process group."""
-    if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo")
-        device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
-        if cuda:
-            torch.cuda.set_device(device)
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        return Env(device, dist.get_rank(), dist.get_world_size())
-    env = Env(pick_device(cfg.device))
-    if env.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return env
+    """Device (cuda → mps → cpu unless forced) and, under torchrun, the process group (`icdlib.distributed`)."""
+    return distributed.setup(cfg.device)
 
 
 def grad_scaler(coder: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.amp.GradScaler:
@@ -173,9 +165,10 @@ def prepare(cfg: Config, env: Env | None = None, with_mntp: bool = True, progres
     coder.init_bias(torch.as_tensor(train_share, dtype=torch.float32))
     max_tokens = fmt.budget(cfg.segment_length, cfg.max_segments)  # `truncation` picks which tokens
     cache = Run.of(cfg).tokens
-    tokens = {s: tokenize_cached(notes.loc[notes["split"] == s, "text"].tolist(), tokenizer, max_tokens, cache, s,
-                                 mode=cfg.truncation)
-              for s in ("train", "val", "test")}
+    with distributed.master_first(env):  # rank 0 tokenises and writes the cache; the others read it
+        tokens = {s: tokenize_cached(notes.loc[notes["split"] == s, "text"].tolist(), tokenizer, max_tokens, cache, s,
+                                     mode=cfg.truncation)
+                  for s in ("train", "val", "test")}
     return Prepared(cfg, notes, pre.labels, label_codes, tokens, where, tokenizer, coder, fmt)
 
 
@@ -216,15 +209,77 @@ def schedule(step: int, warmup: int, total: int, kind: str) -> float:
     return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
 
 
-def total_steps(cfg: Config, batches_per_epoch: int) -> int:
+def accumulation(cfg: Config, world: int) -> int:
+    """Micro-batches per optimizer step on each rank: `grad_accum`, or with `keep_effective_batch`
+    `grad_accum / world`, so batch_size × grad_accum notes make one step on any number of processes
+    and `lr`, `warmup_steps`, `eval_every` and `save_every` keep the meaning they had on one."""
+    if not cfg.keep_effective_batch or world == 1:
+        return cfg.grad_accum
+    if cfg.grad_accum % world:
+        raise TrainingError(f"keep_effective_batch=true needs grad_accum ({cfg.grad_accum}) to be a multiple of the "
+                            f"number of processes ({world}): set grad_accum to one, or keep_effective_batch=false")
+    return cfg.grad_accum // world
+
+
+def total_steps(cfg: Config, batches_per_epoch: int, accum: int | None = None) -> int:
     if cfg.max_steps > 0:
         return cfg.max_steps
-    return max(1, cfg.epochs * math.ceil(batches_per_epoch / cfg.grad_accum))
+    return max(1, cfg.epochs * math.ceil(batches_per_epoch / (accum or cfg.grad_accum)))
+
+
+def schedule_plan(cfg: Config, batches_per_epoch: int, world: int) -> dict:
+    """Where a fine-tuning's schedule falls, from one rank's batches per epoch: world size,
+    per-rank and effective batch, optimizer steps per epoch and in all, warm-up and its share,
+    and the steps that validate and save."""
+    accum = accumulation(cfg, world)
+    total = total_steps(cfg, batches_per_epoch, accum)
+    evals = sorted(set(range(cfg.eval_every, total + 1, cfg.eval_every)) | {total})
+    return {"processes": world, "batch_per_rank": cfg.batch_size, "grad_accum": accum,
+            "effective_batch": cfg.batch_size * accum * world,
+            "steps_per_epoch": math.ceil(batches_per_epoch / accum), "total_steps": total,
+            "warmup_steps": cfg.warmup_steps, "warmup_share": min(1.0, cfg.warmup_steps / total),
+            "eval_every": cfg.eval_every, "evaluations": evals,
+            "saves": list(range(cfg.save_every, total + 1, cfg.save_every))}
+
+
+def schedule_warnings(plan: dict) -> list[str]:
+    """One line per schedule a user would not have chosen on purpose: warm-up over more than a
+    fifth of training, or fewer than two validations (best/ is then picked from one)."""
+    out = []
+    hint = (" (on more processes there are fewer steps: keep_effective_batch=true keeps one process's schedule)"
+            if plan["processes"] > 1 else "")
+    if plan["warmup_share"] > 0.2:
+        out.append(f"warm-up covers {plan['warmup_share']:.0%} of training ({plan['warmup_steps']} of "
+                   f"{plan['total_steps']} steps): lower warmup_steps{hint}")
+    if len(plan["evaluations"]) < 2:
+        out.append(f"only one validation in {plan['total_steps']} steps (eval_every={plan['eval_every']}): best/ is "
+                   f"the last model, whatever patience says; lower eval_every{hint}")
+    return out
+
+
+def schedule_text(plan: dict) -> str:
+    """The plan as one line: `2 processes × 4 notes × 2 accumulated = 16 notes per step; ...`."""
+    evals, saves = plan["evaluations"], plan["saves"]
+    return (f"{plan['processes']} process{'es' if plan['processes'] > 1 else ''} × {plan['batch_per_rank']} notes × "
+            f"{plan['grad_accum']} accumulated = {plan['effective_batch']} notes per step; "
+            f"{plan['steps_per_epoch']} steps per epoch, {plan['total_steps']} in all; warm-up {plan['warmup_steps']} "
+            f"steps ({plan['warmup_share']:.0%}); {len(evals)} validation{'s' if len(evals) != 1 else ''} "
+            f"(steps {', '.join(map(str, evals[:4]))}{', …' if len(evals) > 4 else ''}); "
+            f"{len(saves)} save{'s' if len(saves) != 1 else ''} of last/ besides each epoch's end")
 
 
 def rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def restore_rng(state: dict, cfg: Config, env: Env) -> None:
+    """Every rank's random streams as they were saved; resumed on another number of processes,
+    ranks other than 0 start fresh streams (seeded by rank and step)."""
+    streams = state.get("rng_ranks") or [state["rng"]]
+    set_rng_state(streams[env.rank] if len(streams) == env.world else streams[0])
+    if len(streams) != env.world:
+        distributed.seed_rank(cfg.seed, env, salt=state["step"])
 
 
 def set_rng_state(state: dict) -> None:
@@ -256,8 +311,11 @@ def progress_line(record: dict) -> str:
     if str(record.get("event", "")).startswith("mntp"):
         return mntp.progress_text(record)
     if record.get("event") == "start":
+        plan = f": {schedule_text(record['plan'])}" if record.get("plan") else ""
         return (f"training {record['total']} steps from step {record['step']}, "
-                f"validating every {record['eval_every']}")
+                f"validating every {record['eval_every']}{plan}")
+    if record.get("event") == "warning":
+        return f"warning: {record['text']}"
     value = record.get("value")
     value = "n/a" if value is None else f"{value:.3f}"
     tok = record.get("tokens_per_s") or 0.0
@@ -271,12 +329,15 @@ class Progress:
 
     On a terminal (stderr a TTY) a tqdm bar, with a line above it at every evaluation. Anywhere
     else (a notebook, where a bar is recorded update by update into the report; a log file; a pipe)
-    one line per evaluation on stdout. `show=False` (`--quiet`) prints nothing. Every evaluation is
+    one line per evaluation on stdout (and, at the start, the schedule: `schedule_plan`, with a
+warning line for a schedule nobody would choose on purpose). `show=False` (`--quiet`) prints
+nothing. Every evaluation is
     also appended to `progress.jsonl` as one JSON line (written whole and flushed, so a reader sees
     complete lines), started afresh by every fit. ETA: the time per step so far, validations included.
     """
 
-    def __init__(self, path: Path, total: int, initial: int, eval_every: int, show: bool, master: bool):
+    def __init__(self, path: Path, total: int, initial: int, eval_every: int, show: bool, master: bool,
+                 plan: dict | None = None):
         self.path, self.total, self.initial = path, total, initial
         self.master, self.show = master, show and master
         self.t0, self.started = time.perf_counter(), time.time()
@@ -289,7 +350,9 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
-        self._emit({"event": "start", "step": initial, "total": total, "eval_every": eval_every})
+        self._emit({"event": "start", "step": initial, "total": total, "eval_every": eval_every, "plan": plan})
+        for text in schedule_warnings(plan) if plan else []:
+            self._emit({"event": "warning", "text": text})
 
     def _emit(self, record: dict) -> None:
         record = {**record, "started": self.started, "time": time.time()}
@@ -335,13 +398,16 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
     with record.step(cfg, STEP, PARAMS, master=env.master) as step:
         cfg, run = step.cfg, step.run
         point = resume_point(run, env, cfg.mntp_steps > 0) if cfg.resume else None
+        if prep is None and cfg.memory_check:
+            check_memory(cfg, env, run)
         prep = prep or prepare(cfg, env, with_mntp=cfg.mntp_compare != "with", progress=progress)
         if point is not None:
             check_resumable(run, prep)
         step.invalidate()
         if env.master:
             write_token_stats(run, prep)
-        history = train_loop(cfg, prep, env, progress)
+        with failures_reported(run, env):
+            history = train_loop(cfg, prep, env, progress)
         wrote = [run.checkpoint("best"), run.history, run.tokens_json, *(run.predictions(s) for s in SCORED_SPLITS)]
         if cfg.mntp_steps > 0:
             wrote.append(run.mntp)
@@ -351,12 +417,48 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
             if progress and env.master:
                 print(f"fine-tuning again {cfg.mntp_compare} MNTP, for comparison: {run.rel(other.trained)}/", flush=True)
             arm = prepare(cfg, env, with_mntp=cfg.mntp_compare == "with", progress=progress)
-            train_loop(cfg, arm, env, False, run=other)
+            with failures_reported(run, env):
+                train_loop(cfg, arm, env, False, run=other)
             wrote += [other.checkpoint("best"), other.history, *(other.predictions(s) for s in SCORED_SPLITS)]
         if env.master:
             step.extra.update({"device_used": str(env.device), "processes": env.world})
             step.wrote(*wrote)
     return history
+
+
+def check_memory(cfg: Config, env: Env, run: Run, gpu_bytes: int | None = None):
+    """The memory plan of this run on this GPU (`icdlib.memory_plan`), before anything is loaded:
+    a run that will not fit stops in one line naming the settings that would (`memory_check=false`
+    trains anyway). On CUDA, or wherever `gpu_bytes` is given. A backbone whose shape the plan
+    cannot find is noted and trained. Returns the plan, or None."""
+    if gpu_bytes is None:
+        if env.device.type != "cuda":
+            return None
+        gpu_bytes = torch.cuda.get_device_properties(env.device).total_memory
+    n_labels = len(pd.read_parquet(run.labels, columns=["code"]))
+    try:
+        return memory_plan.check(dataclasses.replace(cfg, nproc=env.world), env.device, gpu_bytes, n_labels)
+    except memory_plan.DoesNotFit as e:
+        raise memory_plan.DoesNotFit(f"{e}; memory_check=false trains anyway") from None
+    except memory_plan.MemoryPlanError as e:
+        if env.master:
+            print(f"memory plan skipped: {e}", flush=True)
+        return None
+
+
+@contextmanager
+def failures_reported(run: Run, env: Env):
+    """A stop of every rank (`distributed.RanksStopped`) keeps its one line; rank 0 writes the
+    failed ranks' tracebacks to `03_train/failure.txt` and the line says where."""
+    try:
+        yield
+    except distributed.RanksStopped as e:
+        details = getattr(e, "details", {})
+        if not any(details.values()):
+            raise
+        if env.master:
+            atomic_write_text(run.failure, "".join(f"---- rank {r}\n{text}" for r, text in details.items()))
+        raise distributed.RanksStopped(f"{e} (tracebacks: {run.rel(run.failure)})") from None
 
 
 def resume_point(run: Run, env: Env, mntp_stage: bool = False) -> Path | None:
@@ -408,39 +510,64 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True, run
     coder.to(env.device)
     dtype = compute_dtype(cfg, env.device)
     scaler = grad_scaler(coder, env.device, dtype)  # before DDP, which must see the final parameter dtypes
+    if dtype != torch.float32:
+        adapters_take_input_as_is(coder)  # every forward pass here runs under autocast
     if cfg.grad_checkpointing:
         base = coder.encoder.get_base_model() if hasattr(coder.encoder, "get_base_model") else coder.encoder
         checkpoint_activations(base)
-    model = coder
-    if env.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(coder, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    group = distributed.step_group(env)
+    model, sharded = coder, env.world > 1 and cfg.train_backbone == "full"
+    if sharded:  # each rank keeps a share of the weights, gradients and optimizer state
+        if dtype == torch.float16:
+            raise TrainingError("train_backbone=full on several processes (FSDP) needs precision=bf16 or fp32, "
+                                "not fp16: use one process, or LoRA")
+        distributed.shard(coder, dtype)
+    elif env.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            coder, device_ids=[env.device.index] if env.device.type == "cuda" else None, process_group=group)
+    distributed.seed_rank(cfg.seed, env)  # dropout differs across ranks; the data order is one global shuffle
 
     sampler = LengthBucketSampler(prep.tokens["train"].lengths(), cfg.batch_size, cfg.seed, rank=env.rank, world=env.world)
     train_loader = loader(prep, "train", sampler, cfg)
     n_batches = len(sampler)
-    steps = total_steps(cfg, n_batches)
+    plan = schedule_plan(cfg, n_batches, env.world)
+    accum, steps = plan["grad_accum"], plan["total_steps"]
     optimizer = optimizer_for(coder, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, cfg.warmup_steps, steps, cfg.schedule))
     y_val = split_dataset(prep, "val").targets
 
     step, epoch, skip, best_value, stale, history = 0, 0, 0, -math.inf, 0, []
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        distributed.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
+        step, epoch = state["step"], state["epoch"]
+        # batch_in_epoch counts one rank's batches: on another number of processes, the same notes seen
+        skip = state["batch_in_epoch"] * state.get("processes", 1) // env.world
         best_value, stale, history = state["best_value"], state["stale"], state["history"]
-        set_rng_state(state["rng"])
+        restore_rng(state, cfg, env)
         if state.get("scaler"):  # empty when saved by a disabled scaler (bf16, fp32)
             scaler.load_state_dict(state["scaler"])
 
     def save_last(batch_in_epoch: int) -> None:
+        streams = distributed.gather(rng_state(), env)  # every rank's random streams: resume continues each
+        # a whole backbone's optimizer state by parameter name: it resumes on any number of processes
+        moments = (distributed.full_optimizer_state(model, optimizer) if cfg.train_backbone == "full"
+                   else optimizer.state_dict())
+        weights = distributed.full_weights(model) if sharded else None
         if env.master:
-            trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+            trainer_state = {"optimizer": moments, "scheduler": scheduler.state_dict(), "step": step,
                              "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best_value": best_value, "stale": stale,
-                             "history": history, "rng": rng_state(), "scaler": scaler.state_dict()}
-            checkpoint.save(last, coder, cfg, prep.labels, prep.backbone, prep.tokenizer, trainer_state)
+                             "history": history, "rng": streams[0], "rng_ranks": streams, "scaler": scaler.state_dict(),
+                             "processes": env.world}
+            checkpoint.save(last, coder, cfg, prep.labels, prep.backbone, prep.tokenizer, trainer_state, weights)
+        distributed.barrier(env)  # the others wait here (long timeout), not in the next step's all-reduce
 
-    report = Progress(run.progress, steps, step, cfg.eval_every, progress, env.master)
+    def save_best() -> None:
+        weights = distributed.full_weights(model) if sharded else None
+        if env.master:
+            checkpoint.save(best, coder, cfg, prep.labels, prep.backbone, prep.tokenizer, weights=weights)
+
+    report = Progress(run.progress, steps, step, cfg.eval_every, progress, env.master, plan=plan)
     model.train()
     done = step >= steps
     t0, tokens_seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
@@ -450,22 +577,18 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True, run
         for b, batch in enumerate(train_loader):
             if b < skip:
                 continue
-            sync = (micro + 1) % cfg.grad_accum == 0 or b == n_batches - 1
-            ctx = model.no_sync() if env.world > 1 and not sync else nullcontext()
+            sync = (micro + 1) % accum == 0 or b == n_batches - 1
+            if sharded:
+                model.set_requires_gradient_sync(sync)
+            ctx = model.no_sync() if env.world > 1 and not sync and not sharded else nullcontext()
             with ctx:
+                loss = forward_together(model, batch, cfg, env, dtype, group, step, last)
                 try:
-                    with autocast(env.device, dtype):
-                        logits = model(batch["input_ids"].to(env.device), batch["attention_mask"].to(env.device))
-                    loss = loss_fn(logits, batch["targets"].to(env.device), cfg.pos_weight)
-                    scaler.scale(loss / cfg.grad_accum).backward()
+                    scaler.scale(loss / accum).backward()
                 except torch.cuda.OutOfMemoryError:
-                    raise TrainingError(
-                        f"GPU out of memory at step {step} (batch_size={cfg.batch_size}, max_segments={cfg.max_segments}, "
-                        f"segment_length={cfg.segment_length}): lower batch_size and raise grad_accum, lower "
-                        f"max_segments, or set grad_checkpointing=true") from None
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss is {loss.item()} at step {step}: stopped; the last good checkpoint "
-                                    f"is {last if last.exists() else 'not written yet'} (lower lr or use precision=fp32)")
+                    # the other ranks wait in the gradient all-reduce: torchrun stops them on one node,
+                    # STEP_TIMEOUT across nodes
+                    raise TrainingError(f"rank {env.rank}: {out_of_memory(cfg, step)} (in the backward pass)") from None
             micro += 1
             loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
             tokens_seen += int(batch["attention_mask"].sum())
@@ -495,12 +618,12 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True, run
                 improved = not math.isnan(value) and value > best_value
                 if improved:
                     best_value, stale = value, 0
-                    if env.master:
-                        checkpoint.save(best, coder, cfg, prep.labels, prep.backbone, prep.tokenizer)
+                    save_best()
                 else:
                     stale += 1
                 if env.master:
                     write_history(run.history, history)
+                distributed.barrier(env)
                 if cfg.patience and stale >= cfg.patience:
                     done = True
             if step % cfg.save_every == 0:
@@ -514,13 +637,43 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True, run
             continue
         save_last(b + 1)
     report.close()
-    if env.master and not best.exists():
-        checkpoint.save(best, coder, cfg, prep.labels, prep.backbone, prep.tokenizer)
-    if env.world > 1:
-        dist.barrier()
+    if distributed.gather(not best.exists(), env)[0]:  # rank 0's view: the same decision on every rank
+        save_best()
+    distributed.barrier(env)
     optimizer = scheduler = model = None  # free their state: only the coder stays, best/ goes into it in place
     write_predictions(cfg, prep, env, best, coder, run)
     return pd.DataFrame(history)
+
+
+def out_of_memory(cfg: Config, step: int) -> str:
+    return (f"GPU out of memory at step {step} (batch_size={cfg.batch_size}, max_segments={cfg.max_segments}, "
+            f"segment_length={cfg.segment_length}): lower batch_size and raise grad_accum, lower max_segments, or set "
+            f"grad_checkpointing=true (python -m icdlib plan shows what fits)")
+
+
+def forward_together(model, batch: dict, cfg: Config, env: Env, dtype: torch.dtype, group, step: int,
+                     last: Path) -> torch.Tensor:
+    """The micro-batch's loss, or a stop on every rank at this step when any rank's forward pass
+    raised, ran out of memory or gave a loss that is not finite (before any backward pass: no rank
+    is left waiting in the gradient all-reduce). In one process the error is raised as it is."""
+    failure, loss = None, None
+    try:
+        with autocast(env.device, dtype):
+            logits = model(batch["input_ids"].to(env.device), batch["attention_mask"].to(env.device))
+        loss = loss_fn(logits, batch["targets"].to(env.device), cfg.pos_weight)
+        if not torch.isfinite(loss):
+            failure = (f"loss is {loss.item()} at step {step}: stopped; the last good checkpoint is "
+                       f"{last if last.exists() else 'not written yet'} (lower lr or use precision=fp32)", "")
+    except torch.cuda.OutOfMemoryError:
+        failure = (out_of_memory(cfg, step), traceback.format_exc())
+    except Exception as e:
+        if env.world == 1:
+            raise
+        failure = (f"{type(e).__name__}: {e}", traceback.format_exc())
+    if failure is not None and env.world == 1:
+        raise TrainingError(failure[0])
+    distributed.stop_together(failure, env, group, step)
+    return loss
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -535,7 +688,11 @@ def write_predictions(cfg: Config, prep: Prepared, env: Env, best: Path, coder: 
     `best/`'s weights are loaded into the live `coder` (the one that trained): a second backbone
     would cost its whole size again on the GPU (16 GB for an 8B model in bf16).
     """
-    checkpoint.load_into(coder, best, cfg, expect_labels=prep.label_codes)
+    if is_sharded(coder):  # rank 0 reads best/, every rank receives its shards
+        weights = checkpoint.full_weights(best, expect_labels=prep.label_codes) if env.master else {}
+        distributed.load_full_weights(coder, weights)
+    else:
+        checkpoint.load_into(coder, best, cfg, expect_labels=prep.label_codes)
     best_id = tree_hash(best) if env.master else None
     for split in SCORED_SPLITS:
         scores = score(coder, prep.tokens[split], cfg, env, prep.tokenizer.pad_token_id, fmt=prep.fmt)

@@ -89,8 +89,12 @@ def test_progress_file_has_one_line_per_evaluation(small_run):
     mntp = [r for r in records if r["event"].startswith("mntp")]  # the comparison arm's stage, after the fit
     assert [r["event"] for r in mntp] == ["mntp_start"] + ["mntp"] * 10 and mntp[-1]["step"] == 20
     records = [r for r in records if r not in mntp]
-    assert [r["event"] for r in records] == ["start"] + ["eval"] * len(history)
+    # tiny.yaml's 20 warm-up steps in a 6-step run: the schedule says so, once, before training
+    assert [r["event"] for r in records] == ["start", "warning"] + ["eval"] * len(history)
+    assert records[1]["text"] == f"warm-up covers 100% of training (20 of {MAX_STEPS} steps): lower warmup_steps"
     assert records[0]["total"] == MAX_STEPS and records[0]["eval_every"] == EVAL_EVERY
+    assert records[0]["plan"]["total_steps"] == MAX_STEPS and records[0]["plan"]["processes"] == 1
+    records = [records[0], *records[2:]]
     evals = records[1:]
     assert [r["step"] for r in evals] == history["step"].tolist()
     assert [r["value"] for r in evals] == pytest.approx(history["val_map"].tolist())
@@ -110,7 +114,10 @@ def test_terminal_streams_training_lines(small_run):
     for line, (step, value) in zip(streamed, zip(history["step"], history["val_map"])):
         assert re.fullmatch(rf"\[icdlib\] 03_train step {step}/{MAX_STEPS} loss \d\.\d{{4}} val map {value:.3f} "
                             r"[\d.]+k? tok/s ETA \S+", line), line
-    assert f"[icdlib] 03_train training {MAX_STEPS} steps from step 0, validating every {EVAL_EVERY}" in lines
+    begin = f"[icdlib] 03_train training {MAX_STEPS} steps from step 0, validating every {EVAL_EVERY}: 1 process × "
+    assert [line for line in lines if line.startswith(begin)] != []
+    assert (f"[icdlib] 03_train warning: warm-up covers 100% of training (20 of {MAX_STEPS} steps): lower "
+            f"warmup_steps") in lines
     mntp = [line for line in lines[start:end] if line.startswith("[icdlib] 03_train MNTP")]  # the stage streams too
     assert mntp[0].startswith("[icdlib] 03_train MNTP on ") and mntp[-1].startswith("[icdlib] 03_train MNTP step 20/20 ")
     assert "Executing" not in terminal and "\r" not in terminal  # papermill's cell bar is for terminals only

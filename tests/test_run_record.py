@@ -231,6 +231,25 @@ def test_resume_recovers_a_checkpoint_left_between_the_two_renames(done, tmp_pat
     assert checkpoint.load_trainer_state(run.checkpoint("last"))["step"] == 6 and not tmp.exists()
 
 
+def test_recover_takes_another_node_s_copy_only_once_it_is_quiet(done, tmp_path):
+    """`.last.tmp-<pid>.<host>`: this host's copy of a dead pid is taken at once; another node's
+    (its pid means nothing here) only when untouched for QUIET_S, as it may be a live save."""
+    from icdlib.runfolder import QUIET_S, host_tag
+
+    cfg = copy_of(done, tmp_path, resume=True, max_steps=6)
+    run, dead = Run.of(cfg), dead_pid()
+    elsewhere = run.step("03") / f".last.tmp-{dead}.othernode"
+    os.replace(run.checkpoint("last"), elsewhere)
+    assert checkpoint.recover(run.checkpoint("last")) is None and elsewhere.is_dir()
+    quiet = time.time() - QUIET_S - 60
+    for path in [elsewhere, *elsewhere.rglob("*")]:
+        os.utime(path, (quiet, quiet))
+    assert checkpoint.recover(run.checkpoint("last")) == run.checkpoint("last") and not elsewhere.exists()
+    here = run.step("03") / f".last.tmp-{dead}.{host_tag()}"
+    os.replace(run.checkpoint("last"), here)
+    assert checkpoint.recover(run.checkpoint("last")) == run.checkpoint("last") and not here.exists()
+
+
 def test_resume_without_a_checkpoint_stops_in_one_line(done, tmp_path, monkeypatch):
     cfg = copy_of(done, tmp_path, resume=True, max_steps=6)
     run = Run.of(cfg)

@@ -132,7 +132,8 @@ def test_clean_stale_spares_recently_touched_leftovers(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["best"]
 
 
-def test_atomic_path_cleans_its_folder_first_and_names_its_temp_by_pid(tmp_path):
+def test_atomic_path_cleans_its_folder_first_and_names_its_temp_by_pid_and_host(tmp_path):
+    """The host in the name too: ranks on two nodes of a shared filesystem may have the same pid."""
     dead = dead_pid()
     (tmp_path / "last").mkdir()
     (tmp_path / f".last.old-{dead}").mkdir()
@@ -148,7 +149,10 @@ def test_atomic_path_cleans_its_folder_first_and_names_its_temp_by_pid(tmp_path)
         seen.append(tmp.name)
         seen.append(sorted(p.name for p in tmp_path.iterdir()))
         tmp.mkdir()
-    assert seen == [f".last.tmp-{os.getpid()}", sorted(["config.json", "last", "notes.parquet", f".notes.parquet.tmp-{dead}"])]
+    assert runfolder.host_tag() and runfolder.host_tag().replace("_", "").isalnum()
+    assert seen == [f".last.tmp-{os.getpid()}.{runfolder.host_tag()}",
+                    sorted(["config.json", "last", "notes.parquet", f".notes.parquet.tmp-{dead}"])]
+    assert runfolder.LEFTOVER.match(seen[0])["rest"] == f".{runfolder.host_tag()}"
     assert runfolder.running_notebook(tmp_path, "03_train").name == f".03_train.running-{os.getpid()}.ipynb"
     assert runfolder.LEFTOVER.match(runfolder.running_notebook(tmp_path, "03_train").name)
 
