@@ -109,6 +109,36 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # one is enough (fast, sentencepiece, BPE)
+
+
+def check_files(folder: Path, manifest: dict) -> None:
+    """The model folder's own files are there and whole, before anything is built from them: every
+    `.safetensors` opens (its header and its length agree: a copy cut short does not), a fully
+    trained backbone has its config and a tokenizer, an adapter its config. One line naming the file
+    otherwise (transformers' own errors name neither the file nor the cause)."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    mode = manifest["config"]["train_backbone"]
+    needed = {"full": ["backbone/config.json"], "lora": ["adapter/adapter_config.json",
+                                                          "adapter/adapter_model.safetensors"]}.get(mode, [])
+    for rel in needed:
+        if not (folder / rel).is_file():
+            raise IcdlibError(f"model folder {folder} lacks {rel}: copy the model folder again")
+    if mode == "full" and not any((folder / "backbone" / name).is_file() for name in TOKENIZER_FILES):
+        raise IcdlibError(f"model folder {folder} has no tokenizer in backbone/ (none of {', '.join(TOKENIZER_FILES)})"
+                          f": copy the model folder again")
+    for file in sorted(folder.rglob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise IcdlibError(f"model folder {folder}: {file.relative_to(folder)} is damaged ({reason}): it was cut "
+                              f"short or is not a safetensors file; copy the model folder again") from None
+
+
 def backbone_location(folder: Path, manifest: dict, model_path: str = "", base_model_path: str = "") -> tuple[str, str]:
     """(model_path, base_model_path) to load: the overrides, else the recorded paths — relative to
     the model folder first, then absolute, then hub names — with one line when none is there."""
@@ -162,6 +192,7 @@ def load(folder: Path, dtype: torch.dtype = torch.float32, trainable: bool = Fal
     not, one line names the versions it was written with and the versions here."""
     folder = Path(folder)
     manifest = read_manifest(folder)
+    check_files(folder, manifest)
     labels = manifest["labels"]
     _check_labels(folder, labels, expect_labels)
     cfg = Config(**{k: v for k, v in manifest["config"].items() if k in Config.__dataclass_fields__})

@@ -157,6 +157,10 @@ def read_text_file(path: Path) -> str:
         return path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise IcdlibError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise IcdlibError(f"{path} is a folder: --text-file takes one text file (one note)") from None
+    except PermissionError:
+        raise IcdlibError(f"{path} cannot be read (permission denied)") from None
     except UnicodeDecodeError as e:
         raise IcdlibError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
 

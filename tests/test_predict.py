@@ -137,3 +137,62 @@ def test_a_model_folder_names_what_differs_in_another_backbone(model_dir, tmp_pa
     text = str(e.value)
     assert "\n" not in text and f"the backbone at {other} is not the one {model_dir} was trained on" in text
     assert "hidden_size 32 here, 64 recorded" in text
+
+
+# ---------------------------------------------------------------- a damaged model folder, a wrong path: one line
+
+@pytest.fixture(scope="module")
+def full_dir(tiny_backbone, tmp_path_factory):
+    """A model folder of a fully fine-tuned tiny backbone: backbone/ (weights, config, tokenizer) and head."""
+    cfg = config.resolve("tiny", {"segment_length": SEGMENT, "max_segments": SEGMENTS, "train_backbone": "full",
+                                  "attention_dim": 16, "output_root": str(tmp_path_factory.mktemp("out"))})
+    encoder, tokenizer = backbones.load(tiny_backbone)
+    coder = ICDCoder(encoder, 3, cfg.head, cfg.attention_dim)
+    labels = pd.DataFrame({"code": ["401.9", "427.31", "38.93"], "kind": ["diagnosis", "diagnosis", "procedure"],
+                           "short_title": ["Hypertension NOS", "Atrial fibrillation", "Venous cath NEC"]})
+    record = checkpoint.backbone_record(str(tiny_backbone), encoder=encoder)
+    return checkpoint.save(tmp_path_factory.mktemp("full") / "best", coder, cfg, labels, record, tokenizer)
+
+
+def cli_lines(capsys, *args) -> tuple[int, list[str]]:
+    code = cli.main(["predict", *args])
+    captured = capsys.readouterr()
+    return code, (captured.out + captured.err).splitlines()
+
+
+@pytest.mark.parametrize("damage, said", [
+    ("cut", "backbone/model.safetensors is damaged (Error while deserializing header: incomplete metadata, file not "
+            "fully covered): it was cut short or is not a safetensors file; copy the model folder again"),
+    ("header", "head.safetensors is damaged (Error while deserializing header: invalid header length): it was cut "
+               "short or is not a safetensors file; copy the model folder again"),
+    ("tokenizer", "has no tokenizer in backbone/ (none of tokenizer.json, tokenizer.model, vocab.json): copy the model "
+                  "folder again"),
+])
+def test_a_damaged_model_folder_is_one_line_naming_the_file(full_dir, tmp_path, capsys, damage, said):
+    """Was: 26-37 lines of SafetensorError for a cut file; a missing tokenizer.json blamed the software versions."""
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(full_dir, copy)
+    if damage == "cut":
+        weights = copy / "backbone" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif damage == "header":
+        (copy / "head.safetensors").write_bytes((copy / "head.safetensors").read_bytes()[:200])
+    else:
+        (copy / "backbone" / "tokenizer.json").unlink()
+    (tmp_path / "note.txt").write_text("patient admitted with pneumonia")
+    code, lines = cli_lines(capsys, "--model", str(copy), "--text-file", str(tmp_path / "note.txt"))
+    assert code == 2 and lines == [f"icdlib: error: model folder {copy}{':' if damage != 'tokenizer' else ''} {said}"]
+
+
+def test_the_undamaged_full_folder_codes_a_note(full_dir, tmp_path, capsys):
+    (tmp_path / "note.txt").write_text("patient admitted with pneumonia")
+    code, lines = cli_lines(capsys, "--model", str(full_dir), "--text-file", str(tmp_path / "note.txt"))
+    assert code == 0 and lines[0].split() == ["code", "kind", "title", "score"] and len(lines) == 4
+
+
+def test_a_folder_as_text_file_is_one_line(model_dir, tmp_path, capsys):
+    """Was: 21 lines ending in IsADirectoryError."""
+    code, lines = cli_lines(capsys, "--model", str(model_dir), "--text-file", str(tmp_path))
+    assert code == 2 and lines == [f"icdlib: error: {tmp_path} is a folder: --text-file takes one text file (one note)"]
