@@ -119,6 +119,7 @@ def cmd_predict(args) -> None:
 
 def cmd_bench(args) -> None:
     from icdlib import bench
+    from icdlib.bench import results
 
     command = "python -m icdlib bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else ""
     doc = bench.run_suite(args.suite, args.scale, args.repeats, args.warmup, args.data_dir or None, args.out or None,
@@ -129,7 +130,10 @@ def cmd_bench(args) -> None:
               + (f", target {c['target']}" if c.get("target") else ""))
     for c in doc.get("checks", []):
         print(f"[icdlib bench] check {'passed' if c['ok'] else 'FAILED'}: {c['what']}")
-    print(f"[icdlib bench] results: {args.out or 'benchmarks/results/' + bench.record_name(args.suite, args.dataset) + '.json'}")
+    out, markdown = bench.destinations(bench.record_name(args.suite, args.dataset), args.scale, args.out or None,
+                                       args.markdown or None)
+    smoke = "" if args.scale == "full" else " (smoke scale: the recorded figures in benchmarks/results/ are untouched)"
+    print(f"[icdlib bench] results: {results.shown(out)}, {results.shown(markdown)}{smoke}")
 
 
 def cmd_plan(args) -> int:
@@ -222,15 +226,19 @@ def parser() -> argparse.ArgumentParser:
     from icdlib.bench import SUITES
 
     b = sub.add_parser("bench", help="measure speed and memory against the usual alternative (see benchmarks/)",
-                       description="Run one benchmark suite; writes benchmarks/results/SUITE.json and rewrites "
-                                   "benchmarks/RESULTS.md. Medians of --repeats timed runs after --warmup runs.")
+                       description="Run one benchmark suite; at full scale writes benchmarks/results/SUITE.json and "
+                                   "rewrites benchmarks/RESULTS.md, at --scale smoke writes outputs/bench-smoke/ "
+                                   "(git-ignored; never the recorded files). Medians of --repeats timed runs after "
+                                   "--warmup runs.")
     b.add_argument("suite", choices=SUITES)
     b.add_argument("--scale", default="full", help="full (the recorded numbers) or smoke (seconds, for tests)")
     b.add_argument("--repeats", type=int, default=3, help="timed runs per figure")
     b.add_argument("--warmup", type=int, default=1, help="untimed runs first")
-    b.add_argument("--out", default="", help="results JSON (default: benchmarks/results/SUITE.json)")
+    b.add_argument("--out", default="", help="results JSON (default: benchmarks/results/SUITE.json; smoke: "
+                                             "outputs/bench-smoke/results/SUITE.json)")
     b.add_argument("--markdown", default="", help="markdown summary, rendered from every JSON beside --out "
-                                                  "(default: benchmarks/RESULTS.md)")
+                                                  "(default: benchmarks/RESULTS.md; smoke: "
+                                                  "outputs/bench-smoke/RESULTS.md; with --out: RESULTS.md beside it)")
     b.add_argument("--dataset", default="mimic3", choices=["mimic3", "mimic4_icd9", "mimic4_icd10"],
                    help="preprocess suite only: mimic3 (default), or a MIMIC-IV dataset: step 01 on a full-size "
                         "MIMIC-IV twin against Edin et al.'s pandas preparation (benchmarks/results/"

@@ -1,8 +1,11 @@
 """The benchmark suites run and record what they measure; no assertion here depends on a timing."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -106,6 +109,8 @@ def test_predict_suite_and_markdown(smoke):
         assert f"## {suite}" in text
     assert "Not measured yet" not in text
     assert json.loads((root / "results" / "train.json").read_text())["suite"] == "train"
+    assert json.loads((root / "results" / "preprocess.json").read_text())["figures"] == ["../preprocess.png"]
+    assert "![preprocess](preprocess.png)" in text and (root / "preprocess.png").exists()
 
 
 def test_twin_suite_reads_the_evidence_of_both_note_lengths(smoke):
@@ -123,6 +128,102 @@ def test_cli_bench_refuses_a_bad_scale():
     out = subprocess.run([sys.executable, "-m", "icdlib", "bench", "metrics", "--scale", "huge"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "no scale 'huge'" in out.stderr
+
+
+# ---------------------------------------------------------------- any clone, any folder
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def strings(obj):
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from strings(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from strings(value)
+
+
+def test_recorded_results_hold_no_machine_path():
+    recorded = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
+    assert len(recorded) >= 6
+    for path in recorded:
+        found = [s for s in strings(json.loads(path.read_text())) if s.startswith("/") or str(ROOT) in s]
+        assert found == [], f"{path.name} holds machine paths: {found}"
+
+
+def test_recorded_results_render_in_another_folder(tmp_path):
+    """What broke `bench` in every other clone: rendering the recorded preprocess figure's absolute path."""
+    folder = tmp_path / "elsewhere" / "results"
+    folder.mkdir(parents=True)
+    for path in (ROOT / "benchmarks" / "results").glob("*.json"):
+        shutil.copy(path, folder / path.name)
+    results.write(json.loads((folder / "predict.json").read_text()), folder / "predict.json", folder.parent / "R.md")
+    text = (folder.parent / "R.md").read_text()
+    assert "![preprocess](preprocess.png)" in text
+    assert text.count("\n## ") == len(list(folder.glob("*.json")))
+
+
+def test_where_a_run_writes_and_smoke_never_writes_the_record(tmp_path, monkeypatch):
+    bench_dir = tmp_path / "benchmarks"
+    (bench_dir / "results").mkdir(parents=True)
+    recorded = {bench_dir / "results" / "predict.json": b'{"suite": "predict"}\n', bench_dir / "RESULTS.md": b"# r\n"}
+    for path, data in recorded.items():
+        path.write_bytes(data)
+    monkeypatch.setattr(results, "BENCH_DIR", bench_dir)
+    monkeypatch.setattr(results, "RESULTS_DIR", bench_dir / "results")
+    monkeypatch.setattr(results, "MARKDOWN", bench_dir / "RESULTS.md")
+    smoke = tmp_path / "outputs" / "bench-smoke"
+    monkeypatch.setattr(results, "SMOKE_DIR", smoke, raising=False)
+    for where in ({"out": bench_dir / "results" / "predict.json"}, {"out": bench_dir / "results" / "other.json"},
+                  {"out": tmp_path / "p.json", "markdown": bench_dir / "RESULTS.md"}):
+        with pytest.raises(IcdlibError, match="--scale smoke never writes over or beside the recorded"):
+            run_suite("predict", scale="smoke", repeats=1, warmup=0, data_dir=tmp_path / "data", progress=False,
+                      **where)
+    assert {path: path.read_bytes() for path in recorded} == recorded
+    from icdlib.bench import destinations
+
+    assert destinations("predict", "full") == (bench_dir / "results" / "predict.json", bench_dir / "RESULTS.md")
+    assert destinations("predict", "smoke") == (smoke / "results" / "predict.json", smoke / "RESULTS.md")
+    assert destinations("predict", "full", tmp_path / "x" / "p.json") == (tmp_path / "x" / "p.json",
+                                                                          tmp_path / "x" / "RESULTS.md")
+
+
+def test_bench_smoke_in_a_fresh_clone_from_another_folder_changes_no_tracked_file(tmp_path):
+    """`git clone` of this repository, brought to its working tree (what is under test may not be committed
+    yet), then `bench predict --scale smoke` with the clone's code, run from a folder outside the clone."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ROOT / name, clone / name)
+    tracked = subprocess.run(["git", "-C", str(clone), "ls-files", "-z"], capture_output=True, text=True,
+                             check=True).stdout.split("\0")
+    def state():
+        status = subprocess.run(["git", "-C", str(clone), "status", "--porcelain"], capture_output=True, text=True,
+                                check=True).stdout
+        return status, {n: (clone / n).read_bytes() for n in tracked if n and (clone / n).is_file()}
+
+    before = state()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(clone), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, "-m", "icdlib", "bench", "predict", "--scale", "smoke", "--repeats", "1",
+                          "--warmup", "0", "--quiet"], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert ("[icdlib bench] results: outputs/bench-smoke/results/predict.json, outputs/bench-smoke/RESULTS.md "
+            "(smoke scale: the recorded figures in benchmarks/results/ are untouched)") in run.stdout
+    assert json.loads((clone / "outputs" / "bench-smoke" / "results" / "predict.json").read_text())["scale"] == "smoke"
+    assert "## predict" in (clone / "outputs" / "bench-smoke" / "RESULTS.md").read_text()
+    after = state()
+    assert after[0] == before[0]
+    assert [n for n in before[1] if after[1].get(n) != before[1][n]] == []
+    assert list(elsewhere.iterdir()) == []
 
 
 # ---------------------------------------------------------------- gpu suite

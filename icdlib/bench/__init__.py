@@ -5,6 +5,13 @@
 after a warm-up, with its min–max; ratios are taken run by run between the two systems measured in
 the same invocation. Nothing here is a test: `make test` only checks that the suites run.
 
+Where a run writes (`destinations`): only a full-scale run without `--out` records into the tracked
+`benchmarks/results/` and `benchmarks/RESULTS.md`. A `--scale smoke` run writes to the git-ignored
+`outputs/bench-smoke/` (`results/SUITE.json`, `RESULTS.md`, figures), and is refused if `--out` or
+`--markdown` name the recorded files: smoke figures never replace full-scale ones. With `--out` and no
+`--markdown`, `RESULTS.md` goes beside `--out`. Paths in a results JSON (its `figures`) are relative to
+the JSON's folder, so the recorded results render in any clone, from any working directory.
+
 Suites: `preprocess` (step 01 against pandas read-everything; with `--dataset mimic4_icd9` or
 `mimic4_icd10`, on a full-size MIMIC-IV twin against Edin et al.'s pandas preparation, recorded as
 `preprocess-<dataset>.json`), `metrics` (icdlib.metrics against
@@ -44,8 +51,7 @@ def run_suite(suite: str, scale: str = "full", repeats: int = 3, warmup: int = 1
     if repeats < 1 or warmup < 0:
         raise IcdlibError(f"repeats must be ≥ 1 and warmup ≥ 0, got {repeats} and {warmup}")
     record = record_name(suite, dataset)
-    out = Path(out) if out else results.RESULTS_DIR / f"{record}.json"
-    markdown = Path(markdown) if markdown else results.MARKDOWN
+    out, markdown = destinations(record, scale, out, markdown)
     data_dir = Path(data_dir) if data_dir else results.BENCH_DIR / "data"
     provenance = harness.machine()
     extra = {} if dataset == "mimic3" else {"dataset": dataset}
@@ -65,3 +71,27 @@ DATASETS = ("mimic3", "mimic4_icd9", "mimic4_icd10")
 def record_name(suite: str, dataset: str = "mimic3") -> str:
     """The results file's stem: the suite's name, and `<suite>-<dataset>` for a MIMIC-IV dataset."""
     return suite if dataset == "mimic3" else f"{suite}-{dataset}"
+
+
+def destinations(record: str, scale: str, out=None, markdown=None) -> tuple:
+    """(results JSON, markdown) a run of `record` at `scale` writes; see the module docstring for the rule.
+
+    Raises IcdlibError when a smoke run would write the recorded `benchmarks/results/` or `RESULTS.md`."""
+    from pathlib import Path
+
+    from icdlib.bench import results
+    from icdlib.errors import IcdlibError
+
+    smoke = scale != "full"
+    home = results.SMOKE_DIR if smoke else results.BENCH_DIR
+    out = Path(out) if out else home / "results" / f"{record}.json"
+    beside = out.parent.resolve() != (home / "results").resolve()
+    markdown = Path(markdown) if markdown else (out.parent / "RESULTS.md" if beside else home / "RESULTS.md")
+    if smoke:
+        for flag, path, recorded in (("--out", out, out.parent.resolve() == results.RESULTS_DIR.resolve()),
+                                     ("--markdown", markdown, markdown.resolve() == results.MARKDOWN.resolve())):
+            if recorded:
+                raise IcdlibError(f"--scale {scale} never writes over or beside the recorded full-scale figures "
+                                  f"({flag} {path}); leave out --out and --markdown (a smoke run writes to "
+                                  f"{results.shown(results.SMOKE_DIR)}/) or name a file outside benchmarks/")
+    return out, markdown

@@ -1,17 +1,23 @@
-"""Benchmark results: one JSON file per suite, and `benchmarks/RESULTS.md` rendered from all of them."""
+"""Benchmark results: one JSON file per suite, and `benchmarks/RESULTS.md` rendered from all of them.
+
+A results JSON holds no machine path: its figures are stored relative to the JSON's own folder
+(`../preprocess.png`), so the recorded results render in any clone and from any working directory.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from icdlib.bench import DATASETS, SUITES
-from icdlib.config import REPO_ROOT
+from icdlib.config import OUTPUTS_DIR, REPO_ROOT
 from icdlib.runfolder import atomic_write_text
 
 BENCH_DIR = REPO_ROOT / "benchmarks"
 RESULTS_DIR = BENCH_DIR / "results"
 MARKDOWN = BENCH_DIR / "RESULTS.md"
+SMOKE_DIR = OUTPUTS_DIR / "bench-smoke"  # git-ignored: where --scale smoke runs write, never over the record
 
 HEADER = """# Benchmark results
 
@@ -44,12 +50,25 @@ NEEDS_HARDWARE = {
 }
 
 
+def shown(path: Path) -> str:
+    """`path` relative to the repository when it lies inside it (what a user of any clone reads), else absolute."""
+    path = Path(path).resolve()
+    return path.relative_to(REPO_ROOT).as_posix() if path.is_relative_to(REPO_ROOT) else str(path)
+
+
 def write(result: dict, out: Path, markdown: Path | None = MARKDOWN) -> None:
-    """Save one suite's result and re-render the markdown from every result beside it."""
+    """Save one suite's result and re-render the markdown from every result beside it.
+
+    `result["figures"]` are paths as the suite made them (absolute, or relative to the working
+    directory); the JSON stores them relative to its own folder."""
     out = Path(out)
+    if result.get("figures"):
+        folder = out.parent.resolve()
+        result = {**result, "figures": [Path(os.path.relpath(Path(f).resolve(), folder)).as_posix()
+                                        for f in result["figures"]]}
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     if markdown is not None:
-        atomic_write_text(Path(markdown), render(read_all(out.parent), Path(markdown).parent))
+        atomic_write_text(Path(markdown), render(read_all(out.parent), Path(markdown).parent, out.parent))
 
 
 def read_all(folder: Path) -> list[dict]:
@@ -76,7 +95,9 @@ def cell(stat: dict | None, digits: int) -> str:
     return f"{med} ({stat['min']:,.{digits}f}–{stat['max']:,.{digits}f})"
 
 
-def render_suite(doc: dict, markdown_dir: Path) -> str:
+def render_suite(doc: dict, markdown_dir: Path, results_dir: Path | None = None) -> str:
+    """One suite's section. A relative figure path is relative to `results_dir` (the JSON's folder;
+    default `markdown_dir`), an absolute one is taken as it is; the link is relative to `markdown_dir`."""
     m, v = doc["machine"], doc["versions"]
     title = doc["suite"] + (f" ({doc['dataset']})" if doc.get("dataset") else "")
     lines = [f"## {title}", "",
@@ -103,14 +124,16 @@ def render_suite(doc: dict, markdown_dir: Path) -> str:
     if doc.get("notes"):
         lines += [""] + [f"- {n}" for n in doc["notes"]]
     for fig in doc.get("figures", []):
-        rel = Path(fig).relative_to(markdown_dir) if Path(fig).is_absolute() else Path(fig)
-        lines += ["", f"![{doc['suite']}]({rel.as_posix()})"]
+        where = Path(results_dir if results_dir is not None else markdown_dir) / fig  # `/` keeps an absolute fig
+        rel = os.path.relpath(where.resolve(), Path(markdown_dir).resolve())
+        lines += ["", f"![{doc['suite']}]({Path(rel).as_posix()})"]
     return "\n".join(lines) + "\n"
 
 
-def render(docs: list[dict], markdown_dir: Path) -> str:
+def render(docs: list[dict], markdown_dir: Path, results_dir: Path | None = None) -> str:
+    """RESULTS.md from the docs of `results_dir` (the folder their figure paths are relative to)."""
     done = {d["suite"] for d in docs}
-    parts = [HEADER] + [render_suite(d, markdown_dir) for d in docs]
+    parts = [HEADER] + [render_suite(d, markdown_dir, results_dir) for d in docs]
     missing = [s for s in SUITES if s not in done and s not in NEEDS_HARDWARE]
     if missing:
         parts.append("Not measured yet: " + ", ".join(missing) + ".\n")
