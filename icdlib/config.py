@@ -202,6 +202,10 @@ CHOICES = {
     "mntp_compare": ("none", "without", "with"),
 }
 
+# How a step runs, not what it computes: a later step may be run with other values than the run
+# recorded (another device, more processes, resume), and never takes these from the record.
+HOW_TO_RUN = ("device", "num_workers", "nproc", "resume", "memory_check", "keep_effective_batch")
+
 _TYPES = typing.get_type_hints(Config)
 _FIELDS = [f.name for f in dataclasses.fields(Config)]
 

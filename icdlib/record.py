@@ -5,10 +5,10 @@ Why this module exists: the notebooks talk only through files, so the files must
 them. A step that writes runs inside `step(cfg, name, params)`, which
 
 1. holds the run folder's lock (`runfolder.lock`; under torchrun the master process only);
-2. takes the data parameters from step 01's manifest (`data_config`): a parameter the run does
-   not ask for (it has the params file's value) follows the data, one it asks differently stops
-   the step in one line: `01_preprocess was built with split=patient, this run asks split=seed:
-   rerun 01 (or use a new run folder)`;
+2. takes the data parameters from step 01's manifest, and for 04 and 05 the training parameters
+   from 03's (`recorded_config`): a parameter the run does not ask for (it has the params file's
+   value) follows the record, one it asks differently stops the step in one line: `01_preprocess
+   was built with split=patient, this run asks split=seed: rerun 01 (or use a new run folder)`;
 3. checks every upstream step (`check_upstream`): its manifest exists, and every artifact it
    recorded (what it read and what it wrote) still has the recorded content hash. A step that
    was rerun, or stopped half-way, after its downstream steps ran is caught here;
@@ -36,6 +36,8 @@ from icdlib.errors import DataError
 from icdlib.runfolder import Run, atomic_write_text, lock, tree_hash
 
 DATA_STEP = "01_preprocess"
+TRAIN_STEP = "03_train"
+AFTER_TRAINING = ("04_evaluate", "05_error_analysis")  # steps that read 03's model and take its parameters
 # the steps each step reads, directly or through another (checked in this order)
 UPSTREAM = {
     "01_preprocess": (),
@@ -103,9 +105,38 @@ def data_config(cfg, run: Run | None = None):
     built = read_manifest(run, DATA_STEP)
     if built is None:
         raise RecordError(_missing(run, DATA_STEP))
+    return as_recorded(cfg, built.get("params", {}), lambda was, asks: (
+        f"{DATA_STEP} was built with {was}, this run asks {asks}: rerun 01 (or use a new run folder)"))
+
+
+def recorded_config(cfg, run: Run, step: str, own: tuple = ()):
+    """`cfg` as the run recorded it, for `step`: 01's data parameters (`data_config`) and, after
+    03, the parameters 03 trained with. Such a parameter the run leaves at the params file's value
+    takes the recorded one (`icdlib run --only 04` knows the run's `mntp_compare` without being
+    told); one asked with another value stops in one line. Not taken from the record: `step`'s
+    own parameters (`own`: 04 may tune another `threshold`) and `config.HOW_TO_RUN` (how a step
+    runs, not what it computes: device, processes, ...)."""
+    from icdlib.config import HOW_TO_RUN
+
+    cfg = data_config(cfg, run) if step != DATA_STEP else cfg
+    if step in AFTER_TRAINING:
+        trained = read_manifest(run, TRAIN_STEP)
+        if trained is None:
+            raise RecordError(_missing(run, TRAIN_STEP))
+        skip = set(own) | set(HOW_TO_RUN)
+        params = {k: v for k, v in trained.get("params", {}).items() if k not in skip}
+        cfg = as_recorded(cfg, params, lambda was, asks: (
+            f"{TRAIN_STEP} was trained with {was}, this run asks {asks}: rerun 03 (or use a new run folder)"))
+    return cfg
+
+
+def as_recorded(cfg, recorded: dict, refusal):
+    """`cfg` with `recorded`'s values where the run left the params file's; where it asks others, a
+    RecordError with `refusal(was, asks)`: `key=value, ...` as recorded and as asked, every such key
+    (`refusal=None`: the asked values stay)."""
     defaults = _file_defaults(cfg)
-    changes = {}
-    for key, value in built.get("params", {}).items():
+    changes, differ = {}, []
+    for key, value in recorded.items():
         if not hasattr(cfg, key):
             continue
         asked = _json(getattr(cfg, key))
@@ -114,8 +145,10 @@ def data_config(cfg, run: Run | None = None):
         if defaults is not None and _json(getattr(defaults, key)) == asked:
             changes[key] = value
             continue
-        raise RecordError(f"{DATA_STEP} was built with {key}={_shown(value)}, this run asks {key}={_shown(asked)}: "
-                          f"rerun 01 (or use a new run folder)")
+        differ.append((key, value, asked))
+    if differ and refusal is not None:
+        raise RecordError(refusal(", ".join(f"{k}={_shown(v)}" for k, v, _ in differ),
+                                  ", ".join(f"{k}={_shown(a)}" for k, _, a in differ)))
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
@@ -162,7 +195,7 @@ def check(cfg, step: str):
     """For a step that only reads (02, 05): the run's Config with 01's data parameters, after
     `check_upstream`. Raises RecordError (one line) when the artifacts do not fit."""
     run = Run.of(cfg)
-    cfg = data_config(cfg, run) if step != DATA_STEP else cfg
+    cfg = recorded_config(cfg, run, step)
     check_upstream(run, step)
     return cfg
 
@@ -239,7 +272,7 @@ def step(cfg, name: str, params: tuple[str, ...], master: bool = True):
     `master=False` (torchrun ranks other than 0) checks the same but neither locks nor writes."""
     run = Run.of(cfg)
     with lock(run.dir, name) if master else contextlib.nullcontext():
-        cfg = data_config(cfg, run) if name != DATA_STEP else cfg
+        cfg = recorded_config(cfg, run, name, tuple(params))
         hashes: dict = {}
         upstream = check_upstream(run, name, hashes)
         inputs = {rel: h for m in upstream.values() for rel, h in m["outputs"].items()}

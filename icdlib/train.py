@@ -398,6 +398,15 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
     with record.step(cfg, STEP, PARAMS, master=env.master) as step:
         cfg, run = step.cfg, step.run
         point = resume_point(run, env, cfg.mntp_steps > 0) if cfg.resume else None
+        if point is not None:
+            cfg, changed = resumed_config(cfg, run, point)
+            step.cfg = cfg
+            if changed:
+                at = checkpoint.load_trainer_state(point)["step"]
+                step.extra["resumed"] = {"at_step": at, "changed": changed}
+                if progress and env.master:
+                    print(f"resuming at step {at} with " + ", ".join(f"{k} {was} → {now}" for k, (was, now) in
+                                                                       changed.items()), flush=True)
         if prep is None and cfg.memory_check:
             check_memory(cfg, env, run)
         prep = prep or prepare(cfg, env, with_mntp=cfg.mntp_compare != "with", progress=progress)
@@ -478,6 +487,33 @@ def resume_point(run: Run, env: Env, mntp_stage: bool = False) -> Path | None:
     raise TrainingError(f"resume=true but {run.rel(last)} is not a checkpoint to resume from (no "
                         f"trainer_state.pt, and no intact .last.tmp-* left by a killed save): "
                         f"set resume=false to start over")
+
+
+# what a resume may change: how long the run goes on and how often it looks (recorded as a change)
+MAY_CHANGE_ON_RESUME = ("epochs", "max_steps", "eval_every", "save_every", "patience")
+
+
+def resumed_config(cfg: Config, run: Run, last: Path) -> tuple[Config, dict]:
+    """`cfg` as `last/` was trained, and what the resume changes ({key: [was, now]}).
+
+    A training parameter the resume leaves at the params file's value takes the checkpoint's (a
+    resume command without the first run's `-p` values continues that run). One asked with
+    another value is refused in one line, since the optimizer, scheduler and data order restored
+    from `last/` keep the old ones; except `MAY_CHANGE_ON_RESUME` (train longer, validate more
+    often), which applies from the resumed step on, and `config.HOW_TO_RUN`."""
+    trained = checkpoint.read_manifest(last)["config"]
+    keys = [k for k in PARAMS if k in trained and k not in config.HOW_TO_RUN]
+    fixed = {k: trained[k] for k in keys if k not in MAY_CHANGE_ON_RESUME}
+    try:
+        cfg = record.as_recorded(cfg, fixed, lambda was, asks: (
+            f"resume=true but {run.rel(last)} was trained with {was}, this run asks {asks}: resume with the values "
+            f"it was trained with, or set resume=false to start over"))
+    except record.RecordError as e:
+        raise TrainingError(str(e)) from None
+    flexible = {k: trained[k] for k in keys if k in MAY_CHANGE_ON_RESUME}
+    cfg = record.as_recorded(cfg, flexible, None)
+    changed = {k: [v, getattr(cfg, k)] for k, v in flexible.items() if json.loads(json.dumps(getattr(cfg, k))) != v}
+    return cfg, changed
 
 
 def check_resumable(run: Run, prep: Prepared) -> None:

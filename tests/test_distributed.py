@@ -232,16 +232,18 @@ def test_two_processes_train_as_one_with_twice_the_accumulation(tmp_path, monkey
 
 def test_a_sharded_run_resumes_on_one_process(tmp_path, monkeypatch):
     """FSDP on 2 processes, stopped after its step-3 save (rank 1 fails in step 5), then resumed in
-    one process with twice the accumulation: the same weights as one process trained throughout."""
-    same = {"train_backbone": "full", "batch_size": 4, "max_steps": 6, "eval_every": 3, "save_every": 3}
-    whole = small_cfg(tmp_path, "whole", grad_accum=2, **same)
-    split = small_cfg(tmp_path, "split", grad_accum=1, **same)
+    one process; keep_effective_batch makes a step 4 × 2 notes on both: the same weights as one
+    process trained throughout."""
+    same = {"train_backbone": "full", "batch_size": 4, "max_steps": 6, "eval_every": 3, "save_every": 3,
+            "grad_accum": 2, "keep_effective_batch": True}  # 4 × 2 notes per step on 1 and on 2 processes
+    whole = small_cfg(tmp_path, "whole", **same)
+    split = small_cfg(tmp_path, "split", **same)
     monkeypatch.setattr(torch.nn.Dropout, "forward", lambda self, x: x)
     train.fit(whole, progress=False)
     done = torchrun(tmp_path, "split", NO_DROPOUT="1", FAIL_RANK="1", FAIL_STEP="5", FAIL_MARK=str(tmp_path / "mark"))
     assert done.returncode != 0 and "rank 1: RuntimeError: injected fault" in done.stderr
     assert checkpoint.load_trainer_state(split.run_dir / "03_train/last")["step"] == 3
-    resumed = dataclasses.replace(split, resume=True, grad_accum=2)
+    resumed = dataclasses.replace(split, resume=True)
     history = train.fit(resumed, progress=False)
     assert history["step"].tolist() == [3, 6]
     assert_same_weights(whole.run_dir / "03_train/last", split.run_dir / "03_train/last")

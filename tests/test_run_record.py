@@ -268,8 +268,19 @@ def test_resume_without_a_checkpoint_stops_in_one_line(done, tmp_path, monkeypat
 
 def test_resume_refuses_a_checkpoint_of_another_tiny_backbone(done, tmp_path):
     cfg = copy_of(done, tmp_path, resume=True, max_steps=6, tiny_vocab=400)
-    with pytest.raises(train.TrainingError, match=r"03_train/last was trained on another tiny backbone"):
+    with pytest.raises(train.TrainingError) as e:  # the parameter that makes another backbone is named
         train.fit(cfg, progress=False)
+    assert str(e.value) == ("resume=true but 03_train/last was trained with tiny_vocab=500, this run asks "
+                            "tiny_vocab=400: resume with the values it was trained with, or set resume=false to start "
+                            "over")
+    copy_of(done, tmp_path, "moved")  # the same parameters, and a last/ trained on another backbone
+    moved = dataclasses.replace(cfg, run="moved", tiny_vocab=500)
+    written = Run.of(moved).checkpoint("last") / "icdlib.json"
+    record_of_last = json.loads(written.read_text())
+    record_of_last["backbone"]["cache_key"] = "another backbone"
+    written.write_text(json.dumps(record_of_last))
+    with pytest.raises(train.TrainingError, match=r"03_train/last was trained on another tiny backbone"):
+        train.fit(moved, progress=False)
 
 
 # ---------------------------------------------------------------- one cache rule
@@ -408,3 +419,27 @@ def test_the_lock_passes_to_the_holders_own_children(tmp_path):
                                   env={k: v for k, v in os.environ.items() if k != LOCK_ENV})
         assert stranger.returncode != 0 and f"is in use by pid {os.getpid()} (03_train since" in stranger.stderr
     assert LOCK_ENV not in os.environ
+
+
+# ---------------------------------------------------------------- later steps read the run, not the params file
+
+def test_04_and_05_take_the_training_parameters_03_recorded(done, tmp_path):
+    """A run trained with mntp_compare=none, then 04 and 05 as `icdlib run --only 04 05` starts
+    them (the params file alone): they use the run's values. Was: `03_train/with_mntp/best does
+    not exist: run 03_train for this run first` (tiny.yaml's mntp_compare: with)."""
+    copy_of(done, tmp_path)
+    bare = config.load("tiny", params={"output_root": str(tmp_path), "run": "copy"}, record=False)
+    assert (bare.mntp_compare, bare.max_steps) == ("with", -1)  # what the params file says
+    ev = evaluate.run(bare)
+    assert (ev.cfg.mntp_compare, ev.cfg.mntp_steps, ev.cfg.max_steps) == ("none", 0, 3)
+    assert evaluate.read(bare).cfg.mntp_compare == "none"
+    assert evaluate.run(dataclasses.replace(bare, threshold=0.3, device="cpu")).cfg.threshold == 0.3  # 04's own, how
+
+
+def test_a_later_step_asking_another_training_value_stops_in_one_line(done, tmp_path):
+    cfg = copy_of(done, tmp_path, mntp_compare="without", mntp_steps=5)
+    for step in (evaluate.run, evaluate.read):
+        with pytest.raises(record.RecordError) as e:
+            step(cfg)
+        assert str(e.value) == ("03_train was trained with mntp_steps=0, this run asks mntp_steps=5: rerun 03 (or use "
+                                "a new run folder)")

@@ -123,3 +123,37 @@ def test_ddp_two_processes_score_every_admission_once(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_scored_once(cfg)
+
+
+# ---------------------------------------------------------------- a resume continues the run it resumes
+
+def test_a_resume_asking_other_training_values_is_refused_in_one_line(tmp_path, monkeypatch):
+    """Was: accepted silently, the restored optimizer kept the old lr while the manifest recorded the new one."""
+    import dataclasses
+
+    cfg = small_cfg(tmp_path, "changed", max_steps=6, save_every=3)
+    kill_at_fifth_step(cfg, monkeypatch)
+    asked = dataclasses.replace(cfg, resume=True, lr=5.0e-4, batch_size=4, epochs=3)
+    with pytest.raises(IcdlibError) as e:
+        train.fit(asked, progress=False)
+    assert str(e.value) == ("resume=true but 03_train/last was trained with batch_size=8, lr=0.001, this run asks "
+                            "batch_size=4, lr=0.0005: resume with the values it was trained with, or set resume=false "
+                            "to start over")
+
+
+def test_a_resume_without_the_first_run_s_values_continues_it(tmp_path, monkeypatch, capsys):
+    """`-p resume=true` alone (the params file's values) takes last/'s: the run goes on to step 6 with
+    its own parameters; a longer max_steps is applied and recorded as a change at the resumed step."""
+    import dataclasses
+    import json
+
+    cfg = small_cfg(tmp_path, "bare", max_steps=6, save_every=3)
+    kill_at_fifth_step(cfg, monkeypatch)
+    bare = config.load("tiny", params={"output_root": str(tmp_path), "run": "bare", "resume": True}, record=False)
+    assert (bare.batch_size, bare.max_steps) == (16, -1)  # tiny.yaml's, not the run's
+    history = train.fit(dataclasses.replace(bare, max_steps=8))
+    assert history["step"].tolist() == [3, 6, 8]
+    assert "resuming at step 3 with max_steps 6 → 8" in capsys.readouterr().out
+    manifest = json.loads((cfg.run_dir / "03_train/manifest.json").read_text())
+    assert manifest["params"]["batch_size"] == 8 and manifest["params"]["max_steps"] == 8
+    assert manifest["resumed"] == {"at_step": 3, "changed": {"max_steps": [6, 8]}}
