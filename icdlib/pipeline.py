@@ -10,7 +10,9 @@ the machine: `share_notebook` rewrites them as `<run>/…`, `<mimic_dir>`, … o
 
 While 03 trains, its one line per evaluation (`03_train/progress.jsonl`) is streamed to the
 terminal (`ProgressTail`); after the last notebook `reports/index.html` links the reports with
-the headline metrics (`write_index`).
+the headline metrics (`write_index`). Both there and in the terminal's last line (`headline`) the
+metrics are shown only when 04 scored the run's current `03_train/best/` (`evaluated`); otherwise
+they say why not and the command that scores it.
 """
 
 from __future__ import annotations
@@ -132,10 +134,20 @@ def _keep(tmp: Path, failed: Path) -> None:
 
 
 def interrupted_line(name: str, cfg: Config) -> str:
+    """What to type to go on after Ctrl-C in step `name`: `run_command` for it and the steps after
+    (they take the run's recorded parameters; a resumed 03 takes last/'s), with the run's own
+    `-p` values when 01 must build the data again."""
+    import shlex
+
+    from icdlib import config
+
+    steps = [n[:2] for n in NOTEBOOKS if n >= name]
+    given = ""
+    if name == NOTEBOOKS[0]:
+        defaults = config.resolve(cfg.backbone, {"output_root": cfg.output_root, "run": cfg.run})
+        given = "".join(f" -p {shlex.quote(o)}" for o in config.cli_overrides(cfg, defaults))
     resume = " -p resume=true" if name == "03_train" else ""
-    return (f"interrupted in {name}; the steps before it are complete. Resume with: python -m icdlib run "
-            f"--backbone {cfg.backbone} --run {cfg.run_name} --only {' '.join(n[:2] for n in NOTEBOOKS if n >= name)}"
-            f"{resume}")
+    return f"interrupted in {name}; the steps before it are complete. Resume with: {run_command(cfg, steps)}{given}{resume}"
 
 
 def to_html(notebook: Path) -> Path:
@@ -165,19 +177,87 @@ def run_all(cfg: Config, params: dict, notebooks=NOTEBOOKS, progress: bool = Tru
         return htmls + [write_index(cfg)]
 
 
-def headline(cfg: Config) -> str:
-    """A few lines of the run's test (or val) metrics, for the terminal."""
+def recorded(cfg: Config) -> dict:
+    """The run's config.json (what step 01 built the data with) as a dict; `cfg`'s values when the
+    run has none (or an unreadable one)."""
     from icdlib.runfolder import Run
 
-    path = Run.of(cfg).metrics
+    try:
+        values = json.loads(Run.of(cfg).config.read_text())
+    except (OSError, ValueError):
+        values = None
+    return values if isinstance(values, dict) else cfg.to_dict()
+
+
+def evaluated(cfg: Config) -> tuple[dict, str]:
+    """04's metrics.json when it scored the run's current `03_train/best/`, and ""; else {} and
+    why not, as a phrase (`04_evaluate has not scored the current model (03_train/best changed
+    since it ran)`).
+
+    04's manifest records the `tree_hash` of the best/ it evaluated (its `inputs`, as `record.step`
+    takes them from 03's manifest) and the hash of the metrics.json it wrote (its `outputs`): a 03
+    rerun since (`icdlib run --only 03`) changes the first; 04 stopping half-way, or an icdlib
+    older than the run record, leaves no manifest, and then nothing says which model was scored."""
+    from icdlib import record
+    from icdlib.provenance import file_hash
+    from icdlib.runfolder import Run, tree_hash
+
+    run = Run.of(cfg)
+    path, best = run.metrics, run.checkpoint("best")
     if not path.is_file():
+        return {}, "04_evaluate has not run for this run"
+    try:
+        manifest = record.read_manifest(run, "04_evaluate")
+    except record.RecordError:
+        manifest = None
+    if manifest is None:
+        return {}, (f"{run.rel(path)} does not record which model it scored (04_evaluate did not finish, or an "
+                    f"older icdlib wrote it)")
+    if manifest["outputs"].get(run.rel(path)) != file_hash(path):
+        return {}, f"{run.rel(path)} has changed since 04_evaluate wrote it"
+    if manifest.get("inputs", {}).get(run.rel(best)) != tree_hash(best):
+        what = "changed since it ran" if best.is_dir() else "is missing"
+        return {}, f"04_evaluate has not scored the current model ({run.rel(best)} {what})"
+    return json.loads(path.read_text()), ""
+
+
+def run_command(cfg: Config, steps=("04", "05")) -> str:
+    """The `python -m icdlib run` line that runs `steps` on this run folder (01's data parameters
+    follow from its record, so the line needs none of them)."""
+    import shlex
+
+    root = f" --output-root {shlex.quote(cfg.output_root)}" if cfg.output_root else ""
+    return (f"python -m icdlib run --backbone {shlex.quote(cfg.backbone)} --run {shlex.quote(cfg.run_name)}{root} "
+            f"--only {' '.join(steps)}")
+
+
+HEADLINE_METRICS = ("auroc_micro", "auroc_macro", "auprc_micro", "f1_micro", "p_at_8", "map")
+
+
+def headline(cfg: Config) -> str:
+    """The run's result in one line, for the terminal: the test (or val) metrics of 04 when it
+    scored the current best/ (`evaluated`), else why there are none and the command that makes
+    them; the data named from the run's record (`report.recorded_data_name`). "" before 03 has
+    made a model."""
+    from icdlib import report
+    from icdlib.runfolder import Run
+
+    run = Run.of(cfg)
+    if not run.checkpoint("best").is_dir() and not run.metrics.is_file():
         return ""
-    results = json.loads(path.read_text())
-    split = "test" if results.get("test") else "val"
-    m = results[split]
-    keys = ("auroc_micro", "auroc_macro", "auprc_micro", "f1_micro", "p_at_8", "map")
-    return f"{split} ({'synthetic twin' if cfg.synthetic else 'MIMIC-III'}): " + ", ".join(
-        f"{k} {m[k]:.3f}" for k in keys if k in m and m[k] is not None)
+    data = report.recorded_data_name(recorded(cfg))
+    results, stale = evaluated(cfg)
+    if results:
+        split = "test" if results.get("test") else "val"
+        m = results[split]
+        return f"{split} ({data}): " + ", ".join(f"{k} {m[k]:.3f}" for k in HEADLINE_METRICS
+                                                  if k in m and m[k] is not None)
+    try:
+        earlier = json.loads(run.metrics.read_text())
+        split = "test" if earlier.get("test") else "val"
+    except (OSError, ValueError, AttributeError):
+        split = "no metrics"
+    return f"{split} ({data}): {stale}: run {run_command(cfg)}"
 
 
 # ---------------------------------------------------------------- the terminal while a notebook runs
@@ -298,13 +378,16 @@ padding:0 1em;color:#222}h1{font-size:1.6em;margin-bottom:.2em}.sub{color:#555;m
 table{border-collapse:collapse;margin:1em 0}th,td{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:right}
 th:first-child,td:first-child{text-align:left}thead th{border-bottom:2px solid #999}
 ol li{margin:.4em 0}.missing{color:#999}code{background:#f3f3f3;padding:0 .2em}
-.summary{background:#f7f9fc;border-left:4px solid #4a7bd0;padding:.2em 1em;margin:1em 0}"""
+.summary{background:#f7f9fc;border-left:4px solid #4a7bd0;padding:.2em 1em;margin:1em 0}
+.stale{color:#a33}"""
 
 
 def write_index(cfg: Config) -> Path:
     """`<run>/reports/index.html`: one self-contained page (no script, no external file) linking the
     five reports, with the headline metrics of the model and the baseline, what the run shows, and
-    where it came from (`provenance.collect`). Reports not (yet) run are listed as such."""
+    where it came from (`provenance.collect`). Reports not (yet) run are listed as such; metrics
+    that are not of the current best/ (`evaluated`) are not shown, and the 04 and 05 reports are
+    marked as showing an earlier model's."""
     import html
 
     from icdlib import provenance, report
@@ -313,12 +396,13 @@ def write_index(cfg: Config) -> Path:
     run = Run.of(cfg)
     reports = run.reports
     info = provenance.collect(cfg.run_dir)
-    path = run.metrics
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics, stale = evaluated(cfg)
+    data = recorded(cfg)
+    synthetic, dataset = not data.get("mimic_dir"), data.get("dataset") or cfg.dataset
     esc = html.escape
     parts = [f"<h1>icdlib run <code>{esc(cfg.run_name)}</code></h1>",
              f"<p class='sub'>backbone <code>{esc(cfg.backbone)}</code> · "
-             + esc(report.data_name(cfg.dataset, cfg.synthetic)) + f" · {esc(info['date'][:10])}</p>"]
+             + esc(report.recorded_data_name(data)) + f" · {esc(info['date'][:10])}</p>"]
     if metrics:
         split = "test" if metrics.get("test") else "val"
         systems = {f"icdlib ({split}, tuned threshold)": metrics.get(f"{split}_tuned") or metrics[split]}
@@ -328,16 +412,22 @@ def write_index(cfg: Config) -> Path:
         rows = "".join(f"<tr><td>{esc(system)}</td>" + "".join(
             f"<td>{report._f(m.get(k))}</td>" for k, _ in report.SUMMARY_METRICS) + "</tr>" for system, m in systems.items())
         parts.append(f"<table><thead><tr><th>system</th>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        text = report.summary(metrics=metrics, synthetic=cfg.synthetic, dataset=cfg.dataset).html.split("</h3>", 1)[-1]
+        text = report.summary(metrics=metrics, synthetic=synthetic, dataset=dataset).html.split("</h3>", 1)[-1]
         parts.append(f"<div class='summary'>{text}</div>")
+    elif not run.checkpoint("best").is_dir() and not run.metrics.is_file():
+        parts.append("<p>No metrics yet: no model has been trained for this run (03_train).</p>")
     else:
-        parts.append("<p>No metrics yet: 04_evaluate has not run for this run.</p>")
+        command = report.share_paths(run_command(cfg), cfg)  # escaped below: <output_root> shows, not a tag
+        parts.append(f"<p class='stale'>No metrics for the current model: {esc(stale)}: run "
+                     f"<code>{esc(command)}</code></p>")
     items = []
     for name in NOTEBOOKS:
         title = esc(REPORT_TITLES.get(name, name))
         if (reports / f"{name}.html").is_file():
+            earlier = (" · <span class='stale'>shows an earlier model's metrics, not the current "
+                       "03_train/best's</span>") if not metrics and name in ("04_evaluate", "05_error_analysis") else ""
             items.append(f"<li><a href='{name}.html'>{name}</a> — {title} "
-                         f"(<a href='{name}.ipynb'>notebook</a>)</li>")
+                         f"(<a href='{name}.ipynb'>notebook</a>){earlier}</li>")
         else:
             items.append(f"<li class='missing'>{name} — {title} (not run)</li>")
     parts.append("<h2>Reports</h2><ol>" + "".join(items) + "</ol>")

@@ -39,6 +39,7 @@ __all__ = [
     "kind_share", "split_balance", "unseen_in_train", "token_lengths", "truncation", "history", "pr_curve",
     "per_code_vs_frequency", "frequency_buckets", "f1_by_frequency_bucket", "threshold_curve",
     "calibration", "metrics_table", "metrics_caption", "metrics_styled", "reference_rows", "reference_note", "data_name",
+    "recorded_data_name",
     "TABLE_NAMES", "Shown", "path_placeholders", "share_paths", "parameters", "provenance",
     "header", "summary",
 ]
@@ -117,6 +118,16 @@ def data_name(dataset: str = "mimic3", synthetic: bool = False) -> str:
         return name
     base, _, version = name.partition(" ")
     return f"synthetic {base} twin{' ' + version if version else ''}"
+
+
+def recorded_data_name(recorded: dict) -> str:
+    """What a run codes, in words (`data_name`), from its record: `recorded` is the run's
+    config.json as step 01 wrote it (`dataset`; `mimic_dir` empty means the synthetic twin).
+
+    The terminal's headline and `reports/index.html` both name the data this way, so neither
+    depends on what a later command (`icdlib run --only 04 05`) happened to repeat."""
+    dataset = recorded.get("dataset") or "mimic3"
+    return data_name(dataset if dataset in DATA_NAMES else "mimic3", not recorded.get("mimic_dir"))
 
 
 def reference_rows(benchmark: str = "none", synthetic: bool = False) -> dict[str, dict[str, float]]:

@@ -27,14 +27,17 @@ def notebook_dir(tmp_path, source: str):
     ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
      "01_preprocess: the notebook's kernel died (killed from outside, most often for running out of memory", pipeline.NotebookError),
     ("raise KeyboardInterrupt", "interrupted in 01_preprocess; the steps before it are complete. Resume with: "
-     "python -m icdlib run --backbone tiny --run k --only 01 02 03 04 05", pipeline.Interrupted),
+     "python -m icdlib run --backbone tiny --run k --output-root {out} --only 01 02 03 04 05 -p max_steps=7",
+     pipeline.Interrupted),
 ])
 def test_a_dead_or_interrupted_kernel_is_one_line(source, expected, error, tmp_path, monkeypatch):
+    """The resume line names the run's folder and, for 01, its own -p values (were left out)."""
     monkeypatch.setattr(pipeline, "NOTEBOOK_DIR", notebook_dir(tmp_path, source))
-    cfg = config.resolve("tiny", {"output_root": str(tmp_path / "out"), "run": "k"})
+    cfg = config.resolve("tiny", {"output_root": str(tmp_path / "out"), "run": "k", "max_steps": 7})
     with pytest.raises(error) as e:
         pipeline.execute("01_preprocess", cfg, {}, progress=False)
     text = str(e.value)
+    expected = expected.format(out=tmp_path / "out")
     assert "\n" not in text and text.startswith(expected), text
     assert (cfg.run_dir / "reports" / "01_preprocess.failed.ipynb").is_file()
     assert not list((cfg.run_dir / "reports").glob(".*running*"))
@@ -69,3 +72,34 @@ def test_a_foreign_head_is_one_line(tiny_backbone, tmp_path):
     (folder / "icdlib.json").write_text(json.dumps({"labels": ["401.9"]})[:-3])  # truncated
     with pytest.raises(IcdlibError, match="icdlib.json is damaged"):
         checkpoint.load(folder)
+
+
+def test_the_printed_resume_line_continues_the_run(tmp_path, monkeypatch):
+    """03 stopped mid-way in a run made with its own -p values (max_steps 6, batch 8, no MNTP): the
+    line printed for Ctrl-C, run as printed from another folder, resumes 03 from last/ with those
+    values and runs 04 and 05. Was: the line omitted the run's -p values and --output-root, and
+    followed as printed it was refused (`set resume=false to start over`)."""
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from icdlib import train
+    from test_train import kill_at_fifth_step, small_cfg
+
+    cfg = small_cfg(tmp_path / "out", "cut", max_steps=6, save_every=3, baseline=False)
+    kill_at_fifth_step(cfg, monkeypatch)
+    line = pipeline.interrupted_line("03_train", cfg)
+    command = line.split("Resume with: ", 1)[1]
+    assert command == (f"python -m icdlib run --backbone tiny --run cut --output-root {tmp_path / 'out'} --only 03 04 05 "
+                       f"-p resume=true")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, *shlex.split(command)[1:]], cwd=elsewhere, capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)}, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = train.load_history(cfg.run_dir)
+    assert history["step"].tolist() == [3, 6]
+    assert json.loads((cfg.run_dir / "03_train/manifest.json").read_text())["params"]["batch_size"] == 8
+    assert (cfg.run_dir / "04_evaluate/metrics.json").is_file() and (cfg.run_dir / "reports/05_error_analysis.html").is_file()

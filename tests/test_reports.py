@@ -274,6 +274,29 @@ def test_index_links_the_five_reports_with_the_headline(small_run):
     assert "<script" not in page and "http" not in page  # self-contained: nothing fetched
 
 
+def test_rerunning_03_alone_shows_no_stale_metrics(small_run, tmp_path):
+    """`icdlib run --only 03` with another lr makes a new best/ and leaves 04's metrics.json as the
+    old model's: the terminal's last line and index.html say so, and how to score the new model."""
+    import shutil
+
+    run_dir, _ = small_run
+    shutil.copytree(run_dir, tmp_path / "r")
+    args = ["run", "--backbone", "tiny", "--run", "r", "--output-root", str(tmp_path), "--quiet", "--only", "03",
+            "-p", "synth_admissions=120", "-p", f"max_steps={MAX_STEPS}", "-p", f"eval_every={EVAL_EVERY}",
+            "-p", "mntp_steps=20", "-p", "lr=2.0e-3"]  # MNTP (its key has no lr) is reused
+    done = subprocess.run([sys.executable, "-m", "icdlib", *args], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == (
+        "[icdlib] test (synthetic MIMIC-III twin): 04_evaluate has not scored the current model (03_train/best "
+        f"changed since it ran): run python -m icdlib run --backbone tiny --run r --output-root {tmp_path} --only 04 05")
+    page = (tmp_path / "r" / "reports" / "index.html").read_text()
+    assert not re.findall(r"<td>\d\.\d{3}</td>", page) and "On the test split" not in page
+    assert ("No metrics for the current model: 04_evaluate has not scored the current model (03_train/best changed "
+            "since it ran): run <code>python -m icdlib run --backbone tiny --run r --output-root &lt;output_root&gt; "
+            "--only 04 05</code>") in page
+    assert page.count("shows an earlier model's metrics") == 2  # the 04 and 05 reports still there
+
+
 # ---------------------------------------------------------------- small exact cases
 
 def test_progress_line_format():
