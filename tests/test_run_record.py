@@ -175,8 +175,9 @@ def test_parameters_the_run_does_not_ask_follow_the_data(done):
     params file's values are not asked for, so the run takes 01's (and records them)."""
     plain = config.resolve("tiny", {"output_root": done.output_root, "run": done.run})
     assert (plain.synth_admissions, plain.min_count) == (800, 5)
-    adopted = record.check(plain, "05_error_analysis")
-    assert (adopted.synth_admissions, adopted.min_count, adopted.tiny_hidden) == (120, 3, plain.tiny_hidden)
+    assert record.check(plain, "02_label_stats").tiny_hidden == plain.tiny_hidden == 64  # before 03: data only
+    adopted = record.check(plain, "05_error_analysis")  # after 03: also what 03 trained with
+    assert (adopted.synth_admissions, adopted.min_count, adopted.tiny_hidden) == (120, 3, 32)
 
 
 def test_a_rerun_upstream_step_is_caught_downstream(done, tmp_path):
@@ -441,5 +442,5 @@ def test_a_later_step_asking_another_training_value_stops_in_one_line(done, tmp_
     for step in (evaluate.run, evaluate.read):
         with pytest.raises(record.RecordError) as e:
             step(cfg)
-        assert str(e.value) == ("03_train was trained with mntp_steps=0, this run asks mntp_steps=5: rerun 03 (or use "
-                                "a new run folder)")
+        assert str(e.value) == ("03_train was trained with mntp_steps=0, mntp_compare=none, this run asks "
+                                "mntp_steps=5, mntp_compare=without: rerun 03 (or use a new run folder)")
