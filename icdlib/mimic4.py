@@ -40,7 +40,8 @@ Where this module differs, or could not check:
   `I10`, as ICD-10-CM writes it. One-to-one, so counts and the label space are the same.
 - Edin's `pd.read_csv` reads empty text and pandas' NA strings (`NA`, `NULL`, ...) as missing; here
   only a missing or empty text is. Edin does not strip or upper-case codes; here they are (a no-op
-  on clean data). Edin crashes on an icd_version other than 9/10; here a `DataError`.
+  on clean data). Edin crashes on an icd_version other than 9/10; here a `DataError`, and so are
+  code tables without a row of the dataset's version (`_check_version_found`: the other dataset named).
 - The published dataset sizes (Edin: 209,326 / 122,279 admissions) were not reproduced: no MIMIC-IV
   copy was at hand. Edin runs its text cleaning in vaex; `clean_edin_all` computes what the same
   regexes give (checked against Python's `re` on random texts) over the texts' UTF-8 bytes in
@@ -224,6 +225,35 @@ def _first_of_each(key: np.ndarray) -> np.ndarray:
     return first[group]
 
 
+def _check_version_found(paths: dict[str, Path], version: int, found: dict[str, dict[int, int]]) -> None:
+    """A one-line DataError when neither code table has a row of `version` (`found`: table ->
+    {icd_version: rows with a code and hadm_id}).
+
+    Why: MIMIC-IV data of the other ICD version (an extract, or the wrong dataset chosen) would
+    otherwise give an empty dataset, and step 01 would blame its later filters (note_categories,
+    split). The message names the files, counts their rows by icd_version and names the dataset
+    that reads them."""
+    if any(counts[version] for counts in found.values()):
+        return
+    other = 19 - version
+    dx, px = (paths[table] for table in CODE_TABLES.values())
+    dx_rows, px_rows = (_rows_of(found[table][other], other) for table in CODE_TABLES.values())
+    what = (f"for these ICD-{other} codes use dataset={_dataset(other)}" if any(c[other] for c in found.values())
+            else "check that mimic_dir holds MIMIC-IV v2.2's hosp/ tables")
+    raise DataError(f"{dx} has no ICD-{version} codes ({dx_rows}), nor has {px.name} ({px_rows}): "
+                    f"dataset={_dataset(version)} reads icd_version {version} rows only; {what}")
+
+
+def _rows_of(n: int, version: int) -> str:
+    """`12,345 rows, all icd_version 9`, or `no rows`."""
+    return f"{n:,} rows, all icd_version {version}" if n else "no rows"
+
+
+def _dataset(version: int) -> str:
+    """The dataset of an ICD version (DATASETS inverted)."""
+    return next(name for name, v in DATASETS.items() if v == version)
+
+
 def read_codes(paths: dict[str, Path], version: int) -> tuple[pd.DataFrame, dict]:
     """The ICD-`version` code rows (hadm_id, subject_id, code, kind), dotted and de-duplicated as Edin.
 
@@ -235,7 +265,7 @@ def read_codes(paths: dict[str, Path], version: int) -> tuple[pd.DataFrame, dict
     if version not in (9, 10):
         raise ConfigError(f"version must be 9 or 10; got {version!r}")
     other = 19 - version
-    frames, stats = [], {}
+    frames, stats, found = [], {}, {}
     for kind, table in CODE_TABLES.items():
         path = paths[table]
         df = mimic._read_csv(path, {"SUBJECT_ID": pa.int64(), "HADM_ID": pa.int64(), "ICD_CODE": pa.string(),
@@ -258,7 +288,8 @@ def read_codes(paths: dict[str, Path], version: int) -> tuple[pd.DataFrame, dict
         repeat = first != np.arange(len(rows))
         mine = rows["version"].to_numpy() == version
         cross = mine & (first_version != version)
-        stats[f"{table} rows of ICD-{other} (the other dataset)"] = int((~mine).sum())
+        found[table] = {version: int(mine.sum()), other: int((~mine).sum())}
+        stats[f"{table} rows of ICD-{other} (the other dataset)"] = found[table][other]
         stats[f"{table} ICD-{version} codes repeated within an admission (dropped)"] = int(
             (repeat & mine & ~cross).sum())
         stats[f"{table} ICD-{version} codes an earlier ICD-{other} row of the admission has (dropped, as Edin)"] = int(
@@ -267,6 +298,7 @@ def read_codes(paths: dict[str, Path], version: int) -> tuple[pd.DataFrame, dict
         frames.append(pd.DataFrame({"hadm_id": rows["hadm_id"].to_numpy(),
                                     "subject_id": rows["subject_id"].astype("int64").to_numpy(),
                                     "code": rows["code"].to_numpy(dtype=object), "kind": kind}))
+    _check_version_found(paths, version, found)
     out = pd.concat(frames, ignore_index=True)
     stats[f"ICD-{version} code rows kept"] = len(out)
     return out, stats
