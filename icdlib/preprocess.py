@@ -299,7 +299,7 @@ def rare_codes(notes: pd.DataFrame, min_count: int, preset: str) -> tuple[pd.Dat
     whole-dataset count and the counts dropped."""
     whole = labelspace.all_counts(notes)
     keep = set(whole.index[whole >= min_count].tolist())
-    left = notes["codes"].map(lambda codes: any(c in keep for c in codes))
+    left = notes["codes"].map(lambda codes: any(c in keep for c in codes)).to_numpy(dtype=bool)  # bool when empty too
     stats = {f"codes in < {min_count} admissions of the whole dataset (dropped, {preset})": int(
         (whole < min_count).sum()), f"admissions without codes left (dropped, {preset})": int((~left).sum())}
     return notes[left].reset_index(drop=True), whole, stats

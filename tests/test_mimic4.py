@@ -124,6 +124,15 @@ def edin_targets(notes, min_count):
     return kept.assign(codes=kept["codes"].map(lambda cs: [c for c in cs if whole[c] >= min_count])), stats
 
 
+def test_edin_filter_of_no_admission_keeps_the_columns(gz):
+    """An empty dataset lost every column here (a map over no rows is not boolean), and split
+    assignment then crashed on `KeyError: 'hadm_id'` instead of step 01's one line."""
+    nine, _, _ = mimic4.prepare(gz, dataset="mimic4_icd9")
+    kept, whole, stats = preprocess.rare_codes(nine.iloc[:0], 2, "edin")
+    assert list(kept.columns) == list(nine.columns) and len(kept) == 0 and len(whole) == 0
+    assert stats["admissions without codes left (dropped, edin)"] == 0
+
+
 def test_edin_filter_label_spaces(gz):
     nine, _, _ = mimic4.prepare(gz, dataset="mimic4_icd9")
     kept, stats = edin_targets(nine, min_count=2)
