@@ -82,12 +82,17 @@ import torch
 
 from icdlib.bench.harness import ratios, summary
 from icdlib.errors import IcdlibError
+from icdlib.memory_plan import SHAPES
+
+
+def _shape(name: str, **extra) -> dict:
+    """A shipped backbone's shape as `memory_plan.SHAPES` holds it, plus what building it here needs."""
+    return {**{k: SHAPES[name][k] for k in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab")}, **extra}
+
 
 FULL_SHAPES = {
-    "Llama-3-8B": {"arch": "llama", "hidden": 4096, "layers": 32, "heads": 32, "kv_heads": 8, "intermediate": 14336,
-                   "vocab": 128256, "rope_theta": 500000.0, "max_positions": 8192, "params": "llama3"},
-    "Mistral-7B": {"arch": "mistral", "hidden": 4096, "layers": 32, "heads": 32, "kv_heads": 8, "intermediate": 14336,
-                   "vocab": 32000, "rope_theta": 1000000.0, "max_positions": 32768, "params": "mistral"},
+    "Llama-3-8B": _shape("Llama-3-8B", arch="llama", rope_theta=500000.0, max_positions=8192, params="llama3"),
+    "Mistral-7B": _shape("Mistral-7B", arch="mistral", rope_theta=1000000.0, max_positions=32768, params="mistral"),
 }
 TOY = {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 256, "vocab": 1000, "max_positions": 64}
 SMOKE_SHAPES = {
