@@ -11,7 +11,8 @@ to rebuild the rest:
     trainer_state.pt     optimizer, scheduler, step, RNG states (checkpoints only, for resume)
 
 Folders are written under a temporary name and renamed, so a killed run never leaves a
-half-written checkpoint behind.
+half-written checkpoint behind; a save that fills the disk stops in one line saying which
+checkpoints are still whole (`full_disk_said`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -28,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from icdlib import backbones, provenance
 from icdlib.config import Config
 from icdlib.data import PLAIN, SegmentFormat
-from icdlib.errors import IcdlibError
+from icdlib.errors import DiskFullError, IcdlibError
 from icdlib.models import ICDCoder
 from icdlib.runfolder import atomic_path
 
@@ -328,6 +330,46 @@ def resumable(folder: Path) -> bool:
     except (IcdlibError, OSError, RuntimeError, EOFError, ValueError, KeyError):
         return False
     return isinstance(state, dict) and "step" in state
+
+
+def saved_step(folder: Path) -> int | None:
+    """The training step of a checkpoint's `trainer_state.pt`, read without loading the optimizer
+    state (mmap); None when it has none that reads."""
+    try:
+        state = torch.load(Path(folder) / "trainer_state.pt", weights_only=False, mmap=True, map_location="cpu")
+    except (OSError, RuntimeError, EOFError, ValueError, KeyError):
+        return None
+    return state.get("step") if isinstance(state, dict) else None
+
+
+def whole(folders) -> dict[Path, int | None]:
+    """Those of `folders` that are model folders that read, each with its step (`saved_step`)."""
+    found = {}
+    for folder in map(Path, folders):
+        try:
+            read_manifest(folder)
+        except IcdlibError:
+            continue
+        found[folder] = saved_step(folder)
+    return found
+
+
+@contextmanager
+def full_disk_said(step: int, *checkpoints: Path):
+    """A save at `step` that fills the disk (`DiskFullError`, from `atomic_path`) says in its one line
+    which of `checkpoints` (`last/`, `best/`) are still whole, and how to go on. Saves are atomic,
+    so those are the copies from before the save; each is read again to be sure."""
+    try:
+        yield
+    except DiskFullError as e:
+        kept = whole(checkpoints)
+        names = [f"{f.name}/" + ("" if at is None else f" of step {at}") for f, at in kept.items()]
+        said = (f"kept {' and '.join(names)} as {'it was' if len(names) == 1 else 'they were'}" if names
+                else "no checkpoint was written before")
+        resumes = any(at is not None for at in kept.values())  # a last/ with its trainer state
+        then = "free space there, then rerun the command with -p resume=true" if resumes else "free space there and rerun"
+        raise DiskFullError(f"{e.space} saving step {step}: {said}, nothing half-written is left; {then}",
+                            space=e.space) from None
 
 
 def recover(folder: Path) -> Path | None:

@@ -31,6 +31,10 @@ def cmd_run(args) -> None:
     cfg = config.resolve(args.backbone, {**{k: v for k, v in named.items() if v}, **params})
     backbones.check(cfg)  # a wrong backbone path stops here, before step 01 does any work
     notebooks = pipeline.NOTEBOOKS if not args.only else tuple(n for n in pipeline.NOTEBOOKS if n[:2] in args.only)
+    if cfg.mimic_dir and pipeline.NOTEBOOKS[0] in notebooks:
+        from icdlib import preprocess
+
+        preprocess.sources(cfg)  # MIMIC's tables and columns, checked before a kernel starts or a folder is made
     htmls = pipeline.run_all(cfg, params, notebooks, progress=not args.quiet)
     print(f"[icdlib] reports in {cfg.run_dir / 'reports'}:")
     for h in htmls:

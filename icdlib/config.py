@@ -41,7 +41,7 @@ from pathlib import Path
 import yaml
 
 from icdlib.errors import ConfigError
-from icdlib.runfolder import atomic_write_text
+from icdlib.runfolder import atomic_write_text, unwritable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PARAMS_DIR = REPO_ROOT / "params"
@@ -480,13 +480,13 @@ def load(backbone: str, *, params: dict | None = None, params_dir: Path | None =
     of any other overrides (what `python -m icdlib run -p key=value` fills in). Empty strings and
     -1 in the named parameters mean "not set" and leave the params file's value.
 
-    `record=False` leaves an existing `config.json` as it is (and writes one only when there is
-    none): the steps after 01 read a run and must not rewrite what built its data.
+    `record=False` writes nothing: the steps after 01 read a run and must not rewrite what built
+    its data, nor leave a `config.json` in a folder 01 never built (papermill on 03 of a new run).
     """
     merged = {k: v for k, v in overrides.items() if v != "" and v != -1 and v is not None}
     merged.update(params or {})
     cfg = resolve(backbone, merged, params_dir)
-    if record or not (cfg.run_dir / "config.json").is_file():
+    if record:
         save(cfg)
     return cfg
 
@@ -554,7 +554,11 @@ def from_notebook(namespace: dict, *, record: bool = False, params_dir: Path | N
     Every parameter of the notebook (its parameters cell, and any key of `Config` passed with
     papermill's `-p`) applies, validated: see `notebook_parameters`. `record=True` is for step
     01, which builds the data: it writes `<run>/config.json`. The later steps only read the run
-    and leave that record as 01 wrote it (one is written only when there is none)."""
+    and leave that record as 01 wrote it (or write none). In a kernel, an icdlib error raised by
+    this cell or a later one shows as its one line (`kernel.show_errors_in_one_line`)."""
+    from icdlib.kernel import show_errors_in_one_line
+
+    show_errors_in_one_line()
     if not isinstance(namespace.get("backbone"), str):
         raise ConfigError(f"notebook parameter: backbone must be the name of a params file, got "
                           f"{namespace.get('backbone')!r}")
@@ -578,7 +582,10 @@ def cli_overrides(cfg: Config, recorded: Config) -> list[str]:
 
 def save(cfg: Config) -> Path:
     path = cfg.run_dir / "config.json"
-    atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2) + "\n")
+    try:
+        atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2) + "\n")
+    except OSError as e:
+        raise unwritable(cfg.run_dir, e) from None
     return path
 
 

@@ -20,3 +20,14 @@ class MimicSchemaError(IcdlibError):
 
 class DataError(IcdlibError):
     """Data that reads but cannot be used (empty after filtering, bad split file, ...)."""
+
+
+class DiskFullError(IcdlibError):
+    """The disk (or the user's quota) filled up while writing: the folder, the space free, what was kept.
+
+    `space` is the first part (`no space left on X (… free)`), so a caller that knows more (the
+    step a checkpoint was saved at) can say it in the same words."""
+
+    def __init__(self, message: str, space: str = ""):
+        super().__init__(message)
+        self.space = space or message

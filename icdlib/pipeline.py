@@ -18,14 +18,16 @@ they say why not and the command that scores it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from icdlib.config import REPO_ROOT, Config, absolute_paths
 from icdlib.errors import IcdlibError
+from icdlib.kernel import KERNEL_ARGUMENTS, kernel_manager_class
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = ("01_preprocess", "02_label_stats", "03_train", "04_evaluate", "05_error_analysis")
@@ -37,32 +39,6 @@ class NotebookError(IcdlibError):
 
 class Interrupted(IcdlibError):
     """Ctrl-C (or SIGINT) stopped a notebook; the message says how to resume."""
-
-
-_KERNEL_MANAGER = None
-
-
-def kernel_manager_class():
-    """jupyter_client's AsyncKernelManager, less the SIGINT it sends before every shutdown request.
-
-    After the last cell papermill asks the kernel for kernel_info and shuts it down as soon as
-    the reply arrives; the kernel is then still inside that request's handler, where SIGINT
-    raises, so ipykernel logged `ERROR | KeyboardInterrupt caught in kernel.` after successful
-    runs (more often on a busy machine). Our kernels have finished their cells by then: the
-    shutdown request alone stops them, and jupyter_client still sends SIGTERM, then SIGKILL, to
-    one that does not exit within `shutdown_wait_time`. Interrupts outside a shutdown pass on.
-    """
-    global _KERNEL_MANAGER
-    if _KERNEL_MANAGER is None:
-        from jupyter_client import AsyncKernelManager
-
-        class FinishedKernelManager(AsyncKernelManager):
-            async def _async_interrupt_kernel(self) -> None:
-                if not self.shutting_down:
-                    await super()._async_interrupt_kernel()
-
-        _KERNEL_MANAGER = FinishedKernelManager
-    return _KERNEL_MANAGER
 
 
 NOTEBOOK_STACK = ("papermill", "nbformat", "nbclient", "nbconvert", "jupyter_client", "ipykernel", "matplotlib", "seaborn")
@@ -97,46 +73,71 @@ def execute(name: str, cfg: Config, params: dict, progress: bool = True) -> Path
     out = reports / f"{name}.ipynb"
     tmp = running_notebook(reports, name)
     failed = reports / f"{name}.failed.ipynb"
+    log = reports / f"{name}.kernel.log"  # the kernel's own stderr: kept when the step fails and it said something
+    log.unlink(missing_ok=True)
     parameters = {"backbone": cfg.backbone, "run": cfg.run, "mimic_dir": cfg.mimic_dir,
                   "params": absolute_paths(params)}
     watched = progress_file(name, cfg) if progress else None
     tail = ProgressTail(name, watched, since=time.time() - 1.0) if watched else nullcontext()
     try:
-        with tail:  # papermill's cell bar only on a terminal: in a log it is a line per update
+        with tail, quiet_papermill():  # papermill's cell bar only on a terminal: in a log it is a line per update
             pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(tmp), parameters=parameters,
                                 kernel_name="python3", progress_bar=progress and sys.stderr.isatty(),
-                                cwd=os.getcwd(), log_output=False, extra_arguments=["--IPKernelApp.log_level=ERROR"],
-                                kernel_manager_class=kernel_manager_class())
+                                cwd=os.getcwd(), log_output=False, extra_arguments=KERNEL_ARGUMENTS,
+                                kernel_manager_class=kernel_manager_class(log))
     except PapermillExecutionError as e:
-        _keep(tmp, failed)
+        _keep(tmp, failed, log)
         if e.ename == "KeyboardInterrupt":
             raise Interrupted(interrupted_line(name, cfg)) from None
         raise NotebookError(f"{name} failed: {e.ename}: {str(e.evalue).splitlines()[0] if e.evalue else ''} "
                             f"(executed notebook: {failed})") from None
     except DeadKernelError:
-        _keep(tmp, failed)
+        said = f", its log {log}" if _keep(tmp, failed, log) else ""
         raise NotebookError(f"{name}: the notebook's kernel died (killed from outside, most often for running out "
                             f"of memory: lower batch_size or max_segments, or use a larger machine); the notebook "
-                            f"up to that cell is {failed}") from None
+                            f"up to that cell is {failed}{said}. Resume with: {resume_command(name, cfg)}") from None
     except KeyboardInterrupt:
-        _keep(tmp, failed)
+        _keep(tmp, failed, log)
         raise Interrupted(interrupted_line(name, cfg)) from None
     share_notebook(tmp, cfg)  # no path of this machine in a report
     os.replace(tmp, out)
     (reports / f"{name}.failed.ipynb").unlink(missing_ok=True)
+    log.unlink(missing_ok=True)
     return out
 
 
-def _keep(tmp: Path, failed: Path) -> None:
-    """The notebook as far as it got, as `NN_name.failed.ipynb` (papermill writes it cell by cell)."""
+@contextmanager
+def quiet_papermill():
+    """papermill's logger at CRITICAL while a step runs: what it would log (`Kernel died while waiting
+    for execute reply.` before our own line, a slow autosave) the step's one line already says."""
+    logger = logging.getLogger("papermill")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _keep(tmp: Path, failed: Path, log: Path) -> bool:
+    """The notebook as far as it got, as `NN_name.failed.ipynb` (papermill writes it cell by cell),
+    and the kernel's log when it holds anything; whether it does."""
     if tmp.exists():
         os.replace(tmp, failed)
+    if log.is_file() and log.stat().st_size == 0:
+        log.unlink()
+    return log.is_file()
 
 
 def interrupted_line(name: str, cfg: Config) -> str:
-    """What to type to go on after Ctrl-C in step `name`: `run_command` for it and the steps after
-    (they take the run's recorded parameters; a resumed 03 takes last/'s), with the run's own
-    `-p` values when 01 must build the data again."""
+    """What to type to go on after Ctrl-C in step `name` (`resume_command`)."""
+    return f"interrupted in {name}; the steps before it are complete. Resume with: {resume_command(name, cfg)}"
+
+
+def resume_command(name: str, cfg: Config) -> str:
+    """The command that goes on from step `name`: `run_command` for it and the steps after (they
+    take the run's recorded parameters; a resumed 03 takes last/'s), with the run's own `-p`
+    values when 01 must build the data again."""
     import shlex
 
     from icdlib import config
@@ -147,7 +148,7 @@ def interrupted_line(name: str, cfg: Config) -> str:
         defaults = config.resolve(cfg.backbone, {"output_root": cfg.output_root, "run": cfg.run})
         given = "".join(f" -p {shlex.quote(o)}" for o in config.cli_overrides(cfg, defaults))
     resume = " -p resume=true" if name == "03_train" else ""
-    return f"interrupted in {name}; the steps before it are complete. Resume with: {run_command(cfg, steps)}{given}{resume}"
+    return f"{run_command(cfg, steps)}{given}{resume}"
 
 
 def to_html(notebook: Path) -> Path:
@@ -173,7 +174,10 @@ def run_all(cfg: Config, params: dict, notebooks=NOTEBOOKS, progress: bool = Tru
         for name in notebooks:
             if progress:
                 print(f"[icdlib] {name} ...", flush=True)
-            htmls.append(to_html(execute(name, cfg, params, progress)))
+            try:
+                htmls.append(to_html(execute(name, cfg, params, progress)))
+            except KeyboardInterrupt:  # while the report is exported: the step goes again
+                raise Interrupted(interrupted_line(name, cfg)) from None
         return htmls + [write_index(cfg)]
 
 

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from icdlib.errors import DataError
-from icdlib.runfolder import Run, atomic_write_text, lock, tree_hash
+from icdlib.runfolder import Run, atomic_write_text, lock, shown_path, tree_hash
 
 DATA_STEP = "01_preprocess"
 TRAIN_STEP = "03_train"
@@ -154,7 +154,7 @@ def as_recorded(cfg, recorded: dict, refusal):
 
 def _missing(run: Run, step: str) -> str:
     if not run.step(step).is_dir():
-        return f"{run.rel(run.step(step))} does not exist: run {step} for this run first"
+        return f"{shown_path(run.step(step))} does not exist: run {step} for this run first"
     return (f"{run.rel(run.manifest(step))} does not exist: {step} has not finished for this run "
             f"(or was made by an older icdlib): run {step} again")
 
@@ -271,6 +271,8 @@ def step(cfg, name: str, params: tuple[str, ...], master: bool = True):
 
     `master=False` (torchrun ranks other than 0) checks the same but neither locks nor writes."""
     run = Run.of(cfg)
+    if name != DATA_STEP and not run.dir.exists():  # before the lock, which would make the folder
+        raise RecordError(_missing(run, DATA_STEP))
     with lock(run.dir, name) if master else contextlib.nullcontext():
         cfg = recorded_config(cfg, run, name, tuple(params))
         hashes: dict = {}

@@ -9,6 +9,10 @@ the host for `atomic_write_text`), `.<name>.old-<pid>.<host>` for the target bei
 `.<name>.running-<pid>.ipynb` for a notebook being executed (`running_notebook`). `clean_stale`
 removes those of processes that are no longer alive.
 
+A write that fills the disk (or the quota) stops in one line, `DiskFullError`: where, how much is
+free, and that the previous copy is kept; the temporary copy is removed (`out_of_space` tells a
+full disk from other errors, torch's writer included, which gives no errno).
+
 What lands in place is readable by the group and others, as a plain `open()` would leave it:
 files 0644 and folders 0755 under the usual umask 022 (`0o666 & ~umask`, `0o777 & ~umask`, so a
 stricter umask such as 027 or 077 is respected). `tempfile.mkstemp` and safetensors create 0600
@@ -24,6 +28,7 @@ key reuses the artifact, any other rebuilds it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -34,9 +39,10 @@ import socket
 import stat
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
-from icdlib.errors import IcdlibError
+from icdlib.errors import DiskFullError, IcdlibError
 
 # `.<target>.tmp-<pid>`, `.<target>.old-<pid>`, `.<target>.running-<pid>.ipynb`, each with an
 # optional `.suffix` (mkstemp's random letters, `.ipynb`)
@@ -45,6 +51,10 @@ LEFTOVER = re.compile(r"^\.(?P<target>.+)\.(?P<kind>tmp|old|running)-(?P<pid>\d+
 # filesystem shared between nodes, a pid dead here may be a live writer elsewhere, e.g. another
 # node's torchrun rank writing its token cache)
 QUIET_S = 300.0
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # the disk, or the user's quota, is full
+OS_ERROR = re.compile(r"\(os error (\d+)\)")  # Rust's io::Error in safetensors' messages (so peft's, transformers')
+# free bytes under which a write error without errno (torch's `unexpected pos`) counts as a full disk
+LOW_FREE = 64 << 20
 
 
 def umask() -> int:
@@ -102,10 +112,11 @@ def atomic_write_text(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}.", suffix="", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
+        with stops_when_full(path, Path(tmp)):
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.chmod(tmp, file_mode())
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -121,7 +132,8 @@ def atomic_path(path: Path):
     An existing target is replaced only once the new one is complete. What is renamed into
     place gets `share`'s modes (files 0644, folders 0755 under umask 022), recursively.
     Leftovers of dead processes in the parent folder are removed first (`clean_stale`, sparing
-    those touched within QUIET_S).
+    those touched within QUIET_S). A full disk stops in one line (`stops_when_full`); a failed
+    rename puts the previous folder back.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,18 +141,122 @@ def atomic_path(path: Path):
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}.{host_tag()}"
     _remove(tmp)
     try:
-        yield tmp
-        if tmp.exists() or tmp.is_symlink():
-            share(tmp)
-        if path.is_dir() and tmp.is_dir():
-            old = path.parent / f".{path.name}.old-{os.getpid()}.{host_tag()}"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            _remove(old)
-        else:
-            os.replace(tmp, path)
+        with stops_when_full(path, tmp):
+            yield tmp
+            if tmp.exists() or tmp.is_symlink():
+                share(tmp)
+            if path.is_dir() and tmp.is_dir():
+                _swap(path, tmp)
+            else:
+                os.replace(tmp, path)
     finally:
         _remove(tmp)
+
+
+def _swap(path: Path, tmp: Path) -> None:
+    """Replace the folder `path` by the folder `tmp`, two renames; if the second fails (ENOSPC: a
+    directory that must grow), the previous folder goes back, so `path` is never missing."""
+    old = path.parent / f".{path.name}.old-{os.getpid()}.{host_tag()}"
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    _remove(old)
+
+
+@contextlib.contextmanager
+def stops_when_full(path: Path, tmp: Path):
+    """Writing `path` through `tmp`: an error that is a full disk (`out_of_space`) becomes one line,
+    `DiskFullError`, once `tmp` is removed; any other error goes on unchanged."""
+    try:
+        yield
+    except Exception as e:
+        previous = _size(path) if os.path.lexists(path) else None
+        written = _size(tmp)
+        if not out_of_space(e, tmp, needed=(previous or 0) - written):
+            raise
+        _let_go(e)
+        _remove(tmp)
+        raise disk_full(path, written, previous) from None
+
+
+def _let_go(error: BaseException) -> None:
+    """Drop what the finished frames of `error`'s tracebacks hold: torch's writer keeps its file open
+    there, and an open file removed keeps its space until closed (the free space said would be short)."""
+    seen, cause = set(), error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        traceback.clear_frames(cause.__traceback__)
+        cause = cause.__cause__ or cause.__context__
+
+
+def out_of_space(error: BaseException, where: Path, needed: int = 0) -> bool:
+    """Whether `error`, raised writing at `where`, is a full disk or quota: ENOSPC/EDQUOT anywhere in
+    its chain (an OSError's errno, `os error 28` in safetensors' message); for torch's writer, whose
+    RuntimeError has no errno (`[enforce fail at inline_container.cc:672] . unexpected pos`), less
+    free at `where` than `needed` (what was left to write) or LOW_FREE. Other errors are not."""
+    seen, cause = set(), error
+    while cause is not None and id(cause) not in seen:
+        if _errno(cause) in NO_SPACE:
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(error, RuntimeError):
+        return False
+    free = free_space(where)
+    return free is not None and free < max(LOW_FREE, needed)
+
+
+def _errno(error: BaseException) -> int | None:
+    """An OSError's errno, or the `(os error N)` in a message (safetensors raises no OSError)."""
+    if isinstance(error, OSError):
+        return error.errno
+    found = OS_ERROR.search(str(error))
+    return int(found[1]) if found else None
+
+
+def free_space(path: Path) -> int | None:
+    """Bytes this user may still write on the filesystem of `path` (its nearest existing folder);
+    None when it cannot be read."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def disk_full(path: Path, written: int, previous: int | None) -> DiskFullError:
+    """The one line of a write of `path` that filled the disk, its temporary copy (`written` bytes so
+    far) removed; `previous`: the size of the copy it was to replace, None when there was none."""
+    free = free_space(path.parent)
+    # the copy it replaces, the size of a checkpoint, says what is needed; once it was outgrown, only "more"
+    need = f", about {amount(previous)} needed" if previous and previous > max(written, free or 0) else ""
+    space = f"no space left on {shown_path(path)} ({'?' if free is None else amount(free)} free{need})"
+    kept = f"the previous {path.name} is kept as it was" if previous is not None else f"no {path.name} was written"
+    return DiskFullError(f"{space}: {kept}, nothing half-written is left; free space there and rerun", space=space)
+
+
+def amount(n: int) -> str:
+    """Bytes for people: `1.9 GB`, `412.0 MB`, `0 bytes` (GB = 10^9, as memory_plan counts)."""
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _size(path: Path) -> int:
+    """Bytes of the file `path`, or of every file under the folder `path` (0 when it cannot be read)."""
+    try:
+        if not Path(path).is_dir() or Path(path).is_symlink():
+            return os.lstat(path).st_size
+        return sum(os.lstat(os.path.join(root, name)).st_size
+                   for root, _, files in os.walk(path) for name in files)
+    except OSError:  # gone, or unreadable: never an error of its own while another is explained
+        return 0
 
 
 def host_tag() -> str:
@@ -453,11 +569,23 @@ def tree_hash(folder: Path, skip: tuple[str, ...] = ("backbone",)) -> str | None
 LOCK_ENV = "ICDLIB_RUN_LOCKS"  # lock files held by this process or by the process that started it
 
 
+class RunFolderError(IcdlibError):
+    """A run folder that cannot be written."""
+
+
+def unwritable(run_dir: Path, error: OSError) -> RunFolderError:
+    """One line for a run folder that cannot be written: a read-only disk, no permission, a file
+    where a folder should be (was a 20-line OSError traceback from `.lock`)."""
+    where = f" ({shown_path(Path(error.filename))})" if error.filename else ""
+    return RunFolderError(f"cannot write the run folder {shown_path(run_dir)}: {error.strerror or error}{where}; "
+                          f"choose a writable --output-root (-p output_root=...)")
+
+
 class RunLockedError(IcdlibError):
     """Another process is running a step in the run folder."""
 
 
-def _shown(path: Path) -> str:
+def shown_path(path: Path) -> str:
     """`path` as the user probably typed it: relative to the working directory when under it."""
     path = Path(os.path.abspath(path))
     try:
@@ -492,8 +620,12 @@ def lock(run_dir: Path, step: str):
     if key in held:
         yield path
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
+    made = _missing_folders(path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
+    except OSError as e:
+        raise unwritable(run_dir, e) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -502,7 +634,7 @@ def lock(run_dir: Path, step: str):
             since = holder.get("since")
             when = f" since {time.strftime('%H:%M', time.localtime(since))}" if isinstance(since, (int, float)) else ""
             who = f"pid {holder['pid']} ({holder.get('step', 'a step')}{when})" if holder.get("pid") else "another process"
-            raise RunLockedError(f"run folder {_shown(run_dir)} is in use by {who}; "
+            raise RunLockedError(f"run folder {shown_path(run_dir)} is in use by {who}; "
                                  f"wait for it or use another run") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps({"pid": os.getpid(), "step": step, "since": time.time()}) + "\n").encode(), 0)
@@ -516,5 +648,26 @@ def lock(run_dir: Path, step: str):
             else:
                 os.environ[LOCK_ENV] = previous
             os.ftruncate(fd, 0)
+            if made and os.listdir(path.parent) == [path.name]:  # the step wrote nothing: leave no folder behind
+                _remove_made(path, made)
     finally:
         os.close(fd)  # releases the flock
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_made(lock_file: Path, made: list[Path]) -> None:
+    """Remove the lock file and the empty folders `lock` made for it (while still holding the flock)."""
+    lock_file.unlink(missing_ok=True)
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: another run's folder under the same new output root
+            break

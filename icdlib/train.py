@@ -24,6 +24,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -402,11 +403,13 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
             cfg, changed = resumed_config(cfg, run, point)
             step.cfg = cfg
             if changed:
-                at = checkpoint.load_trainer_state(point)["step"]
+                at = checkpoint.saved_step(point)  # mmap: not the optimizer state (GBs for a full backbone)
                 step.extra["resumed"] = {"at_step": at, "changed": changed}
                 if progress and env.master:
                     print(f"resuming at step {at} with " + ", ".join(f"{k} {was} → {now}" for k, (was, now) in
                                                                        changed.items()), flush=True)
+        elif not cfg.resume and env.master:
+            start_over(run)
         if prep is None and cfg.memory_check:
             check_memory(cfg, env, run)
         prep = prep or prepare(cfg, env, with_mntp=cfg.mntp_compare != "with", progress=progress)
@@ -480,13 +483,28 @@ def resume_point(run: Run, env: Env, mntp_stage: bool = False) -> Path | None:
         checkpoint.recover(last)
     if env.world > 1:
         dist.barrier()
+    stage = run.mntp_last / "state.pt"
     if checkpoint.resumable(last):
+        if mntp_stage and stage.is_file() and stage.stat().st_mtime > (last / "trainer_state.pt").stat().st_mtime:
+            raise TrainingError(f"resume=true but {run.rel(last)} is older than the MNTP stage's "
+                                f"{run.rel(run.mntp_last)}: remove {run.rel(last)} to resume the stage and fine-tune "
+                                f"after it, or set resume=false to start over")
         return last
-    if mntp_stage and (run.mntp_last / "state.pt").is_file():
+    if mntp_stage and stage.is_file():
         return None
     raise TrainingError(f"resume=true but {run.rel(last)} is not a checkpoint to resume from (no "
                         f"trainer_state.pt, and no intact .last.tmp-* left by a killed save): "
                         f"set resume=false to start over")
+
+
+def start_over(run: Run) -> None:
+    """resume=false: the `last/` folders of an earlier fit go before this one trains, so that a
+    resume of this fit cannot take them for its own (killed inside a new MNTP stage, the resume
+    took the older fine-tuning's `last/`). `best/` stays until this fit replaces it."""
+    import shutil
+
+    for trained in (run, *(Run(run.dir, arm) for arm in MNTP_ARMS.values())):
+        shutil.rmtree(trained.checkpoint("last"), ignore_errors=True)
 
 
 # what a resume may change: how long the run goes on and how often it looks (recorded as a change)
@@ -595,13 +613,15 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True, run
                              "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best_value": best_value, "stale": stale,
                              "history": history, "rng": streams[0], "rng_ranks": streams, "scaler": scaler.state_dict(),
                              "processes": env.world}
-            checkpoint.save(last, coder, cfg, prep.labels, prep.backbone, prep.tokenizer, trainer_state, weights)
+            with checkpoint.full_disk_said(step, last, best):
+                checkpoint.save(last, coder, cfg, prep.labels, prep.backbone, prep.tokenizer, trainer_state, weights)
         distributed.barrier(env)  # the others wait here (long timeout), not in the next step's all-reduce
 
     def save_best() -> None:
         weights = distributed.full_weights(model) if sharded else None
         if env.master:
-            checkpoint.save(best, coder, cfg, prep.labels, prep.backbone, prep.tokenizer, weights=weights)
+            with checkpoint.full_disk_said(step, best, last):
+                checkpoint.save(best, coder, cfg, prep.labels, prep.backbone, prep.tokenizer, weights=weights)
 
     report = Progress(run.progress, steps, step, cfg.eval_every, progress, env.master, plan=plan)
     model.train()

@@ -95,7 +95,7 @@ def test_kernel_shutdown_sends_no_interrupt():
     """jupyter_client's shutdown begins with SIGINT, which hits the kernel while it still handles
     papermill's last kernel_info request; our manager shuts down without it. An explicit
     interrupt still reaches the kernel."""
-    from icdlib.pipeline import kernel_manager_class
+    from icdlib.kernel import kernel_manager_class
 
     sent = []
 

@@ -4,6 +4,7 @@ import pytest
 
 from icdlib import config
 from icdlib.errors import ConfigError
+from icdlib.runfolder import RunFolderError
 
 
 @pytest.fixture
@@ -265,10 +266,12 @@ def test_only_step_01_records_config_json(params_dir, tmp_path):
     assert json.loads(path.read_text())["synth_admissions"] == again.synth_admissions == 80
 
 
-def test_a_later_step_writes_a_record_only_when_there_is_none(params_dir, tmp_path):
+def test_a_later_step_writes_no_record(params_dir, tmp_path):
+    """Only 01 records the run: papermill on 03 of a run 01 never built left `config.json` behind."""
     cfg = config.load("good", params={"output_root": str(tmp_path / "out"), "seed": 5}, params_dir=params_dir,
                       record=False)
-    assert json.loads((cfg.run_dir / "config.json").read_text())["seed"] == 5
+    assert not cfg.run_dir.exists()
+    config.load("good", params={"output_root": str(tmp_path / "out"), "seed": 5}, params_dir=params_dir)
     config.load("good", params={"output_root": str(tmp_path / "out"), "seed": 6}, params_dir=params_dir, record=False)
     assert json.loads((cfg.run_dir / "config.json").read_text())["seed"] == 5
 
@@ -286,3 +289,12 @@ def test_cli_overrides_turn_the_record_into_the_config(params_dir, tmp_path):
     rebuilt = config.resolve("good", {**{k: v for k, v in record.to_dict().items() if k != "backbone"}, **back},
                              params_dir)
     assert {k: getattr(rebuilt, k) for k in back} == {k: getattr(cfg, k) for k in back}
+
+
+def test_an_unwritable_output_root_stops_01_in_one_line(params_dir, tmp_path, monkeypatch):
+    """papermill on 01 with a read-only output root ended in an OSError traceback from config.json."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ro").write_text("a file where the output root should be")
+    with pytest.raises(RunFolderError, match=r"^cannot write the run folder ro/good: Not a directory \(ro/good\); "
+                                             r"choose a writable --output-root"):
+        config.load("good", params={"output_root": "ro"}, params_dir=params_dir)

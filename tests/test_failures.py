@@ -39,6 +39,8 @@ def test_a_dead_or_interrupted_kernel_is_one_line(source, expected, error, tmp_p
     text = str(e.value)
     expected = expected.format(out=tmp_path / "out")
     assert "\n" not in text and text.startswith(expected), text
+    resume = f"Resume with: python -m icdlib run --backbone tiny --run k --output-root {tmp_path / 'out'} --only 01 02 03 04 05 -p max_steps=7"
+    assert text.endswith(resume), text  # a dead kernel gave no resume command
     assert (cfg.run_dir / "reports" / "01_preprocess.failed.ipynb").is_file()
     assert not list((cfg.run_dir / "reports").glob(".*running*"))
 
@@ -103,3 +105,49 @@ def test_the_printed_resume_line_continues_the_run(tmp_path, monkeypatch):
     assert history["step"].tolist() == [3, 6]
     assert json.loads((cfg.run_dir / "03_train/manifest.json").read_text())["params"]["batch_size"] == 8
     assert (cfg.run_dir / "04_evaluate/metrics.json").is_file() and (cfg.run_dir / "reports/05_error_analysis.html").is_file()
+
+
+@pytest.mark.parametrize("dataset, expected", [
+    ("mimic3", "mimic_dir {mimic} is not a folder (expected the MIMIC-III v1.4 files)"),
+    ("mimic4_icd10", "mimic_dir {mimic} is not a folder (expected MIMIC-IV v2.2's hosp/ and MIMIC-IV-Note v2.2's note/)"),
+])
+def test_a_missing_mimic_dir_stops_before_any_kernel_and_leaves_nothing(dataset, expected, tmp_path, monkeypatch, capsys):
+    """Was reported by 01's kernel after it started, leaving config.json, .lock and a failed notebook."""
+    def no_kernel(*args, **kwargs):
+        raise AssertionError("a notebook was started")
+
+    monkeypatch.setattr(pipeline, "run_all", no_kernel)
+    monkeypatch.chdir(tmp_path)
+    mimic = tmp_path / "not-there"
+    assert cli.main(["run", "--backbone", "tiny", "--run", "x", "--output-root", "out", "--mimic-dir", str(mimic),
+                     "-p", f"dataset={dataset}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"icdlib: error: {expected.format(mimic=mimic)}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_kernel_s_own_stderr_goes_to_its_log_not_the_terminal(tmp_path, monkeypatch, capfd):
+    """After Ctrl-C ipykernel could log a 17-line ZMQError on the terminal before the stopped line;
+    what the kernel process writes to stderr goes to `reports/NN.kernel.log`, named when it died."""
+    source = ("get_ipython().kernel.log.critical('the kernel speaks')\n"
+              "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    monkeypatch.setattr(pipeline, "NOTEBOOK_DIR", notebook_dir(tmp_path, source))
+    cfg = config.resolve("tiny", {"output_root": str(tmp_path / "out"), "run": "k"})
+    with pytest.raises(pipeline.NotebookError) as e:
+        pipeline.execute("01_preprocess", cfg, {}, progress=False)
+    log = cfg.run_dir / "reports" / "01_preprocess.kernel.log"
+    assert f"01_preprocess.failed.ipynb, its log {log}. Resume with: " in str(e.value)
+    assert "the kernel speaks" in log.read_text() and "the kernel speaks" not in capfd.readouterr().err
+
+
+def test_ctrl_c_while_a_report_is_exported_names_the_step(tmp_path, monkeypatch):
+    """Was the generic `interrupted (run) ... rerun the command`, without the resume command."""
+    def exported(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "execute", lambda name, *a, **k: tmp_path / f"{name}.ipynb")
+    monkeypatch.setattr(pipeline, "to_html", exported)
+    cfg = config.resolve("tiny", {"output_root": str(tmp_path / "out"), "run": "k"})
+    with pytest.raises(pipeline.Interrupted) as e:
+        pipeline.run_all(cfg, {}, progress=False)
+    assert str(e.value) == (f"interrupted in 01_preprocess; the steps before it are complete. Resume with: python -m "
+                            f"icdlib run --backbone tiny --run k --output-root {tmp_path / 'out'} --only 01 02 03 04 05")

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from icdlib import backbones, config, mntp, preprocess, train
+from icdlib import backbones, checkpoint, config, mntp, preprocess, train
 from icdlib.inference import Env
 from icdlib.runfolder import MNTP_ARMS, Run
 import test_train
@@ -369,3 +369,33 @@ def test_three_processes_train_every_chunk_once_and_update_as_one_process(tmp_pa
 
 if __name__ == "__main__":
     ddp_stage(sys.argv[1], sys.argv[2:])
+
+
+def test_an_older_fine_tuning_last_does_not_take_over_an_mntp_resume(tmp_path, monkeypatch, capsys):
+    """A run fine-tuned without MNTP, started over with the stage and killed inside it: the resume
+    took the first run's `last/` (refused: `set resume=false to start over`). Now starting over
+    removes the earlier `last/`, and the resume finishes the stage, then fine-tunes after it."""
+    over = {"output_root": str(tmp_path), "run": "r", **SMALL, "max_steps": 1}
+    first = small_cfg(tmp_path, "r", max_steps=1, mntp_steps=0, mntp_compare="none")
+    train.fit(first, progress=False)
+    assert checkpoint.resumable(Run.of(first).checkpoint("last"))
+    kill_at_fifth_step(config.load("tiny", params=over), monkeypatch)  # inside MNTP, after its step-3 state
+    assert not Run.of(first).checkpoint("last").exists()
+    history = train.fit(config.load("tiny", params={**over, "resume": True}), progress=False)
+    assert mntp.load_history(first.run_dir)["step"].max() == 6 and history["step"].tolist() == [1]
+    assert json.loads((Run.of(first).checkpoint("best") / "icdlib.json").read_text())["backbone"]["model_path"].endswith(
+        "03_train/mntp")
+
+
+def test_a_last_older_than_the_mntp_stage_names_what_to_remove(tmp_path, monkeypatch):
+    """A folder where that happened before the fix (an older `last/` beside a newer MNTP state)."""
+    cfg = small_cfg(tmp_path, "old", max_steps=1, mntp_steps=0, mntp_compare="none")
+    train.fit(cfg, progress=False)
+    run = Run.of(cfg)
+    run.mntp_last.mkdir()
+    torch.save({"step": 3}, run.mntp_last / "state.pt")
+    resumed = config.load("tiny", params={"output_root": str(tmp_path), "run": "old", **SMALL, "resume": True})
+    with pytest.raises(train.TrainingError) as e:
+        train.fit(resumed, progress=False)
+    assert str(e.value) == ("resume=true but 03_train/last is older than the MNTP stage's 03_train/mntp_last: remove "
+                            "03_train/last to resume the stage and fine-tune after it, or set resume=false to start over")

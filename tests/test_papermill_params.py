@@ -92,19 +92,43 @@ def test_any_config_key_is_a_papermill_parameter(run_x):
     assert recorded(run_dir)["epochs"] == yaml.safe_load((ROOT / "params/tiny.yaml").read_text())["epochs"] > 1
 
 
+def last_line(done: subprocess.CompletedProcess) -> str:
+    """papermill's last line on stderr; nothing that looks like a crash may come before it."""
+    assert done.returncode == 1
+    *before, last = done.stderr.strip().splitlines()
+    assert not [line for line in before if "Traceback" in line or "Error" in line or "error" in line], before
+    return last
+
+
 def test_an_unknown_papermill_parameter_stops_naming_the_closest_keys(tmp_path):
+    """Was 63 lines (click's stack and the cell's) around the one line the README promises."""
     name = f"test-papermill-{uuid.uuid4().hex[:8]}"
     done = papermill("01_preprocess", tmp_path / "01.ipynb", "-p", "backbone", "tiny", "-p", "run", name,
                      "-p", "output_root", str(tmp_path / "out"), "-p", "epoch", "1")
-    assert done.returncode != 0
-    assert "ConfigError: notebook parameter: unknown parameter 'epoch' (did you mean epochs" in done.stderr
+    assert last_line(done) == ("icdlib: error: notebook parameter: unknown parameter 'epoch' (did you mean epochs?) "
+                               "(cell In [3])")
     assert not (tmp_path / "out").exists() and not (config.OUTPUTS_DIR / name).exists()
 
 
 def test_a_bad_value_from_papermill_stops_naming_the_key(tmp_path):
     done = papermill("01_preprocess", tmp_path / "01.ipynb", "-p", "backbone", "tiny",
                      "-p", "output_root", str(tmp_path / "out"), "-p", "batch_size", "-4")
-    assert done.returncode != 0
-    assert "ConfigError: override: batch_size must be at least 1, got -4" in done.stderr
+    assert last_line(done) == "icdlib: error: override: batch_size must be at least 1, got -4 (cell In [3])"
     assert not (tmp_path / "out").exists()
-    assert os.path.isfile(tmp_path / "01.ipynb")  # papermill keeps the failed notebook, as always
+    cells = json.loads((tmp_path / "01.ipynb").read_text())["cells"]  # papermill keeps the failed notebook
+    errors = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert [(e["ename"], e["traceback"]) for e in errors] == [
+        ("ConfigError", ["icdlib: error: override: batch_size must be at least 1, got -4"])]
+
+
+def test_the_card_command_on_a_new_run_stops_in_one_line_and_leaves_nothing(tmp_path):
+    """`papermill notebooks/03_train.ipynb OUT -p backbone mistral` before 01, as a fresh clone's user
+    types it (papermill's own log level): was 82 lines, two stacks before the cause, and it left
+    `config.json` and `.lock` in a run folder 01 never made."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "papermill", "notebooks/03_train.ipynb", str(tmp_path / "03.ipynb"),
+                           "-p", "backbone", "mistral", "-p", "params", json.dumps({"output_root": str(out)})],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert last_line(done) == (f"icdlib: error: {out}/mistral/01_preprocess does not exist: run 01_preprocess "
+                               f"for this run first (cell In [5])")
+    assert not out.exists()

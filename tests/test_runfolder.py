@@ -164,3 +164,32 @@ def test_a_failed_write_leaves_nothing(tmp_path):
             np.save(tmp / "x.npy", np.zeros(2))
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_leaves_no_folder_when_the_step_wrote_nothing(tmp_path):
+    """A step refused before writing (papermill on 03 of a run 01 never made) left `.lock` behind in a
+    new folder; a folder that existed, or one the step wrote into, keeps its `.lock`."""
+    new = tmp_path / "out" / "run"
+    with pytest.raises(RuntimeError), runfolder.lock(new, "03_train"):
+        assert (new / ".lock").is_file()
+        raise RuntimeError("refused")
+    assert not (tmp_path / "out").exists()
+    with runfolder.lock(new, "01_preprocess"):
+        (new / "config.json").write_text("{}")
+    assert sorted(p.name for p in new.iterdir()) == [".lock", "config.json"]
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with runfolder.lock(existing, "03_train"):
+        pass
+    assert [p.name for p in existing.iterdir()] == [".lock"]
+
+
+def test_an_unwritable_run_folder_is_one_line(tmp_path, monkeypatch):
+    """A read-only output folder was 20 lines ending in `OSError ... .lock`. A file where the output
+    root should be fails the same way on any machine (root ignores permission bits)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").write_text("not a folder")
+    with pytest.raises(runfolder.RunFolderError) as e, runfolder.lock(tmp_path / "outputs" / "run", "01_preprocess"):
+        pass
+    assert str(e.value) == ("cannot write the run folder outputs/run: Not a directory (outputs/run); "
+                            "choose a writable --output-root (-p output_root=...)")
