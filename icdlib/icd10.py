@@ -41,8 +41,9 @@ chapter_lookup.json``.
 PCS section names are the 17 sections of ICD-10-PCS; body-system names are given for section 0
 (Medical and Surgical) only, the 31 body systems 0-Y.
 
-`is_icd10` tells an ICD-9 label space from an ICD-10 one by the dotted forms icdlib writes
-(``icdlib.codes.dot``, ``icdlib.mimic4.dot10``); see its docstring for the rule.
+`label_version` tells an ICD-9 label space from an ICD-10 one: by the run's dataset when known,
+else (`is_icd10`) by the dotted forms icdlib writes (``icdlib.codes.dot``, ``icdlib.mimic4.dot10``);
+see `icd_version` for the rule and the forms it leaves undecided (undotted ``E030``, ``E8889``).
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ import numpy as np
 from icdlib.codes import DIAGNOSIS, PROCEDURE, normalise
 
 __all__ = ["chapter", "block", "pcs_section", "pcs_body_system", "group", "groups", "is_icd10",
-           "icd_version", "PCS_SECTIONS", "PCS_BODY_SYSTEMS_MEDICAL_SURGICAL", "UNKNOWN_CHAPTER",
-           "UNKNOWN_BLOCK", "UNKNOWN_SECTION", "UNKNOWN_BODY_SYSTEM", "CHAPTER", "BLOCK"]
+           "icd_version", "label_version", "DATASET_VERSIONS", "PCS_SECTIONS",
+           "PCS_BODY_SYSTEMS_MEDICAL_SURGICAL", "UNKNOWN_CHAPTER", "UNKNOWN_BLOCK", "UNKNOWN_SECTION",
+           "UNKNOWN_BODY_SYSTEM", "CHAPTER", "BLOCK"]
 
 CHAPTER = "chapter"
 BLOCK = "block"
@@ -303,12 +305,24 @@ def groups(codes, kinds, level: str) -> np.ndarray:
 
 # --------------------------------------------------------------------------- ICD-9 or ICD-10
 
+# ICD-9-CM's E codes: E000 (external cause status) and E001-E030 (activity), both since October
+# 2009 (inside MIMIC-III's years, in CMS's v32 dictionary), and E800-E999 (external causes of
+# injury); there is no E031-E799.
+_ICD9_E_CATEGORIES = (range(0, 31), range(800, 1000))
+
+
+def _icd9_e_form(digits: str) -> bool:
+    """Whether ``E`` + `digits` (undotted) has an ICD-9 E code's form: 3 or 4 digits whose first
+    three are an ICD-9 E category (``030``, ``8889``; not ``119``, which only ICD-10's E11.9 has)."""
+    return len(digits) in (3, 4) and any(int(digits[:3]) in r for r in _ICD9_E_CATEGORIES)
+
+
 def icd_version(code: str) -> int | None:
     """9 or 10 from one code's written form, None where the form fits both or neither.
 
     Dotted (as icdlib writes codes), by what comes before the dot:
     - 2 digits: ICD-9 procedure (``38.93``); 3 digits: ICD-9 diagnosis (``428.0``);
-      ``E`` + 3 digits: ICD-9 external cause (``E888.9``, the dot after 4).
+      ``E`` + 3 digits: ICD-9 external cause (``E888.9``, ``E000.0``, the dot after 4).
     - a letter + 2 characters: ICD-10-CM (``I50.9``, ``F32.A``, ``E11.9``, ``S72.001A``), except
       ``V`` + 2 digits with 1-2 digits after the dot (``V58.61``), ICD-9's V codes: ICD-10-CM's V
       codes (V00-V99, transport accidents) all carry a 7th character (``V43.52XA``; none shorter
@@ -319,9 +333,15 @@ def icd_version(code: str) -> int | None:
     - 1-5 digits: ICD-9 (``042``, ``3893``; ICD-10-CM starts with a letter, PCS has 7 characters).
     - a letter other than E/V first (``I10``), or a letter after the first character
       (``F32A``): ICD-10-CM (ICD-9's only letters are a leading E or V).
-    - ``E`` + digits not starting with 8 or 9 (``E119``): ICD-10-CM (ICD-9 E codes are E800-E999).
-    - other ``E``/``V`` + digits, 3-5 characters (``V5861``, ``E8889``, ``V10``): None, since
-      ``E8889`` is ICD-9 E888.9 and ICD-10-CM E88.89 alike, ``V10`` an ICD-9 and an ICD-10-CM category.
+    - ``E`` + 3-4 digits in an ICD-9 E category, E000-E030 or E800-E999 (``E030``, ``E849``,
+      ``E0000``, ``E8889``): None. icdlib writes ICD-9's E030 and E849 so (no decimal, no dot), but
+      undotted they are also ICD-10-CM's E03.0 and E84.9 as MIMIC-IV stores them, and ``E8889`` is
+      ICD-9 E888.9 and ICD-10-CM E88.89 alike. A label space says which by its dataset: see
+      `label_version`.
+    - other ``E`` + digits (``E119``, ``E88``): ICD-10-CM (ICD-9 has no E031-E799, and no E code
+      of 2 digits).
+    - other ``V`` + digits, 3-5 characters (``V5861``, ``V10``): None, since ``V10`` is an ICD-9
+      and an ICD-10-CM category.
     """
     code = "".join(code.split()).upper()
     if not code or not set(code.replace(".", "", 1)) <= _ALNUM:
@@ -345,16 +365,17 @@ def icd_version(code: str) -> int | None:
         return None
     if code[0] not in "EV" or not code[1:].isdigit():
         return 10 if code[0].isalpha() else None
-    if code[0] == "E" and code[1] not in "89":  # ICD-9 E codes are E800-E999
+    if code[0] == "E" and not _icd9_e_form(code[1:]):
         return 10
     return None
 
 
 def is_icd10(codes) -> bool:
-    """Whether a label space (codes as icdlib writes them, see `icd_version`) is ICD-10.
+    """Whether a label space (codes as icdlib writes them, see `icd_version`) is ICD-10, read from
+    the codes alone; `label_version` prefers the run's dataset.
 
-    Codes whose form fits both versions (``V58``, undotted ``E8889``) do not count; the rest
-    must agree. ValueError when none decides, or when the codes mix ICD-9 and ICD-10.
+    Codes whose form fits both versions (``V58``, undotted ``E8889``, ``E030``) do not count; the
+    rest must agree. ValueError when none decides, or when the codes mix ICD-9 and ICD-10.
     """
     if isinstance(codes, str):
         codes = [codes]
@@ -368,3 +389,17 @@ def is_icd10(codes) -> bool:
     if not seen:
         raise ValueError("no code tells ICD-9 from ICD-10 (empty, or only forms that fit both)")
     return 10 in seen
+
+
+DATASET_VERSIONS = {"mimic3": 9, "mimic4_icd9": 9, "mimic4_icd10": 10}
+
+
+def label_version(codes, dataset: str | None = None) -> int:
+    """9 or 10 for a label space: its dataset's version when the run names it (`DATASET_VERSIONS`:
+    a dataset holds the codes of one version, so a form that fits both, ``E030``, needs no guess),
+    else `is_icd10` on the codes' forms. ValueError for an unknown dataset, or as `is_icd10`."""
+    if dataset is None:
+        return 10 if is_icd10(codes) else 9
+    if dataset not in DATASET_VERSIONS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASET_VERSIONS)}; got {dataset!r}")
+    return DATASET_VERSIONS[dataset]

@@ -66,8 +66,9 @@ import pyarrow.csv as pacsv
 from icdlib import mimic
 from icdlib.codes import DIAGNOSIS, PROCEDURE, dot, normalise
 from icdlib.errors import ConfigError, DataError, MimicSchemaError
+from icdlib.icd10 import DATASET_VERSIONS
 
-DATASETS = {"mimic4_icd9": 9, "mimic4_icd10": 10}
+DATASETS = {name: v for name, v in DATASET_VERSIONS.items() if name.startswith("mimic4_")}  # name: ICD version
 TABLES = {  # name: (folder, columns)
     "diagnoses_icd": ("hosp", ["subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"]),
     "procedures_icd": ("hosp", ["subject_id", "hadm_id", "seq_num", "chartdate", "icd_code", "icd_version"]),

