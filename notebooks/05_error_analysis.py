@@ -49,7 +49,8 @@ false_neg
 analysis.category_confusions(s.y_true, s.y_score, ev.labels, threshold)
 
 # %%
-analysis.category_level(s.y_true, s.y_score, ev.labels, threshold)
+levels = analysis.category_level(s.y_true, s.y_score, ev.labels, threshold, dataset=cfg.dataset)
+levels
 
 # %% [markdown]
 # ## Errors against note length and number of codes
@@ -68,4 +69,4 @@ analysis.errors_by(s.notes, s.y_true, s.y_score, threshold, by="n_codes")
 explain.highlight(cfg, s.notes, s.y_true, ev.labels)
 
 # %%
-report.summary(per_code=per_code, levels=analysis.category_level(s.y_true, s.y_score, ev.labels, threshold))
+report.summary(per_code=per_code, levels=levels)

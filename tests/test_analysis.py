@@ -121,6 +121,43 @@ def test_category_level_of_an_icd10_label_space_adds_block_and_chapter():
     assert "At ICD-10 block level it is 0.667 and ICD-10 chapter level it is 1.000." in text
 
 
+def test_icd9_activity_codes_are_not_a_mix():
+    """Issue 22: a MIMIC-III label space with E030 (ICD-9 activity NEC, since 2009) and 00.14 stopped
+    step 05 in `category_level`: 'the codes mix ICD-9 ('00.14') and ICD-10 ('E030')'."""
+    codes = ["00.14", "E000.0", "E030", "401.9", "E849.7", "E849.0"]
+    labels = label_table(codes)
+    assert labels["kind"].tolist() == ["procedure"] + ["diagnosis"] * 5
+
+    def row(cs):
+        return [1.0 if c in cs else 0.0 for c in codes]
+
+    # d0: E849.7 coded, E849.0 predicted (right category); d1: E030 and 00.14 right; d2: E000.0 missed
+    y = np.array([row({"E849.7"}), row({"E030", "00.14"}), row({"E000.0", "401.9"})])
+    pred = np.array([row({"E849.0"}), row({"E030", "00.14"}), row({"401.9"})])
+    for dataset in ("mimic3", None):
+        table = analysis.category_level(y, scores_from(pred), labels, 0.5, dataset=dataset)
+        got = {level: (r["n_labels"], r["tp"], r["fp"], r["fn"]) for level, r in table.iterrows()}
+        assert got == {"full code": (6, 3, 1, 2), "3-digit category": (5, 4, 0, 1)}
+    confusions = analysis.category_confusions(y, scores_from(pred), labels, 0.5)
+    assert confusions[["true_code", "predicted_code", "category", "count"]].values.tolist() == [
+        ["E849.7", "E849.0", "E849", 1]]
+
+
+def test_category_level_takes_the_version_from_the_dataset():
+    """Forms that fit both versions (undotted E030, E8889) decide nothing; the run's dataset does."""
+    codes = ["E030", "E8889"]
+    y = np.array([[1.0, 0.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match="no code tells ICD-9 from ICD-10"):
+        analysis.category_level(y, scores_from(y), label_table(codes), 0.5)
+    table = analysis.category_level(y, scores_from(y), label_table(codes), 0.5, dataset="mimic4_icd9")
+    assert list(table.index) == ["full code", "3-digit category"]
+    cm = ["E03.0", "E03.9", "E11.9"]
+    table = analysis.category_level(np.eye(3), scores_from(np.eye(3)), label_table(cm), 0.5, dataset="mimic4_icd10")
+    assert table["n_labels"].tolist() == [3, 2, 2, 1]  # E03 and E11; thyroid and diabetes blocks; one chapter
+    with pytest.raises(ValueError, match=r"^dataset must be one of mimic3, mimic4_icd9, mimic4_icd10; got 'x'$"):
+        analysis.category_level(y, scores_from(y), label_table(codes), 0.5, dataset="x")
+
+
 def test_per_code_and_rankings():
     y, s, labels = confusion_case()
     table = analysis.per_code(y, s, labels, 0.5)
