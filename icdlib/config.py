@@ -15,7 +15,7 @@ caller's working directory when the configuration is resolved, wherever they com
 line, papermill parameters, the API or a params file. The resolved Config holds absolute paths only.
 
 Benchmark presets (`benchmark`, `BENCHMARKS`) are applied by `resolve` after merging: a preset sets
-the dataset, the split, the label rule and the filters its paper used (`caml_full`, `caml_50`,
+the dataset, the split, the label rule, the filters and the text cleaning its paper used (`caml_full`, `caml_50`,
 `edin_clean`, `seed`; `edin_mimic4_icd9`, `edin_mimic4_icd10` for MIMIC-IV), replacing what the defaults and a params file below it say; a value given at the same
 layer as `benchmark` or a later one (the params file naming it, then the overrides) that
 contradicts the preset is one `ConfigError`. `caml_50` takes CAML's `top50_codes.txt` from
@@ -260,14 +260,20 @@ RANGES = {
 # admissions of the whole dataset dropped, then admissions left without codes; seed: the original
 # project's rule (HADM_ID 8/9 -> val, no test) and every dictionary code; edin_mimic4_icd9/10: Edin et
 # al.'s MIMIC-IV datasets, their split files and the same rare-code rule.
+# Each preset's text cleaning is its paper's: CAML's own (lower case, digits dropped) for CAML's
+# splits; Edin et al.'s for theirs (prepare_data/prepare_mimiciii_clean.py and prepare_mimiciv.py
+# build one TextPreprocessor, lower=True, remove_special_characters_mullenbach=True,
+# remove_digits=True, for every dataset). The published rows beside a run were scored on such text.
 BENCHMARKS = {
     "caml_full": {"dataset": "mimic3", "split": "caml_full", "labels": "observed", "min_count": 1,
-                  "seed_test_share": 0.0},
-    "caml_50": {"dataset": "mimic3", "split": "caml_50", "labels": "top50", "min_count": 1, "seed_test_share": 0.0},
+                  "seed_test_share": 0.0, "text_cleaning": "caml"},
+    "caml_50": {"dataset": "mimic3", "split": "caml_50", "labels": "top50", "min_count": 1, "seed_test_share": 0.0,
+                "text_cleaning": "caml"},
     "edin_clean": {"dataset": "mimic3", "split": "clean", "labels": "observed", "min_count": 10,
-                   "seed_test_share": 0.0},
+                   "seed_test_share": 0.0, "text_cleaning": "edin"},
     "seed": {"split": "seed", "labels": "all", "min_count": 1},
-    **{f"edin_{name}": {"dataset": name, "split": name, "labels": "observed", "min_count": 10, "seed_test_share": 0.0}
+    **{f"edin_{name}": {"dataset": name, "split": name, "labels": "observed", "min_count": 10, "seed_test_share": 0.0,
+                        "text_cleaning": "edin"}
        for name in ("mimic4_icd9", "mimic4_icd10")},
 }
 MIMIC3_SPLITS = ("caml_full", "caml_50", "clean")  # public split files of MIMIC-III admissions

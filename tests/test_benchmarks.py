@@ -50,7 +50,7 @@ def write_fixture(root):
             rows.append((len(rows) + 1, SUBJECT[i], hadm(i), len(rows) + 1, code))
     tables = {
         "NOTEEVENTS": [(i + 1, SUBJECT[i], hadm(i), "2150-01-01", "", "", "Discharge summary", "Report", "", "",
-                        f"note {i}") for i in range(N)],
+                        f"Note {i}: BP 120/80, Pt_name [**Hospital1 18**] SOB.") for i in range(N)],
         "DIAGNOSES_ICD": diag, "PROCEDURES_ICD": proc,
         "D_ICD_DIAGNOSES": [(1, "4019", "Hypertension NOS", "Unspecified essential hypertension"),
                             (2, "4280", "CHF NOS", "Congestive heart failure, unspecified"),
@@ -144,6 +144,22 @@ def test_edin_clean_counts_the_whole_dataset_then_drops_empty_admissions(tmp_pat
     train_only = labels.build(result.notes, pd.DataFrame(columns=["code", "kind", "short_title", "long_title"]),
                               {}, "observed", 10)
     assert train_only["code"].tolist() == ["38.93", "401.9"]
+
+
+@pytest.mark.parametrize("preset, text", [
+    ("caml_full", "note bp pt_name hospital1 sob"),  # CAML: lower case, \w+ tokens, number-only ones dropped
+    ("caml_50", "note bp pt_name hospital1 sob"),
+    ("edin_clean", "note bp pt name hospital1 sob"),  # Edin et al.: only letters and digits
+    ("seed", "Note 0: BP 120/80, Pt_name [**Hospital1 18**] SOB."),  # the original project: as written
+])
+def test_a_preset_cleans_the_text_as_its_paper_did(tmp_path, fixture, preset, text):
+    """Presets read raw text although the published rows beside them were scored on cleaned text."""
+    cfg = cfg_for(tmp_path, fixture, benchmark=preset)
+    notes = preprocess.build(cfg, progress=False).notes.set_index("hadm_id")
+    assert notes.loc[hadm(0), "text"] == text
+    if preset != "seed":  # the original project's text as written; another cleaning may be asked with it
+        with pytest.raises(ConfigError, match=rf"^benchmark={preset} sets text_cleaning="):
+            cfg_for(tmp_path, fixture, benchmark=preset, text_cleaning="none")
 
 
 def test_seed_preset_has_no_test_set_and_says_so(tmp_path, fixture):
