@@ -81,7 +81,7 @@ def test_edin_mimic4_preset_sets_the_dataset_split_and_whole_dataset_filter(tmp_
     assert s["diagnoses_icd rows of ICD-9 (the other dataset)"] == 3
     assert s["train code assignments outside the label space"] == 9  # E11.9 stays in the code lists
     assert notes.loc[hadm(0), "codes"] == ["0DTJ4ZZ", "A41.9", "E11.9", "I10"]
-    assert notes.loc[hadm(0), "text"] == "Name: ___ note 0, 12 mg"  # text_cleaning none: as written
+    assert notes.loc[hadm(0), "text"] == "name note mg"  # the preset's text_cleaning edin (was: "Name: ___ note 0, 12 mg")
     text = preprocess.benchmark_check(cfg, result).data
     assert "| this run (dataset=mimic4_icd10, benchmark=edin_mimic4_icd10, split=mimic4_icd10, labels=observed) " \
            "| 18 | 5 | 6 | 3 |" in text
