@@ -26,9 +26,10 @@ Conventions
   conventions give different numbers for the same predictions, because a code with no
   positive in the split still takes top-k places and adds false positives:
 
-  - ``"all"`` (the default): every column, i.e. every code of the run's label space,
-    as CAML's code does (Edin et al. compute this as their ``*_mullenbach`` metrics,
-    ``filter_codes: false`` in ``configs/metrics/reproducibility.yaml``).
+  - ``"all"`` (the default): every column, i.e. every code of the run's label space:
+    the convention Edin et al. attribute to CAML (Mullenbach et al.), their
+    ``*_mullenbach`` metrics (``filter_codes: false`` in
+    ``configs/metrics/reproducibility.yaml``).
   - ``"edin"``: what Edin et al.'s code (JoakimEdin/medical-coding-reproducibility)
     reports for a split. ``src/lookups.py`` ``get_split2code_indices`` takes, per
     split, the codes occurring in that split's targets (``Data.split_targets``: codes
