@@ -5,6 +5,18 @@ Reads `01_preprocess/` and `03_train/predictions_{val,test}.npz`; writes
 at the threshold tuned on validation for micro-F1, `threshold`, `baseline`, and `provenance`),
 `per_code.parquet` and `manifest.json`. The step is `run`; step 05 reads what it wrote with `read`.
 
+Which codes a split is scored over (`metrics.compute`'s `label_set`, recorded in every metrics dict
+as `label_set` with the number of codes as `n_labels`): `val`, `test`, `val_tuned`, `test_tuned`
+(and the baseline's and the MNTP arm's) rank and count every code of the run's label space, the
+convention Edin et al. attribute to CAML (their `*_mullenbach` metrics). The same keys with `_edin`
+appended (`test_edin`, `test_tuned_edin`, ...) score the same predictions over Edin et al.'s label
+set: the codes and the admissions with a positive in that split, AUROC over every code
+(`icdlib.metrics` says why, from their code). Both are written for every run, so no number of an
+earlier run changes meaning; the
+comparison table (`systems`) shows the `_edin` ones when the run's benchmark is one of Edin et al.'s
+(`EDIN_BENCHMARKS`), whose published rows were measured that way. The threshold is tuned once, on
+every code of val, as Edin et al. tune theirs.
+
 Both refuse, in one line, predictions older than `03_train/best/` (a 03 rerun that stopped after
 writing new checkpoints), and artifacts their upstream manifests do not describe (`icdlib.record`).
 Training the baseline is its own call (`baseline.fit_for`): `score_all` only scores.
@@ -19,13 +31,15 @@ import numpy as np
 import pandas as pd
 
 from icdlib import analysis, metrics, preprocess, provenance, record
-from icdlib.config import Config
+from icdlib.config import BENCHMARKS, Config
 from icdlib.errors import DataError
 from icdlib.labels import multi_hot
 from icdlib.runfolder import MNTP_ARMS, SCORED_SPLITS, Run, atomic_path, atomic_write_text, tree_hash
 
 STEP = "04_evaluate"
 PARAMS = ("threshold", "baseline", "seed")  # what step 04's output depends on besides its inputs
+EDIN = "_edin"  # metrics.json keys with this suffix: scored with metrics.compute(label_set="edin")
+EDIN_BENCHMARKS = frozenset(name for name in BENCHMARKS if name.startswith("edin_"))
 
 
 @dataclass
@@ -92,13 +106,20 @@ def load(cfg: Config) -> Evaluation:
                       threshold=cfg.threshold, cfg=cfg)
 
 
+def both_label_sets(key: str, y_true: np.ndarray, y_score: np.ndarray, threshold: float) -> dict:
+    """`key` → the metrics over every code, `key + EDIN` → over Edin et al.'s label set."""
+    return {key: metrics.compute(y_true, y_score, threshold),
+            key + EDIN: metrics.compute(y_true, y_score, threshold, label_set="edin")}
+
+
 def score_all(ev: Evaluation, cfg: Config) -> dict:
-    """Metrics of the model at the fixed and the tuned threshold (nothing is trained here)."""
+    """Metrics of the model at the fixed and the tuned threshold, under both label sets (nothing is
+    trained here)."""
     tuned = metrics.tune_threshold(ev.splits["val"].y_true, ev.splits["val"].y_score)
     results = {"threshold": tuned}
     for split, s in ev.splits.items():
-        results[split] = metrics.compute(s.y_true, s.y_score, cfg.threshold)
-        results[f"{split}_tuned"] = metrics.compute(s.y_true, s.y_score, tuned)
+        results.update(both_label_sets(split, s.y_true, s.y_score, cfg.threshold))
+        results.update(both_label_sets(f"{split}_tuned", s.y_true, s.y_score, tuned))
     ev.results = results
     return results
 
@@ -108,8 +129,9 @@ def score_baseline(ev: Evaluation, scores: dict[str, np.ndarray]) -> dict:
     `ev.results["baseline"]`."""
     ev.baseline = scores
     tuned = metrics.tune_threshold(ev.splits["val"].y_true, scores["val"])
-    ev.results["baseline"] = {"threshold": tuned, **{
-        f"{split}_tuned": metrics.compute(s.y_true, scores[split], tuned) for split, s in ev.splits.items()}}
+    ev.results["baseline"] = {"threshold": tuned}
+    for split, s in ev.splits.items():
+        ev.results["baseline"].update(both_label_sets(f"{split}_tuned", s.y_true, scores[split], tuned))
     return ev.results["baseline"]
 
 
@@ -137,8 +159,8 @@ def score_comparison(ev: Evaluation, scores: dict[str, np.ndarray], arm: str) ->
     tuned = metrics.tune_threshold(ev.splits["val"].y_true, scores["val"])
     out = {"threshold": tuned}
     for split, s in ev.splits.items():
-        out[split] = metrics.compute(s.y_true, scores[split], ev.threshold)
-        out[f"{split}_tuned"] = metrics.compute(s.y_true, scores[split], tuned)
+        out.update(both_label_sets(split, s.y_true, scores[split], ev.threshold))
+        out.update(both_label_sets(f"{split}_tuned", s.y_true, scores[split], tuned))
     ev.results[MNTP_ARMS[arm]] = out
     return out
 
@@ -178,20 +200,34 @@ def read(cfg: Config) -> Evaluation:
     return ev
 
 
+def compared_suffix(ev: Evaluation) -> str:
+    """The metrics.json key suffix of the label set the run's published rows were measured on:
+    `EDIN` for Edin et al.'s benchmarks, "" (every code) for the others."""
+    benchmark = ev.cfg.benchmark if ev.cfg is not None else "none"
+    return EDIN if benchmark in EDIN_BENCHMARKS else ""
+
+
+def compared(ev: Evaluation, split: str) -> dict:
+    """The metrics of `split` (fixed threshold) under the label set of the run's comparison."""
+    return ev.results[split + compared_suffix(ev)]
+
+
 def systems(ev: Evaluation) -> dict[str, dict]:
-    """Rows for the metrics table: '<system> <split> @<threshold>' → metrics."""
+    """Rows for the metrics table: '<system> <split> @<threshold>' → metrics, under the label set of
+    the run's published rows (`compared_suffix`)."""
+    x = compared_suffix(ev)
     rows = {}
     for split in ev.splits:
-        rows[f"icdlib {split} @{ev.threshold:g}"] = ev.results[split]
-        rows[f"icdlib {split} @tuned {ev.results['threshold']:.3f}"] = ev.results[f"{split}_tuned"]
+        rows[f"icdlib {split} @{ev.threshold:g}"] = ev.results[split + x]
+        rows[f"icdlib {split} @tuned {ev.results['threshold']:.3f}"] = ev.results[f"{split}_tuned{x}"]
     for arm, key in MNTP_ARMS.items():
         if key in ev.results:
             for split in ev.splits:
                 rows[f"icdlib {arm} MNTP {split} @tuned {ev.results[key]['threshold']:.3f}"] = \
-                    ev.results[key][f"{split}_tuned"]
+                    ev.results[key][f"{split}_tuned{x}"]
     if "baseline" in ev.results:
         for split in ev.splits:
-            rows[f"TF-IDF baseline {split} @tuned"] = ev.results["baseline"][f"{split}_tuned"]
+            rows[f"TF-IDF baseline {split} @tuned"] = ev.results["baseline"][f"{split}_tuned{x}"]
     return rows
 
 

@@ -17,15 +17,41 @@ Conventions
 * Top-k metrics (P@k, R-precision) rank with ``np.argsort(score)[::-1]`` like
   CAML, so ties at the cut-off are broken by that order.
 * Per-document metrics (P@k, R-precision, MAP) average over the same documents:
-  those with at least one positive label in the label space. A document without
+  those with at least one positive label in the label set. A document without
   one (possible when the label space is pruned, e.g. ``labels: observed``) has no
   defined R-precision or average precision, and counting its P@k as 0 would mix two
-  document sets in one table. It is Edin et al.'s rule (JoakimEdin/medical-coding-
-  reproducibility, ``src/metrics.py``: ``MetricCollection.filter_batch`` drops the
-  documents without a target in the label space before ``Precision_K``,
-  ``PrecisionAtRecall`` and ``MeanAveragePrecision`` see them; their P@k is hits/k).
-  On CAML's full label space every document has a positive, so the rule changes
-  nothing there.
+  document sets in one table. Edin et al. drop these documents too (below); their
+  P@k is hits/k as here. On CAML's full label space every document has a positive.
+* Label set (``label_set`` of ``compute``), the columns a split is scored over. Two
+  conventions give different numbers for the same predictions, because a code with no
+  positive in the split still takes top-k places and adds false positives:
+
+  - ``"all"`` (the default): every column, i.e. every code of the run's label space:
+    the convention Edin et al. attribute to CAML (Mullenbach et al.), their
+    ``*_mullenbach`` metrics (``filter_codes: false`` in
+    ``configs/metrics/reproducibility.yaml``).
+  - ``"edin"``: what Edin et al.'s code (JoakimEdin/medical-coding-reproducibility)
+    reports for a split. ``src/lookups.py`` ``get_split2code_indices`` takes, per
+    split, the codes occurring in that split's targets (``Data.split_targets``: codes
+    with a positive there); ``src/factories.py`` ``get_metric_collections`` gives
+    them to the split's ``MetricCollection`` as ``code_indices``; in ``src/metrics.py``
+    ``MetricCollection.update`` passes every metric with ``filter_codes`` (the default
+    of all but the loss) through ``filter_batch``, which keeps those columns and drops
+    the documents without a positive among them. So F1 micro/macro, precision,
+    recall, exact match, P@k, R@k, R-precision (``PrecisionAtRecall``) and MAP rank
+    and count over the split's codes and documents with a positive. AUROC is the
+    exception: ``MetricCollection.compute`` scores the non-batch metrics (``AUC``)
+    on the filtered columns, then overwrites them with scores on the unfiltered
+    logits and targets, so their micro AUROC counts every code and document, and
+    their macro AUROC, which skips codes without a positive (``AUC.roc_curve``),
+    is the same either way. ``"edin"`` does the same: AUROC as ``"all"``, every
+    other metric (AUPRC and ``f1_macro_caml`` too, which Edin et al. do not report)
+    over the split's codes with a positive and its documents with a positive.
+
+  ``f1_macro``, the macro AUROC and the macro AUPRC average over labels with a
+  positive, so the label set changes them only through dropped documents. Their
+  threshold is tuned on the unfiltered validation matrix (``src/trainer/trainer.py``
+  ``Trainer.calculate_metrics``, ``f1_score_db_tuning``), as ``tune_threshold`` does.
 * Two macro-F1 definitions: ``f1_macro`` is the mean per-label F1 over labels with
   a positive (Edin et al.); ``f1_macro_caml`` is the F1 of macro-precision and
   macro-recall over all labels (CAML; the macro-F1 of CAML, LAAT, MSMN, PLM-ICD).
@@ -41,7 +67,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["compute", "tune_threshold", "per_label"]
+__all__ = ["compute", "tune_threshold", "per_label", "LABEL_SETS"]
+
+# `label_set` of `compute` → what its output records as "label_set" (see the module docstring).
+LABEL_SETS = {
+    "all": "every code of the label space",
+    "edin": "codes with a positive in the split, documents with a positive (Edin et al.); "
+            "AUROC over every code and document, as their code",
+}
 
 
 # --------------------------------------------------------------------------- #
@@ -272,7 +305,7 @@ def _r_precision(r: _RankedPositives) -> float:
 # --------------------------------------------------------------------------- #
 # Public API
 # --------------------------------------------------------------------------- #
-def compute(y_true, y_score, threshold: float = 0.5, ks=(5, 8, 15)) -> dict:
+def compute(y_true, y_score, threshold: float = 0.5, ks=(5, 8, 15), label_set: str = "all") -> dict:
     """All evaluation metrics for one split.
 
     Args:
@@ -280,16 +313,29 @@ def compute(y_true, y_score, threshold: float = 0.5, ks=(5, 8, 15)) -> dict:
         y_score: (n_docs, n_labels) float scores (probabilities).
         threshold: a label is predicted when ``y_score >= threshold``.
         ks: cut-offs for precision@k (one ``p_at_{k}`` key each).
+        label_set: ``"all"`` scores every column; ``"edin"`` Edin et al.'s rule: the
+            columns with a positive and the documents with a positive, AUROC over all
+            (module docstring).
 
     Returns:
         dict of python floats/ints: auroc_/auprc_ micro and macro, f1_micro,
         f1_macro (Edin et al.: labels with a positive), f1_macro_caml,
         precision_micro, recall_micro, p_at_{k}, r_precision, map (these three over
         the documents with a positive), exact_match, n_labels_scored (labels with a
-        positive and a negative: those in the macro AUROC/AUPRC), n_docs, n_labels,
-        threshold.
+        positive and a negative: those in the macro AUROC), n_docs and n_labels (the
+        documents and codes scored), threshold; and label_set, a str
+        (``LABEL_SETS[label_set]``).
     """
+    if label_set not in LABEL_SETS:
+        raise ValueError(f"label_set must be one of {sorted(LABEL_SETS)}, got {label_set!r}")
     y, s = _validate(y_true, y_score)
+    out = _all_codes(y, s, threshold, ks) if label_set == "all" else _edin(y, s, threshold, ks)
+    out["label_set"] = LABEL_SETS[label_set]
+    return out
+
+
+def _all_codes(y: np.ndarray, s: np.ndarray, threshold: float, ks) -> dict:
+    """`compute` over every cell of (y, s)."""
     n_docs, n_labels = y.shape
 
     # The three rankings are independent and dominated by numpy sorts, which release
@@ -320,6 +366,29 @@ def compute(y_true, y_score, threshold: float = 0.5, ks=(5, 8, 15)) -> dict:
     out["n_labels"] = int(n_labels)
     out["threshold"] = float(threshold)
     return out
+
+
+def _edin(y: np.ndarray, s: np.ndarray, threshold: float, ks) -> dict:
+    """`compute` as Edin et al.'s code scores a split: the codes and documents with a
+    positive, except AUROC, which their ``MetricCollection.compute`` takes over all."""
+    docs, codes = y.any(axis=1), y.any(axis=0)
+    if docs.all() and codes.all():
+        return _all_codes(y, s, threshold, ks)
+    keep = np.ix_(docs, codes)
+    out = _all_codes(y[keep], s[keep], threshold, ks)
+    out.update(_auroc_all(y, s))
+    return out
+
+
+def _auroc_all(y: np.ndarray, s: np.ndarray) -> dict:
+    """Micro and macro AUROC over every cell, and the labels of the macro (n_labels_scored)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        labels_job = pool.submit(_rank_columns, y, s)
+        flat = _rank_flat(y, s)
+        labels = labels_job.result()
+    scored = (labels.n_pos > 0) & (labels.n_pos < y.shape[0])
+    return {"auroc_micro": float(_auroc(flat)[0]), "auroc_macro": _mean(_auroc(labels)[scored]),
+            "n_labels_scored": int(scored.sum())}
 
 
 def tune_threshold(y_true_val, y_score_val) -> float:

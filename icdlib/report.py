@@ -842,14 +842,16 @@ def macro_f1_gap(m: dict, split: str) -> Shown:
 
 def metrics_caption(m: dict, split: str, benchmark: str = "none", synthetic: bool = False,
                     dataset: str = "mimic3") -> str:
-    """The line above the metrics table: the split scored, `n_docs`, `n_labels`, `n_labels_scored`
-    (labels with a positive and a negative there, those the macro AUROC/AUPRC average over), the
-    benchmark and which reference rows are shown (`reference_note`)."""
+    """The line above the metrics table: the split scored, `n_docs`, `n_labels` with the label set
+    they were ranked over (`label_set`, when `m` records it), `n_labels_scored` (labels with a
+    positive and a negative there, those the macro AUROC/AUPRC average over), the benchmark and
+    which reference rows are shown (`reference_note`)."""
     def count(key):
         value = _num(m.get(key))
         return "n/a" if value is None else f"{int(value):,}"
 
-    return (f"Split {split} · n_docs {count('n_docs')} · n_labels {count('n_labels')} · n_labels_scored "
+    label_set = f" ({m['label_set']})" if m.get("label_set") else ""
+    return (f"Split {split} · n_docs {count('n_docs')} · n_labels {count('n_labels')}{label_set} · n_labels_scored "
             f"{count('n_labels_scored')} (labels with a positive and a negative in {split}) · benchmark "
             f"{benchmark}{' (synthetic twin)' if synthetic else ''}. {reference_note(benchmark, synthetic, dataset)}")
 

@@ -666,7 +666,7 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True, run
                 row = {"step": step, "epoch": epoch + (b + 1) / n_batches, "train_loss": loss_sum / loss_n,
                        "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_seen * env.world / max(elapsed, 1e-9),
                        **{f"val_{k}": v for k, v in metrics.compute(y_val, val, cfg.threshold).items()
-                          if k not in ("n_docs", "n_labels", "threshold")}}
+                          if k not in ("n_docs", "n_labels", "threshold", "label_set")}}
                 history.append(row)
                 report.evaluation(row, cfg.metric)
                 loss_sum, loss_n = 0.0, 0

@@ -29,13 +29,17 @@ report.header(cfg, provenance.collect(cfg.run_dir))
 # ## Metrics (%), beside the published numbers of the run's benchmark
 # `@0.5` rows use the fixed threshold, `@tuned` rows the one tuned on validation for micro-F1;
 # ranking metrics (AUROC, AUPRC, P@k, MAP) do not depend on it. A dash: the paper does not report it.
-# The caption gives the split scored, its admissions (`n_docs`), the label space (`n_labels`) and
-# the labels with a positive and a negative there (`n_labels_scored`, those of the macro AUROC/AUPRC).
+# The caption gives the split scored, its admissions (`n_docs`), the codes ranked (`n_labels`, with
+# their label set) and the labels with a positive and a negative there (`n_labels_scored`, those of
+# the macro AUROC/AUPRC). Rows rank every code of the label space, except for Edin et al.'s
+# benchmarks (`edin_*`): there, as in their code, only the codes with a positive in the split
+# (AUROC over every code); metrics.json holds both (`test`, `test_edin`, ...).
 # With `mntp_compare`, the `icdlib with MNTP` (or `without MNTP`) rows are the same fine-tuning
 # started from the backbone with (or without) the MNTP stage: the other arm of the comparison.
 
 # %%
-report.metrics_styled(evaluate.systems(ev), results[split], split, cfg.benchmark, cfg.synthetic, cfg.dataset)
+report.metrics_styled(evaluate.systems(ev), evaluate.compared(ev, split), split, cfg.benchmark, cfg.synthetic,
+                       cfg.dataset)
 
 # %% [markdown]
 # *Which macro-F1 is which:* `F1 macro (mean per label, Edin)` is the mean of the per-code F1 over

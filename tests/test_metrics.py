@@ -183,11 +183,11 @@ def test_output_types_and_keys():
         "auroc_micro", "auroc_macro", "auprc_micro", "auprc_macro", "f1_micro", "f1_macro",
         "f1_macro_caml", "precision_micro", "recall_micro", "p_at_1", "p_at_3",
         "r_precision", "map", "exact_match", "n_labels_scored", "n_docs", "n_labels",
-        "threshold",
+        "threshold", "label_set",
     }  # fmt: skip
     assert set(got) == expected
     for key, value in got.items():
-        expected_type = int if key.startswith("n_") else float
+        expected_type = int if key.startswith("n_") else str if key == "label_set" else float
         assert type(value) is expected_type, key
 
 
@@ -379,3 +379,105 @@ def test_both_macro_f1_definitions_by_hand():
     assert got["f1_macro_caml"] == pytest.approx(7 / 16)
     assert got["n_labels_scored"] == 2  # l0 and l1 have a positive and a negative; l2 no positive
     assert_same(got, reference(y, s))
+
+
+# --------------------------------------------------------------------------- #
+# Label sets: every code of the label space, or Edin et al.'s codes with a positive
+# --------------------------------------------------------------------------- #
+# 4 documents x 6 codes; c4 and c5 have no positive in the split (T = true, F = false).
+#   doc 0: c0 .9 T, c4 .8 F, c5 .4 F, c1 .3 T, c2 .2 F, c3 .1 F
+#   doc 1: c5 .9 F, c0 .75 F, c2 .7 T, c4 .3 F, c3 .2 F, c1 .1 F
+#   doc 2: c3 .8 T, c4 .6 F, c0 .4 T, c5 .3 F, c1 .2 F, c2 .1 F
+#   doc 3: c4 .9 F, c3 .7 T, c0 .65 F, c1 .6 T, c2 .3 T, c5 .1 F
+TOY_Y = np.array([[1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0], [1, 0, 0, 1, 0, 0], [0, 1, 1, 1, 0, 0]])
+TOY_S = np.array([[0.9, 0.3, 0.2, 0.1, 0.8, 0.4], [0.75, 0.1, 0.7, 0.2, 0.3, 0.9],
+                  [0.4, 0.2, 0.1, 0.8, 0.6, 0.3], [0.65, 0.6, 0.3, 0.7, 0.9, 0.1]])
+
+
+def test_label_sets_by_hand_on_a_toy_with_two_codes_without_positive():
+    every = metrics.compute(TOY_Y, TOY_S, ks=(1, 2, 3))
+    edin = metrics.compute(TOY_Y, TOY_S, ks=(1, 2, 3), label_set="edin")
+    # Ranking over all 6 codes. Hits in the top 1/2/3 and AP per document:
+    #   doc 0: 1, 1, 1 -> AP (1/1 + 2/4) / 2 = 3/4;  doc 1: 0, 0, 1 -> AP 1/3
+    #   doc 2: 1, 1, 2 -> AP (1 + 2/3) / 2 = 5/6;    doc 3: 0, 1, 1 -> AP (1/2 + 2/4 + 3/5) / 3 = 8/15
+    assert every["p_at_1"] == pytest.approx(2 / 4)
+    assert every["p_at_2"] == pytest.approx((1 + 0 + 1 + 1) / 2 / 4)  # 3/8
+    assert every["p_at_3"] == pytest.approx((1 + 1 + 2 + 1) / 3 / 4)  # 5/12
+    assert every["map"] == pytest.approx((3 / 4 + 1 / 3 + 5 / 6 + 8 / 15) / 4)  # 49/80
+    # R-precision (R = 2, 1, 2, 3): 1/2, 0/1, 1/2, 1/3.
+    assert every["r_precision"] == pytest.approx((1 / 2 + 0 + 1 / 2 + 1 / 3) / 4)  # 1/3
+    # Edin et al.: only c0-c3, the codes with a positive. Rankings:
+    #   doc 0: c0 T, c1 T, c2, c3 -> 1, 2, 2, AP 1;  doc 1: c0 F, c2 T, c3, c1 -> 0, 1, 1, AP 1/2
+    #   doc 2: c3 T, c0 T, c1, c2 -> 1, 2, 2, AP 1;  doc 3: c3 T, c0 F, c1 T, c2 T -> 1, 1, 2,
+    #   AP (1 + 2/3 + 3/4) / 3 = 29/36
+    assert edin["p_at_1"] == pytest.approx(3 / 4)
+    assert edin["p_at_2"] == pytest.approx((2 + 1 + 2 + 1) / 2 / 4)  # 3/4
+    assert edin["p_at_3"] == pytest.approx((2 + 1 + 2 + 2) / 3 / 4)  # 7/12
+    assert edin["map"] == pytest.approx((1 + 1 / 2 + 1 + 29 / 36) / 4)  # 119/144
+    assert edin["r_precision"] == pytest.approx((1 + 0 + 1 + 2 / 3) / 4)  # 2/3
+
+    # Threshold 0.5: predicted doc 0 {c0, c4}, doc 1 {c0, c2, c5}, doc 2 {c3, c4},
+    # doc 3 {c0, c1, c3, c4}. Per code (TP, FP, FN): c0 (1, 2, 1), c1 (1, 0, 1), c2 (1, 0, 1),
+    # c3 (2, 0, 0), c4 (0, 3, 0), c5 (0, 1, 0).
+    # All codes: TP 5, FP 6, FN 3 -> micro F1 10/19, P 5/11.  Edin: c4, c5 out -> FP 2: 10/15, P 5/7.
+    assert every["f1_micro"] == pytest.approx(10 / 19) and every["precision_micro"] == pytest.approx(5 / 11)
+    assert edin["f1_micro"] == pytest.approx(2 / 3) and edin["precision_micro"] == pytest.approx(5 / 7)
+    assert every["recall_micro"] == edin["recall_micro"] == pytest.approx(5 / 8)
+    # Macro F1 over codes with a positive (2/5, 2/3, 2/3, 1) is the same under both: 41/60.
+    assert every["f1_macro"] == edin["f1_macro"] == pytest.approx(41 / 60)
+    # CAML's macro F1: per-code P (1/3, 1, 1, 1, 0, 0), R (1/2, 1/2, 1/2, 1, 0, 0).
+    #   All: P 5/9, R 5/12 -> 10/21.  Edin's four codes: P 5/6, R 5/8 -> 5/7.
+    assert every["f1_macro_caml"] == pytest.approx(10 / 21)
+    assert edin["f1_macro_caml"] == pytest.approx(5 / 7)
+    assert every["exact_match"] == edin["exact_match"] == 0.0
+
+    # AUROC is over every code under both (Edin et al.'s MetricCollection.compute rescoring AUC
+    # unfiltered). Micro: 8 positive and 16 negative cells; negatives below (ties half) each
+    # positive: .9 15, .8 13.5, .7 12, .7 12, .6 10.5, .4 9.5, .3 8, .3 8 -> 88.5 / 128 = 177/256
+    # (over c0-c3 alone it would be 54/64). Macro over c0-c3 (c4, c5 have no positive):
+    # c0 2/4, c1 1, c2 1, c3 1 -> 7/8.
+    assert every["auroc_micro"] == edin["auroc_micro"] == pytest.approx(177 / 256)
+    assert every["auroc_macro"] == edin["auroc_macro"] == pytest.approx(7 / 8)
+    assert metrics.compute(TOY_Y[:, :4], TOY_S[:, :4])["auroc_micro"] == pytest.approx(54 / 64)
+
+    assert (every["n_labels"], every["n_docs"], every["n_labels_scored"]) == (6, 4, 4)
+    assert (edin["n_labels"], edin["n_docs"], edin["n_labels_scored"]) == (4, 4, 4)
+    assert every["label_set"] == metrics.LABEL_SETS["all"] == "every code of the label space"
+    assert edin["label_set"] == metrics.LABEL_SETS["edin"]
+
+
+def test_edin_label_set_drops_documents_without_positive_but_not_from_auroc():
+    # doc 4 has no positive: it adds an FP (c0 .9) to every threshold metric over all documents;
+    # Edin et al.'s filter_batch drops it from all but AUROC (scored on every document).
+    y = np.vstack([TOY_Y, np.zeros(6, dtype=int)])
+    s = np.vstack([TOY_S, [0.9, 0.1, 0.1, 0.1, 0.1, 0.1]])
+    edin = metrics.compute(y, s, ks=(1, 2, 3), label_set="edin")
+    four = metrics.compute(TOY_Y, TOY_S, ks=(1, 2, 3), label_set="edin")
+    every = metrics.compute(y, s, ks=(1, 2, 3))
+    assert every["f1_micro"] == pytest.approx(10 / 20)  # TP 5, FP 7, FN 3
+    for key in four:
+        if key.startswith("auroc") or key == "n_labels_scored":
+            assert edin[key] == every[key], key
+        else:
+            assert edin[key] == four[key], key
+    # c0's AUROC over 5 documents: positives .9 (beats .75, .65; ties .9) and .4 (none) -> 2.5/6.
+    assert edin["auroc_macro"] == pytest.approx((2.5 / 6 + 1 + 1 + 1) / 4)
+
+
+@pytest.mark.parametrize("name", ["random_sparse", "constant_columns", "single_document", "single_label", "random_dense"])
+def test_edin_label_set_is_every_code_scoring_of_the_codes_and_documents_with_a_positive(name):
+    y, s = CASES[name]()
+    y, s = np.asarray(y) != 0, np.asarray(s, dtype=np.float64)
+    docs, codes = y.any(axis=1), y.any(axis=0)
+    assert not (docs.all() and codes.all())  # each case has codes or documents without a positive
+    kept = reference(y[np.ix_(docs, codes)], s[np.ix_(docs, codes)])
+    auroc = reference(y, s)
+    expected = {**kept, **{k: auroc[k] for k in ("auroc_micro", "auroc_macro", "n_labels_scored")}}
+    assert_same(metrics.compute(y, s, label_set="edin"), expected)
+
+
+def test_every_code_is_still_the_default_and_other_label_sets_are_refused():
+    assert metrics.compute(TOY_Y, TOY_S) == metrics.compute(TOY_Y, TOY_S, label_set="all")
+    assert_same(metrics.compute(TOY_Y, TOY_S, label_set="all"), reference(TOY_Y, TOY_S))
+    with pytest.raises(ValueError, match="label_set"):
+        metrics.compute(TOY_Y, TOY_S, label_set="split")

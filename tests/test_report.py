@@ -260,7 +260,11 @@ def test_caption_counts_are_those_metrics_compute_returns():
 
     m = metrics.compute(y, s)
     assert (m["n_docs"], m["n_labels"], m["n_labels_scored"]) == (3, 3, 1)
-    assert "n_docs 3 · n_labels 3 · n_labels_scored 1 " in report.metrics_caption(m, "val", "seed")
+    assert "n_docs 3 · n_labels 3 (every code of the label space) · n_labels_scored 1 " in \
+        report.metrics_caption(m, "val", "seed")
+    edin = metrics.compute(y, s, label_set="edin")  # l2 has no positive: Edin et al. rank l0 and l1 only
+    assert f"n_docs 3 · n_labels 2 ({metrics.LABEL_SETS['edin']}) · n_labels_scored 1 " in \
+        report.metrics_caption(edin, "val", "edin_clean")
 
 
 # ---------------------------------------------------------------- provenance in metrics.json
