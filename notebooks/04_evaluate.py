@@ -28,7 +28,7 @@ report.header(cfg, provenance.collect(cfg.run_dir))
 # %% [markdown]
 # ## Metrics (%), beside the published numbers of the run's benchmark
 # `@0.5` rows use the fixed threshold, `@tuned` rows the one tuned on validation for micro-F1;
-# ranking metrics (AUROC, AUPRC, P@k, MAP) do not depend on it. A dash: the paper does not report it.
+# ranking metrics (AUROC, AUPRC, P@k, R-precision, MAP) do not depend on it. A dash: the paper does not report it.
 # The caption gives the split scored, its admissions (`n_docs`), the codes ranked (`n_labels`, with
 # their label set) and the labels with a positive and a negative there (`n_labels_scored`, those of
 # the macro AUROC/AUPRC). Rows rank every code of the label space, except for Edin et al.'s

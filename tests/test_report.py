@@ -1,6 +1,7 @@
 """icdlib.report: figures build, have the expected axes/lines and titles; tables are right."""
 
 import io
+import re
 
 import matplotlib
 
@@ -181,12 +182,14 @@ def test_frequency_buckets():
 def test_metrics_table():
     result = {"auroc_macro": 0.9, "auroc_micro": 0.98, "auprc_macro": 0.2, "auprc_micro": 0.5,
               "f1_macro": 0.08, "f1_macro_caml": 0.065, "f1_micro": 0.55, "p_at_8": 0.7, "p_at_15": 0.55,
-              "map": 0.6, "n_docs": 10}
+              "r_precision": 0.58, "map": 0.6, "n_docs": 10}
     systems = {"icdlib test @tuned": result, "baseline test @0.5": {"f1_micro": 0.4}}
     table = report.metrics_table(systems, benchmark="caml_full", names=False)
     assert list(table.columns) == report.TABLE_METRICS
     assert table.loc["icdlib test @tuned", "auroc_micro"] == pytest.approx(98.0)
     assert table.loc["icdlib test @tuned", "map"] == pytest.approx(60.0)
+    assert table.loc["icdlib test @tuned", "r_precision"] == pytest.approx(58.0)
+    assert report.TABLE_METRICS[-3:] == ["p_at_15", "r_precision", "map"]
     assert table.loc["icdlib test @tuned", "f1_macro"] == pytest.approx(8.0)
     assert table.loc["icdlib test @tuned", "f1_macro_caml"] == pytest.approx(6.5)
     assert np.isnan(table.loc["baseline test @0.5", "auroc_micro"])
@@ -196,6 +199,7 @@ def test_metrics_table():
     # published macro-F1 is CAML's definition: under f1_macro_caml, the Edin cell empty
     for name, value in zip(report.REFERENCE_RESULTS["caml_full"], (8.8, 9.9, 10.3, 10.4)):
         assert table.loc[name, "f1_macro_caml"] == value and np.isnan(table.loc[name, "f1_macro"]), name
+        assert np.isnan(table.loc[name, "r_precision"]), name  # none of the four papers reports it
     assert len(table) == 2 + 4
     assert list(table.index[:2]) == ["icdlib test @tuned", "baseline test @0.5"]
     assert len(report.metrics_table({"x": result}, reference=False, benchmark="caml_full")) == 1
@@ -203,6 +207,21 @@ def test_metrics_table():
     assert list(named.columns) == [report.TABLE_NAMES[m] for m in report.TABLE_METRICS]
     assert named.loc["icdlib test @tuned", "F1 macro (mean per label, Edin)"] == pytest.approx(8.0)
     assert named.loc["icdlib test @tuned", "F1 macro (CAML: of macro-P and macro-R)"] == pytest.approx(6.5)
+    assert named.loc["icdlib test @tuned", "R-precision"] == pytest.approx(58.0)
+
+
+def test_r_precision_column_shows_a_dash_where_a_paper_does_not_report_it():
+    result = {"r_precision": 0.5812, "f1_micro": 0.5}
+    html = report.metrics_styled({"icdlib test @tuned": result}, {"n_docs": 3}, "test", "caml_full").to_html()
+    header = re.findall(r'<th [^>]*class="col_heading[^"]*"[^>]*>([^<]*)</th>', html)
+    assert header[-3:] == ["P@15", "R-precision", "MAP"]
+    rows = {m.group(1): re.findall(r'<td [^>]*>([^<]*)</td>', m.group(2))
+            for m in re.finditer(r'<th [^>]*class="row_heading[^"]*"[^>]*>([^<]*)</th>(.*?)</tr>', html, re.S)}
+    at = header.index("R-precision")
+    assert rows["icdlib test @tuned"][at] == "58.12"
+    assert [rows[name][at] for name in report.REFERENCE_RESULTS["caml_full"]] == ["–"] * 4
+    edin = report.metrics_table({"x": result}, benchmark="edin_mimic4_icd10", names=False)
+    assert edin["r_precision"].tolist() == [58.12, 57.9, 57.2]  # Edin et al.'s R-Prec (Papers with Code)
 
 
 @pytest.mark.parametrize("benchmark, synthetic, n_rows", [
