@@ -35,6 +35,25 @@ def test_shipped_params_files_all_validate():
         "seed", "all", ["Report"], 1, 1024)
 
 
+def test_seed_llama3_names_the_seed_preset_and_keeps_its_other_values(tmp_path):
+    """The original project's recipe is benchmark seed (its reference row shows in 04); the preset sets
+    what the file set by hand before (split seed, labels all), so every other value is unchanged."""
+    assert set(config.BENCHMARKS["seed"]) == {"split", "labels", "min_count"}  # no dataset, text cleaning
+    seed = config.resolve("seed-llama3")
+    assert (seed.benchmark, seed.split, seed.labels, seed.min_count, seed.text_cleaning) == (
+        "seed", "seed", "all", 1, "none")
+    by_hand = config.read_params_file(config.PARAMS_DIR / "seed-llama3.yaml")
+    assert by_hand.pop("benchmark") == "seed"
+    (tmp_path / "seed-llama3.yaml").write_text(json.dumps({**by_hand, "split": "seed", "labels": "all"}))
+    before = config.resolve("seed-llama3", params_dir=tmp_path)
+    assert before.benchmark == "none"
+    assert {k: v for k, v in vars(seed).items() if k != "benchmark"} == \
+        {k: v for k, v in vars(before).items() if k != "benchmark"}
+    with pytest.raises(ConfigError, match=r"^benchmark=seed sets split=seed, but split=patient is given"):
+        config.resolve("seed-llama3", {"split": "patient"})
+    assert config.resolve("seed-llama3", {"benchmark": "none", "split": "patient"}).split == "patient"
+
+
 def test_unknown_backbone_lists_choices(params_dir):
     with pytest.raises(ConfigError, match=r"unknown backbone 'nope'; choices: good"):
         config.resolve("nope", params_dir=params_dir)
