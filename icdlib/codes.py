@@ -31,6 +31,16 @@ def dot_procedure(code: str) -> str:
     return f"{code[:2]}.{code[2:]}" if len(code) > 2 else code
 
 
+def caml_procedure(code: str) -> str:
+    """The label CAML's preparation made of an ICD-9 procedure code (dotted or raw): its notebook
+    (caml-mimic `notebooks/dataproc_mimic_III.ipynb`) read PROCEDURES_ICD.csv with pandas' default
+    types, so the all-digit ICD9_CODE column became integers and lost its leading zeros before
+    `datasets.reformat` put the dot after 2 characters: `01.10`→`11.0` (another procedure's code),
+    `00.66`→`66.`, `38.93`→`38.93`. Its DIAGNOSES_ICD column held V and E codes, so stayed text."""
+    digits = str(int(normalise(code)))
+    return f"{digits[:2]}.{digits[2:]}"
+
+
 def dot(code: str, kind: str) -> str:
     if kind == DIAGNOSIS:
         return dot_diagnosis(code)

@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 
 from icdlib import labels as labelspace
 from icdlib import mimic, mimic4, record, splits
+from icdlib.codes import PROCEDURE, caml_procedure
 from icdlib.config import Config
 from icdlib.errors import DataError
 from icdlib.runfolder import Run, atomic_path, content_key, read_key, source_hash, write_key
@@ -43,13 +44,21 @@ PARAMS = ("dataset", "note_categories", "note_descriptions", "text_cleaning", "s
 WHOLE_DATASET_PRESETS = ("edin_clean", "edin_mimic4_icd9", "edin_mimic4_icd10")  # rare codes counted over all splits
 SYNTH_PARAMS = ("synth_admissions", "synth_seed", "synth_short")
 SEED_SHARE = "share of val admissions whose patient is in train"  # stats.json key, a number in [0, 1]
-# the published counts of each preset on MIMIC-III v1.4: train, val, test admissions and labels
+# the published counts of each preset on its release: train, val, test admissions and labels (None: unpublished)
 EXPECTED = {"caml_full": ("CAML full (Mullenbach et al.)", 47723, 1631, 3372, 8922),
             "caml_50": ("CAML top-50 (Mullenbach et al.)", 8066, 1573, 1729, 50),
             "edin_clean": ("MIMIC-III clean (Edin et al.)", 38401, 5577, 8734, 3681),
-            # MIMIC-IV v2.2: admissions from Edin et al.'s split files; labels: EDIN_MIMIC4_LABELS
+            # MIMIC-IV v2.2: the admissions of Edin et al.'s split files (files/data/mimiciv_icd{9,10}/
+            # mimiciv_icd{9,10}_split.feather, counted by split). Labels: not found in a source at hand: the
+            # paper's tables could not be read here, and the repository (README, prepare_data/prepare_mimiciv.py,
+            # which only prints them, the split files, which hold `_id` and `split`) records none; see LABELS_V3.
             "edin_mimic4_icd9": ("MIMIC-IV ICD-9 (Edin et al.)", 154542, 21980, 32804, None),
             "edin_mimic4_icd10": ("MIMIC-IV ICD-10 (Edin et al.)", 89099, 13378, 19802, None)}
+# What a source does give where EXPECTED has no label count, shown beside it and never compared: Edin et
+# al.'s prepare_mimiciv.py run on MIMIC-IV v3.0, a later release than the v2.2 of their paper and split
+# files, printed 1,360 procedure + 4,787 diagnosis ICD-9 codes and 2,138 + 5,802 ICD-10 codes after its
+# >= 10 filter (JoakimEdin/medical-coding-reproducibility, issue #17, 2024-09-08).
+LABELS_V3 = {"edin_mimic4_icd9": 6147, "edin_mimic4_icd10": 7940}
 RELEASES = {"mimic3": "MIMIC-III v1.4", "mimic4_icd9": "MIMIC-IV v2.2", "mimic4_icd10": "MIMIC-IV v2.2"}
 
 
@@ -464,31 +473,89 @@ def expected_counts(dataset: str) -> dict[str, tuple]:
     return {k: v for k, v in EXPECTED.items() if BENCHMARKS[k]["dataset"] == dataset}
 
 
+def _count(value: int | None) -> str:
+    """A count for `benchmark_check`'s table: `1,234`, or a dash where none was published."""
+    return "–" if value is None else f"{value:,}"
+
+
+def caml_folded(labels: pd.DataFrame) -> int:
+    """How many codes of the label table `labels` CAML's reading folds into another
+    (`codes.caml_procedure`: procedure codes read as integers lose their leading zeros)."""
+    made = [caml_procedure(c) if k == PROCEDURE else c for c, k in zip(labels["code"], labels["kind"])]
+    return len(made) - len(set(made))
+
+
+def caml_labels(observed: int, published: int, folded: int) -> str:
+    """Why a `caml_full` run's label count differs from CAML's published one, with the run's numbers:
+    `folded` of its `observed` codes merge under CAML's integer reading (`caml_folded`)."""
+    text = (f"labels {observed:,} against CAML's {published:,}: icdlib keeps ICD9_CODE as text, while CAML's "
+            "notebook read PROCEDURES_ICD with pandas' default types, so procedure codes became integers and lost "
+            "their leading zeros (01.10 was written 11.0, another procedure's code; 00.66 became 66.), which folds "
+            f"{folded:,} of this run's codes into others: {observed - folded:,} labels")
+    if observed - folded == published:
+        return text + ", as published."
+    return text + (". CAML then re-read its code file with pandas, which parsed part of it as floats (66.0 for "
+                   "66., 13.9 for 13.90): that moves its count further, by an amount that depends on the file's "
+                   "row order and cannot be replayed from the labels.")
+
+
 def benchmark_check(cfg: Config, result: Preprocessed):
     """Markdown: this run's admissions per split and labels beside the published counts of its
     dataset's presets, and whether the run's own preset matches them (on real data; the twin has no
-    published split). A count nobody published is shown as a dash and not compared."""
-    seen = observed_counts(result.stats)
-    n = lambda v: "–" if v is None else f"{v:,}"  # noqa: E731
+    published split). A count nobody published is shown as a dash and not compared.
+
+    The admissions are chosen by the preset's split files, so equal split counts say only that none
+    is missing; the label count is what checks the filters. Where it is unpublished (MIMIC-IV), the
+    verdict says so rather than "matches"; for `caml_full` a label count off CAML's 8,922 is explained
+    in the line (`caml_labels`)."""
+    seen, n = observed_counts(result.stats), _count
     release, presets = RELEASES[cfg.dataset], expected_counts(cfg.dataset)
     rows = [f"| this run (dataset={cfg.dataset}, benchmark={cfg.benchmark}, split={cfg.split}, labels={cfg.labels}) | "
             + " | ".join(n(v) for v in seen) + " |"]
-    rows += [f"| {name}: expected | " + " | ".join(n(v) for v in counts) + " |" for name, *counts in presets.values()]
+    for key, (name, *counts) in presets.items():
+        rows.append(f"| {name}: expected | " + " | ".join(n(v) for v in counts) + " |")
+        if key in LABELS_V3:
+            rows.append(f"| {name}: labels Edin et al.'s code gave on MIMIC-IV v3.0 (their issue #17), not expected "
+                        f"here | – | – | – | {n(LABELS_V3[key])} |")
     table = "| | train | val | test | labels |\n|---|---:|---:|---:|---:|\n" + "\n".join(rows)
     if cfg.synthetic:
         verdict = (f"The expected counts are {release}'s; they do not apply to the synthetic twin, which "
                    "has no published split.")
     elif cfg.benchmark in presets:
-        name, *want = presets[cfg.benchmark]
-        off = [f"{what} {n(a)} (expected {n(b)})" for what, a, b in zip(("train", "val", "test", "labels"), seen, want)
-               if b is not None and a != b]
-        verdict = (f"The preparation matches {name}." if not off else
-                   f"The preparation differs from {name}: " + ", ".join(off) + f". Check that the data is {release}, "
-                   "and the split files in split_dir" + (" and the top-50 file." if cfg.dataset == "mimic3" else "."))
+        verdict = _verdict(cfg, result, seen, presets[cfg.benchmark], release)
+    elif cfg.benchmark == "seed":
+        verdict = (f"This run uses the original project's rule (benchmark=seed), which published no counts; the "
+                   f"expected rows are what each preset gives on {release}.")
     else:
         verdict = (f"This run uses no published benchmark (benchmark={cfg.benchmark}); the expected rows are what "
                    f"each preset gives on {release}.")
     return _markdown(table + "\n\n" + verdict)
+
+
+def _verdict(cfg: Config, result: Preprocessed, seen: tuple, preset: tuple, release: str) -> str:
+    """The sentence under `benchmark_check`'s table for a run of a preset with published counts."""
+    n, (name, *want) = _count, preset
+    off = [f"{what} {n(a)} (expected {n(b)})" for what, a, b in zip(("train", "val", "test"), seen, want) if a != b]
+    if off:
+        if want[3] is not None and seen[3] != want[3]:
+            off.append(f"labels {n(seen[3])} (expected {n(want[3])})")
+        return (f"The preparation differs from {name}: " + ", ".join(off) + f". Check that the data is {release}, "
+                "and the split files in split_dir" + (" and the top-50 file." if cfg.dataset == "mimic3" else "."))
+    if want[3] is not None and seen[3] == want[3]:
+        return (f"The preparation matches {name}: every admission of its split files was found, and the "
+                f"{n(want[3])} labels are as published.")
+    admissions = (f"The admissions per split match {name}: its split files choose them, so this says only that none "
+                  "of theirs is missing, not that the filters are the paper's")
+    if want[3] is None:
+        v3 = LABELS_V3.get(cfg.benchmark)
+        return (admissions + f"; the label count would test them, but none was published for {release} in a source "
+                f"at hand, so this run's {n(seen[3])} labels are not compared" + (
+                    f" (Edin et al.'s code gave {n(v3)} on MIMIC-IV v3.0, a later release: their issue #17)." if v3
+                    else "."))
+    if cfg.benchmark == "caml_full":
+        return admissions + "; " + caml_labels(seen[3], want[3], caml_folded(result.labels))
+    return (admissions + f"; the labels differ: {n(seen[3])} (expected {n(want[3])}). Check that the data is "
+            f"{release}" + (" and the top-50 file." if cfg.benchmark == "caml_50" else "."))
 
 
 def split_notes(cfg: Config, result: Preprocessed):

@@ -265,3 +265,45 @@ def test_benchmark_check_sets_expected_beside_observed(tmp_path, fixture):
     assert "The preparation matches CAML full" in preprocess.benchmark_check(cfg, matching).data
     twin = config.resolve("tiny", {"output_root": str(tmp_path / "out"), "benchmark": "seed"})
     assert "do not apply to the synthetic twin" in preprocess.benchmark_check(twin, matching).data
+    seed = cfg_for(tmp_path, fixture, benchmark="seed")
+    assert "the original project's rule (benchmark=seed), which published no counts" in \
+        preprocess.benchmark_check(seed, matching).data
+
+
+# CAML's integer reading: 01.10 and 11.0 become 11.0, 00.66 and 06.6 become 66.; 038.9 (a diagnosis) keeps its zero
+FOLDING = pd.DataFrame({"code": ["01.10", "11.0", "00.66", "06.6", "038.9", "38.93", "401.9"],
+                        "kind": ["procedure"] * 4 + ["diagnosis", "procedure", "diagnosis"]})
+
+
+def test_caml_folded_counts_the_codes_caml_merged():
+    assert preprocess.caml_folded(FOLDING) == 2
+    assert preprocess.caml_folded(FOLDING.iloc[[0, 2, 4, 5, 6]]) == 0
+    assert preprocess.caml_folded(FOLDING.iloc[[1, 3]]) == 0  # 11.0 and 06.6 alone: 11.0 and 66., distinct
+
+
+def test_caml_full_label_mismatch_is_explained_in_the_line(tmp_path, fixture):
+    cfg = cfg_for(tmp_path, fixture, benchmark="caml_full")
+    splits_as_published = {"train admissions": 47723, "val admissions": 1631, "test admissions": 3372}
+
+    def verdict(n_labels):
+        result = preprocess.Preprocessed(notes=pd.DataFrame(), labels=FOLDING,
+                                         stats={**splits_as_published, "labels": n_labels})
+        return preprocess.benchmark_check(cfg, result).data.split("\n\n")[-1]
+
+    admissions = ("The admissions per split match CAML full (Mullenbach et al.): its split files choose them, so this "
+                  "says only that none of theirs is missing, not that the filters are the paper's; labels ")
+    why = ("icdlib keeps ICD9_CODE as text, while CAML's notebook read PROCEDURES_ICD with pandas' default types, so "
+           "procedure codes became integers and lost their leading zeros (01.10 was written 11.0, another procedure's "
+           "code; 00.66 became 66.), which folds 2 of this run's codes into others: ")
+    assert verdict(8924) == admissions + "8,924 against CAML's 8,922: " + why + "8,922 labels, as published."
+    assert verdict(8930) == admissions + "8,930 against CAML's 8,922: " + why + (
+        "8,928 labels. CAML then re-read its code file with pandas, which parsed part of it as floats (66.0 for 66., "
+        "13.9 for 13.90): that moves its count further, by an amount that depends on the file's row order and "
+        "cannot be replayed from the labels.")
+    assert verdict(8922) == ("The preparation matches CAML full (Mullenbach et al.): every admission of its split "
+                             "files was found, and the 8,922 labels are as published.")
+    short = preprocess.Preprocessed(notes=pd.DataFrame(), labels=FOLDING, stats={
+        **splits_as_published, "test admissions": 3370, "labels": 8930})
+    assert preprocess.benchmark_check(cfg, short).data.endswith(
+        "The preparation differs from CAML full (Mullenbach et al.): test 3,370 (expected 3,372), labels 8,930 "
+        "(expected 8,922). Check that the data is MIMIC-III v1.4, and the split files in split_dir and the top-50 file.")

@@ -1,6 +1,6 @@
 import pytest
 
-from icdlib.codes import category, dot, dot_diagnosis, dot_procedure, normalise
+from icdlib.codes import caml_procedure, category, dot, dot_diagnosis, dot_procedure, normalise
 
 
 @pytest.mark.parametrize("raw,dotted", [
@@ -70,3 +70,25 @@ def test_lowercase_codes_get_the_label_of_their_uppercase_twin(tmp_path):
     pd.testing.assert_frame_equal(a.labels, b.labels)
     assert b.stats["duplicated codes within an admission (counted once)"] == a.stats[
         "duplicated codes within an admission (counted once)"] + 1
+
+
+def test_caml_procedure_is_what_pandas_default_reading_made_of_the_code(tmp_path):
+    """CAML read PROCEDURES_ICD.csv with `pd.read_csv` and no dtype, then put the dot after 2
+    characters of `str(code)`: quoted all-digit codes come back as integers without their zeros."""
+    import csv
+
+    import pandas as pd
+
+    raw = ["0110", "110", "0066", "066", "3893", "016", "0016"]
+    path = tmp_path / "PROCEDURES_ICD.csv"
+    with path.open("w", newline="") as f:  # MIMIC-III's quoting: text columns quoted
+        w = csv.writer(f, quoting=csv.QUOTE_NONNUMERIC)
+        w.writerow(["ROW_ID", "SUBJECT_ID", "HADM_ID", "SEQ_NUM", "ICD9_CODE"])
+        w.writerows((i + 1, 7, 100001, i + 1, code) for i, code in enumerate(raw))
+    read = pd.read_csv(path)["ICD9_CODE"]
+    assert read.dtype.kind == "i" and read.tolist() == [110, 110, 66, 66, 3893, 16, 16]
+    camls = [str(code)[:2] + "." + str(code)[2:] for code in read]
+    assert [caml_procedure(dot_procedure(code)) for code in raw] == camls == [
+        "11.0", "11.0", "66.", "66.", "38.93", "16.", "16."]
+    assert [dot_procedure(code) for code in raw] == ["01.10", "11.0", "00.66", "06.6", "38.93", "01.6", "00.16"]
+    assert caml_procedure("3893") == "38.93"  # raw or dotted alike
