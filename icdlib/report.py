@@ -36,7 +36,8 @@ from icdlib.labels import kind_of
 __all__ = [
     "REFERENCE_RESULTS", "TABLE_METRICS",
     "label_frequency", "codes_per_admission", "note_lengths", "top_codes", "top_codes_plot",
-    "kind_share", "split_balance", "unseen_in_train", "token_lengths", "truncation", "history", "pr_curve",
+    "kind_share", "split_balance", "unseen_in_train", "label_space_dropped", "token_lengths", "truncation",
+    "history", "pr_curve",
     "per_code_vs_frequency", "frequency_buckets", "f1_by_frequency_bucket", "threshold_curve",
     "calibration", "metrics_table", "metrics_caption", "metrics_styled", "reference_rows", "reference_note", "data_name",
     "recorded_data_name",
@@ -81,7 +82,8 @@ REFERENCE_RESULTS: dict[str, dict[str, dict[str, float]]] = {
     },
     # Edin et al. 2023, Table (MIMIC-IV ICD-10, their split file and >= 10 rule, test split, mean of their
     # runs): read from the Papers with Code listing of the paper, which gives these two rows only (R-precision
-    # is its "R-Prec"); the macro-F1 is their mean per-label definition. No MIMIC-IV ICD-9 row was found in a source at hand.
+    # is its "R-Prec"); the macro-F1 is their mean per-label definition. No MIMIC-IV ICD-9 row was found in a
+    # source at hand.
     "edin_mimic4_icd10": {
         "PLM-ICD (Edin et al. 2023, MIMIC-IV ICD-10, Edin split)": {
             "auroc_macro": 96.6, "auroc_micro": 99.2, "f1_macro": 21.1, "f1_micro": 58.5, "p_at_8": 69.9,
@@ -496,6 +498,27 @@ def unseen_in_train(notes: pd.DataFrame) -> pd.DataFrame:
     columns = ["split", "n_admissions", "n_codes", "n_unseen_codes", "n_assignments",
                "n_unseen_assignments", "share_unseen_assignments", "n_admissions_affected"]
     return pd.DataFrame(rows, columns=columns).set_index("split")
+
+
+def label_space_dropped(table: pd.DataFrame, split: str, n_labels: int) -> Shown:
+    """`analysis.outside_label_space`'s table as Markdown, under the sentence it says for `split`
+    (the split scored): how many code assignments the `n_labels`-code label space leaves out of
+    the targets, so that recall is over the rest, and how many admissions keep no code at all."""
+    row = table.loc[split]
+    out, total = int(row["n_positives_outside"]), int(row["n_positives"])
+    if out == 0:
+        text = f"In {split}, every code assignment is in the {n_labels:,}-code label space: recall is over all of them."
+    else:
+        text = (f"In {split}, {out:,} of the {total:,} code assignments ({100 * out / total:.1f}%) fall outside the "
+                f"{n_labels:,}-code label space ({int(row['n_codes_outside']):,} of the split's "
+                f"{int(row['n_codes']):,} distinct codes): they are not in the targets, so recall, F1 and the ranking "
+                f"metrics are over the other {total - out:,}.")
+    empty, n_admissions = int(row["n_admissions_without_label"]), int(row["n_admissions"])
+    if empty:
+        text += (f" {empty:,} of the {n_admissions:,} admissions {'has' if empty == 1 else 'have'} no code left in the "
+                 f"label space (P@k, R-precision and MAP leave {'it' if empty == 1 else 'them'} out).")
+    shown = table.assign(share_positives_outside=table["share_positives_outside"].map(lambda v: f"{v:.1%}"))
+    return Shown(text, html=f"<p>{_esc(text)}</p>" + shown.to_html())
 
 
 # --------------------------------------------------------------------------- training
@@ -1146,33 +1169,41 @@ def _per_code_sentences(per_code: pd.DataFrame) -> list[str]:
     return [text]
 
 
-def _level_sentences(levels: pd.DataFrame) -> list[str]:
-    category = next((name for name in ("3-digit category", "3-character category") if name in levels.index), None)
-    if "full code" not in levels.index or category is None:
-        return []
-    full, cat = levels.loc["full code"], levels.loc[category]
-    gain = (_num(cat["f1"]) or 0.0) - (_num(full["f1"]) or 0.0)
-    out = [f"Counting a prediction right when its {category} is right moves micro-F1 from {_f(full['f1'])} to "
-           f"{_f(cat['f1'])}: " + ("many errors are near misses in the characters after the category."
-                                   if gain >= 0.05 else "few errors are near misses within a category; most "
-                                                        "miss the category altogether.")]
-    coarser = [name for name in ("ICD-10 block", "ICD-10 chapter") if name in levels.index]
-    if coarser:
-        out.append("At " + " and ".join(f"{name} level it is {_f(levels.loc[name, 'f1'])}" for name in coarser) + ".")
+def _level_sentences(levels: pd.DataFrame | None, near: pd.DataFrame | None = None) -> list[str]:
+    """What category-level scoring gives, and (`near`: `analysis.near_misses`) what the model predicted
+    in the category of each true code it missed. The rise of micro-F1 from codes to categories is
+    not read as near misses: merging codes raises it by itself."""
+    out = []
+    category = next((name for name in ("3-digit category", "3-character category")
+                     if levels is not None and name in levels.index), None)
+    if category is not None and "full code" in levels.index:
+        out.append(f"Counting a prediction right when its {category} is right moves micro-F1 from "
+                   f"{_f(levels.loc['full code', 'f1'])} to {_f(levels.loc[category, 'f1'])}.")
+        coarser = [name for name in ("ICD-10 block", "ICD-10 chapter") if name in levels.index]
+        if coarser:
+            out.append("At " + " and ".join(f"{name} level it is {_f(levels.loc[name, 'f1'])}" for name in coarser)
+                       + ".")
+    if near is not None and int(near["n"].sum()):
+        near_share, through, none = (f"{100 * v:.0f}%" for v in near["share"])  # analysis.NEAR_MISS_OUTCOMES
+        out.append(f"Of the {int(near['n'].sum()):,} true codes the model missed at the tuned threshold, "
+                   f"{near_share} are near misses (a wrong code of the same {category or 'category'} predicted for "
+                   f"that admission), {through} had their category predicted only through other true codes, and "
+                   f"{none} had no code of their category predicted.")
     return out
 
 
 def summary(*, metrics: dict | None = None, history: pd.DataFrame | None = None, notes: pd.DataFrame | None = None,
             labels: pd.DataFrame | None = None, per_code: pd.DataFrame | None = None, metric: str = "map",
             synthetic: bool = True, data: dict | None = None, levels: pd.DataFrame | None = None,
-            dataset: str = "mimic3") -> Shown:
+            dataset: str = "mimic3", near_misses: pd.DataFrame | None = None) -> Shown:
     """"What this run shows": Markdown sentences generated from the run's numbers.
 
     Each argument given adds its paragraph: `notes`/`labels` (step 01's tables) the data and the
     label space; `history` (history.csv) the training, best validation `metric` and loss;
     `metrics` (metrics.json) the headline split beside the baseline, saying plainly where the
     model loses; `per_code` (per_code.parquet) codes never right and the frequency gradient;
-    `levels` (`analysis.category_level`) how many errors are near misses within a category;
+    `levels` (`analysis.category_level`) micro-F1 at the category (and ICD-10 block, chapter) level;
+    `near_misses` (`analysis.near_misses`) the share of missed true codes that are near misses;
     `data` ({file: hash}) the fingerprints of the files written; `synthetic` and `dataset` name what was
     coded (`data_name`). Numbers are shown with 3 decimals."""
     paragraphs = []
@@ -1182,9 +1213,9 @@ def summary(*, metrics: dict | None = None, history: pd.DataFrame | None = None,
         paragraphs.append(" ".join(_history_sentences(history, metric)))
     if metrics:
         paragraphs.append(" ".join(_metric_sentences(metrics, synthetic, dataset)))
-    if per_code is not None or levels is not None:
+    if per_code is not None or levels is not None or near_misses is not None:
         sentences = (_per_code_sentences(per_code) if per_code is not None else []) + \
-            (_level_sentences(levels) if levels is not None else [])
+            _level_sentences(levels, near_misses)
         paragraphs += [" ".join(sentences)] if sentences else []
     if data:
         paragraphs.append("Content hashes (sha256, first 12 digits) of what this step wrote: "

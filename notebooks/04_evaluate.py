@@ -54,6 +54,20 @@ report.metrics_styled(evaluate.systems(ev), evaluate.compared(ev, split), split,
 report.macro_f1_gap(results[f"{split}_tuned"], split)
 
 # %% [markdown]
+# ## What the label space leaves out
+# An admission keeps all its codes in `notes.parquet`; only those of the run's label space are targets.
+
+# %%
+from icdlib import analysis
+report.label_space_dropped(analysis.outside_label_space(s.notes, ev.labels), split, len(ev.labels))
+
+# %% [markdown]
+# *How to read it:* the code assignments (admission, code) of the scored split whose code is not a label
+# (unseen in train with `labels: observed`, dropped by a rare-code filter, or outside the top 50) are
+# neither hits nor misses: every recall, F1 and ranking figure above is over the assignments left, so a
+# large share outside means those figures describe a smaller task than the split's full coding.
+
+# %% [markdown]
 # ## What the split is
 # Which admissions were scored, and how far val and test are from train (patients shared).
 

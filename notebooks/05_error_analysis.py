@@ -53,6 +53,20 @@ levels = analysis.category_level(s.y_true, s.y_score, ev.labels, threshold, data
 levels
 
 # %% [markdown]
+# *How to read it:* micro precision, recall and F1 when a prediction counts as right if its group is;
+# the rise from the full-code row mixes near misses with the merging itself (codes of a group count once).
+
+# %%
+near = analysis.near_misses(s.y_true, s.y_score, ev.labels, threshold)
+near
+
+# %% [markdown]
+# *How to read it:* each true code the model missed at the tuned threshold, by what it predicted in that
+# code's category for the admission: a wrong code of it (a near miss: coded 428.30, predicted 428.0),
+# only other true codes of it, or nothing of it. `share` is of all missed true codes; a large
+# "category not predicted" share means the misses are not in the last characters of the code.
+
+# %% [markdown]
 # ## Errors against note length and number of codes
 
 # %%
@@ -69,4 +83,4 @@ analysis.errors_by(s.notes, s.y_true, s.y_score, threshold, by="n_codes")
 explain.highlight(cfg, s.notes, s.y_true, ev.labels)
 
 # %%
-report.summary(per_code=per_code, levels=levels)
+report.summary(per_code=per_code, levels=levels, near_misses=near)

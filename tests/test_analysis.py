@@ -214,3 +214,68 @@ def test_vectorised_at_scale_is_fast():
     assert len(table) == 5 and (table["count"] >= 1).all()
     level = analysis.category_level(y, s, labels, 0.5)
     assert level.loc["3-digit category", "n_labels"] == 200
+
+
+# Near misses: 6 codes in 3 categories (428: 428.0, 428.30, 428.9; 401: 401.9; 38: 38.91, 38.93), 7 documents.
+NEAR_CODES = ["428.0", "428.30", "428.9", "401.9", "38.91", "38.93"]
+NEAR_CASE = [  # (true, predicted) -> the outcome of each missed true code
+    ({"428.30", "401.9"}, {"428.0", "401.9"}),  # 428.30: near miss (428.0 wrong)
+    ({"428.0", "428.30"}, {"428.0"}),  # 428.30: category through another true code (428.0, right)
+    ({"38.93"}, {"401.9"}),  # 38.93: category not predicted (401.9 is a wrong guess elsewhere)
+    ({"38.91", "38.93", "428.0"}, {"38.93", "428.30"}),  # 38.91: through 38.93 (right); 428.0: near (428.30)
+    ({"401.9"}, set()),  # 401.9: not predicted
+    ({"38.91"}, {"38.93"}),  # 38.91: near miss
+    ({"428.0", "428.30"}, {"428.0", "428.9"}),  # 428.30: a wrong (428.9) and a right (428.0) sibling: near miss
+]
+
+
+def near_case():
+    def row(cs):
+        return [1.0 if c in cs else 0.0 for c in NEAR_CODES]
+
+    y = np.array([row(t) for t, _ in NEAR_CASE])
+    return y, scores_from(np.array([row(p) for _, p in NEAR_CASE])), label_table(NEAR_CODES)
+
+
+def test_near_misses_sorts_every_missed_true_code_by_what_its_category_got():
+    y, scores, labels = near_case()
+    table = analysis.near_misses(y, scores, labels, 0.5)
+    assert list(table.index) == analysis.NEAR_MISS_OUTCOMES
+    assert table["n"].tolist() == [4, 2, 2]  # 8 false negatives
+    assert table["share"].tolist() == pytest.approx([0.5, 0.25, 0.25])
+    assert int(table["n"].sum()) == analysis.category_level(y, scores, labels, 0.5).loc["full code", "fn"]
+    nothing_missed = analysis.near_misses(y, np.where(y > 0, 0.9, 0.1), labels, 0.5)
+    assert nothing_missed["n"].tolist() == [0, 0, 0] and nothing_missed["share"].isna().all()
+
+
+def test_summary_states_near_misses_measured_not_inferred():
+    y, scores, labels = near_case()
+    levels = analysis.category_level(y, scores, labels, 0.5)
+    near = analysis.near_misses(y, scores, labels, 0.5)
+    text = report.summary(levels=levels, near_misses=near).text
+    full, cat = levels.loc["full code", "f1"], levels.loc["3-digit category", "f1"]
+    assert f"its 3-digit category is right moves micro-F1 from {full:.3f} to {cat:.3f}." in text
+    assert ("Of the 8 true codes the model missed at the tuned threshold, 50% are near misses (a wrong code of the "
+            "same 3-digit category predicted for that admission), 25% had their category predicted only through "
+            "other true codes, and 25% had no code of their category predicted.") in text
+    assert "many errors" not in report.summary(levels=levels).text  # no inference from the F1 gain alone
+
+
+def test_outside_label_space_counts_what_the_targets_drop():
+    notes = pd.DataFrame({"split": ["train", "train", "test", "test", "test"],
+                          "codes": [["401.9", "428.0"], ["V15.82"], ["401.9", "584.9", "V15.82"], ["584.9"],
+                                    ["428.0", "401.9"]]})
+    table = analysis.outside_label_space(notes, label_table(["401.9", "428.0"]))
+    assert list(table.index) == ["train", "test"] and list(table.columns) == analysis.OUTSIDE_COLUMNS
+    assert table.loc["test"].tolist() == [3, 4, 2, 6, 3, 0.5, 1]  # 584.9 twice and V15.82 out; [584.9]: none left
+    assert table.loc["train"].tolist() == [2, 3, 1, 3, 1, pytest.approx(1 / 3), 1]
+    text = report.label_space_dropped(table, "test", n_labels=2).text
+    assert text == ("In test, 3 of the 6 code assignments (50.0%) fall outside the 2-code label space (2 of the "
+                    "split's 4 distinct codes): they are not in the targets, so recall, F1 and the ranking metrics are "
+                    "over the other 3. 1 of the 3 admissions has no code left in the label space (P@k, R-precision and "
+                    "MAP leave it out).")
+    html = report.label_space_dropped(table, "test", n_labels=2).html
+    assert html.startswith("<p>In test, 3 of the 6 code assignments (50.0%)") and "<td>50.0%</td>" in html
+    inside = analysis.outside_label_space(notes, label_table(["401.9", "428.0", "584.9", "V15.82"]))
+    assert report.label_space_dropped(inside, "test", n_labels=4).text == (
+        "In test, every code assignment is in the 4-code label space: recall is over all of them.")
