@@ -95,8 +95,7 @@ def cmd_train(args) -> None:
         raise IcdlibError("train trains in the run folder it reads: name it with RUN and --output-root, or "
                           "--run-dir, not with -p output_root=/run=")
     cfg = config.from_json(path)
-    # The folder given wins over the one config.json was written in (a copied or moved run).
-    here = {"output_root": str(run_dir.parent), "run": cfg.run if cfg.run_name == run_dir.name else run_dir.name}
+    here = config.located(cfg, run_dir)
     if overrides:
         cfg = config.resolve(cfg.backbone, {**{k: v for k, v in cfg.to_dict().items() if k != "backbone"},
                                             **overrides, **here})

@@ -61,23 +61,43 @@ def execute(name: str, cfg: Config, params: dict, progress: bool = True) -> Path
 
     The kernel starts in the caller's working directory, and relative paths in `params` are
     made absolute against it first (as `config.resolve` did for `cfg`)."""
+    from icdlib import report
+    from icdlib.runfolder import Run
+
+    parameters = {"backbone": cfg.backbone, "run": cfg.run, "mimic_dir": cfg.mimic_dir,
+                  "params": absolute_paths(params)}
+    return run_notebook(name, Run.of(cfg).reports, parameters, report.path_placeholders(cfg), progress=progress,
+                        watched=progress_file(name, cfg) if progress else None,
+                        stopped=lambda: interrupted_line(name, cfg),
+                        again=lambda: f"Resume with: {resume_command(name, cfg)}",
+                        advice="lower batch_size or max_segments, or use a larger machine")
+
+
+def run_notebook(name: str, folder: Path, parameters: dict, pairs: list[tuple[str, str]], *, progress: bool = True,
+                 watched: Path | None = None, stopped=None, again=None, advice: str = "use a larger machine") -> Path:
+    """Execute `notebooks/<name>.ipynb` with `parameters` into `<folder>/<name>.ipynb`, its machine
+    paths replaced by `pairs`' placeholders (`share_notebook`); return that path.
+
+    A failing cell stops with the notebook's own line (the notebook so far kept as
+    `<name>.failed.ipynb`); a dead kernel or Ctrl-C with one line too: `stopped()` is the line for
+    Ctrl-C, `again()` the sentence that says how to go on, `advice` what to change when the kernel
+    died (most often out of memory). `watched`: a progress file to stream to the terminal."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     from nbclient.exceptions import DeadKernelError
 
-    from icdlib.runfolder import Run, running_notebook
+    from icdlib.runfolder import running_notebook
 
-    reports = Run.of(cfg).reports
-    reports.mkdir(parents=True, exist_ok=True)
-    out = reports / f"{name}.ipynb"
-    tmp = running_notebook(reports, name)
-    failed = reports / f"{name}.failed.ipynb"
-    log = reports / f"{name}.kernel.log"  # the kernel's own stderr: kept when the step fails and it said something
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{name}.ipynb"
+    tmp = running_notebook(folder, name)
+    failed = folder / f"{name}.failed.ipynb"
+    log = folder / f"{name}.kernel.log"  # the kernel's own stderr: kept when the step fails and it said something
     log.unlink(missing_ok=True)
-    parameters = {"backbone": cfg.backbone, "run": cfg.run, "mimic_dir": cfg.mimic_dir,
-                  "params": absolute_paths(params)}
-    watched = progress_file(name, cfg) if progress else None
+    stopped = stopped or (lambda: f"interrupted in {name}; nothing of it is kept: run the command again")
+    again = again or (lambda: "Run the command again.")
     tail = ProgressTail(name, watched, since=time.time() - 1.0) if watched else nullcontext()
     try:
         with tail, quiet_papermill():  # papermill's cell bar only on a terminal: in a log it is a line per update
@@ -88,20 +108,20 @@ def execute(name: str, cfg: Config, params: dict, progress: bool = True) -> Path
     except PapermillExecutionError as e:
         _keep(tmp, failed, log)
         if e.ename == "KeyboardInterrupt":
-            raise Interrupted(interrupted_line(name, cfg)) from None
+            raise Interrupted(stopped()) from None
         raise NotebookError(f"{name} failed: {e.ename}: {str(e.evalue).splitlines()[0] if e.evalue else ''} "
                             f"(executed notebook: {failed})") from None
     except DeadKernelError:
         said = f", its log {log}" if _keep(tmp, failed, log) else ""
         raise NotebookError(f"{name}: the notebook's kernel died (killed from outside, most often for running out "
-                            f"of memory: lower batch_size or max_segments, or use a larger machine); the notebook "
-                            f"up to that cell is {failed}{said}. Resume with: {resume_command(name, cfg)}") from None
+                            f"of memory: {advice}); the notebook up to that cell is {failed}{said}. "
+                            f"{again()}") from None
     except KeyboardInterrupt:
         _keep(tmp, failed, log)
-        raise Interrupted(interrupted_line(name, cfg)) from None
-    share_notebook(tmp, cfg)  # no path of this machine in a report
+        raise Interrupted(stopped()) from None
+    share_notebook(tmp, pairs=pairs)  # no path of this machine in a report
     os.replace(tmp, out)
-    (reports / f"{name}.failed.ipynb").unlink(missing_ok=True)
+    failed.unlink(missing_ok=True)
     log.unlink(missing_ok=True)
     return out
 
@@ -342,15 +362,16 @@ def progress_file(name: str, cfg: Config) -> Path | None:
 
 # ---------------------------------------------------------------- shareable reports
 
-def share_notebook(notebook: Path, cfg: Config) -> Path:
+def share_notebook(notebook: Path, cfg: Config | None = None, pairs: list[tuple[str, str]] | None = None) -> Path:
     """Rewrite an executed notebook with every absolute path of this machine replaced by a
     placeholder (`<run>/…`, `<mimic_dir>`, `<repo>`, …; `report.share_paths`): in the injected
-    parameters, the outputs and papermill's metadata. Images are left as they are."""
+    parameters, the outputs and papermill's metadata. Images are left as they are. `pairs`:
+    (path, placeholder) pairs, by default `report.path_placeholders(cfg)`."""
     import nbformat
 
     from icdlib import report
 
-    pairs = report.path_placeholders(cfg)
+    pairs = report.path_placeholders(cfg) if pairs is None else pairs
 
     def clean(node, key=""):
         if isinstance(node, str):
