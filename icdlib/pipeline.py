@@ -185,7 +185,8 @@ def to_html(notebook: Path) -> Path:
 
 def run_all(cfg: Config, params: dict, notebooks=NOTEBOOKS, progress: bool = True) -> list[Path]:
     """Run the notebooks in order and export each to HTML, then write `reports/index.html`
-    linking them; return the HTML paths, the index last."""
+    linking them, and the output root's `index.html` (`write_root_index`); return the HTML paths,
+    the run's index last."""
     from icdlib.runfolder import clean_stale, lock
 
     htmls = []
@@ -198,7 +199,9 @@ def run_all(cfg: Config, params: dict, notebooks=NOTEBOOKS, progress: bool = Tru
                 htmls.append(to_html(execute(name, cfg, params, progress)))
             except KeyboardInterrupt:  # while the report is exported: the step goes again
                 raise Interrupted(interrupted_line(name, cfg)) from None
-        return htmls + [write_index(cfg)]
+        index = write_index(cfg)
+    write_root_index(cfg.run_dir.parent)  # every run and comparison of the output root
+    return htmls + [index]
 
 
 def recorded(cfg: Config) -> dict:
@@ -463,3 +466,63 @@ def write_index(cfg: Config) -> Path:
     from icdlib.runfolder import atomic_write_text
 
     return atomic_write_text(reports / "index.html", report.share_paths(page, cfg))
+
+
+ROOT_INDEX = "index.html"  # in an output root: every run and comparison there
+
+
+def write_root_index(root: Path) -> Path:
+    """`<output_root>/index.html`: one self-contained page listing the run folders under `root`
+    (those holding config.json), each linking its `reports/index.html`, with its backbone, data,
+    benchmark, split and the reports it has; and the comparisons in `root/comparisons/` (`icdlib
+    compare`: folders holding comparison.json), each linking its report, with the runs compared
+    and its verdict lines. Only JSON files are read, nothing is hashed, so `run` and `compare`
+    rewrite it every time; no metric of a run is shown here (a run's own index says whether 04
+    scored its current model). No path of the machine appears in it."""
+    import html
+
+    from icdlib import report
+    from icdlib.runfolder import Run, atomic_write_text
+
+    root = Path(root)
+    esc = html.escape
+
+    def read(path: Path) -> dict:
+        try:
+            value = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    runs = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and Run(p).config.is_file()) if root.is_dir() else []:
+        run, recorded = Run(folder), read(Run(folder).config)
+        done = [n for n in NOTEBOOKS if run.report(n, "html").is_file()]
+        name = esc(folder.name)
+        link = (f"<a href='{name}/reports/index.html'>{name}</a>" if (run.reports / "index.html").is_file() else name)
+        runs.append(f"<tr><td>{link}</td><td><code>{esc(str(recorded.get('backbone', '?')))}</code></td>"
+                    f"<td>{esc(report.recorded_data_name(recorded))}</td><td>{esc(str(recorded.get('benchmark', '')))}"
+                    f"</td><td>{esc(str(recorded.get('split', '')))}</td><td>{len(done)} of {len(NOTEBOOKS)}</td></tr>")
+    comparisons = []
+    folders = root / "comparisons"
+    for folder in sorted(p for p in folders.iterdir() if (p / "comparison.json").is_file()) if folders.is_dir() else []:
+        result = read(folder / "comparison.json")
+        names = " vs ".join(esc(str(r.get("name", "?"))) for r in result.get("runs", []))
+        name = esc(folder.name)
+        link = f"<a href='comparisons/{name}/06_compare.html'>{names or name}</a>"
+        lines = "".join(f"<li>{esc(str(line))}</li>" for line in result.get("summary", []))
+        comparisons.append(f"<li>{link}<ul>{lines}</ul></li>")
+    parts = [f"<h1>icdlib outputs</h1><p class='sub'>{len(runs)} run{'s' * (len(runs) != 1)} · "
+             f"{len(comparisons)} comparison{'s' * (len(comparisons) != 1)}</p>", "<h2>Runs</h2>"]
+    parts.append("<table><thead><tr><th>run</th><th>backbone</th><th>data</th><th>benchmark</th><th>split</th>"
+                 "<th>reports</th></tr></thead><tbody>" + "".join(runs) + "</tbody></table>" if runs else
+                 "<p class='missing'>No run folder here yet: <code>python -m icdlib run --backbone tiny</code></p>")
+    parts.append("<h2>Comparisons</h2>")
+    parts.append("<ul>" + "".join(comparisons) + "</ul>" if comparisons else
+                 "<p class='missing'>None yet: <code>python -m icdlib compare RUN_A RUN_B</code></p>")
+    parts.append("<p class='sub'>A run's metrics are on its own page, shown only when 04 scored its current model. "
+                 "A comparison scores each run at the threshold its 04 tuned on validation; a run is called better "
+                 "on a metric only where the 95% interval of the paired difference excludes 0.</p>")
+    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>icdlib outputs</title>"
+            f"<style>{INDEX_CSS}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
+    return atomic_write_text(root / ROOT_INDEX, page)
