@@ -50,6 +50,7 @@ defined would describe another statistic.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,7 +68,9 @@ INTERVAL_METRICS: tuple[str, ...] = (
 )
 _F32_EXACT = 2.0 ** 24  # float32 holds every integer below this
 _BLOCK_CELLS = 1 << 22  # cells per block when binning: bounds the temporary arrays (~100 MB)
-_CHUNK_BYTES = 8e8  # float64 bytes of the per-level arrays of one chunk of resamples
+_CHUNK_BYTES = 3e8  # float64 bytes of the per-level arrays of one chunk of resamples (each thread)
+_THREADS = 2
+_SCAN_ROWS = 512  # rows per block of a cumulative sum
 
 
 # --------------------------------------------------------------------------- #
@@ -88,6 +91,14 @@ def resample_counts(n_docs: int, n_resamples: int = 1000, seed: int = 0) -> np.n
 # Rankings: levels, bins and the sparse (bin × document) counts built once per score matrix
 # --------------------------------------------------------------------------- #
 @dataclass(frozen=True)
+class _Counts:
+    """A (rows × documents) matrix of float32 counts, sparse or dense, and its largest row sum."""
+
+    matrix: sp.csr_matrix | np.ndarray
+    row_max: float
+
+
+@dataclass(frozen=True)
 class _Ranking:
     """One family of rankings (micro: one ranking of every cell; macro: one per code).
 
@@ -98,27 +109,38 @@ class _Ranking:
 
     starts: np.ndarray  # (n_rankings,) first level of each ranking
     next_start: np.ndarray  # (n_levels,) first level of the following ranking (n_levels for the last)
-    positives: sp.csr_matrix  # (n_levels, n_docs) positives of each document at each level
-    cells: sp.csr_matrix  # (2 n_levels, n_docs) cells of each document in each bin: AUPRC and AUROC
-    extra: sp.csr_matrix | None  # the same for cells that AUROC alone counts ("edin": outside its set)
+    positives: _Counts  # (n_levels, n_docs) positives of each document at each level
+    cells: _Counts  # (2 n_levels, n_docs) cells of each document in each bin: AUPRC and AUROC
+    extra: _Counts | None  # the same for cells that AUROC alone counts ("edin": outside its set)
     cells_per_doc: np.ndarray  # (n_docs,) cells of each document in every ranking, for AUPRC
     cells_per_doc_all: np.ndarray  # the same, counting the AUROC-only cells too
 
     @property
     def n_levels(self) -> int:
-        return self.positives.shape[0]
+        return self.positives.matrix.shape[0]
 
 
-def _csr(rows, docs, counts, shape) -> sp.csr_matrix:
-    """(rows × docs) float32 counts from lists of arrays; repeated (row, doc) pairs are summed."""
+def _times(c: _Counts, wt: np.ndarray, wt32: np.ndarray) -> np.ndarray:
+    """c.matrix @ wt (weights: documents × resamples). Summed in float32 when every sum is an integer
+    below 2**24, exact there and twice as fast; in float64 otherwise."""
+    if c.row_max * float(wt.max(initial=0.0)) < _F32_EXACT:
+        return c.matrix @ wt32
+    return c.matrix.astype(np.float64) @ wt
+
+
+def _csr(rows, docs, counts, shape) -> _Counts:
+    """Counts from lists of (row, doc, count) arrays; repeated (row, doc) pairs are summed."""
     rows, docs, counts = (np.concatenate(a) if a else np.zeros(0, np.int64) for a in (rows, docs, counts))
-    return sp.csr_matrix((counts.astype(np.float32), (rows, docs)), shape=shape)
+    matrix = sp.csr_matrix((counts.astype(np.float32), (rows, docs)), shape=shape)
+    return _Counts(matrix, float(np.asarray(matrix.sum(axis=1)).max(initial=0.0)))
 
 
-def _indicator(mask: np.ndarray) -> sp.csr_matrix:
-    """(n_codes, n_docs) float32 sparse 0/1 matrix of a (n_docs, n_codes) boolean mask."""
+def _indicator(mask: np.ndarray, dense: bool = False) -> _Counts:
+    """(n_codes, n_docs) 0/1 counts of a (n_docs, n_codes) boolean mask."""
+    if dense:
+        return _Counts(np.ascontiguousarray(mask.T, dtype=np.float32), float(mask.sum(axis=0).max(initial=0)))
     docs, codes = np.nonzero(mask)
-    return sp.csr_matrix((np.ones(docs.size, np.float32), (codes, docs)), shape=mask.shape[::-1])
+    return _csr([codes], [docs], [np.ones(docs.size)], mask.shape[::-1])
 
 
 def _bin_rows(levels: np.ndarray, s: np.ndarray, docs: np.ndarray, out: tuple[list, list, list]) -> None:
@@ -181,7 +203,7 @@ def _macro(y: np.ndarray, s: np.ndarray, keep_docs: np.ndarray) -> _Ranking:
     for lo in range(0, codes.size, step):
         cols = codes[lo:lo + step]
         sc = np.ascontiguousarray(s[:, cols].T)
-        order = np.argsort(sc, axis=1, kind="stable")
+        order = np.argsort(sc, axis=1)  # any order of tied scores: ties are handled as runs
         ss = np.take_along_axis(sc, order, axis=1).ravel()
         ys = np.take_along_axis(np.ascontiguousarray(y[:, cols].T), order, axis=1).ravel()
         docs = order.ravel()
@@ -219,63 +241,68 @@ def _macro(y: np.ndarray, s: np.ndarray, keep_docs: np.ndarray) -> _Ranking:
 # --------------------------------------------------------------------------- #
 # Weighted evaluation of one chunk of resamples (weights: (n_docs, chunk), documents as rows)
 # --------------------------------------------------------------------------- #
-def _weighted(matrix: sp.csr_matrix, wt: np.ndarray, wt32: np.ndarray) -> np.ndarray:
-    """matrix @ wt (float32 counts, float64 weights) as float64, summed in float32 when every sum is
-    an integer below 2**24 (exact there, and twice as fast)."""
-    if not matrix.nnz:
-        return np.zeros((matrix.shape[0], wt.shape[1]))
-    bound = float(np.max(matrix.sum(axis=1))) * float(wt.max(initial=0.0))
-    if bound < _F32_EXACT:
-        return (matrix @ wt32).astype(np.float64)
-    return matrix.astype(np.float64) @ wt
+def _suffix(x: np.ndarray, r: _Ranking) -> np.ndarray:
+    """(n_levels, chunk) float64: per level, the sum of x over the levels at or above it in its ranking.
+
+    Scanned in blocks of rows that stay in cache: numpy's cumsum down the rows of one large array
+    is several times slower."""
+    k, chunk = x.shape
+    total = np.empty((k + 1, chunk))
+    total[k] = 0.0
+    for hi in range(k, 0, -_SCAN_ROWS):
+        lo = max(0, hi - _SCAN_ROWS)
+        block = total[lo:hi]
+        np.cumsum(x[lo:hi][::-1], axis=0, dtype=np.float64, out=block[::-1])
+        block += total[hi]
+    if r.starts.size == 1:
+        return total[:k]
+    above = total[r.next_start]  # the sums of the rankings that follow
+    return np.subtract(total[:k], above, out=above)
 
 
-def _suffix_sums(x: np.ndarray, next_start: np.ndarray, one_ranking: bool) -> np.ndarray:
-    """Per level, the sum of x over the levels at or above it within the same ranking."""
-    total = np.cumsum(x[::-1], axis=0)[::-1]
-    if one_ranking:
-        return total
-    padded = np.vstack([total, np.zeros((1, x.shape[1]))])
-    return total - padded[next_start]
+def _per_ranking(x: np.ndarray, r: _Ranking) -> np.ndarray:
+    """(n_rankings, chunk) sums of x (n_levels, chunk) over each ranking's levels."""
+    return x.sum(axis=0, keepdims=True) if r.starts.size == 1 else np.add.reduceat(x, r.starts, axis=0)
 
 
 def _rank_metrics(r: _Ranking, wt: np.ndarray, wt32: np.ndarray) -> dict:
-    """(n_rankings, chunk) AUROC, AUPRC, positives and negatives of every ranking of the family."""
+    """(n_rankings, chunk) AUROC, AUPRC, positives and negatives of every ranking of the family.
+
+    With tp the weighted positives at a level, tp_ge those at or above it, ge the weighted cells at
+    or above it and tie those tied with it (positives included):
+    AUPRC = sum(tp * tp_ge / ge) / P; Mann-Whitney's count of (positive, negative) pairs ordered
+    right, ties as one half, is 2U = 2NP + P^2 - sum(tp * (2 ge - tie)) (N negatives, P positives),
+    all integers below 2**53 and exact in float64."""
     chunk = wt.shape[1]
     if not r.n_levels:
         empty = np.zeros((0, chunk))
         return {"auroc": empty, "auprc": empty, "pos": empty, "neg": empty, "neg_all": empty}
-    one = r.starts.size == 1
-    tp = _weighted(r.positives, wt, wt32)
-    tp_ge = _suffix_sums(tp, r.next_start, one)
-    pos = np.add.reduceat(tp, r.starts, axis=0)
+    tp = _times(r.positives, wt, wt32)
+    tp_ge = _suffix(tp, r)
+    pos = tp_ge[r.starts]
 
-    binned = _weighted(r.cells, wt, wt32).reshape(r.n_levels, 2, chunk)
-    ge = _suffix_sums(binned.sum(axis=1), r.next_start, one)  # cells scored >= each level
+    binned = _times(r.cells, wt, wt32).reshape(r.n_levels, 2, chunk)
+    tie, ge = binned[:, 0], _suffix(binned.sum(axis=1), r)
+    precision = np.maximum(ge, 1.0)  # ge >= tp_ge >= 1 where tp > 0; elsewhere the term is 0
+    np.divide(tp_ge, precision, out=precision)
+    precision *= tp
     with np.errstate(invalid="ignore", divide="ignore"):
-        auprc = np.add.reduceat(tp * tp_ge / np.maximum(ge, 1.0), r.starts, axis=0) / pos
+        auprc = _per_ranking(precision, r) / pos
+    del precision, tp_ge
     neg = (r.cells_per_doc @ wt)[None, :] - pos
 
     if r.extra is not None:
-        binned = binned + _weighted(r.extra, wt, wt32).reshape(r.n_levels, 2, chunk)
-        ge = _suffix_sums(binned.sum(axis=1), r.next_start, one)
+        extra = _times(r.extra, wt, wt32).reshape(r.n_levels, 2, chunk)
+        tie = tie + extra[:, 0]
+        ge += _suffix(extra.sum(axis=1), r)
     neg_all = (r.cells_per_doc_all @ wt)[None, :] - pos
-    # Mann-Whitney: each positive at level l counts the negatives below l plus half those tied with it.
-    # Negatives >= l: ge - tp_ge; negatives > l: (ge - tie) - (tp_ge - tp); below + tie/2 = N - (both)/2.
-    tie = binned[:, 0, :]
-    neg_ge = ge - tp_ge
-    neg_gt = neg_ge - tie + tp
-    twice_u = np.add.reduceat(tp * (2.0 * _level_totals(neg_all, r) - neg_ge - neg_gt), r.starts, axis=0)
+    ge *= 2.0
+    ge -= tie
+    ge *= tp
+    twice_u = 2.0 * neg_all * pos + pos * pos - _per_ranking(ge, r)
     with np.errstate(invalid="ignore", divide="ignore"):
         auroc = twice_u / (2.0 * pos * neg_all)
     return {"auroc": auroc, "auprc": auprc, "pos": pos, "neg": neg, "neg_all": neg_all}
-
-
-def _level_totals(per_ranking: np.ndarray, r: _Ranking) -> np.ndarray:
-    """(n_levels, chunk): each level's row of a (n_rankings, chunk) array."""
-    if r.starts.size == 1:
-        return per_ranking
-    return np.repeat(per_ranking, np.diff(np.r_[r.starts, r.n_levels]), axis=0)
 
 
 def _masked_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -295,9 +322,9 @@ class _Prepared:
     per_doc: np.ndarray  # (len(docs), len(KS) + 2) P@k, R-precision, AP; 0 for a document without positive
     has_positive: np.ndarray  # (len(docs),) float 0/1
     exact: np.ndarray  # (len(docs),) float 0/1: the document's predicted codes are its true codes
-    truth: sp.csr_matrix  # (len(codes), len(docs)) positives
-    hits: sp.csr_matrix  # (len(codes), len(docs)) true positives at the threshold
-    predicted: sp.csr_matrix | np.ndarray  # (len(codes), len(docs)) predictions, dense when not sparse
+    truth: _Counts  # (len(codes), len(docs)) positives
+    hits: _Counts  # (len(codes), len(docs)) true positives at the threshold
+    predicted: _Counts  # (len(codes), len(docs)) predictions, dense when not sparse
     micro: _Ranking
     macro: _Ranking
 
@@ -308,24 +335,31 @@ def _prepare(y_true, y_score, threshold: float, label_set: str) -> _Prepared:
     y, s = metrics._validate(y_true, y_score)
     n, m = y.shape
     keep_docs, keep_codes = (np.ones(n, bool), np.ones(m, bool)) if label_set == "all" else (y.any(1), y.any(0))
-    docs = np.flatnonzero(keep_docs)
     everything = keep_docs.all() and keep_codes.all()
     yk, sk = (y, s) if everything else (y[np.ix_(keep_docs, keep_codes)], s[np.ix_(keep_docs, keep_codes)])
+    # The three sorts are independent and release the GIL, as in metrics.compute.
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        micro = pool.submit(_micro, y, s, keep_docs, keep_codes)
+        macro = pool.submit(_macro, y, s, keep_docs)
+        per_doc, has = _per_document(yk, sk)
+        micro, macro = micro.result(), macro.result()
+    pred = sk >= threshold
+    return _Prepared(docs=np.flatnonzero(keep_docs), per_doc=per_doc, has_positive=has.astype(np.float64),
+                     exact=np.all(yk == pred, axis=1).astype(np.float64), truth=_indicator(yk),
+                     hits=_indicator(yk & pred), predicted=_indicator(pred, dense=pred.mean() > 0.05),
+                     micro=micro, macro=macro)
 
-    r = metrics._rank_rows(yk, sk)
+
+def _per_document(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """((n_docs, len(KS) + 2) P@k, R-precision and average precision of each document, 0 for a
+    document without positive; (n_docs,) whether it has one), ranked as metrics.compute ranks."""
+    r = metrics._rank_rows(y, s)
     n_pos = r.n_pos
     has = n_pos > 0
     columns = [np.bincount(r.row[r.rank < k], minlength=r.n_rows) / k for k in KS]
     columns.append(metrics._divide(np.bincount(r.row[r.rank < n_pos[r.row]], minlength=r.n_rows), n_pos))
     columns.append(metrics._average_precision(r))
-    per_doc = np.where(has[:, None], np.stack(columns, axis=1), 0.0)
-
-    pred = sk >= threshold
-    truth, hits = _indicator(yk), _indicator(yk & pred)
-    predicted = _indicator(pred) if pred.mean() < 0.05 else np.ascontiguousarray(pred.T, dtype=np.float32)
-    return _Prepared(docs=docs, per_doc=per_doc, has_positive=has.astype(np.float64),
-                     exact=np.all(yk == pred, axis=1).astype(np.float64), truth=truth, hits=hits,
-                     predicted=predicted, micro=_micro(y, s, keep_docs, keep_codes), macro=_macro(y, s, keep_docs))
+    return np.where(has[:, None], np.stack(columns, axis=1), 0.0), has
 
 
 def _chunk_values(p: _Prepared, wt: np.ndarray) -> dict:
@@ -341,9 +375,7 @@ def _chunk_values(p: _Prepared, wt: np.ndarray) -> dict:
     out["auprc_macro"] = _masked_mean(macro["auprc"], (macro["pos"] > 0) & (macro["neg"] > 0))
 
     wk, wk32 = wt[p.docs], wt32[p.docs]
-    tp, pos = _weighted(p.hits, wk, wk32), _weighted(p.truth, wk, wk32)
-    predicted = (_weighted(p.predicted, wk, wk32) if sp.issparse(p.predicted)
-                 else (p.predicted @ wk32).astype(np.float64))
+    tp, pos, predicted = (_times(c, wk, wk32).astype(np.float64) for c in (p.hits, p.truth, p.predicted))
     fp, fn = predicted - tp, pos - tp
     tp_sum, fp_sum, fn_sum = tp.sum(axis=0), fp.sum(axis=0), fn.sum(axis=0)
     out["f1_micro"] = metrics._f1(tp_sum, fp_sum, fn_sum)
@@ -375,10 +407,10 @@ def _values(p: _Prepared, counts: np.ndarray) -> dict[str, np.ndarray]:
     counts = np.asarray(counts)
     levels = max(p.micro.n_levels, p.macro.n_levels, 1)
     step = int(max(1, min(256, _CHUNK_BYTES // (levels * 8 * 12))))
-    parts = []
-    for lo in range(0, counts.shape[0], step):
-        wt = np.ascontiguousarray(counts[lo:lo + step].T, dtype=np.float64)
-        parts.append(_chunk_values(p, wt))
+    chunks = [np.ascontiguousarray(counts[lo:lo + step].T, dtype=np.float64)
+              for lo in range(0, counts.shape[0], step)]
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:  # sparse products and ufuncs release the GIL
+        parts = list(pool.map(lambda wt: _chunk_values(p, wt), chunks))
     return {name: np.concatenate([part[name] for part in parts]) for name in INTERVAL_METRICS}
 
 
@@ -396,7 +428,7 @@ def replicates(y_true, y_score, counts, threshold: float = 0.5, label_set: str =
 
 
 def _bounds(values: np.ndarray, level: float) -> tuple[float, float]:
-    """Percentile interval at `level`; (nan, nan) when any value is undefined."""
+    """Percentile interval at `level` (numpy's linear interpolation); (nan, nan) when any value is undefined."""
     if not values.size or np.isnan(values).any():
         return float("nan"), float("nan")
     lo, hi = np.percentile(values, [50.0 * (1.0 - level), 50.0 * (1.0 + level)])

@@ -82,6 +82,16 @@ def test_weights_of_one_equal_compute_on_float32_scores_without_ties(label_set):
         np.testing.assert_allclose(got[name][0], expected[name], rtol=EXACT, atol=0, err_msg=name)
 
 
+def test_no_positive_at_all_gives_compute_values_not_an_exception():
+    y = np.zeros((5, 4), dtype=bool)
+    s = np.linspace(0.0, 1.0, 20).reshape(5, 4)
+    got = uncertainty.replicates(y, s, uncertainty.resample_counts(5, 3) * 0 + 1, 0.5)
+    expected = metrics.compute(y, s, 0.5)
+    for name in uncertainty.INTERVAL_METRICS:
+        np.testing.assert_allclose(got[name], expected[name], rtol=EXACT, atol=0, err_msg=name)
+    assert math.isnan(expected["auroc_micro"]) and expected["f1_micro"] == 0.0 and expected["exact_match"] == 0.4
+
+
 @pytest.mark.parametrize("label_set", ["all", "edin"])
 @pytest.mark.parametrize("threshold", [0.5, 0.95])
 def test_every_resample_equals_compute_on_the_repeated_rows(label_set, threshold):
@@ -109,6 +119,7 @@ def test_chunked_blocks_and_float64_sums_give_the_same_values(monkeypatch):
     whole = uncertainty.replicates(y, s, counts, 0.5, "edin")
     monkeypatch.setattr(uncertainty, "_BLOCK_CELLS", 30)  # several row blocks and code blocks
     monkeypatch.setattr(uncertainty, "_CHUNK_BYTES", 1.0)  # one resample per chunk
+    monkeypatch.setattr(uncertainty, "_SCAN_ROWS", 3)  # cumulative sums in blocks of 3 levels
     monkeypatch.setattr(uncertainty, "_F32_EXACT", 0.0)  # every weighted count summed in float64
     _assert_values(uncertainty.replicates(y, s, counts, 0.5, "edin"), whole)
 
