@@ -39,8 +39,22 @@ def cmd_run(args) -> None:
     print(f"[icdlib] reports in {cfg.run_dir / 'reports'}:")
     for h in htmls:
         print(f"  {h}")
+    print(f"[icdlib] every run and comparison of {cfg.run_dir.parent}: {cfg.run_dir.parent / pipeline.ROOT_INDEX}")
     line = pipeline.headline(cfg)
     if line:
+        print(f"[icdlib] {line}")
+
+
+def cmd_compare(args) -> None:
+    from icdlib import compare, pipeline
+
+    pipeline.require_notebook_stack()
+    html, index, result = compare.report(list(args.runs) + list(args.run_dir or []), output_root=args.output_root,
+                                         out=args.out, resamples=args.resamples, seed=args.seed,
+                                         progress=not args.quiet)
+    print(f"[icdlib] comparison in {html.parent}: {html.name}, {html.with_suffix('.ipynb').name}, {compare.RESULT}")
+    print(f"[icdlib] every run and comparison of {index.parent}: {index}")
+    for line in result.get("summary", []):
         print(f"[icdlib] {line}")
 
 
@@ -95,8 +109,7 @@ def cmd_train(args) -> None:
         raise IcdlibError("train trains in the run folder it reads: name it with RUN and --output-root, or "
                           "--run-dir, not with -p output_root=/run=")
     cfg = config.from_json(path)
-    # The folder given wins over the one config.json was written in (a copied or moved run).
-    here = {"output_root": str(run_dir.parent), "run": cfg.run if cfg.run_name == run_dir.name else run_dir.name}
+    here = config.located(cfg, run_dir)
     if overrides:
         cfg = config.resolve(cfg.backbone, {**{k: v for k, v in cfg.to_dict().items() if k != "backbone"},
                                             **overrides, **here})
@@ -166,6 +179,25 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks, e.g. --only 04 05")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("compare", help="compare runs side by side: metrics with 95%% intervals, paired tests, "
+                                       "per-code differences, disagreements (notebook 06_compare)",
+                       description="Compare runs of one benchmark, dataset, split and label space, scored on the "
+                                   "same test admissions (others are refused in one line): each run's metrics with "
+                                   "bootstrap intervals, paired differences RUN_A − RUN_X, the codes whose F1 and "
+                                   "AUPRC differ most, and where the decisions differ. Writes 06_compare.ipynb, "
+                                   ".html and comparison.json to <output_root>/comparisons/<A>_vs_<B>/ and lists "
+                                   "every run and comparison in <output_root>/index.html.")
+    c.add_argument("runs", nargs="*", metavar="RUN", help="run names under --output-root, or run folders "
+                                                         "(a path: with a /, or starting with . or ~); the first is A")
+    c.add_argument("--run-dir", action="append", metavar="DIR", help="a run folder (repeatable), after the RUNs")
+    c.add_argument("--output-root", default="", help="where run names are looked up, and where comparisons/ goes "
+                                                     "(default: <repo>/outputs for names; the folder holding RUN_A)")
+    c.add_argument("--out", default="", help="the comparison's folder (default: <output_root>/comparisons/<A>_vs_<B>)")
+    c.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the test admissions")
+    c.add_argument("--seed", type=int, default=0, help="the bootstrap's random seed")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("synth", help="write a synthetic MIMIC-III twin (five tables) or MIMIC-IV twin (hosp/, note/)")
     s.add_argument("--out", required=True, help="folder to write the tables into")

@@ -601,6 +601,13 @@ def from_json(path: Path) -> Config:
     return Config(**{k: v for k, v in values.items() if k in _TYPES})
 
 
+def located(cfg: Config, run_dir: Path) -> dict:
+    """`output_root` and `run` that put the run of `cfg` (its config.json) in the folder `run_dir`:
+    the folder given wins over the one config.json was written in (a copied or moved run)."""
+    run_dir = Path(run_dir)
+    return {"output_root": str(run_dir.parent), "run": cfg.run if cfg.run_name == run_dir.name else run_dir.name}
+
+
 def parse_override(text: str) -> tuple[str, object]:
     """`key=value` from the command line; the value is read as YAML (`lr=1.0e-3`, `resume=true`)."""
     if "=" not in text:

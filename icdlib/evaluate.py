@@ -83,11 +83,12 @@ def check_predictions(run: Run) -> str:
     return best_id
 
 
-def load(cfg: Config) -> Evaluation:
-    """Predictions of step 03 aligned with the notes and labels of step 01 (after `check_predictions`)."""
+def load(cfg: Config, notes_columns: list[str] | None = None) -> Evaluation:
+    """Predictions of step 03 aligned with the notes and labels of step 01 (after `check_predictions`);
+    `notes_columns`: only these columns of notes.parquet (hadm_id, split and codes at least)."""
     run = Run.of(cfg)
     check_predictions(run)
-    pre = preprocess.load(run.dir)
+    pre = preprocess.load(run.dir, columns=notes_columns)
     codes = pre.labels["code"].tolist()
     splits = {}
     for split in SCORED_SPLITS:

@@ -61,23 +61,43 @@ def execute(name: str, cfg: Config, params: dict, progress: bool = True) -> Path
 
     The kernel starts in the caller's working directory, and relative paths in `params` are
     made absolute against it first (as `config.resolve` did for `cfg`)."""
+    from icdlib import report
+    from icdlib.runfolder import Run
+
+    parameters = {"backbone": cfg.backbone, "run": cfg.run, "mimic_dir": cfg.mimic_dir,
+                  "params": absolute_paths(params)}
+    return run_notebook(name, Run.of(cfg).reports, parameters, report.path_placeholders(cfg), progress=progress,
+                        watched=progress_file(name, cfg) if progress else None,
+                        stopped=lambda: interrupted_line(name, cfg),
+                        again=lambda: f"Resume with: {resume_command(name, cfg)}",
+                        advice="lower batch_size or max_segments, or use a larger machine")
+
+
+def run_notebook(name: str, folder: Path, parameters: dict, pairs: list[tuple[str, str]], *, progress: bool = True,
+                 watched: Path | None = None, stopped=None, again=None, advice: str = "use a larger machine") -> Path:
+    """Execute `notebooks/<name>.ipynb` with `parameters` into `<folder>/<name>.ipynb`, its machine
+    paths replaced by `pairs`' placeholders (`share_notebook`); return that path.
+
+    A failing cell stops with the notebook's own line (the notebook so far kept as
+    `<name>.failed.ipynb`); a dead kernel or Ctrl-C with one line too: `stopped()` is the line for
+    Ctrl-C, `again()` the sentence that says how to go on, `advice` what to change when the kernel
+    died (most often out of memory). `watched`: a progress file to stream to the terminal."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     from nbclient.exceptions import DeadKernelError
 
-    from icdlib.runfolder import Run, running_notebook
+    from icdlib.runfolder import running_notebook
 
-    reports = Run.of(cfg).reports
-    reports.mkdir(parents=True, exist_ok=True)
-    out = reports / f"{name}.ipynb"
-    tmp = running_notebook(reports, name)
-    failed = reports / f"{name}.failed.ipynb"
-    log = reports / f"{name}.kernel.log"  # the kernel's own stderr: kept when the step fails and it said something
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{name}.ipynb"
+    tmp = running_notebook(folder, name)
+    failed = folder / f"{name}.failed.ipynb"
+    log = folder / f"{name}.kernel.log"  # the kernel's own stderr: kept when the step fails and it said something
     log.unlink(missing_ok=True)
-    parameters = {"backbone": cfg.backbone, "run": cfg.run, "mimic_dir": cfg.mimic_dir,
-                  "params": absolute_paths(params)}
-    watched = progress_file(name, cfg) if progress else None
+    stopped = stopped or (lambda: f"interrupted in {name}; nothing of it is kept: run the command again")
+    again = again or (lambda: "Run the command again.")
     tail = ProgressTail(name, watched, since=time.time() - 1.0) if watched else nullcontext()
     try:
         with tail, quiet_papermill():  # papermill's cell bar only on a terminal: in a log it is a line per update
@@ -88,20 +108,20 @@ def execute(name: str, cfg: Config, params: dict, progress: bool = True) -> Path
     except PapermillExecutionError as e:
         _keep(tmp, failed, log)
         if e.ename == "KeyboardInterrupt":
-            raise Interrupted(interrupted_line(name, cfg)) from None
+            raise Interrupted(stopped()) from None
         raise NotebookError(f"{name} failed: {e.ename}: {str(e.evalue).splitlines()[0] if e.evalue else ''} "
                             f"(executed notebook: {failed})") from None
     except DeadKernelError:
         said = f", its log {log}" if _keep(tmp, failed, log) else ""
         raise NotebookError(f"{name}: the notebook's kernel died (killed from outside, most often for running out "
-                            f"of memory: lower batch_size or max_segments, or use a larger machine); the notebook "
-                            f"up to that cell is {failed}{said}. Resume with: {resume_command(name, cfg)}") from None
+                            f"of memory: {advice}); the notebook up to that cell is {failed}{said}. "
+                            f"{again()}") from None
     except KeyboardInterrupt:
         _keep(tmp, failed, log)
-        raise Interrupted(interrupted_line(name, cfg)) from None
-    share_notebook(tmp, cfg)  # no path of this machine in a report
+        raise Interrupted(stopped()) from None
+    share_notebook(tmp, pairs=pairs)  # no path of this machine in a report
     os.replace(tmp, out)
-    (reports / f"{name}.failed.ipynb").unlink(missing_ok=True)
+    failed.unlink(missing_ok=True)
     log.unlink(missing_ok=True)
     return out
 
@@ -165,7 +185,8 @@ def to_html(notebook: Path) -> Path:
 
 def run_all(cfg: Config, params: dict, notebooks=NOTEBOOKS, progress: bool = True) -> list[Path]:
     """Run the notebooks in order and export each to HTML, then write `reports/index.html`
-    linking them; return the HTML paths, the index last."""
+    linking them, and the output root's `index.html` (`write_root_index`); return the HTML paths,
+    the run's index last."""
     from icdlib.runfolder import clean_stale, lock
 
     htmls = []
@@ -178,7 +199,9 @@ def run_all(cfg: Config, params: dict, notebooks=NOTEBOOKS, progress: bool = Tru
                 htmls.append(to_html(execute(name, cfg, params, progress)))
             except KeyboardInterrupt:  # while the report is exported: the step goes again
                 raise Interrupted(interrupted_line(name, cfg)) from None
-        return htmls + [write_index(cfg)]
+        index = write_index(cfg)
+    write_root_index(cfg.run_dir.parent)  # every run and comparison of the output root
+    return htmls + [index]
 
 
 def recorded(cfg: Config) -> dict:
@@ -342,15 +365,16 @@ def progress_file(name: str, cfg: Config) -> Path | None:
 
 # ---------------------------------------------------------------- shareable reports
 
-def share_notebook(notebook: Path, cfg: Config) -> Path:
+def share_notebook(notebook: Path, cfg: Config | None = None, pairs: list[tuple[str, str]] | None = None) -> Path:
     """Rewrite an executed notebook with every absolute path of this machine replaced by a
     placeholder (`<run>/…`, `<mimic_dir>`, `<repo>`, …; `report.share_paths`): in the injected
-    parameters, the outputs and papermill's metadata. Images are left as they are."""
+    parameters, the outputs and papermill's metadata. Images are left as they are. `pairs`:
+    (path, placeholder) pairs, by default `report.path_placeholders(cfg)`."""
     import nbformat
 
     from icdlib import report
 
-    pairs = report.path_placeholders(cfg)
+    pairs = report.path_placeholders(cfg) if pairs is None else pairs
 
     def clean(node, key=""):
         if isinstance(node, str):
@@ -442,3 +466,63 @@ def write_index(cfg: Config) -> Path:
     from icdlib.runfolder import atomic_write_text
 
     return atomic_write_text(reports / "index.html", report.share_paths(page, cfg))
+
+
+ROOT_INDEX = "index.html"  # in an output root: every run and comparison there
+
+
+def write_root_index(root: Path) -> Path:
+    """`<output_root>/index.html`: one self-contained page listing the run folders under `root`
+    (those holding config.json), each linking its `reports/index.html`, with its backbone, data,
+    benchmark, split and the reports it has; and the comparisons in `root/comparisons/` (`icdlib
+    compare`: folders holding comparison.json), each linking its report, with the runs compared
+    and its verdict lines. Only JSON files are read, nothing is hashed, so `run` and `compare`
+    rewrite it every time; no metric of a run is shown here (a run's own index says whether 04
+    scored its current model). No path of the machine appears in it."""
+    import html
+
+    from icdlib import report
+    from icdlib.runfolder import Run, atomic_write_text
+
+    root = Path(root)
+    esc = html.escape
+
+    def read(path: Path) -> dict:
+        try:
+            value = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    runs = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and Run(p).config.is_file()) if root.is_dir() else []:
+        run, recorded = Run(folder), read(Run(folder).config)
+        done = [n for n in NOTEBOOKS if run.report(n, "html").is_file()]
+        name = esc(folder.name)
+        link = (f"<a href='{name}/reports/index.html'>{name}</a>" if (run.reports / "index.html").is_file() else name)
+        runs.append(f"<tr><td>{link}</td><td><code>{esc(str(recorded.get('backbone', '?')))}</code></td>"
+                    f"<td>{esc(report.recorded_data_name(recorded))}</td><td>{esc(str(recorded.get('benchmark', '')))}"
+                    f"</td><td>{esc(str(recorded.get('split', '')))}</td><td>{len(done)} of {len(NOTEBOOKS)}</td></tr>")
+    comparisons = []
+    folders = root / "comparisons"
+    for folder in sorted(p for p in folders.iterdir() if (p / "comparison.json").is_file()) if folders.is_dir() else []:
+        result = read(folder / "comparison.json")
+        names = " vs ".join(esc(str(r.get("name", "?"))) for r in result.get("runs", []))
+        name = esc(folder.name)
+        link = f"<a href='comparisons/{name}/06_compare.html'>{names or name}</a>"
+        lines = "".join(f"<li>{esc(str(line))}</li>" for line in result.get("summary", []))
+        comparisons.append(f"<li>{link}<ul>{lines}</ul></li>")
+    parts = [f"<h1>icdlib outputs</h1><p class='sub'>{len(runs)} run{'s' * (len(runs) != 1)} · "
+             f"{len(comparisons)} comparison{'s' * (len(comparisons) != 1)}</p>", "<h2>Runs</h2>"]
+    parts.append("<table><thead><tr><th>run</th><th>backbone</th><th>data</th><th>benchmark</th><th>split</th>"
+                 "<th>reports</th></tr></thead><tbody>" + "".join(runs) + "</tbody></table>" if runs else
+                 "<p class='missing'>No run folder here yet: <code>python -m icdlib run --backbone tiny</code></p>")
+    parts.append("<h2>Comparisons</h2>")
+    parts.append("<ul>" + "".join(comparisons) + "</ul>" if comparisons else
+                 "<p class='missing'>None yet: <code>python -m icdlib compare RUN_A RUN_B</code></p>")
+    parts.append("<p class='sub'>A run's metrics are on its own page, shown only when 04 scored its current model. "
+                 "A comparison scores each run at the threshold its 04 tuned on validation; a run is called better "
+                 "on a metric only where the 95% interval of the paired difference excludes 0.</p>")
+    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>icdlib outputs</title>"
+            f"<style>{INDEX_CSS}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
+    return atomic_write_text(root / ROOT_INDEX, page)

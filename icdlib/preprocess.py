@@ -421,12 +421,13 @@ def _intact(run: Run) -> bool:
     return manifest is not None and all(record.artifact_hash(run.dir / rel) == h for rel, h in manifest["outputs"].items())
 
 
-def load(run_dir: Path, cached: bool = False) -> Preprocessed:
-    """Read a finished 01 step from the run folder (no checks: see `read`)."""
+def load(run_dir: Path, cached: bool = False, columns: list[str] | None = None) -> Preprocessed:
+    """Read a finished 01 step from the run folder (no checks: see `read`); `columns`: only these
+    columns of notes.parquet (the text is most of its size)."""
     run = Run(run_dir)
     if not run.notes.is_file():
         raise DataError(f"{run.step(STEP)} has no notes.parquet: run 01_preprocess for this run first")
-    notes = pd.read_parquet(run.notes)
+    notes = pd.read_parquet(run.notes, columns=columns)
     notes["codes"] = notes["codes"].map(list)
     stats = json.loads(run.stats.read_text())
     if cached:

@@ -75,11 +75,28 @@ def smoke(tmp_path_factory):
 def test_metrics_suite_compares_equal_values(smoke):
     _, docs = smoke
     doc = docs["metrics"]
-    assert doc["checks"][0]["ok"]
+    assert all(c["ok"] for c in doc["checks"]) and len(doc["checks"]) == 2
     for key, value in doc["values"]["sklearn"].items():
         assert doc["values"]["icdlib"][key] == pytest.approx(value, abs=1e-6)
-    assert [r["system"] for r in doc["rows"]] == ["icdlib.metrics.compute", "scikit-learn loop"]
+    assert [r["system"] for r in doc["rows"]] == [
+        "icdlib.metrics.compute", "scikit-learn loop", "icdlib.uncertainty.intervals",
+        "icdlib.uncertainty.paired (two models)", "metrics.compute on repeated rows (timed on 20, × 50)"]
     assert all(r["seconds"]["n"] == SMOKE_REPEATS for r in doc["rows"])
+
+
+def test_metrics_suite_bootstrap_part_checks_the_vectorised_values_against_compute():
+    from icdlib import metrics, uncertainty
+    from icdlib.bench import metrics as suite
+
+    y, s = suite.make_data(40, 30, codes_per_doc=4.0)
+    part = suite._bootstrap(y, s, "smoke", repeats=1, progress=False)
+    assert [r["case"] for r in part["rows"]] == ["1,000 resamples of 40 × 30"] * 3
+    (same,) = part["checks"]  # the under-a-minute check is for the full scale only
+    assert same["ok"] and same["what"].startswith("bootstrap values equal compute on the repeated rows")
+    assert set(part["intervals"]) == set(uncertainty.INTERVAL_METRICS)
+    assert part["intervals"] == {k: list(v) for k, v in uncertainty.intervals(y, s).items()}
+    reference = suite.repeated_rows_reference(y, s, np.ones((1, 40), np.int64))
+    assert reference["map"][0] == metrics.compute(y, s)["map"]
 
 
 def test_preprocess_suite_gets_the_same_notes_from_both_pipelines(smoke):

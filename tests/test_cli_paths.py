@@ -67,7 +67,8 @@ def test_relative_output_root_keeps_the_whole_run_under_the_working_directory(re
     assert sorted(p.name for p in (run_dir / "reports").glob("*.html")) == [f"{n}.html" for n in (
         "01_preprocess", "02_label_stats", "03_train", "04_evaluate", "05_error_analysis", "index")]
     assert sorted(p.name for p in work.iterdir()) == ["mimic", "relout", "splits"]
-    assert [p.name for p in (work / "relout").iterdir()] == ["r"]
+    assert sorted(p.name for p in (work / "relout").iterdir()) == ["index.html", "r"]  # the output root's index
+    assert "href='r/reports/index.html'" in (work / "relout" / "index.html").read_text()
     for path, existed in before.items():
         assert path.exists() == existed, f"the run wrote into {path}"
     recorded = json.loads((run_dir / "config.json").read_text())

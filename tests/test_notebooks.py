@@ -6,13 +6,14 @@ from pathlib import Path
 import jupytext
 import pytest
 
+from icdlib.compare import NOTEBOOK as COMPARE
 from icdlib.pipeline import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", NOTEBOOKS + (COMPARE,))
 def test_notebook_hygiene(name):
     raw = json.loads((NB_DIR / f"{name}.ipynb").read_text())
     assert raw["metadata"]["kernelspec"]["name"] == "python3"
@@ -30,7 +31,7 @@ def test_notebook_hygiene(name):
         assert len(src.splitlines()) <= 12, "cells stay short"
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", NOTEBOOKS + (COMPARE,))
 def test_pairs_in_sync(name):
     ipynb = jupytext.read(NB_DIR / f"{name}.ipynb")
     py = jupytext.read(NB_DIR / f"{name}.py")
