@@ -146,26 +146,35 @@ def _indicator(mask: np.ndarray, dense: bool = False) -> _Counts:
 def _bin_rows(levels: np.ndarray, s: np.ndarray, docs: np.ndarray, out: tuple[list, list, list]) -> None:
     """Append the (bin, doc, count) of every cell of s (rows = the documents `docs`) against `levels`.
 
-    Each row is sorted, so its bins are non-decreasing and a (bin, doc) count is a run length."""
+    Each row is sorted, so its bins are non-decreasing, the cells in a bin are a run and the cells in
+    no bin (below the lowest level) come first: a run ends where the next starts or at the row's end."""
     if not s.size:
         return
-    step = max(1, _BLOCK_CELLS // s.shape[1])
+    m = s.shape[1]
+    padded = np.append(levels, levels[-1])  # bins == len(levels) (above every level) reads this, never a tie
+    step = max(1, _BLOCK_CELLS // m)
     for lo in range(0, s.shape[0], step):
         block = np.sort(s[lo:lo + step], axis=1)
-        idx = np.searchsorted(levels, block)
-        tie = levels[np.minimum(idx, levels.size - 1)] == block
-        bins = 2 * idx - 1 + tie  # tie with level l: 2l; between levels l - 1 and l: 2(l - 1) + 1
-        del block, idx, tie
-        key = bins + (np.arange(bins.shape[0]) * (2 * levels.size))[:, None]
-        key = key[bins >= 0]  # ascending: rows in order, bins non-decreasing within a row
-        if not key.size:
+        bins = np.searchsorted(levels, block)
+        tie = padded[bins] == block
+        tie &= bins < levels.size
+        bins *= 2
+        bins -= 1
+        bins += tie  # tie with level l: 2l; between levels l - 1 and l: 2(l - 1) + 1; below all: -1
+        del block, tie
+        start = np.empty(bins.shape, dtype=bool)
+        start[:, 0] = True
+        np.not_equal(bins[:, 1:], bins[:, :-1], out=start[:, 1:])
+        start &= bins >= 0
+        first = np.flatnonzero(start)
+        del start
+        if not first.size:
             continue
-        first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        runs = np.diff(np.r_[first, key.size])
-        row, b = np.divmod(key[first], 2 * levels.size)
-        out[0].append(b)
+        row = first // m
+        end = np.minimum(np.append(first[1:], bins.size), (row + 1) * m)
+        out[0].append(bins.ravel()[first])
         out[1].append(docs[lo + row])
-        out[2].append(runs)
+        out[2].append(end - first)
 
 
 def _micro(y: np.ndarray, s: np.ndarray, keep_docs: np.ndarray, keep_codes: np.ndarray) -> _Ranking:

@@ -85,7 +85,7 @@ def test_weights_of_one_equal_compute_on_float32_scores_without_ties(label_set):
 def test_no_positive_at_all_gives_compute_values_not_an_exception():
     y = np.zeros((5, 4), dtype=bool)
     s = np.linspace(0.0, 1.0, 20).reshape(5, 4)
-    got = uncertainty.replicates(y, s, uncertainty.resample_counts(5, 3) * 0 + 1, 0.5)
+    got = uncertainty.replicates(y, s, np.ones((3, 5), np.int64), 0.5)
     expected = metrics.compute(y, s, 0.5)
     for name in uncertainty.INTERVAL_METRICS:
         np.testing.assert_allclose(got[name], expected[name], rtol=EXACT, atol=0, err_msg=name)
