@@ -1,4 +1,4 @@
-"""A TF-IDF + linear baseline for multi-label ICD coding, sized for MIMIC-III full.
+"""The TF-IDF low-rank baseline for multi-label ICD coding, sized for MIMIC-III full.
 
 Why this module exists: an LLM2Vec coder is only interesting next to a cheap,
 well-understood reference trained on exactly the same split and label space. The

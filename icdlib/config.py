@@ -152,7 +152,8 @@ class Config:
 
     # evaluation
     threshold: float = 0.5
-    baseline: bool = True  # TF-IDF + linear baseline in 04
+    baseline: bool = True  # 04 also trains the TF-IDF low-rank baseline (icdlib.baseline) and scores it
+    bootstrap: int = 1000  # resamples of the reported split's admissions for 04's 95% intervals; 0: none
 
     @property
     def run_name(self) -> str:
@@ -251,6 +252,7 @@ RANGES = {
     "mntp_length": (lambda v: v >= 2, "at least 2"),
     "mntp_batch_size": _AT_LEAST_1,
     "mntp_lr": _POSITIVE,
+    "bootstrap": _AT_LEAST_0,  # 0: no intervals
 }
 
 

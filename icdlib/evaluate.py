@@ -1,9 +1,31 @@
-"""Step 04: score the best model's predictions (and a TF-IDF baseline) with the field's metrics.
+"""Step 04: score the best model's predictions, beside two reference systems, with the field's metrics.
 
 Reads `01_preprocess/` and `03_train/predictions_{val,test}.npz`; writes
 `04_evaluate/metrics.json` (`val`/`test` at the configured threshold, `val_tuned`/`test_tuned`
-at the threshold tuned on validation for micro-F1, `threshold`, `baseline`, and `provenance`),
-`per_code.parquet` and `manifest.json`. The step is `run`; step 05 reads what it wrote with `read`.
+at the threshold tuned on validation for micro-F1, `threshold`, `baseline`, `prior`, the MNTP
+arm's, `bootstrap`, `paired` and `provenance`), `per_code.parquet` and `manifest.json`. The step is
+`run`; step 05 reads what it wrote with `read`.
+
+The reference systems, each scored at its own threshold tuned on val (`val_tuned`/`test_tuned`, and
+its `threshold`): `baseline`, the TF-IDF low-rank baseline (`icdlib.baseline`: a low-rank linear
+model on TF-IDF word unigrams and hashed bigrams, trained with SGD; with `baseline: true`), and
+`prior`, the frequency prior (`prior_scores`: every admission gets each code's share of the train
+admissions, so it ranks codes by frequency alone and knows nothing of the note). With
+`mntp_compare`, `without_mntp` or `with_mntp` holds the other fine-tuning, as the model's keys.
+
+Uncertainty (`bootstrap` resamples, 0 for none; `score_intervals`). The admissions of the reported
+split (`eval_split`) are resampled with replacement, the same draws for every system (fixed seed
+`BOOTSTRAP_SEED`), and every metric is recomputed on each resample, under the label set the table
+compares (`compared_suffix`). Each headline metrics dict of that split and label set gets
+`"ci95": {metric: [lo, hi]}` (the 2.5th and 97.5th percentiles; the model at the fixed and the tuned
+threshold, the baseline, the prior and the MNTP arm at theirs). The top-level `"paired"` holds the
+paired bootstrap of the model at its tuned threshold minus each other system at its own:
+`{"model - baseline" | "model - prior" | "model - without_mntp" | "model - with_mntp":
+{metric: {"diff": point difference, "lo", "hi", ...}}}`; a difference is called a win or a loss only
+when its interval excludes 0 (`icdlib.uncertainty.excludes_zero`). The top-level `"bootstrap"`
+records how: `{"resamples", "level", "seed", "split", "label_set", "suffix"}` (`suffix`: the key
+suffix of the dicts that carry `ci95`, "" or `_edin`); with `bootstrap: 0` it says `resamples: 0`
+and no `ci95` or `paired` is written.
 
 Which codes a split is scored over (`metrics.compute`'s `label_set`, recorded in every metrics dict
 as `label_set` with the number of codes as `n_labels`): `val`, `test`, `val_tuned`, `test_tuned`
@@ -37,7 +59,8 @@ from icdlib.labels import multi_hot
 from icdlib.runfolder import MNTP_ARMS, SCORED_SPLITS, Run, atomic_path, atomic_write_text, tree_hash
 
 STEP = "04_evaluate"
-PARAMS = ("threshold", "baseline", "seed")  # what step 04's output depends on besides its inputs
+PARAMS = ("threshold", "baseline", "seed", "bootstrap")  # what step 04's output depends on besides its inputs
+BOOTSTRAP_SEED = 0  # the resamples do not change with the run's seed: two seeds' intervals use the same draws
 EDIN = "_edin"  # metrics.json keys with this suffix: scored with metrics.compute(label_set="edin")
 EDIN_BENCHMARKS = frozenset(name for name in BENCHMARKS if name.startswith("edin_"))
 
@@ -57,6 +80,8 @@ class Evaluation:
     threshold: float = 0.5
     results: dict = field(default_factory=dict)  # name → metrics dict
     baseline: dict[str, np.ndarray] = field(default_factory=dict)  # split → scores
+    prior: dict[str, np.ndarray] = field(default_factory=dict)  # split → the frequency prior's scores
+    arm: dict[str, np.ndarray] = field(default_factory=dict)  # split → the MNTP comparison arm's scores
     per_code: pd.DataFrame | None = None  # analysis.per_code of the headline split at the tuned threshold
     cfg: Config | None = None  # the run's Config with the data parameters step 01 used
 
@@ -125,15 +150,41 @@ def score_all(ev: Evaluation, cfg: Config) -> dict:
     return results
 
 
+def _score_tuned(ev: Evaluation, scores: dict[str, np.ndarray]) -> dict:
+    """Metrics of a reference system's `scores` (split → matrix) at its own threshold tuned on val."""
+    tuned = metrics.tune_threshold(ev.splits["val"].y_true, scores["val"])
+    out = {"threshold": tuned}
+    for split, s in ev.splits.items():
+        out.update(both_label_sets(f"{split}_tuned", s.y_true, scores[split], tuned))
+    return out
+
+
 def score_baseline(ev: Evaluation, scores: dict[str, np.ndarray]) -> dict:
     """Metrics of the baseline's `scores` (split → matrix) at its own tuned threshold, as
     `ev.results["baseline"]`."""
     ev.baseline = scores
-    tuned = metrics.tune_threshold(ev.splits["val"].y_true, scores["val"])
-    ev.results["baseline"] = {"threshold": tuned}
-    for split, s in ev.splits.items():
-        ev.results["baseline"].update(both_label_sets(f"{split}_tuned", s.y_true, scores[split], tuned))
+    ev.results["baseline"] = _score_tuned(ev, scores)
     return ev.results["baseline"]
+
+
+def prior_scores(n_train: np.ndarray, n_train_docs: int, n_docs: int) -> np.ndarray:
+    """The frequency prior's (n_docs, n_labels) scores: every row is each code's share of the
+    `n_train_docs` train admissions (`n_train`: admissions per code, labels.parquet's column).
+
+    The floor any coder must clear: it ranks codes by training frequency and ignores the note, so its
+    micro-AUROC is high on a long-tailed label space and its per-document ranking is the same for all."""
+    if n_train_docs < 1:
+        raise DataError("the frequency prior needs train admissions: the run's train split is empty")
+    share = np.asarray(n_train, dtype=np.float64) / n_train_docs
+    return np.tile(share.astype(np.float32), (n_docs, 1))
+
+
+def score_prior(ev: Evaluation) -> dict:
+    """The frequency prior (`prior_scores`) scored like the baseline, as `ev.results["prior"]`."""
+    n_train = ev.labels["n_train"].to_numpy()
+    ev.prior = {split: prior_scores(n_train, len(ev.train), len(s.y_true)) for split, s in ev.splits.items()}
+    ev.results["prior"] = _score_tuned(ev, ev.prior)
+    return ev.results["prior"]
 
 
 def comparison_scores(run: Run, ev: Evaluation, arm: str) -> dict[str, np.ndarray] | None:
@@ -157,18 +208,53 @@ def comparison_scores(run: Run, ev: Evaluation, arm: str) -> dict[str, np.ndarra
 def score_comparison(ev: Evaluation, scores: dict[str, np.ndarray], arm: str) -> dict:
     """Metrics of the comparison's other fine-tuning, as the model's are (fixed and val-tuned
     threshold), as `ev.results["without_mntp"]` or `ev.results["with_mntp"]`."""
-    tuned = metrics.tune_threshold(ev.splits["val"].y_true, scores["val"])
-    out = {"threshold": tuned}
+    ev.arm = scores
+    out = _score_tuned(ev, scores)
     for split, s in ev.splits.items():
         out.update(both_label_sets(split, s.y_true, scores[split], ev.threshold))
-        out.update(both_label_sets(f"{split}_tuned", s.y_true, scores[split], tuned))
     ev.results[MNTP_ARMS[arm]] = out
     return out
 
 
+def score_intervals(ev: Evaluation, resamples: int) -> dict:
+    """95% bootstrap intervals of the reported split (module docstring: `ci95`, `paired`, `bootstrap`),
+    added to `ev.results`; returns the `bootstrap` record. `resamples` 0 records that there are none."""
+    split, x = eval_split(ev), compared_suffix(ev)
+    label_set = "edin" if x == EDIN else "all"
+    record = {"resamples": int(resamples), "level": 0.95, "seed": BOOTSTRAP_SEED, "split": split,
+              "label_set": label_set, "suffix": x}
+    ev.results["bootstrap"] = record
+    if resamples < 1:
+        return record
+    from icdlib import uncertainty
+
+    y = ev.splits[split].y_true
+    how = {"n_resamples": int(resamples), "seed": BOOTSTRAP_SEED, "level": 0.95, "label_set": label_set}
+    tuned = ev.results["threshold"]
+    model = ev.splits[split].y_score
+    ev.results[split + x]["ci95"] = uncertainty.intervals(y, model, ev.threshold, **how)
+    ev.results[f"{split}_tuned{x}"]["ci95"] = uncertainty.intervals(y, model, tuned, **how)
+    paired = {}
+    for key, scores in reference_systems(ev).items():
+        own = ev.results[key]
+        own[f"{split}_tuned{x}"]["ci95"] = uncertainty.intervals(y, scores[split], own["threshold"], **how)
+        paired[f"model - {key}"] = uncertainty.paired(y, model, scores[split], tuned, own["threshold"], **how)
+    ev.results["paired"] = paired
+    return record
+
+
+def reference_systems(ev: Evaluation) -> dict[str, dict[str, np.ndarray]]:
+    """The systems the model is compared with, by their metrics.json key → split → scores:
+    `baseline`, `prior` and the MNTP arm (`without_mntp`/`with_mntp`), those that were scored."""
+    arm = next((key for key in MNTP_ARMS.values() if key in ev.results), None)
+    out = {"baseline": ev.baseline, "prior": ev.prior, **({arm: ev.arm} if arm else {})}
+    return {key: scores for key, scores in out.items() if scores}
+
+
 def run(cfg: Config, progress: bool = False) -> Evaluation:
-    """Step 04: score the predictions, train and score the baseline (when `cfg.baseline`), and write
-    metrics.json, per_code.parquet and the step's manifest. Returns what the notebook shows."""
+    """Step 04: score the predictions, train and score the baseline (when `cfg.baseline`) and the
+    frequency prior, bootstrap their intervals (`cfg.bootstrap` resamples), and write metrics.json,
+    per_code.parquet and the step's manifest. Returns what the notebook shows."""
     check_predictions(Run.of(cfg))  # before the manifests: the most specific line for stale predictions
     with record.step(cfg, STEP, PARAMS) as step:
         cfg = step.cfg
@@ -182,6 +268,8 @@ def run(cfg: Config, progress: bool = False) -> Evaluation:
             from icdlib import baseline
 
             score_baseline(ev, baseline.fit_for(cfg, ev, progress=progress))
+        score_prior(ev)
+        score_intervals(ev, cfg.bootstrap)
         s = ev.splits[eval_split(ev)]
         ev.per_code = analysis.per_code(s.y_true, s.y_score, ev.labels, ev.results["threshold"])
         write(cfg, ev)
@@ -215,7 +303,9 @@ def compared(ev: Evaluation, split: str) -> dict:
 
 def systems(ev: Evaluation) -> dict[str, dict]:
     """Rows for the metrics table: '<system> <split> @<threshold>' → metrics, under the label set of
-    the run's published rows (`compared_suffix`)."""
+    the run's published rows (`compared_suffix`): the model, the MNTP arm, the TF-IDF low-rank
+    baseline and the frequency prior (`report.SYSTEM_NAMES`), each other system at its own tuned
+    threshold. The reported split's dicts carry `ci95` when 04 bootstrapped them."""
     x = compared_suffix(ev)
     rows = {}
     for split in ev.splits:
@@ -226,9 +316,13 @@ def systems(ev: Evaluation) -> dict[str, dict]:
             for split in ev.splits:
                 rows[f"icdlib {arm} MNTP {split} @tuned {ev.results[key]['threshold']:.3f}"] = \
                     ev.results[key][f"{split}_tuned{x}"]
-    if "baseline" in ev.results:
-        for split in ev.splits:
-            rows[f"TF-IDF baseline {split} @tuned"] = ev.results["baseline"][f"{split}_tuned{x}"]
+    from icdlib.report import SYSTEM_NAMES
+
+    for key in ("baseline", "prior"):
+        if key in ev.results:
+            for split in ev.splits:
+                rows[f"{SYSTEM_NAMES[key]} {split} @tuned {ev.results[key]['threshold']:.3f}"] = \
+                    ev.results[key][f"{split}_tuned{x}"]
     return rows
 
 
@@ -253,6 +347,8 @@ def write(cfg: Config, ev: Evaluation):
 def _jsonable(value):
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
     if isinstance(value, float) and np.isnan(value):
         return None
     if isinstance(value, (np.floating, np.integer)):

@@ -258,14 +258,12 @@ def run_command(cfg: Config, steps=("04", "05")) -> str:
             f"--only {' '.join(steps)}")
 
 
-HEADLINE_METRICS = ("auroc_micro", "auroc_macro", "auprc_micro", "f1_micro", "p_at_8", "map")
-
-
 def headline(cfg: Config) -> str:
-    """The run's result in one line, for the terminal: the test (or val) metrics of 04 when it
-    scored the current best/ (`evaluated`), else why there are none and the command that makes
-    them; the data named from the run's record (`report.recorded_data_name`). "" before 03 has
-    made a model."""
+    """The run's result for the terminal: when 04 scored the current best/ (`evaluated`), a few lines
+    (`report.headline_lines`: the model, the frequency prior, the baseline and the MNTP arm on the test
+    (or val) split with 95% intervals, micro-F1 at each one's val-tuned threshold, and what MNTP did);
+    else one line saying why there are none and the command that makes them. The data is named from
+    the run's record (`report.recorded_data_name`). "" before 03 has made a model."""
     from icdlib import report
     from icdlib.runfolder import Run
 
@@ -275,10 +273,8 @@ def headline(cfg: Config) -> str:
     data = report.recorded_data_name(recorded(cfg))
     results, stale = evaluated(cfg)
     if results:
-        split = "test" if results.get("test") else "val"
-        m = results[split]
-        return f"{split} ({data}): " + ", ".join(f"{k} {m[k]:.3f}" for k in HEADLINE_METRICS
-                                                  if k in m and m[k] is not None)
+        split, _ = report.headline_keys(results)
+        return f"{split} ({data}): " + "\n".join(report.headline_lines(results))
     try:
         earlier = json.loads(run.metrics.read_text())
         split = "test" if earlier.get("test") else "val"
@@ -397,7 +393,8 @@ REPORT_TITLES = {
     "01_preprocess": "Preprocess: what was kept and dropped, split sizes, label space",
     "02_label_stats": "Label statistics: the long tail, codes per admission, note lengths, split balance",
     "03_train": "Train: learning curves and the best checkpoint",
-    "04_evaluate": "Evaluate: metrics beside the TF-IDF baseline, PR curves, per-code quality, threshold, calibration",
+    "04_evaluate": "Evaluate: metrics with 95% intervals beside the frequency prior and the TF-IDF low-rank baseline, "
+                   "PR curves, per-code quality, threshold, calibration",
     "05_error_analysis": "Error analysis: worst codes, frequent errors, confusions, hard notes",
 }
 
@@ -407,12 +404,13 @@ table{border-collapse:collapse;margin:1em 0}th,td{padding:.3em .8em;border-botto
 th:first-child,td:first-child{text-align:left}thead th{border-bottom:2px solid #999}
 ol li{margin:.4em 0}.missing{color:#999}code{background:#f3f3f3;padding:0 .2em}
 .summary{background:#f7f9fc;border-left:4px solid #4a7bd0;padding:.2em 1em;margin:1em 0}
-.stale{color:#a33}"""
+.stale{color:#a33}td.ci{color:#666;text-align:left;padding-left:0}"""
 
 
 def write_index(cfg: Config) -> Path:
     """`<run>/reports/index.html`: one self-contained page (no script, no external file) linking the
-    five reports, with the headline metrics of the model and the baseline, what the run shows, and
+    five reports, with the headline metrics of the model, the frequency prior, the baseline and the MNTP
+    arm with their 95% intervals (`report.systems_html`), what the run shows, and
     where it came from (`provenance.collect`). Reports not (yet) run are listed as such; metrics
     that are not of the current best/ (`evaluated`) are not shown, and the 04 and 05 reports are
     marked as showing an earlier model's."""
@@ -432,14 +430,7 @@ def write_index(cfg: Config) -> Path:
              f"<p class='sub'>backbone <code>{esc(cfg.backbone)}</code> · "
              + esc(report.recorded_data_name(data)) + f" · {esc(info['date'][:10])}</p>"]
     if metrics:
-        split = "test" if metrics.get("test") else "val"
-        systems = {f"icdlib ({split}, tuned threshold)": metrics.get(f"{split}_tuned") or metrics[split]}
-        if (metrics.get("baseline") or {}).get(f"{split}_tuned"):
-            systems[f"TF-IDF baseline ({split}, tuned threshold)"] = metrics["baseline"][f"{split}_tuned"]
-        head = "".join(f"<th>{esc(name)}</th>" for _, name in report.SUMMARY_METRICS)
-        rows = "".join(f"<tr><td>{esc(system)}</td>" + "".join(
-            f"<td>{report._f(m.get(k))}</td>" for k, _ in report.SUMMARY_METRICS) + "</tr>" for system, m in systems.items())
-        parts.append(f"<table><thead><tr><th>system</th>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        parts.append(report.systems_html(metrics))
         text = report.summary(metrics=metrics, synthetic=synthetic, dataset=dataset).html.split("</h3>", 1)[-1]
         parts.append(f"<div class='summary'>{text}</div>")
     elif not run.checkpoint("best").is_dir() and not run.metrics.is_file():

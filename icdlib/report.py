@@ -1159,33 +1159,28 @@ def _history_sentences(history: pd.DataFrame, metric: str) -> list[str]:
 
 
 def _metric_sentences(metrics: dict, synthetic: bool, dataset: str = "mimic3") -> list[str]:
-    split = "test" if metrics.get("test") else "val"
-    m, tuned = metrics.get(split) or {}, metrics.get(f"{split}_tuned") or {}
-    model = {k: (tuned if k == "f1_micro" else m).get(k) for k, _ in SUMMARY_METRICS}
+    split, x = headline_keys(metrics)
+    m, model = metrics.get(split + x) or {}, _model(metrics, split, x)
     threshold = _num(metrics.get("threshold"))
-    out = [f"On the {split} split ({int(m.get('n_docs', 0)):,} admissions, {int(m.get('n_labels', 0)):,} labels) the "
-           f"model reaches micro-AUROC {_f(model['auroc_micro'])} (macro {_f(model['auroc_macro'])}), micro-AUPRC "
-           f"{_f(model['auprc_micro'])}, MAP {_f(model['map'])} and P@8 {_f(model['p_at_8'])}; at the threshold tuned "
-           f"on validation ({_f(threshold)}) micro-F1 is {_f(model['f1_micro'])}."]
+    label_set = ", Edin et al.'s label set" if x == "_edin" else ""
+    out = [f"On the {split} split ({int(m.get('n_docs', 0)):,} admissions, {int(m.get('n_labels', 0)):,} labels"
+           f"{label_set}) the model reaches micro-AUROC {_with_ci(model, 'auroc_micro')} (macro "
+           f"{_with_ci(model, 'auroc_macro')}), micro-AUPRC {_with_ci(model, 'auprc_micro')}, MAP "
+           f"{_with_ci(model, 'map')} and P@8 {_with_ci(model, 'p_at_8')}; at the threshold tuned on validation "
+           f"({_f(threshold)}) micro-F1 is {_with_ci(model, 'f1_micro')}.", _interval_note(metrics)]
     fixed = _num(m.get("f1_micro"))
-    if fixed is not None and _num(model["f1_micro"]) is not None and fixed < 0.5 * _num(model["f1_micro"]):
+    if fixed is not None and _num(model.get("f1_micro")) is not None and fixed < 0.5 * _num(model["f1_micro"]):
         out.append(f"At the fixed threshold {_f(m.get('threshold'), 2)} micro-F1 is only {_f(fixed)}: the scores "
                    f"are not calibrated to 0.5, so read the tuned rows.")
-    base = (metrics.get("baseline") or {}).get(f"{split}_tuned")
-    if base:
-        wins = [(name, model[k], base.get(k)) for k, name in SUMMARY_METRICS
-                if _num(model[k]) is not None and _num(base.get(k)) is not None]
-        better = [name for name, a, b in wins if a > b]
-        worse = [name for name, a, b in wins if a < b]
-        versus = ", ".join(f"{name} {_f(b)}" for name, _, b in wins)
-        if wins and len(worse) == len(wins):
-            verdict = f"**the model loses to the baseline on all {len(wins)} of these metrics**"
-        elif wins and len(better) == len(wins):
-            verdict = f"**the model beats the baseline on all {len(wins)} of these metrics**"
-        else:
-            verdict = (f"**the model beats the baseline on {len(better)} of {len(wins)} metrics** "
-                       f"({', '.join(better)}) and loses on {', '.join(worse) or 'none'}")
-        out.append(f"The TF-IDF + linear baseline, trained on the same split and labels, reaches {versus}: {verdict}.")
+    paired = metrics.get("paired") or {}
+    for key in _reference_keys(metrics):
+        other = (metrics.get(key) or {}).get(f"{split}_tuned{x}")
+        versus = ", ".join(f"{name} {_with_ci(other, k)}" for k, name in SUMMARY_METRICS
+                           if _num(other.get(k)) is not None)
+        out.append(f"{SYSTEM_DESCRIPTIONS[key]} reaches {versus}: {_verdict(paired.get(f'model - {key}'))}.")
+    arm = next((key for key in MNTP_KEYS if key in _reference_keys(metrics)), None)
+    if arm:
+        out.append(_mntp_sentence(metrics, arm))
     if synthetic:
         out.append(f"This run is on the {data_name(dataset, True)}: its numbers show that the pipeline works end "
                    f"to end, not how well the model codes {data_name(dataset).split(' ')[0]}, and are not comparable "
@@ -1241,10 +1236,11 @@ def summary(*, metrics: dict | None = None, history: pd.DataFrame | None = None,
 
     Each argument given adds its paragraph: `notes`/`labels` (step 01's tables) the data and the
     label space; `history` (history.csv) the training, best validation `metric` and loss;
-    `metrics` (metrics.json) the headline split beside the baseline, saying plainly where the
-    model loses; `per_code` (per_code.parquet) codes never right and the frequency gradient;
-    `levels` (`analysis.category_level`) micro-F1 at the category (and ICD-10 block, chapter) level;
-    `near_misses` (`analysis.near_misses`) the share of missed true codes that are near misses;
+    `metrics` (metrics.json) the headline split with 95% intervals beside the frequency prior, the
+    TF-IDF low-rank baseline and the MNTP arm, saying better or worse only where the interval of the
+    difference excludes 0, and what MNTP did; `per_code` (per_code.parquet) codes never right and the
+    frequency gradient; `levels` (`analysis.category_level`) micro-F1 at the category (and ICD-10 block,
+    chapter) level; `near_misses` (`analysis.near_misses`) the share of missed true codes that are near misses;
     `data` ({file: hash}) the fingerprints of the files written; `synthetic` and `dataset` name what was
     coded (`data_name`). Numbers are shown with 3 decimals."""
     paragraphs = []
@@ -1264,3 +1260,228 @@ def summary(*, metrics: dict | None = None, history: pd.DataFrame | None = None,
     markdown = "### What this run shows\n\n" + "\n\n".join(paragraphs or ["Nothing to summarise yet."])
     return Shown(markdown.replace("### ", "").replace("**", "").replace("`", ""), html=_markdown_html(markdown),
                  markdown=markdown)
+
+
+# --------------------------------------------------------------------------- the systems, with uncertainty
+# Step 04 scores the model beside reference systems (metrics.json keys) and bootstraps 95% intervals
+# (`icdlib.evaluate` documents the schema: `ci95` in each headline metrics dict, `paired` for the model
+# minus each other system, `bootstrap` for how). Every place that reports them (04's tables and
+# summary, the terminal's headline, reports/index.html) goes through the functions below, so one
+# threshold convention holds everywhere: each system's micro-F1 at its own threshold tuned on val.
+
+__all__ += ["SYSTEM_NAMES", "interval_table", "paired_table", "paired_styled", "headline_lines", "systems_html"]
+
+SYSTEM_NAMES = {"model": "icdlib", "baseline": "TF-IDF low-rank baseline", "prior": "frequency prior",
+                "without_mntp": "icdlib without MNTP", "with_mntp": "icdlib with MNTP"}
+SYSTEM_DESCRIPTIONS = {
+    "prior": "The frequency prior (every admission scored with each code's share of the train admissions)",
+    "baseline": "The TF-IDF low-rank baseline (a low-rank linear model on TF-IDF word unigrams and hashed bigrams, "
+                "trained with SGD on the same split and labels)",
+    "without_mntp": "The other arm of the MNTP comparison (the same fine-tuning without the MNTP stage)",
+    "with_mntp": "The other arm of the MNTP comparison (the same fine-tuning after the MNTP stage)",
+}
+MNTP_KEYS = ("without_mntp", "with_mntp")
+REFERENCE_ORDER = ("prior", "baseline", *MNTP_KEYS)
+HEADLINE_METRICS = (("auroc_micro", "micro-AUROC"), ("map", "MAP"), ("f1_micro", "micro-F1"))
+MNTP_METRICS = HEADLINE_METRICS
+NO_INTERVALS = "there are no intervals (bootstrap=0, or a metrics.json from an older icdlib)"
+
+
+def headline_keys(metrics: dict) -> tuple[str, str]:
+    """The reported split and the key suffix of the label set its intervals were computed on
+    (metrics.json's `bootstrap` record; "" for a metrics.json without one)."""
+    split = "test" if metrics.get("test") else "val"
+    return split, (metrics.get("bootstrap") or {}).get("suffix", "")
+
+
+def _model(metrics: dict, split: str, x: str) -> dict:
+    """The model's metrics at its tuned threshold (ranking metrics do not depend on it)."""
+    return metrics.get(f"{split}_tuned{x}") or metrics.get(split + x) or {}
+
+
+def _reference_keys(metrics: dict) -> list[str]:
+    split, x = headline_keys(metrics)
+    return [k for k in REFERENCE_ORDER if (metrics.get(k) or {}).get(f"{split}_tuned{x}")]
+
+
+def _ci(m: dict, key: str) -> tuple[float, float] | None:
+    lo, hi = ((m or {}).get("ci95") or {}).get(key) or (None, None)
+    return None if _num(lo) is None or _num(hi) is None else (float(lo), float(hi))
+
+
+def _with_ci(m: dict, key: str, digits: int = 3, scale: float = 1.0) -> str:
+    """`0.820 [0.801, 0.838]`: the value and, when 04 bootstrapped it, its 95% interval."""
+    value, ci = _num((m or {}).get(key)), _ci(m, key)
+    text = "n/a" if value is None else f"{scale * value:.{digits}f}"
+    return text if ci is None or value is None else f"{text} [{scale * ci[0]:.{digits}f}, {scale * ci[1]:.{digits}f}]"
+
+
+def _signed(d: dict, digits: int = 3, scale: float = 1.0) -> str:
+    """`+0.031 [0.012, 0.050]`: a paired difference and its 95% interval."""
+    diff, lo, hi = (_num(d.get(k)) for k in ("diff", "lo", "hi"))
+    text = "n/a" if diff is None else f"{scale * diff:+.{digits}f}"
+    return text if lo is None or hi is None else f"{text} [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]"
+
+
+def _sign(d: dict | None) -> int:
+    """+1 when the interval of a difference lies above 0, -1 below, 0 when it holds 0 or is undefined."""
+    if not d or _num(d.get("lo")) is None or _num(d.get("hi")) is None:
+        return 0
+    from icdlib.uncertainty import excludes_zero
+
+    return excludes_zero(d)
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _listing(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _interval_note(metrics: dict) -> str:
+    record = metrics.get("bootstrap") or {}
+    if not metrics.get("paired"):
+        return f"{_capital(NO_INTERVALS)}: no difference below is called a win or a loss."
+    split, _ = headline_keys(metrics)
+    return (f"In brackets: 95% bootstrap intervals ({int(record.get('resamples', 0)):,} resamples of the {split} "
+            f"admissions); micro-F1 is at each system's own threshold tuned on validation throughout.")
+
+
+def _verdict(diffs: dict | None) -> str:
+    """The model against another system on SUMMARY_METRICS, from their paired bootstrap (`model - x`):
+    a metric counts as better or worse only where the 95% interval of the difference excludes 0."""
+    if not diffs:
+        return f"no verdict can be made, as {NO_INTERVALS} and a difference without one cannot be told from noise"
+    signs = [(name, _sign(diffs.get(k))) for k, name in SUMMARY_METRICS if k in diffs]
+    better = [name for name, s in signs if s > 0]
+    worse = [name for name, s in signs if s < 0]
+    unclear = [name for name, s in signs if s == 0]
+    n = len(signs)
+    if not better and not worse:
+        return f"**no clear difference on any of the {n} metrics** (every 95% interval of the difference holds 0)"
+    if len(better) == n or len(worse) == n:
+        return (f"**the model is {'better' if better else 'worse'} on all {n} metrics** (every 95% interval of the "
+                f"difference excludes 0)")
+    clear = " and ".join(f"{what} on {_listing(names)}" for what, names in (("better", better), ("worse", worse))
+                         if names)
+    tail = f"; no clear difference on {_listing(unclear)}" if unclear else ""
+    return f"**the model is {clear}** (the 95% interval of the difference excludes 0){tail}"
+
+
+def _mntp_effect(d: dict, arm: str) -> dict:
+    """`model - arm` turned into with-MNTP minus without-MNTP (the model is the arm's opposite)."""
+    if arm == "without_mntp":
+        return d
+    flip = {k: (None if _num(d.get(k)) is None else 0.0 - float(d[k])) for k in ("diff", "lo", "hi")}
+    return {"diff": flip["diff"], "lo": flip["hi"], "hi": flip["lo"]}
+
+
+def _mntp_sentence(metrics: dict, arm: str) -> str:
+    """One sentence on what the MNTP stage did: fine-tuning with it minus without it, with the paired
+    intervals when 04 bootstrapped them, else the point differences and why no more can be said."""
+    split, x = headline_keys(metrics)
+    diffs = (metrics.get("paired") or {}).get(f"model - {arm}")
+    if not diffs:
+        model, other = _model(metrics, split, x), metrics[arm][f"{split}_tuned{x}"]
+        diffs = {k: {"diff": _num(model.get(k)) - _num(other.get(k))} for k, _ in MNTP_METRICS
+                 if _num(model.get(k)) is not None and _num(other.get(k)) is not None}
+    effects = {k: _mntp_effect(diffs[k], arm) for k, _ in MNTP_METRICS if k in diffs}
+    changes = _listing([f"{name} by {_signed(effects[k])}" for k, name in MNTP_METRICS if k in effects] or ["nothing"])
+    if not metrics.get("paired"):
+        return (f"What MNTP did: fine-tuning after the MNTP stage instead of without it changed {changes}; "
+                f"{NO_INTERVALS}, so whether that is more than noise cannot be told.")
+    clear = [name for k, name in MNTP_METRICS if k in effects and _sign(effects[k])]
+    verdict = (f"the interval excludes 0 for {_listing(clear)}" if clear else
+               "every interval holds 0, so no effect is shown")
+    return (f"What MNTP did: fine-tuning after the MNTP stage instead of without it changed {changes} (95% "
+            f"intervals; {verdict}; one training run per arm, so the intervals cover the test admissions, not "
+            f"training seeds).")
+
+
+def interval_table(results: dict[str, dict]) -> pd.DataFrame:
+    """The rows of `results` (system → metrics dict, as for `metrics_table`) that carry 95% intervals,
+    as text in percent: `69.06 [66.10, 71.80]` (2 decimals), `–` for a metric without one."""
+    rows = {name: {TABLE_NAMES.get(k, k): _with_ci(m, k, 2, 100.0) if _ci(m, k) else "–" for k in TABLE_METRICS}
+            for name, m in results.items() if m.get("ci95")}
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=[TABLE_NAMES.get(k, k) for k in TABLE_METRICS])
+    table.index.name = "system"
+    return table
+
+
+def _paired_name(key: str) -> str:
+    other = key.removeprefix("model - ")
+    return f"{SYSTEM_NAMES['model']} − {SYSTEM_NAMES.get(other, other)}"
+
+
+def paired_table(paired: dict) -> pd.DataFrame:
+    """metrics.json's `paired` as text in percentage points: `+3.10 [+1.20, +5.00]` per metric (the
+    model at its tuned threshold minus the other system at its own), `–` where a metric has none."""
+    rows = {_paired_name(key): {TABLE_NAMES.get(k, k): _signed(d[k], 2, 100.0) if k in d else "–"
+                                for k in TABLE_METRICS} for key, d in (paired or {}).items()}
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=[TABLE_NAMES.get(k, k) for k in TABLE_METRICS])
+    table.index.name = "difference"
+    return table
+
+
+def paired_styled(metrics: dict):
+    """`paired_table` for a notebook, the differences whose interval excludes 0 in bold, or one line
+    saying there are none (`NO_INTERVALS`)."""
+    paired = metrics.get("paired") or {}
+    if not paired:
+        text = f"{_capital(NO_INTERVALS)}: no paired differences to show."
+        return Shown(text, markdown=text)
+    table = paired_table(paired)
+    bold = pd.DataFrame("", index=table.index, columns=table.columns)
+    for key, d in paired.items():
+        for k in TABLE_METRICS:
+            if k in d and _sign(d[k]):
+                bold.loc[_paired_name(key), TABLE_NAMES.get(k, k)] = "font-weight: bold"
+    split, _ = headline_keys(metrics)
+    return (table.style.apply(lambda _: bold, axis=None)
+            .set_caption(f"Paired differences on {split}, percentage points, with 95% bootstrap intervals; bold: "
+                         f"the interval excludes 0")
+            .set_table_styles([{"selector": "caption", "props": "caption-side: top; text-align: left"}]))
+
+
+def headline_lines(metrics: dict) -> list[str]:
+    """The terminal's headline after `icdlib run`: what the lines say, then one line per system (the model,
+    the frequency prior, the baseline, the MNTP arm) with 95% intervals, then what MNTP did."""
+    split, x = headline_keys(metrics)
+    rows = [(SYSTEM_NAMES["model"], _model(metrics, split, x))]
+    rows += [(SYSTEM_NAMES[k], metrics[k][f"{split}_tuned{x}"]) for k in _reference_keys(metrics)]
+    arm = next((k for k in MNTP_KEYS if k in _reference_keys(metrics)), None)
+    diffs = (metrics.get("paired") or {}).get(f"model - {arm}") if arm else None
+    mntp = "MNTP: with − without"
+    width = max([len(name) for name, _ in rows] + ([len(mntp)] if diffs else []))
+    what = "95% bootstrap intervals" if metrics.get("paired") else "no intervals (bootstrap=0 or an older metrics.json)"
+    lines = [f"{what}; micro-F1 at each system's threshold tuned on val"]
+    lines += [f"  {name:<{width}}  " + "  ".join(f"{label} {_with_ci(m, k)}" for k, label in HEADLINE_METRICS)
+              for name, m in rows]
+    if diffs:
+        lines.append(f"  {mntp:<{width}}  " + "  ".join(
+            f"{label} {_signed(_mntp_effect(diffs[k], arm))}" for k, label in MNTP_METRICS if k in diffs))
+    return lines
+
+
+def systems_html(metrics: dict) -> str:
+    """The headline table of reports/index.html: each system's SUMMARY_METRICS on the reported split at
+    its own tuned threshold, each value followed by its 95% interval when 04 bootstrapped it."""
+    split, x = headline_keys(metrics)
+    rows = [(f"{SYSTEM_NAMES['model']} ({split}, tuned threshold)", _model(metrics, split, x))]
+    rows += [(f"{SYSTEM_NAMES[k]} ({split}, tuned threshold)", metrics[k][f"{split}_tuned{x}"])
+             for k in _reference_keys(metrics)]
+    names = {"f1_micro": "micro-F1 (threshold tuned on val)"}
+    head = "".join(f"<th colspan='2'>{_esc(names.get(k, name))}</th>" for k, name in SUMMARY_METRICS)
+
+    def cells(m: dict, k: str) -> str:
+        ci = _ci(m, k)
+        return f"<td>{_f(m.get(k))}</td><td class='ci'>" + (f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + "</td>"
+
+    body = "".join(f"<tr><td>{_esc(name)}</td>" + "".join(cells(m, k) for k, _ in SUMMARY_METRICS) + "</tr>"
+                   for name, m in rows)
+    note = ("Brackets: 95% bootstrap intervals over the admissions of the split." if metrics.get("paired") else
+            f"{_capital(NO_INTERVALS)}.")
+    return (f"<table><thead><tr><th>system</th>{head}</tr></thead><tbody>{body}</tbody></table>"
+            f"<p class='sub'>{_esc(note)}</p>")

@@ -125,7 +125,7 @@ def test_parse_override_reads_yaml_values():
     ("warmup_steps", -1, "at least 0"), ("patience", -1, "at least 0"), ("seed", -1, "at least 0"),
     ("synth_seed", -3, "at least 0"), ("num_workers", -1, "at least 0"), ("min_count", -1, "at least 0"),
     ("lr", 0.0, "positive"), ("head_lr", -1.0e-3, "positive"), ("weight_decay", -0.1, "at least 0"),
-    ("clip", -1.0, "at least 0"), ("pos_weight", -2.0, "at least 0"),
+    ("clip", -1.0, "at least 0"), ("pos_weight", -2.0, "at least 0"), ("bootstrap", -1, "at least 0"),
     ("lora_dropout", 1.0, r"in \[0, 1\)"), ("lora_dropout", -0.1, r"in \[0, 1\)"),
     ("threshold", 0.0, r"in \(0, 1\)"), ("threshold", 1.0, r"in \(0, 1\)"),
 ])

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icdlib import evaluate, metrics, report
+from icdlib import evaluate, metrics, report, uncertainty
 from icdlib.config import Config
+from icdlib.errors import DataError
 from icdlib.evaluate import Evaluation, SplitScores
 from test_metrics import TOY_S, TOY_Y
 
@@ -83,3 +84,107 @@ def test_caption_names_the_label_set_of_n_labels():
     assert text.startswith("Split test · n_docs 4 · n_labels 4 (codes with a positive in the split, documents with "
                            "a positive (Edin et al.); AUROC over every code and document, as their code) · "
                            "n_labels_scored 4 ")
+
+
+# ---------------------------------------------------------------- the frequency prior and the intervals
+
+N_TRAIN = [3, 2, 2, 1, 0, 0]  # train admissions per code, of 4
+
+
+def with_references(benchmark: str = "none") -> Evaluation:
+    """The toy scored as step 04 scores a run: the model, a baseline, the frequency prior and an MNTP arm."""
+    ev = toy(benchmark)
+    ev.labels = ev.labels.assign(n_train=N_TRAIN)
+    ev.train = pd.DataFrame({"hadm_id": range(100, 104)})
+    evaluate.score_all(ev, ev.cfg)
+    evaluate.score_baseline(ev, {split: np.clip(s.y_score[:, ::-1], 0, 1) for split, s in ev.splits.items()})
+    evaluate.score_prior(ev)
+    evaluate.score_comparison(ev, {split: s.y_score ** 2 for split, s in ev.splits.items()}, "with")
+    return ev
+
+
+def same(a, b) -> bool:
+    """Equal, nan meaning nan (what metrics.json writes as null)."""
+    return evaluate._jsonable(a) == evaluate._jsonable(b)
+
+
+def test_prior_scores_are_each_codes_share_of_the_train_admissions():
+    scores = evaluate.prior_scores(np.array([3, 1, 0]), 4, 2)
+    assert scores.dtype == np.float32 and scores.tolist() == [[0.75, 0.25, 0.0], [0.75, 0.25, 0.0]]
+    with pytest.raises(DataError, match="the run's train split is empty"):
+        evaluate.prior_scores(np.array([1]), 0, 2)
+
+
+def test_the_prior_is_scored_like_the_baseline():
+    ev = with_references()
+    prior = ev.results["prior"]
+    assert set(prior) == {"threshold", "val_tuned", "val_tuned_edin", "test_tuned", "test_tuned_edin"}
+    share = np.array(N_TRAIN) / 4
+    assert ev.prior["test"].tolist() == [share.tolist()] * 4
+    assert prior["threshold"] == metrics.tune_threshold(ev.splits["val"].y_true, np.tile(share, (5, 1)))
+    assert prior["test_tuned"] == metrics.compute(TOY_Y, np.tile(share, (4, 1)), prior["threshold"])
+    # By hand: 8 positives, 16 negatives; c0's 2 positives (0.75) beat 14 negatives and tie 2, c1/c2's 4
+    # (0.5) beat 10 and tie 4, c3's 2 (0.25) beat 8 and tie 2: (2*15 + 4*12 + 2*9) / (8*16) = 96/128.
+    assert prior["test_tuned"]["auroc_micro"] == pytest.approx(0.75)
+    assert prior["test_tuned"]["auroc_macro"] == pytest.approx(0.5)  # one score per code: no ranking within it
+    rows = evaluate.systems(ev)
+    assert rows[f"frequency prior test @tuned {prior['threshold']:.3f}"] is prior["test_tuned"]
+    assert rows[f"TF-IDF low-rank baseline test @tuned {ev.results['baseline']['threshold']:.3f}"] is \
+        ev.results["baseline"]["test_tuned"]
+
+
+def test_intervals_and_paired_differences_in_metrics_json():
+    ev = with_references()
+    record = evaluate.score_intervals(ev, 200)
+    assert record == {"resamples": 200, "level": 0.95, "seed": 0, "split": "test", "label_set": "all", "suffix": ""}
+    r, tuned = ev.results, ev.results["threshold"]
+    assert r["bootstrap"] is record
+    carriers = {"model @0.5": r["test"], "model @tuned": r["test_tuned"], "baseline": r["baseline"]["test_tuned"],
+                "prior": r["prior"]["test_tuned"], "with_mntp": r["with_mntp"]["test_tuned"]}
+    for name, m in carriers.items():
+        assert set(m["ci95"]) == set(uncertainty.INTERVAL_METRICS), name
+        for key in ("auroc_micro", "auprc_micro", "f1_micro", "map", "p_at_5", "r_precision"):
+            lo, hi = m["ci95"][key]
+            assert lo <= m[key] <= hi, (name, key)
+    # the intervals are uncertainty's, on the same fixed draws for every system
+    how = {"n_resamples": 200, "seed": evaluate.BOOTSTRAP_SEED}
+    assert same(r["test_tuned"]["ci95"], uncertainty.intervals(TOY_Y, TOY_S, tuned, **how))
+    assert same(r["test"]["ci95"], uncertainty.intervals(TOY_Y, TOY_S, 0.5, **how))
+    assert same(r["prior"]["test_tuned"]["ci95"],
+                uncertainty.intervals(TOY_Y, ev.prior["test"], r["prior"]["threshold"], **how))
+    # only the reported split, under the label set the table compares
+    assert not any("ci95" in m for m in (r["val"], r["val_tuned"], r["test_edin"], r["test_tuned_edin"],
+                                         r["baseline"]["val_tuned"], r["with_mntp"]["test"]))
+    assert set(r["paired"]) == {"model - baseline", "model - prior", "model - with_mntp"}
+    for key in ("baseline", "prior", "with_mntp"):
+        for metric, d in r["paired"][f"model - {key}"].items():
+            expected = r["test_tuned"][metric] - r[key]["test_tuned"][metric]
+            assert d["diff"] == pytest.approx(expected, nan_ok=True), (key, metric)
+    assert same(r["paired"]["model - baseline"],
+                uncertainty.paired(TOY_Y, TOY_S, ev.baseline["test"], tuned, r["baseline"]["threshold"], **how))
+    written = json.loads(json.dumps(evaluate._jsonable(r)))  # what metrics.json holds: lists, nan as null
+    assert written["test_tuned"]["ci95"]["map"] == list(r["test_tuned"]["ci95"]["map"])
+    assert written["test_tuned"]["ci95"]["auroc_macro"] == [None, None]  # undefined on a resample of 4 documents
+    assert written["bootstrap"]["resamples"] == 200
+
+
+def test_intervals_follow_the_compared_label_set():
+    ev = with_references("edin_mimic4_icd10")
+    evaluate.score_intervals(ev, 50)
+    r = ev.results
+    assert (r["bootstrap"]["label_set"], r["bootstrap"]["suffix"]) == ("edin", "_edin")
+    assert "ci95" in r["test_tuned_edin"] and "ci95" in r["prior"]["test_tuned_edin"] and "ci95" not in r["test_tuned"]
+    assert same(r["test_tuned_edin"]["ci95"],
+                uncertainty.intervals(TOY_Y, TOY_S, r["threshold"], n_resamples=50, seed=0, label_set="edin"))
+    assert r["paired"]["model - prior"]["map"]["diff"] == pytest.approx(
+        r["test_tuned_edin"]["map"] - r["prior"]["test_tuned_edin"]["map"])
+
+
+def test_no_intervals_when_bootstrap_is_0():
+    ev = with_references()
+    assert evaluate.score_intervals(ev, 0)["resamples"] == 0
+    assert "paired" not in ev.results and not any("ci95" in m for m in evaluate.systems(ev).values())
+
+
+def test_jsonable_writes_intervals_as_lists():
+    assert evaluate._jsonable({"ci95": {"map": (np.float64(0.25), float("nan"))}}) == {"ci95": {"map": [0.25, None]}}

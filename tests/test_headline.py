@@ -43,16 +43,30 @@ def test_headline_and_index_name_the_recorded_data(done, tmp_path):  # noqa: F81
     need not repeat it, and the Config it resolves says mimic3: the record wins, in both places."""
     cfg = copy_of(done, tmp_path)
     recorded_as(cfg, dataset="mimic4_icd10", mimic_dir="/data/mimic-iv-2.2")
-    assert pipeline.headline(cfg).startswith("test (MIMIC-IV (ICD-10)): auroc_micro ")
+    assert pipeline.headline(cfg).startswith("test (MIMIC-IV (ICD-10)): 95% bootstrap intervals; ")
     page = pipeline.write_index(cfg).read_text()
     assert "MIMIC-IV (ICD-10)" in page and "MIMIC-III" not in page
     recorded_as(cfg, dataset="mimic4_icd9", mimic_dir="")
-    assert pipeline.headline(cfg).startswith("test (synthetic MIMIC-IV twin (ICD-9)): auroc_micro ")
+    assert pipeline.headline(cfg).startswith("test (synthetic MIMIC-IV twin (ICD-9)): 95% bootstrap intervals; ")
     assert "synthetic MIMIC-IV twin (ICD-9)" in pipeline.write_index(cfg).read_text()
 
 
 def test_headline_of_a_synthetic_mimic3_run(done):  # noqa: F811
-    assert pipeline.headline(done).startswith("test (synthetic MIMIC-III twin): auroc_micro ")
+    """The model and the frequency prior (this run trains no baseline and no MNTP arm), with intervals, and
+    micro-F1 at the threshold tuned on val: the index's convention too (it printed the 0.5 row's before)."""
+    m = json.loads(Run.of(done).metrics.read_text())
+    lines = pipeline.headline(done).splitlines()
+    assert lines[0] == ("test (synthetic MIMIC-III twin): 95% bootstrap intervals; micro-F1 at each system's threshold "
+                        "tuned on val")
+    assert [line.split("  ")[1] for line in lines[1:]] == ["icdlib", "frequency prior"]
+    for line, system in zip(lines[1:], (m["test_tuned"], m["prior"]["test_tuned"])):
+        for key, name in (("auroc_micro", "micro-AUROC"), ("map", "MAP"), ("f1_micro", "micro-F1")):
+            lo, hi = system["ci95"][key]
+            assert f"{name} {system[key]:.3f} [{lo:.3f}, {hi:.3f}]" in line, (key, line)
+    page = pipeline.write_index(done).read_text()
+    lo, hi = m["test_tuned"]["ci95"]["f1_micro"]
+    assert f"<td>{m['test_tuned']['f1_micro']:.3f}</td><td class='ci'>[{lo:.3f}, {hi:.3f}]</td>" in page
+    assert "frequency prior (test, tuned threshold)" in page and "micro-F1 (threshold tuned on val)" in page
 
 
 # ---------------------------------------------------------------- stale metrics
@@ -73,7 +87,7 @@ def test_metrics_of_an_earlier_model_are_not_the_headline(done, tmp_path):  # no
     assert "04_evaluate has not scored the current model (03_train/best changed since it ran)" in page
     assert "python -m icdlib run --backbone tiny --run copy --output-root &lt;output_root&gt; --only 04 05" in page
     steps.s04_evaluate(cfg)  # 04 scores the new best/: numbers again
-    assert pipeline.headline(cfg).startswith("test (synthetic MIMIC-III twin): auroc_micro ")
+    assert pipeline.headline(cfg).startswith("test (synthetic MIMIC-III twin): 95% bootstrap intervals; ")
     assert len(numbers(pipeline.write_index(cfg).read_text())) >= 5
 
 
@@ -82,7 +96,7 @@ def test_metrics_without_a_record_of_their_model_are_not_the_headline(done, tmp_
     cfg = copy_of(done, tmp_path)
     Run.of(cfg).manifest("04").unlink()
     line = pipeline.headline(cfg)
-    assert "auroc_micro" not in line and "04_evaluate/metrics.json does not record which model it scored" in line
+    assert "micro-AUROC" not in line and "04_evaluate/metrics.json does not record which model it scored" in line
     assert line.endswith("--only 04 05")
     assert not numbers(pipeline.write_index(cfg).read_text())
 

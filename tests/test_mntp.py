@@ -200,6 +200,9 @@ def test_comparison_is_a_second_fine_tuning_of_the_same_split(tmp_path, arm):
     ev = evaluate.run(cfg)
     assert ev.results[MNTP_ARMS[arm]]["test_tuned"]["n_docs"] == ev.results["test"]["n_docs"]
     assert any(name.startswith(f"icdlib {arm} MNTP test @tuned") for name in evaluate.systems(ev))
+    diffs = ev.results["paired"][f"model - {MNTP_ARMS[arm]}"]  # what MNTP did, with its interval
+    assert diffs["map"]["diff"] == pytest.approx(ev.results["test_tuned"]["map"] -
+                                                 ev.results[MNTP_ARMS[arm]]["test_tuned"]["map"])
 
 
 def test_a_comparison_without_the_stage_is_refused():

@@ -315,7 +315,7 @@ def test_metrics_json_written_by_evaluate_run_carries_provenance(done):
     if head.returncode == 0:
         assert info["commit"] == head.stdout.strip() and isinstance(info["dirty"], bool)
     # what reads metrics.json takes the new key in its stride
-    assert pipeline.headline(done).startswith("test (synthetic MIMIC-III twin): auroc_micro ")
+    assert pipeline.headline(done).startswith("test (synthetic MIMIC-III twin): 95% bootstrap intervals; ")
     assert "On the test split" in report.summary(metrics=m, synthetic=True).text
     assert "On the test split" in pipeline.write_index(done).read_text()
     assert "provenance" not in json.dumps(m["test"]) and set(m["test"]) >= {"n_docs", "n_labels", "n_labels_scored"}

@@ -17,7 +17,7 @@ import jupytext
 import pandas as pd
 import pytest
 
-from icdlib import config, pipeline, provenance, report, train
+from icdlib import config, pipeline, provenance, report, train, uncertainty
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_EVERY, MAX_STEPS = 2, 6  # three evaluations
@@ -214,36 +214,154 @@ def test_summary_states_the_numbers_of_metrics_json(small_run):
     assert text.startswith("### What this run shows")
     t, tuned, base = m["test"], m["test_tuned"], m["baseline"]["test_tuned"]
     assert f"On the test split ({t['n_docs']} admissions, {t['n_labels']} labels)" in text
-    for key in ("auroc_micro", "auroc_macro", "auprc_micro", "map", "p_at_8"):
-        assert f"{t[key]:.3f}" in text and f"{base[key]:.3f}" in text, key
+    for system in (tuned, base, m["prior"]["test_tuned"], m["with_mntp"]["test_tuned"]):  # tiny.yaml: mntp_compare with
+        for key in ("auroc_micro", "auroc_macro", "auprc_micro", "map", "p_at_8", "f1_micro"):
+            lo, hi = system["ci95"][key]
+            assert f"{system[key]:.3f} [{lo:.3f}, {hi:.3f}]" in text, key
     assert f"micro-F1 is {tuned['f1_micro']:.3f}" in text and f"({m['threshold']:.3f})" in text
-    pairs = [(tuned if k == "f1_micro" else t)[k] - base[k] for k, _ in report.SUMMARY_METRICS]
-    if all(d < 0 for d in pairs):
-        assert "the model loses to the baseline on all 6" in text
-    elif all(d > 0 for d in pairs):
-        assert "the model beats the baseline on all 6" in text
-    else:
-        assert f"the model beats the baseline on {sum(d > 0 for d in pairs)} of 6" in text
+    assert m["bootstrap"]["resamples"] == 1000 and "(1,000 resamples of the test admissions)" in text
+    for key in ("baseline", "prior", "with_mntp"):  # a win or a loss only where the interval excludes 0
+        diffs = m["paired"][f"model - {key}"]
+        signs = [uncertainty.excludes_zero(diffs[k]) for k, _ in report.SUMMARY_METRICS]
+        assert [round(diffs[k]["diff"], 9) for k, _ in report.SUMMARY_METRICS] == \
+            [round(tuned[k] - m[key]["test_tuned"][k], 9) for k, _ in report.SUMMARY_METRICS]
+        verdict = report._verdict(diffs)
+        assert verdict in text
+        if all(s < 0 for s in signs) or all(s > 0 for s in signs):
+            assert verdict.startswith(f"**the model is {'better' if signs[0] > 0 else 'worse'} on all 6 metrics**")
+        elif not any(signs):
+            assert verdict.startswith("**no clear difference on any of the 6 metrics**")
+        else:
+            assert ("better on " in verdict) == (1 in signs) and ("worse on " in verdict) == (-1 in signs)
+            assert ("no clear difference on " in verdict) == (0 in signs)
+    assert "What MNTP did: fine-tuning after the MNTP stage instead of without it changed micro-AUROC by " in text
     assert "synthetic MIMIC-III twin" in text
     history = pd.read_csv(run_dir / "03_train" / "history.csv")
     closing03 = "".join(notebook(run_dir, "03_train")["cells"][-1]["outputs"][0]["data"]["text/markdown"])
     assert f"{history['val_map'].max():.3f}" in closing03 and f"{MAX_STEPS} optimizer steps" in closing03
 
 
-def test_summary_says_plainly_who_wins():
-    def metrics(value):
-        keys = {"auroc_micro", "auroc_macro", "auprc_micro", "map", "p_at_8", "f1_micro"}
-        return {**dict.fromkeys(keys, value), "n_docs": 10, "n_labels": 4, "threshold": 0.5}
+SIX = {"auroc_micro", "auroc_macro", "auprc_micro", "map", "p_at_8", "f1_micro"}
 
-    lose = report.summary(metrics={"test": metrics(0.5), "test_tuned": metrics(0.5), "threshold": 0.2,
-                                   "baseline": {"test_tuned": metrics(0.75)}}, synthetic=False)
-    assert "**the model loses to the baseline on all 6 of these metrics**" in lose.markdown
-    assert "micro-AUROC 0.500" in lose.markdown and "micro-AUROC 0.750" in lose.markdown
-    assert "synthetic" not in lose.markdown and "<b>the model loses" in lose.html
-    win = report.summary(metrics={"test": metrics(0.9), "test_tuned": metrics(0.9), "threshold": 0.2,
-                                  "baseline": {"test_tuned": {**metrics(0.75), "map": 0.95}}})
-    assert "the model beats the baseline on 5 of 6 metrics" in win.markdown and "loses on MAP" in win.markdown
-    assert "val split" in report.summary(metrics={"val": metrics(0.6), "val_tuned": metrics(0.6)}).markdown
+
+def metrics_of(value, ci=None):
+    """A metrics dict with every summary metric at `value` (and its interval `ci`)."""
+    m = {**dict.fromkeys(SIX, value), "n_docs": 10, "n_labels": 4, "threshold": 0.5}
+    return {**m, "ci95": dict.fromkeys(SIX, ci)} if ci else m
+
+
+def difference(lo, hi, diff=None):
+    return dict.fromkeys(SIX, {"diff": (lo + hi) / 2 if diff is None else diff, "lo": lo, "hi": hi})
+
+
+def run_metrics(model, others: dict, paired: dict | None):
+    """metrics.json of a run with the model's and `others`' test figures, and `paired` differences."""
+    out = {"test": model, "test_tuned": model, "threshold": 0.2, **{k: {"test_tuned": m} for k, m in others.items()}}
+    if paired is not None:
+        out.update(paired=paired, bootstrap={"resamples": 1000, "level": 0.95, "seed": 0, "split": "test",
+                                             "label_set": "all", "suffix": ""})
+    return out
+
+
+def test_summary_says_plainly_who_wins():
+    """A win or a loss only where the paired interval of the difference excludes 0."""
+    lose = report.summary(metrics=run_metrics(metrics_of(0.5, [0.45, 0.55]), {"baseline": metrics_of(0.75, [0.7, 0.8])},
+                                              {"model - baseline": difference(-0.3, -0.2)}), synthetic=False)
+    assert "**the model is worse on all 6 metrics** (every 95% interval of the difference excludes 0)" in lose.markdown
+    assert "micro-AUROC 0.500 [0.450, 0.550]" in lose.markdown and "micro-AUROC 0.750 [0.700, 0.800]" in lose.markdown
+    assert "The TF-IDF low-rank baseline (a low-rank linear model on TF-IDF word unigrams and hashed bigrams" in lose.markdown
+    assert "synthetic" not in lose.markdown and "<b>the model is worse" in lose.html
+    paired = difference(0.1, 0.2)
+    paired["map"] = {"diff": -0.2, "lo": -0.25, "hi": -0.15}
+    paired["p_at_8"] = {"diff": 0.01, "lo": -0.02, "hi": 0.04}
+    win = report.summary(metrics=run_metrics(metrics_of(0.9), {"baseline": {**metrics_of(0.75), "map": 0.95}},
+                                             {"model - baseline": paired}))
+    assert ("**the model is better on micro-AUROC, macro-AUROC, micro-AUPRC and micro-F1 and worse on MAP** (the 95% "
+            "interval of the difference excludes 0); no clear difference on P@8") in win.markdown
+    unclear = report.summary(metrics=run_metrics(metrics_of(0.9), {"prior": metrics_of(0.8)},
+                                                 {"model - prior": difference(-0.01, 0.2)}))
+    assert ("The frequency prior (every admission scored with each code's share of the train admissions) reaches "
+            "micro-AUROC 0.800") in unclear.markdown
+    assert "**no clear difference on any of the 6 metrics** (every 95% interval of the difference holds 0)" in \
+        unclear.markdown
+    assert "val split" in report.summary(metrics={"val": metrics_of(0.6), "val_tuned": metrics_of(0.6)}).markdown
+
+
+def test_no_verdict_without_intervals():
+    """bootstrap=0, or a metrics.json of an older icdlib: the differences are stated, no winner named."""
+    text = report.summary(metrics=run_metrics(metrics_of(0.5), {"baseline": metrics_of(0.75)}, None)).markdown
+    assert ("micro-F1 0.750: no verdict can be made, as there are no intervals (bootstrap=0, or a metrics.json from "
+            "an older icdlib) and a difference without one cannot be told from noise.") in text
+    assert "better" not in text and "worse" not in text and "[" not in text
+    assert ("There are no intervals (bootstrap=0, or a metrics.json from an older icdlib): no difference below is "
+            "called a win or a loss.") in text
+    arm = report.summary(metrics=run_metrics(metrics_of(0.5), {"with_mntp": {**metrics_of(0.5), "map": 0.75}},
+                                             None)).markdown
+    assert ("What MNTP did: fine-tuning after the MNTP stage instead of without it changed micro-AUROC by +0.000, MAP "
+            "by +0.250 and micro-F1 by +0.000; there are no intervals (bootstrap=0, or a metrics.json from an older "
+            "icdlib), so whether that is more than noise cannot be told.") in arm
+
+
+@pytest.mark.parametrize("arm,sign", [("with_mntp", -1), ("without_mntp", 1)])
+def test_what_mntp_did_is_with_minus_without(arm, sign):
+    """The model is the arm's opposite: `model - with_mntp` is without minus with, so its sign flips."""
+    paired = {f"model - {arm}": {**difference(0.0, 0.0), "map": {"diff": 0.2, "lo": 0.1, "hi": 0.3},
+                                 "auroc_micro": {"diff": 0.01, "lo": -0.01, "hi": 0.03}}}
+    text = report.summary(metrics=run_metrics(metrics_of(0.5), {arm: metrics_of(0.4)}, paired)).markdown
+    effect = "+0.200 [+0.100, +0.300]" if sign > 0 else "-0.200 [-0.300, -0.100]"
+    micro = "+0.010 [-0.010, +0.030]" if sign > 0 else "-0.010 [-0.030, +0.010]"
+    assert (f"What MNTP did: fine-tuning after the MNTP stage instead of without it changed micro-AUROC by {micro}, "
+            f"MAP by {effect} and micro-F1 by +0.000 [+0.000, +0.000] (95% intervals; the interval excludes 0 for MAP; "
+            "one training run per arm") in text
+    lines = report.headline_lines(run_metrics(metrics_of(0.5), {arm: metrics_of(0.4)}, paired))
+    assert lines[-1].split() == ["MNTP:", "with", "−", "without", "micro-AUROC", *micro.split(" ", 1)[0:1],
+                                 *micro.split(" ", 1)[1].split(), "MAP", *effect.split(), "micro-F1", "+0.000",
+                                 "[+0.000,", "+0.000]"]
+
+
+def test_headline_lines_name_every_system_and_the_threshold():
+    m = run_metrics(metrics_of(0.8, [0.75, 0.85]),
+                    {"prior": metrics_of(0.7, [0.65, 0.72]), "baseline": metrics_of(0.9, [0.88, 0.92]),
+                     "with_mntp": metrics_of(0.6, [0.55, 0.65])},
+                    {"model - prior": difference(0.05, 0.15), "model - baseline": difference(-0.2, -0.05),
+                     "model - with_mntp": difference(0.1, 0.3)})
+    assert report.headline_lines(m) == [
+        "95% bootstrap intervals; micro-F1 at each system's threshold tuned on val",
+        "  icdlib                    micro-AUROC 0.800 [0.750, 0.850]  MAP 0.800 [0.750, 0.850]  "
+        "micro-F1 0.800 [0.750, 0.850]",
+        "  frequency prior           micro-AUROC 0.700 [0.650, 0.720]  MAP 0.700 [0.650, 0.720]  "
+        "micro-F1 0.700 [0.650, 0.720]",
+        "  TF-IDF low-rank baseline  micro-AUROC 0.900 [0.880, 0.920]  MAP 0.900 [0.880, 0.920]  "
+        "micro-F1 0.900 [0.880, 0.920]",
+        "  icdlib with MNTP          micro-AUROC 0.600 [0.550, 0.650]  MAP 0.600 [0.550, 0.650]  "
+        "micro-F1 0.600 [0.550, 0.650]",
+        "  MNTP: with − without      micro-AUROC -0.200 [-0.300, -0.100]  MAP -0.200 [-0.300, -0.100]  "
+        "micro-F1 -0.200 [-0.300, -0.100]"]
+    html = report.systems_html(m)
+    assert "<td>0.700</td><td class='ci'>[0.650, 0.720]</td>" in html and "frequency prior (test, tuned threshold)" in html
+    assert "icdlib with MNTP (test, tuned threshold)" in html and "micro-F1 (threshold tuned on val)" in html
+    bare = report.headline_lines(run_metrics(metrics_of(0.8), {"prior": metrics_of(0.7)}, None))
+    assert bare == ["no intervals (bootstrap=0 or an older metrics.json); micro-F1 at each system's threshold tuned on val",
+                    "  icdlib           micro-AUROC 0.800  MAP 0.800  micro-F1 0.800",
+                    "  frequency prior  micro-AUROC 0.700  MAP 0.700  micro-F1 0.700"]
+
+
+def test_interval_and_paired_tables():
+    m = {**metrics_of(0.69062), "ci95": {"f1_micro": [0.661, 0.718], "map": [float("nan"), float("nan")]}}
+    table = report.interval_table({"icdlib test @tuned": m, "no intervals": metrics_of(0.5)})
+    assert list(table.index) == ["icdlib test @tuned"]
+    assert table.loc["icdlib test @tuned", "F1 micro"] == "69.06 [66.10, 71.80]"
+    assert table.loc["icdlib test @tuned", "MAP"] == "–" and table.loc["icdlib test @tuned", "AUROC micro"] == "–"
+    paired = {"model - baseline": {"f1_micro": {"diff": 0.031, "lo": 0.012, "hi": 0.05},
+                                   "map": {"diff": -0.004, "lo": -0.02, "hi": 0.01}}}
+    diffs = report.paired_table(paired)
+    assert list(diffs.index) == ["icdlib − TF-IDF low-rank baseline"]
+    assert diffs.iloc[0]["F1 micro"] == "+3.10 [+1.20, +5.00]" and diffs.iloc[0]["MAP"] == "-0.40 [-2.00, +1.00]"
+    assert diffs.iloc[0]["P@8"] == "–"
+    styled = report.paired_styled({"test": m, "paired": paired}).to_html()
+    assert styled.count("font-weight: bold") == 1 and "bold: the interval excludes 0" in styled
+    assert str(report.paired_styled({"test": m})) == ("There are no intervals (bootstrap=0, or a metrics.json from an "
+                                                    "older icdlib): no paired differences to show.")
 
 
 def test_no_absolute_path_of_the_machine_in_any_report(small_run):
@@ -269,9 +387,34 @@ def test_index_links_the_five_reports_with_the_headline(small_run):
     for system in (m["test_tuned"], m["baseline"]["test_tuned"]):
         for key in ("auroc_micro", "auprc_micro", "f1_micro", "map"):
             assert f"<td>{system[key]:.3f}</td>" in page, key
-    assert "icdlib (test, tuned threshold)" in page and "TF-IDF baseline (test, tuned threshold)" in page
+    assert "icdlib (test, tuned threshold)" in page and "TF-IDF low-rank baseline (test, tuned threshold)" in page
+    for name, system in (("frequency prior", m["prior"]), ("icdlib with MNTP", m["with_mntp"])):
+        assert f"{name} (test, tuned threshold)" in page
+        assert f"<td>{system['test_tuned']['map']:.3f}</td>" in page
+    for system in (m["test_tuned"], m["baseline"]["test_tuned"], m["prior"]["test_tuned"]):
+        lo, hi = system["ci95"]["map"]
+        assert f"<td class='ci'>[{lo:.3f}, {hi:.3f}]</td>" in page
+    assert "micro-F1 (threshold tuned on val)" in page and "What MNTP did" in page
     assert "On the test split" in page
     assert "<script" not in page and "http" not in page  # self-contained: nothing fetched
+
+
+def test_terminal_ends_with_every_system_and_what_mntp_did(small_run):
+    run_dir, terminal = small_run
+    m = json.loads((run_dir / "04_evaluate" / "metrics.json").read_text())
+    lines = terminal.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("[icdlib] test (synthetic MIMIC-III twin): "))
+    assert lines[start] == ("[icdlib] test (synthetic MIMIC-III twin): 95% bootstrap intervals; micro-F1 at each "
+                            "system's threshold tuned on val")
+    rows = lines[start + 1:]
+    assert [row.split("  ")[1] for row in rows] == ["icdlib", "frequency prior", "TF-IDF low-rank baseline",
+                                                     "icdlib with MNTP", "MNTP: with − without"]
+    for row, system in zip(rows, (m["test_tuned"], m["prior"]["test_tuned"], m["baseline"]["test_tuned"],
+                                  m["with_mntp"]["test_tuned"])):
+        lo, hi = system["ci95"]["f1_micro"]
+        assert f"micro-F1 {system['f1_micro']:.3f} [{lo:.3f}, {hi:.3f}]" in row, row
+    mntp = m["paired"]["model - with_mntp"]["map"]  # the model is without MNTP: with minus without flips it
+    assert f"MAP {0.0 - mntp['diff']:+.3f} [{0.0 - mntp['hi']:+.3f}, {0.0 - mntp['lo']:+.3f}]" in rows[-1]
 
 
 def test_rerunning_03_alone_shows_no_stale_metrics(small_run, tmp_path):

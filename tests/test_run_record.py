@@ -108,7 +108,7 @@ def test_each_step_records_what_it_used_read_and_wrote(done):
     assert m01["params"] == {k: json.loads(json.dumps(getattr(done, k))) for k in preprocess.data_params(done)}
     assert m01["params"]["synth_admissions"] == 120 and m01["params"]["min_count"] == 3
     assert set(m03["params"]) == set(train.PARAMS) and m03["params"]["max_steps"] == 3
-    assert m04["params"] == {"threshold": 0.5, "baseline": False, "seed": done.seed}
+    assert m04["params"] == {"threshold": 0.5, "baseline": False, "seed": done.seed, "bootstrap": 1000}
     # inputs: the content hashes of the upstream artifacts; outputs: of what the step wrote, as it is now
     assert m01["inputs"] == {} and m01["source"]["synthetic_mimic"] == read_key(run.synthetic_mimic)
     assert m03["inputs"] == m01["outputs"] == {f"01_preprocess/{n}": file_hash(run.step("01") / n)
