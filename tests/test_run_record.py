@@ -145,7 +145,7 @@ def test_04_owns_its_outputs_and_05_reads_them(done):
     run = Run.of(done)
     metrics = json.loads(run.metrics.read_text())
     assert set(metrics) == {"threshold", "val", "test", "val_tuned", "test_tuned", "val_edin", "test_edin", "val_tuned_edin",
-                            "test_tuned_edin", "provenance"} and 0 < metrics["threshold"] < 1
+                            "test_tuned_edin", "provenance", "prior", "paired", "bootstrap"} and 0 < metrics["threshold"] < 1
     ev = steps.s05_error_analysis(done)
     assert ev.results == metrics and ev.per_code["code"].tolist() == ev.labels["code"].tolist()
     assert ev.per_code.equals(pd.read_parquet(run.per_code))
