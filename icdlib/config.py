@@ -119,6 +119,12 @@ class Config:
     mntp_length: int = 512  # tokens per chunk of the concatenated notes
     mntp_batch_size: int = 32  # chunks per step (all processes together)
     mntp_lr: float = 5.0e-5  # the Trainer default llm2vec's recipe runs with
+    mntp_epochs: float = 3.0  # the lr decays linearly to 0 over this many epochs of the chunks (no warm-up) and
+    #   the stage stops there if mntp_steps has not: the recipe's Trainer (3 epochs by default, cut short by
+    #   stop_after_n_steps = mntp_steps), so the lr stays near mntp_lr; 0: decay to 0 over mntp_steps
+    mntp_head: str = "auto"  # auto | train | frozen: the LM head during MNTP. auto is the recipe: the decoder's own
+    #   head trains with the LoRA, a head tied to the input embeddings stays frozen with them; 03_train/mntp/
+    #   keeps the adapter alone either way (as the recipe saves it), fine-tuning never uses the head
     mntp_compare: str = "none"  # none | without | with: also fine-tune the other arm for 03/04 (needs mntp_steps > 0):
     #   without: the model starts from MNTP, 03_train/without_mntp/ from the backbone as loaded;
     #   with: the model starts from the backbone as loaded, 03_train/with_mntp/ from MNTP
@@ -201,6 +207,7 @@ CHOICES = {
     "truncation": ("head", "tail", "head_tail"),
     "mntp_masking": ("auto", "bert", "all_mask"),
     "mntp_compare": ("none", "without", "with"),
+    "mntp_head": ("auto", "train", "frozen"),
 }
 
 # How a step runs, not what it computes: a later step may be run with other values than the run
@@ -253,6 +260,7 @@ RANGES = {
     "mntp_batch_size": _AT_LEAST_1,
     "mntp_lr": _POSITIVE,
     "bootstrap": _AT_LEAST_0,  # 0: no intervals
+    "mntp_epochs": _AT_LEAST_0,
 }
 
 

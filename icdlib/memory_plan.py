@@ -506,21 +506,28 @@ def mntp_probability(cfg: Config, arch: Architecture) -> float:
     return {"bert": 0.2, "all_mask": 0.8}[style]
 
 
+def mntp_head_trains(cfg: Config, arch: Architecture) -> bool:
+    """Whether the MNTP stage trains the LM head, as `icdlib.mntp.head_trains` decides from
+    `mntp_head` (auto: unless tied to the input embeddings)."""
+    return cfg.mntp_head == "train" or (cfg.mntp_head == "auto" and not arch.tied)
+
+
 def mntp_stage(cfg: Config, arch: Architecture, device: str) -> Stage:
     """The MNTP stage (`mntp_steps > 0`): each process's share of `mntp_batch_size` chunks of
-    `mntp_length` tokens in one forward pass, no padding, LoRA; the LM head in the weights' dtype
-    (trainable from the embeddings when the backbone has none: the tiny one) and its logits over
+    `mntp_length` tokens in one forward pass, no padding, LoRA; the LM head in the weights' dtype,
+    with its gradient and AdamW's two moments when it trains (`mntp_head`), and its logits over
     the scored tokens at their largest, in backward: the log-softmax kept (fp32), its gradient and
     the logits' gradient (the layers' backward comes after: counting both is on the safe side)."""
     chunks = math.ceil(cfg.mntp_batch_size / cfg.nproc)
     tokens = chunks * cfg.mntp_length
     stage_cfg = dataclasses.replace(cfg, train_backbone="lora", head="none")
     acts, other, detail = activation_terms(stage_cfg, arch, device, chunks, cfg.mntp_length, chunks, 0, padded=False)
-    a, w = compute_bytes(cfg, device), weight_bytes(stage_cfg, device)
     scored = math.ceil(mntp_probability(cfg, arch) * tokens)
-    tiny = not cfg.model_path and not cfg.base_model_path
-    lm_bytes = ADAM if tiny else w
-    lm = Term("LM head" + (" + AdamW" if tiny else " (frozen)"), f"vocab {_n(arch.vocab)} × H × {lm_bytes} B",
+    head_w = weight_bytes(cfg, device)  # a copy of the embeddings or lm_head as the backbone is loaded
+    trains = mntp_head_trains(cfg, arch)
+    lm_bytes = 4 * head_w if trains else head_w
+    lm = Term("LM head" + (" + grad + AdamW" if trains else " (frozen)"),
+              f"vocab {_n(arch.vocab)} × H × {lm_bytes} B" + (" (weight, grad, 2 moments)" if trains else ""),
               arch.vocab * arch.hidden * lm_bytes)
     logits = Term("MNTP logits", f"{_n(scored)} scored tokens × vocab × 3 × 4 B", scored * arch.vocab * 12)
     terms = [weights_term(stage_cfg, arch, device), *trained_terms(stage_cfg, arch, device, None), lm, *acts, logits]

@@ -15,9 +15,18 @@ position i-1, through the decoder's own language-model head. This module runs th
   tokenizer's, else `_` (llm2vec's "blank");
 * loss: cross-entropy of the logits at i-1 against the token at i, over masked tokens (the shift
   of LlamaForCausalLM.forward, which llm2vec's *BiForMNTP classes inherit);
-* LoRA r=16, alpha 32, dropout 0.05 on the seven projections of the inner model (`lora_*`), AdamW,
-  linear decay without warm-up (the Trainer defaults the recipe leaves), gradient clip 1.0.
-  A McGill `-mntp` model_path is not merged first: its own MNTP adapter keeps training;
+* LoRA r=16, alpha 32, dropout 0.05 on the seven projections of the inner model (`lora_*`), AdamW
+  without weight decay, gradient clip 1.0. A McGill `-mntp` model_path is not merged first: its
+  own MNTP adapter keeps training;
+* the learning rate (`schedule_length`, `lr_factor`): the recipe leaves the Trainer's defaults,
+  a linear decay without warm-up over `num_train_epochs=3` epochs, and ends training after
+  `stop_after_n_steps` (1000) steps, long before: its rate stays near 5e-5. Here the same, the
+  decay over `mntp_epochs` (3) epochs of the chunks, cut at `mntp_steps`;
+* the LM head (`mntp_head: auto`): the recipe puts LoRA on the inner model only
+  (`model.model = initialize_peft(model.model)`), so the decoder's own `lm_head`, outside it,
+  stays trainable and the Trainer updates it with the LoRA; a head tied to the input embeddings
+  is frozen with them. Its save keeps the adapter alone (`save_peft_model`): the trained head is
+  dropped, as here;
 * under torchrun every process draws the whole batch's masks (the draws of one process) and
   trains on its contiguous part of the batch (`share`), its loss weighted by its share of the
   batch's masked tokens, so that each update and logged loss are those of one process on the
@@ -26,8 +35,10 @@ position i-1, through the decoder's own language-model head. This module runs th
 The result is `03_train/mntp/`, laid out like McGill's `-mntp` repositories (config.json,
 tokenizer, adapter_config.json naming the base, adapter_model.safetensors with keys
 `base_model.model.layers.*`), so another run loads it with `model_path` (and `base_model_path`)
-as it loads theirs. Its `history.csv` is the MNTP learning curve; `03_train/mntp_last/` holds the
-state `resume: true` continues from; a finished stage is reused while its key is unchanged.
+as it loads theirs. Its `history.csv` is the MNTP learning curve, one row per step (loss, the
+update's learning rate, and the tokens and wall time so far, which `cost` sets beside the
+fine-tuning's); `03_train/mntp_last/` holds the state `resume: true` continues from; a finished
+stage is reused while its key is unchanged.
 """
 
 from __future__ import annotations
@@ -53,7 +64,7 @@ from icdlib.runfolder import Run, atomic_path, content_key, read_key, source_has
 RECIPES = {"bert": 0.2, "all_mask": 0.8}  # share of tokens selected, per masking style (llm2vec's configs)
 BLANK_MASK = "_"
 PARAMS = ("mntp_steps", "mntp_masking", "mntp_probability", "mntp_length", "mntp_batch_size", "mntp_lr",
-          "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "seed")
+          "mntp_epochs", "mntp_head", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "seed")
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,27 @@ def mntp_loss(encoder, lm_head: torch.nn.Module, inputs: torch.Tensor, labels: t
     return torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction=reduction)
 
 
+def schedule_length(cfg: Config, chunks: int) -> int:
+    """Steps the learning rate decays over: `mntp_epochs` epochs of `chunks` chunks in batches of
+    `mntp_batch_size` (the Trainer's `ceil(num_train_epochs × batches per epoch)`), or `mntp_steps`
+    with `mntp_epochs: 0`. The stage runs `min(mntp_steps, schedule_length)` steps (`stage_steps`)."""
+    if cfg.mntp_epochs == 0:
+        return cfg.mntp_steps
+    return max(1, math.ceil(cfg.mntp_epochs * math.ceil(chunks / cfg.mntp_batch_size)))
+
+
+def stage_steps(cfg: Config, chunks: int) -> int:
+    """The stage's optimizer steps: `mntp_steps`, or fewer when the schedule ends first (as the
+    recipe's Trainer stops at the end of its epochs)."""
+    return min(cfg.mntp_steps, schedule_length(cfg, chunks))
+
+
+def lr_factor(step: int, length: int) -> float:
+    """The share of `mntp_lr` the update after `step` earlier ones uses: transformers'
+    `get_linear_schedule_with_warmup` without warm-up, `(length - step) / length`, 0 from `length` on."""
+    return max(0.0, (length - step) / max(1, length))
+
+
 def targets(labels: torch.Tensor) -> int:
     """How many tokens `mntp_loss` scores: the selected ones after each chunk's first."""
     return int((labels[:, 1:] != -100).sum())
@@ -141,9 +173,9 @@ class Objective(torch.nn.Module):
 
 def objective(encoder, cfg: Config, located: backbones.Located | None) -> Objective:
     """The stage's model: the encoder with its trainable adapter (`with_lora`) and its LM head
-    (`lm_head_for`)."""
+    (`lm_head_for`, trained or frozen by `mntp_head`)."""
     model = with_lora(encoder, cfg)
-    head, _ = lm_head_for(model.get_base_model(), located)
+    head, _ = lm_head_for(model.get_base_model(), located, cfg.mntp_head)
     return Objective(model, head)
 
 
@@ -190,18 +222,25 @@ class LMHead(torch.nn.Linear):
         return logits
 
 
-def lm_head_for(encoder, located: backbones.Located | None) -> tuple[torch.nn.Module, bool]:
-    """(LM head, trainable): the checkpoint's `lm_head.weight` (or the tied input embeddings),
-    frozen as in the recipe; a backbone without one (the tiny model) gets a trainable head that
-    starts from its input embeddings."""
+def head_trains(mode: str, tied: bool) -> bool:
+    """Whether the LM head trains (`mntp_head`): `auto` as the recipe, where get_peft_model freezes
+    the inner model, input embeddings included, and leaves the decoder's own `lm_head` (outside
+    it) to the Trainer: trained unless tied to the embeddings."""
+    return mode == "train" or (mode == "auto" and not tied)
+
+
+def lm_head_for(encoder, located: backbones.Located | None, mode: str = "auto") -> tuple[torch.nn.Module, bool]:
+    """(LM head, trainable): a copy of the checkpoint's `lm_head.weight`, or of the input
+    embeddings where it has none (tied, or the tiny model), trained or frozen by `mode`
+    (`mntp_head`, `head_trains`); a trained head never reaches the saved adapter."""
     embeddings = encoder.get_input_embeddings().weight
     head = LMHead(embeddings.shape[1], embeddings.shape[0], getattr(encoder.config, "final_logit_softcapping", None),
                   device=embeddings.device, dtype=embeddings.dtype)
     weight = backbones.lm_head_weight(located) if located is not None else None
-    tied = getattr(encoder.config, "tie_word_embeddings", False)
+    tied = bool(getattr(encoder.config, "tie_word_embeddings", False))
     with torch.no_grad():
         head.weight.copy_(weight.to(head.weight) if weight is not None else embeddings)
-    trainable = weight is None and not tied
+    trainable = head_trains(mode, tied)
     head.requires_grad_(trainable)
     return head, trainable
 
@@ -232,6 +271,7 @@ def key(cfg: Config, backbone_key: str, train_ids: list[int], train_texts: list[
                         "ids": hashlib.sha256(np.asarray(train_ids, np.int64).tobytes()).hexdigest(),
                         "texts": texts.hexdigest(),
                         "code": source_hash(mask_tokens, mntp_loss, targets, corpus, train_step, share, dropout_seed,
+                                            schedule_length, stage_steps, lr_factor, head_trains, lm_head_for,
                                             train)})
 
 
@@ -288,8 +328,8 @@ def _load_state(folder: Path, model, head, head_trainable: bool) -> dict:
 
 def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], located: backbones.Located | None,
           base_name: str, stage_key: str, progress: bool = True):
-    """Run MNTP (resuming from `mntp_last/` when asked), save `03_train/mntp/`; returns the
-    encoder with the adapter merged, ready for fine-tuning."""
+    """Run MNTP (resuming from `mntp_last/` when asked) for `stage_steps` steps, save
+    `03_train/mntp/`; returns the encoder with the adapter merged, ready for fine-tuning."""
     run = Run.of(cfg)
     out, last = run.mntp, run.mntp_last
     recipe = masking(cfg, tokenizer, encoder.config)
@@ -302,7 +342,8 @@ def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], loc
         checkpoint_activations(model.get_base_model())
     params = [p for p in obj.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.mntp_lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / cfg.mntp_steps))
+    length, total = schedule_length(cfg, len(ids)), stage_steps(cfg, len(ids))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, length))
     generator = torch.Generator().manual_seed(cfg.seed)
     step, epoch, batch, history = 0, 0, 0, []
     if cfg.resume and (last / "state.pt").is_file() and read_key(last) == stage_key:
@@ -316,17 +357,21 @@ def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], loc
     if env.world > 1:
         forward = torch.nn.parallel.DistributedDataParallel(
             forward, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-    every = max(1, cfg.mntp_steps // 10)
+    every = max(1, total // 10)
     report = _Reporter(run.progress, progress and env.master) if env.master else None
     if report:
         report({"event": "mntp_start", "notes": len(train_texts), "chunks": len(ids), "length": cfg.mntp_length,
-                "style": recipe.style, "probability": recipe.probability, "total": cfg.mntp_steps, "step": step})
+                "style": recipe.style, "probability": recipe.probability, "total": total, "step": step,
+                "schedule": length})
     model.train()
+    # a resumed stage adds to what its history counted before the kill
     t0, tokens = time.perf_counter(), 0
-    while step < cfg.mntp_steps:
+    done = history[-1] if history else {}
+    tokens_before, elapsed_before = done.get("tokens", 0), done.get("elapsed_s", 0.0)
+    while step < total:
         order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(cfg.seed + epoch))
         batches = [order[i:i + cfg.mntp_batch_size] for i in range(0, len(order), cfg.mntp_batch_size)]
-        while batch < len(batches) and step < cfg.mntp_steps:
+        while batch < len(batches) and step < total:
             chunks = batches[batch]
             # every rank draws the whole batch's masks (the same draws at any world size), then takes its part
             inputs, labels = mask_tokens(ids[chunks], special[chunks], recipe, len(tokenizer), generator)
@@ -336,18 +381,20 @@ def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], loc
             if not len(inputs):  # still in DDP's all-reduce, with a chunk that scores nothing: a zero gradient
                 inputs, labels = ids[chunks[:1]], torch.full_like(ids[chunks[:1]], -100)
             torch.manual_seed(dropout_seed(cfg.seed, env.rank, step))
+            lr = scheduler.get_last_lr()[0]  # this update's
             loss = train_step(forward, optimizer, params, inputs, labels, env.device, dtype, at=step, scored=scored,
                               world=env.world)
             scheduler.step()
             step, batch = step + 1, batch + 1
             tokens += len(chunks) * cfg.mntp_length
+            elapsed = time.perf_counter() - t0
             history.append({"step": step, "epoch": epoch + batch / len(batches), "loss": float(loss.item()),
-                            "lr": scheduler.get_last_lr()[0],
-                            "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9)})
-            if report and (step % every == 0 or step == cfg.mntp_steps):
-                report({"event": "mntp", "step": step, "total": cfg.mntp_steps, "loss": float(loss.item()),
+                            "lr": lr, "tokens_per_s": tokens / max(elapsed, 1e-9),
+                            "tokens": tokens_before + tokens, "elapsed_s": elapsed_before + elapsed})
+            if report and (step % every == 0 or step == total):
+                report({"event": "mntp", "step": step, "total": total, "loss": float(loss.item()),
                         "tokens_per_s": history[-1]["tokens_per_s"]})
-            if env.master and (step % cfg.save_every == 0 or step == cfg.mntp_steps):
+            if env.master and (step % cfg.save_every == 0 or step == total):
                 _save_state(last, model, head, head_trainable, optimizer, scheduler, step, epoch, batch, history,
                             generator)
                 write_key(last, stage_key)
@@ -363,9 +410,10 @@ def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], loc
 def progress_text(record: dict) -> str:
     """A progress record of the stage as one line (03's notebook and `icdlib run` print it)."""
     if record["event"] == "mntp_start":
+        decay = f", lr decaying linearly over {record['schedule']:,} steps" if record.get("schedule") else ""
         return (f"MNTP on {record['notes']:,} train notes: {record['chunks']:,} chunks of {record['length']} tokens, "
                 f"{record['style']} masking of {record['probability']:.0%}, {record['total']} steps from step "
-                f"{record['step']}")
+                f"{record['step']}{decay}")
     return (f"MNTP step {record['step']}/{record['total']} loss {record['loss']:.4f} "
             f"{record['tokens_per_s'] / 1e3:.1f}k tok/s")
 
@@ -409,3 +457,47 @@ def load_history(run_dir: Path) -> pd.DataFrame | None:
 
 def tokens_per_s(history: pd.DataFrame) -> float:
     return float(history["tokens_per_s"].iloc[-1]) if history is not None and len(history) else math.nan
+
+
+def cost(stage: pd.DataFrame | None, arms: dict[str, pd.DataFrame], model: pd.DataFrame | None = None) -> pd.DataFrame:
+    """What the MNTP arm costs: one row per phase (the MNTP stage, then each fine-tuning: `arms`
+    from `train.mntp_arms`, or without a comparison the model's own history `model`, which
+    started from MNTP) with its optimizer steps, tokens seen (MNTP: chunks × length; fine-tuning:
+    non-padding tokens of the training batches, all processes) and wall time in seconds (the steps,
+    fine-tuning's validations included, as the histories record them: NaN in a run written before
+    they did), and the wall time as a share of the fine-tuning after MNTP's. Empty without a stage."""
+    if stage is None or not len(stage):
+        return pd.DataFrame(columns=["steps", "tokens", "wall_s", "share_of_fine_tuning"])
+    phases = {"MNTP stage": stage}
+    phases.update({f"fine-tuning {name}": h for name, h in arms.items()} if arms else
+                  {"fine-tuning with MNTP": model if model is not None else pd.DataFrame()})
+
+    def last(history: pd.DataFrame, column: str) -> float:
+        return float(history[column].iloc[-1]) if column in history and len(history) else math.nan
+
+    table = pd.DataFrame({name: {"steps": last(h, "step"), "tokens": last(h, "tokens"), "wall_s": last(h, "elapsed_s")}
+                          for name, h in phases.items()}).T
+    table["share_of_fine_tuning"] = table["wall_s"] / table.loc["fine-tuning with MNTP", "wall_s"]
+    table.index.name = "phase"
+    return table
+
+
+def cost_text(table: pd.DataFrame) -> str:
+    """`cost` as one sentence: `MNTP cost 95 s (40% of the fine-tuning's 238 s), 300 steps over 1,228,800 tokens.`"""
+    if not len(table):
+        return "No MNTP stage in this run (`mntp_steps: 0`): no extra compute."
+    stage = table.loc["MNTP stage"]
+    tokens = f" over {stage['tokens']:,.0f} tokens" if math.isfinite(stage["tokens"]) else ""
+    steps = f"{stage['steps']:,.0f} steps{tokens}"
+    if not math.isfinite(stage["wall_s"]):
+        return f"MNTP ran {steps}; its wall time is not recorded (a run written before icdlib recorded it)."
+    tuned = table.loc["fine-tuning with MNTP", "wall_s"]
+    share = (f" ({stage['share_of_fine_tuning']:.0%} of the {tuned:,.0f} s the fine-tuning after it took)"
+             if math.isfinite(tuned) and tuned > 0 else "")
+    text = f"MNTP cost {stage['wall_s']:,.0f} s{share}, {steps}."
+    without = table["wall_s"].get("fine-tuning without MNTP", math.nan)
+    if math.isfinite(tuned) and math.isfinite(without):
+        text += (f" The arm with MNTP took {stage['wall_s'] + tuned:,.0f} s in all, the arm without it "
+                 f"{without:,.0f} s.")
+    return text
+

@@ -159,8 +159,10 @@ def prepare(cfg: Config, env: Env | None = None, with_mntp: bool = True, progres
     where = checkpoint.backbone_record(path, base, encoder, fmt)
     if key:
         where["cache_key"] = key
-    encoder = backbones.make_trainable(encoder, cfg, cfg.adapter_path)
+    # the fine-tuning's fresh weights (LoRA, head) from the seed alone, whatever loading the backbone
+    # drew (an MNTP stage or none): both arms of mntp_compare start from the same ones
     torch.manual_seed(cfg.seed)
+    encoder = backbones.make_trainable(encoder, cfg, cfg.adapter_path)
     coder = ICDCoder(encoder, len(label_codes), cfg.head, cfg.attention_dim)
     train_share = pre.labels["n_train"].to_numpy() / max(1, int((notes["split"] == "train").sum()))
     coder.init_bias(torch.as_tensor(train_share, dtype=torch.float32))
@@ -612,7 +614,8 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True, run
             trainer_state = {"optimizer": moments, "scheduler": scheduler.state_dict(), "step": step,
                              "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best_value": best_value, "stale": stale,
                              "history": history, "rng": streams[0], "rng_ranks": streams, "scaler": scaler.state_dict(),
-                             "processes": env.world}
+                             "processes": env.world, "tokens": tokens_before + tokens_seen * env.world,
+                             "elapsed_s": elapsed_before + time.perf_counter() - t0}
             with checkpoint.full_disk_said(step, last, best):
                 checkpoint.save(last, coder, cfg, prep.labels, prep.backbone, prep.tokenizer, trainer_state, weights)
         distributed.barrier(env)  # the others wait here (long timeout), not in the next step's all-reduce
@@ -627,6 +630,8 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True, run
     model.train()
     done = step >= steps
     t0, tokens_seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+    # a resumed fit adds to what the fit before it counted up to last/ (the cost `mntp.cost` compares)
+    tokens_before, elapsed_before = (state or {}).get("tokens", 0), (state or {}).get("elapsed_s", 0.0)
     while not done:
         sampler.set_epoch(epoch)
         micro = 0
@@ -665,6 +670,8 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True, run
                 val = score(model, prep.tokens["val"], cfg, env, pad_id, fmt=prep.fmt)
                 row = {"step": step, "epoch": epoch + (b + 1) / n_batches, "train_loss": loss_sum / loss_n,
                        "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_seen * env.world / max(elapsed, 1e-9),
+                       "tokens": tokens_before + tokens_seen * env.world,
+                       "elapsed_s": elapsed_before + time.perf_counter() - t0,  # this validation included
                        **{f"val_{k}": v for k, v in metrics.compute(y_val, val, cfg.threshold).items()
                           if k not in ("n_docs", "n_labels", "threshold", "label_set")}}
                 history.append(row)

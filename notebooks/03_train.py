@@ -27,9 +27,11 @@ history = train.run(cfg)
 # %% [markdown]
 # ## MNTP stage
 # With `mntp_steps` > 0 the backbone first learns to predict masked tokens of the train notes (never
-# val or test), LLM2Vec's recipe; its adapter is `03_train/mntp/`. With `mntp_compare` the same
-# fine-tuning ran twice, from the backbone with and without the stage (`03_train/with_mntp/` or
-# `without_mntp/` holds the one that is not this run's model).
+# val or test), LLM2Vec's recipe (its learning-rate schedule and LM head included: `mntp_epochs`,
+# `mntp_head`); its adapter is `03_train/mntp/`. With `mntp_compare` the same fine-tuning ran twice,
+# from the backbone with and without the stage (`03_train/with_mntp/` or `without_mntp/` holds the one
+# that is not this run's model): both start from the same fresh weights (LoRA, head) and see the same
+# batches in the same order, so the adapter merged underneath is the only difference.
 
 # %%
 from icdlib import mntp
@@ -38,8 +40,21 @@ report.mntp_history(mntp.load_history(cfg.run_dir), train.mntp_arms(cfg, history
 # %% [markdown]
 # *How to read it:* left, the MNTP loss (cross-entropy of each masked token predicted from the position
 # before it) against the MNTP step: it should fall well below where it starts. Right, the validation
-# metric of the two fine-tunings, with and without the stage, on the same split, labels and budget: the
-# gap is what MNTP buys (or costs) this backbone; 04 scores both on test.
+# metric of the two fine-tunings, with and without the stage, on the same split, labels, budget, initial
+# weights and batch order: the gap is what MNTP buys (or costs) this backbone with this seed (one seed:
+# a small gap may be noise); 04 scores both on test.
+
+# %%
+cost = mntp.cost(mntp.load_history(cfg.run_dir), train.mntp_arms(cfg, history), history)
+print(mntp.cost_text(cost))
+cost
+
+# %% [markdown]
+# *How to read it:* what the MNTP arm costs on top of fine-tuning, from the run's histories: one row per
+# phase with its optimizer steps, the tokens it read (MNTP: chunks × `mntp_length`; fine-tuning: the
+# notes' tokens without padding) and its wall time in seconds (fine-tuning's validations included);
+# `share_of_fine_tuning` divides each phase's time by that of the fine-tuning after MNTP. A stage reused
+# from an earlier run shows the time it took then.
 
 # %% [markdown]
 # ## Truncation

@@ -269,6 +269,19 @@ def test_the_mntp_stage_is_planned_too():
     assert result.peak == result.stages[0].total > result.stages[1].total
 
 
+def test_the_mntp_stage_counts_the_lm_head_as_the_recipe_trains_it():
+    """`mntp_head: auto`: Qwen3-8B's own head (151,936 × 4,096, bf16) trains: weight, gradient and
+    AdamW's two moments, 4 × 2 B a parameter; MedGemma's is tied to its embeddings: frozen, 2 B."""
+    def head(name, **over):
+        stage = memory_plan.plan(config.resolve(name, over), "cuda").stages[0]
+        return {t.name: t.bytes for t in stage.terms if t.name.startswith("LM head")}
+
+    assert head("qwen3") == {"LM head + grad + AdamW": 151_936 * 4096 * 8}
+    assert head("qwen3", mntp_head="frozen") == {"LM head (frozen)": 151_936 * 4096 * 2}
+    assert head("medgemma") == {"LM head (frozen)": 262_208 * 5376 * 2}
+    assert head("medgemma", mntp_head="train") == {"LM head + grad + AdamW": 262_208 * 5376 * 8}
+
+
 def test_plan_command_prints_the_arithmetic_and_exits_by_the_verdict(capsys):
     assert main(["plan", "--backbone", "llama3", "--gpu-memory", "80"]) == 0
     out = capsys.readouterr().out

@@ -134,6 +134,9 @@ def test_adapter_has_mcgills_layout_and_loads_as_their_mntp_folders_do(tmp_path)
     assert set(adapter["target_modules"]) == set(config.SEVEN_PROJECTIONS)
     keys = load_file(folder / "adapter_model.safetensors").keys()
     assert keys and all(k.startswith("base_model.model.layers.") for k in keys)
+    # the LM head trained (the tiny backbone's own, mntp_head: auto) but, as the recipe saves, not in the adapter
+    assert not [k for k in keys if "head" in k]
+    assert "lm_head.weight" in load_file(Run.of(cfg).mntp_last / "weights.safetensors")
     assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
     # the folder is a model_path, as McGill's -mntp repositories are: the same encoder outputs
     loaded, _ = backbones.load(folder, base_model_path=base)
@@ -176,6 +179,8 @@ def test_kill_and_resume_equals_an_uninterrupted_stage(tmp_path, monkeypatch):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert mntp.load_history(whole.run_dir)["loss"].tolist() == mntp.load_history(broken.run_dir)["loss"].tolist()
+    assert mntp.load_history(whole.run_dir)["tokens"].tolist() == mntp.load_history(broken.run_dir)["tokens"].tolist()
+    assert mntp.load_history(broken.run_dir)["elapsed_s"].is_monotonic_increasing
 
 
 @pytest.mark.parametrize("arm", ["without", "with"])
@@ -197,6 +202,11 @@ def test_comparison_is_a_second_fine_tuning_of_the_same_split(tmp_path, arm):
     assert with_mntp.endswith("03_train/mntp") and without.endswith("03_train/backbone")
     arms = train.mntp_arms(cfg, train.load_history(cfg.run_dir))
     assert set(arms) == {"with MNTP", "without MNTP"} and all(len(h) for h in arms.values())
+    cost = mntp.cost(mntp.load_history(cfg.run_dir), arms)
+    assert cost.loc["MNTP stage", "tokens"] == cfg.mntp_steps * cfg.mntp_batch_size * cfg.mntp_length
+    tuned = cost.loc[["fine-tuning with MNTP", "fine-tuning without MNTP"], "tokens"].tolist()
+    assert tuned[0] == tuned[1] > 0  # the same batches
+    assert (cost["wall_s"] > 0).all() and cost.loc["fine-tuning with MNTP", "share_of_fine_tuning"] == 1.0
     ev = evaluate.run(cfg)
     assert ev.results[MNTP_ARMS[arm]]["test_tuned"]["n_docs"] == ev.results["test"]["n_docs"]
     assert any(name.startswith(f"icdlib {arm} MNTP test @tuned") for name in evaluate.systems(ev))
@@ -402,3 +412,154 @@ def test_a_last_older_than_the_mntp_stage_names_what_to_remove(tmp_path, monkeyp
         train.fit(resumed, progress=False)
     assert str(e.value) == ("resume=true but 03_train/last is older than the MNTP stage's 03_train/mntp_last: remove "
                             "03_train/last to resume the stage and fine-tune after it, or set resume=false to start over")
+
+
+# ---------------------------------------------------------------- the recipe's schedule and head, fair arms (issue 22)
+
+def test_lr_is_the_recipes_three_epoch_linear_decay_cut_at_mntp_steps():
+    """llm2vec's MNTP configs leave the Trainer's learning-rate defaults: linear decay from the
+    rate to 0 without warm-up over ceil(3 epochs × batches per epoch) steps (transformers'
+    get_linear_schedule_with_warmup), and stop_after_n_steps ends training before that."""
+    from dataclasses import replace
+
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg = config.Config(mntp_steps=10, mntp_batch_size=4)
+    assert mntp.schedule_length(cfg, 70) == 54  # 18 batches per epoch (the last of 2 chunks), 3 epochs
+    assert mntp.stage_steps(cfg, 70) == 10
+    assert mntp.stage_steps(replace(cfg, mntp_steps=100), 70) == 54  # the epochs end first, as in the Trainer
+    assert mntp.schedule_length(replace(cfg, mntp_epochs=1.5), 70) == 27
+    assert mntp.schedule_length(replace(cfg, mntp_epochs=0.0), 70) == 10  # 0: the decay over mntp_steps
+    ours = [mntp.lr_factor(s, 54) for s in range(56)]
+    assert ours[:3] == [1.0, 53 / 54, 52 / 54] and ours[53] == 1 / 54 and ours[54:] == [0.0, 0.0]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=5e-5)
+    reference = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=54)
+    theirs = []
+    for _ in range(56):
+        theirs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        reference.step()
+    assert theirs == pytest.approx([5e-5 * f for f in ours], rel=1e-12, abs=0)
+
+
+def test_the_stage_runs_the_schedule_and_records_each_steps_rate_and_cost(tmp_path):
+    """70 chunks in batches of 4 (18 per epoch), `mntp_epochs: 1`: the rate decays over 18 steps and
+    the stage stops there although `mntp_steps` asks 30; history.csv holds each update's rate,
+    the tokens read so far and the wall time."""
+    cfg = small_cfg(tmp_path, "lr", **DDP, mntp_steps=30, mntp_epochs=1.0, mntp_lr=2e-3, max_steps=1)
+    notes = preprocess.load(cfg.run_dir).notes
+    train.load_backbone(cfg, Env(torch.device("cpu")), notes[notes["split"] == "train"], progress=False)
+    start = [json.loads(line) for line in Run.of(cfg).progress.read_text().splitlines()][0]
+    assert (start["chunks"], start["total"], start["schedule"]) == (70, 18, 18)
+    history = mntp.load_history(cfg.run_dir)
+    assert history["step"].tolist() == list(range(1, 19))
+    assert history["lr"].tolist() == pytest.approx([2e-3 * (18 - s) / 18 for s in range(18)], rel=1e-12, abs=0)
+    assert history["tokens"].tolist() == [min(4 * s, 70) * 128 for s in range(1, 19)]  # the last batch: 2 chunks
+    assert (history["elapsed_s"].diff().dropna() > 0).all()
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_lm_head_trains_where_the_recipes_trainer_trains_it(tmp_path, tied):
+    """llm2vec's run_mntp.py puts LoRA on the inner model (`model.model = initialize_peft(model.model)`):
+    peft freezes that model, its input embeddings included, and leaves the outer `lm_head` trainable
+    unless it is tied to them. icdlib's objective (`mntp_head: auto`) trains its copy of the head in
+    exactly that case, from the checkpoint's weights, and an update changes it; `frozen` and `train`
+    force either way."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
+
+    torch.manual_seed(0)
+    shape = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+                        tie_word_embeddings=tied)
+    recipe = LlamaForCausalLM(shape)
+    recipe.save_pretrained(tmp_path)
+    with backbones.quiet():
+        recipe.model = get_peft_model(recipe.model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, bias="none",
+                                                               target_modules=list(config.SEVEN_PROJECTIONS)))
+    theirs = {n for n, p in recipe.named_parameters() if p.requires_grad and "lora_" not in n}
+    assert theirs == (set() if tied else {"lm_head.weight"})
+
+    located = backbones.Located(str(tmp_path), "", str(tmp_path), {}, "")
+    obj = mntp.objective(LlamaModel.from_pretrained(tmp_path), config.Config(), located)
+    ours = {n for n, p in obj.named_parameters() if p.requires_grad and "lora_" not in n}
+    assert ours == (set() if tied else {"head.weight"})
+    assert torch.equal(obj.head.weight, recipe.lm_head.weight)
+    before = obj.head.weight.detach().clone()
+    params = [p for p in obj.parameters() if p.requires_grad]
+    ids = torch.randint(50, (2, 16), generator=torch.Generator().manual_seed(0))
+    inputs, labels = mntp.mask_tokens(ids, torch.zeros_like(ids, dtype=torch.bool), mntp.Masking("bert", 0.5, 3), 50,
+                                      torch.Generator().manual_seed(0))
+    mntp.train_step(obj, torch.optim.AdamW(params, lr=1e-2), params, inputs, labels, torch.device("cpu"),
+                    torch.float32)
+    assert torch.equal(obj.head.weight, before) == tied
+    base = obj.encoder.get_base_model()
+    assert [mntp.lm_head_for(base, located, mode)[1] for mode in ("frozen", "train")] == [False, True]
+
+
+def test_mntp_head_frozen_is_the_stages_parameter(tmp_path):
+    """`mntp_head: frozen` keeps the tiny backbone's head out of the optimizer: mntp_last/ then holds
+    the adapter alone, and the stage's key differs from the default's (a finished stage is redone)."""
+    cfg = small_cfg(tmp_path, "frozen", mntp_head="frozen", mntp_steps=3, save_every=3, max_steps=1)
+    notes = preprocess.load(cfg.run_dir).notes
+    train.load_backbone(cfg, Env(torch.device("cpu")), notes[notes["split"] == "train"], progress=False)
+    assert "lm_head.weight" not in load_file(Run.of(cfg).mntp_last / "weights.safetensors")
+    default = small_cfg(tmp_path, "auto", mntp_steps=3, max_steps=1)
+    assert mntp.key(cfg, "b", [1], ["x"]) != mntp.key(default, "b", [1], ["x"])
+
+
+def test_both_arms_start_from_the_same_weights_and_batches(tmp_path, monkeypatch):
+    """mntp_compare: the fine-tuning with MNTP and the one without start from the same fresh LoRA and
+    head weights and train on the same batches in the same order; the backbone underneath differs
+    (the MNTP adapter merged in)."""
+    from icdlib.data import LengthBucketSampler
+
+    cfg = small_cfg(tmp_path, "fair", train_backbone="lora", mntp_compare="with", baseline=False, max_steps=4,
+                    eval_every=4, save_every=4)
+    starts, orders = [], []
+    real_loop, real_iter = train.train_loop, LengthBucketSampler.__iter__
+
+    def loop(cfg, prep, env, progress=True, run=None):
+        starts.append({n: p.detach().clone() for n, p in prep.coder.named_parameters()})
+        orders.append([])
+        return real_loop(cfg, prep, env, progress, run)
+
+    def batches(self):
+        for batch in real_iter(self):
+            if self.shuffle:
+                orders[-1].append(list(batch))
+            yield batch
+
+    monkeypatch.setattr(train, "train_loop", loop)
+    monkeypatch.setattr(LengthBucketSampler, "__iter__", batches)
+    train.fit(cfg, progress=False)
+    without, with_mntp = starts
+    assert without.keys() == with_mntp.keys()
+    fresh = [n for n in without if "lora_" in n or n.startswith("head.")]
+    assert any("lora_" in n for n in fresh) and any(n.startswith("head.") for n in fresh)
+    for name in fresh:
+        assert torch.equal(without[name], with_mntp[name]), name
+    assert any(not torch.equal(without[n], with_mntp[n]) for n in without if n not in fresh)
+    assert len(orders[0]) == 4 and orders[0] == orders[1]
+
+
+def test_cost_states_the_mntp_arms_extra_compute():
+    stage = pd.DataFrame({"step": [1, 2], "tokens": [512, 1024], "elapsed_s": [10.0, 30.0]})
+    with_mntp = pd.DataFrame({"step": [3, 6], "tokens": [900, 1800], "elapsed_s": [40.0, 120.0]})
+    without = pd.DataFrame({"step": [3, 6], "tokens": [900, 1700], "elapsed_s": [45.0, 100.0]})
+    table = mntp.cost(stage, {"without MNTP": without, "with MNTP": with_mntp})
+    assert list(table.index) == ["MNTP stage", "fine-tuning without MNTP", "fine-tuning with MNTP"]
+    assert table.loc["MNTP stage"].tolist() == [2, 1024, 30.0, 0.25]
+    assert table.loc["fine-tuning without MNTP"].tolist() == [6, 1700, 100.0, 100 / 120]
+    assert mntp.cost_text(table) == ("MNTP cost 30 s (25% of the 120 s the fine-tuning after it took), 2 steps over "
+                                     "1,024 tokens. The arm with MNTP took 150 s in all, the arm without it 100 s.")
+    alone = mntp.cost(stage, {}, with_mntp)  # no comparison: the model's own fine-tuning, after MNTP
+    assert list(alone.index) == ["MNTP stage", "fine-tuning with MNTP"]
+    assert mntp.cost_text(alone) == ("MNTP cost 30 s (25% of the 120 s the fine-tuning after it took), 2 steps over "
+                                     "1,024 tokens.")
+    older = mntp.cost(stage[["step"]], {}, with_mntp[["step"]])  # histories written before the columns
+    assert mntp.cost_text(older) == ("MNTP ran 2 steps; its wall time is not recorded (a run written before icdlib "
+                                     "recorded it).")
+    assert mntp.cost(None, {}, with_mntp).empty
+    assert mntp.cost_text(mntp.cost(None, {}, with_mntp)) == ("No MNTP stage in this run (`mntp_steps: 0`): no extra "
+                                                              "compute.")

@@ -255,7 +255,8 @@ MNTP = {"mntp_steps": 4, "mntp_length": 32, "mntp_batch_size": 4, "mntp_lr": 1.0
 
 def test_mntp_continues_mcgills_adapter_and_its_folder_is_a_model_path(llama, tmp_path):
     """With a McGill -mntp model_path, MNTP keeps training that adapter (unmerged) on its base with
-    the checkpoint's own frozen LM head; 03_train/mntp/ then loads exactly like the McGill folder."""
+    the checkpoint's own LM head (trained beside it, as the recipe does, and not saved); 03_train/mntp/
+    then loads exactly like the McGill folder."""
     from peft import PeftModel
     from safetensors.torch import load_file
 

@@ -58,7 +58,7 @@ def kill_at_fifth_step(cfg, monkeypatch) -> None:
 @pytest.mark.parametrize("train_backbone", ["full", "lora"])
 def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, train_backbone):
     whole = small_cfg(tmp_path, "whole", train_backbone=train_backbone)
-    train.fit(whole, progress=False)
+    uninterrupted = train.fit(whole, progress=False)
 
     broken = small_cfg(tmp_path, "broken", train_backbone=train_backbone)
     kill_at_fifth_step(broken, monkeypatch)
@@ -67,6 +67,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, trai
                                           "train_backbone": train_backbone, "resume": True})
     history = train.fit(resumed, progress=False)
     assert history["step"].tolist() == [3, 6]
+    assert history["tokens"].tolist() == uninterrupted["tokens"].tolist()  # counted on from last/
 
     a = trainable_weights(whole.run_dir / "03_train/last")
     b = trainable_weights(broken.run_dir / "03_train/last")

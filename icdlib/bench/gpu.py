@@ -365,8 +365,8 @@ def train_runs(coder, cfg, batch, steps: int, runs: int, warmup: int, device, dt
 def mntp_runs(obj, cfg, masking: str, vocab: int, steps: int, runs: int, warmup: int, device, dtype,
               say) -> tuple[list[float], float]:
     """Tokens/s of MNTP steps (`mntp.train_step`: masking, loss over the masked positions through
-    a frozen LM head, LoRA, AdamW, clipping) on the objective `obj`, `mntp_batch_size` chunks of
-    `mntp_length` tokens per step; and the last loss."""
+    the LM head, AdamW on LoRA and on the head when it trains, clipping) on the objective `obj`,
+    `mntp_batch_size` chunks of `mntp_length` tokens per step; and the last loss."""
     from icdlib import mntp
 
     params = [p for p in obj.parameters() if p.requires_grad]
@@ -561,12 +561,12 @@ def _run(plan, repeats, warmup, progress, device, dtype, device_name, device_gb,
 
         # ---- the MNTP stage on a fresh bf16 backbone, checkpointing on and off
         _free(device)
-        obj = mntp.objective(build_base(shape, device, dtype), cfg, None)
-        obj.head.requires_grad_(False)  # a real checkpoint's LM head stays frozen in the recipe
+        obj = mntp.objective(build_base(shape, device, dtype), cfg, None)  # the LM head trains as the recipe's
         masking = cfg.mntp_masking if cfg.mntp_masking != "auto" else (
             "all_mask" if shape["arch"] == "mistral" else "bert")  # `mntp.masking`'s choice, without a tokenizer
-        system = (f"MNTP stage: bf16 weights, LoRA, {cfg.mntp_batch_size} chunks × {cfg.mntp_length} tokens per "
-                  f"step, {masking} masking")
+        trained = "LoRA + LM head" if obj.head.weight.requires_grad else "LoRA, frozen LM head"
+        system = (f"MNTP stage: bf16 weights, {trained}, {cfg.mntp_batch_size} chunks × {cfg.mntp_length} tokens "
+                  f"per step, {masking} masking")
         arms = {}
         for on in (True, False):
             set_checkpointing(obj.encoder, on)
