@@ -74,8 +74,7 @@ def check_predictions(run: Run) -> str:
         path = run.predictions(split)
         if not path.is_file():
             raise DataError(f"{run.rel(path)} does not exist: run 03_train for this run first")
-        with np.load(path) as z:
-            scored_by = str(z["best"]) if "best" in z.files else None
+        scored_by = record.scored_by(path)
         if scored_by != best_id:
             what = "names no best/ (written by an older icdlib)" if scored_by is None else \
                 f"was scored by an earlier best/ than {run.rel(best)} (a later 03 run stopped before scoring)"
