@@ -386,6 +386,27 @@ ol li{margin:.4em 0}.missing{color:#999}code{background:#f3f3f3;padding:0 .2em}
 .stale{color:#a33}"""
 
 
+def seed_spread_rows(metrics: dict, split: str) -> list[str]:
+    """The index's row of mean ± sd (sample sd) over the run's training seeds, each at its own tuned
+    threshold (metrics.json's `seed_spread`, as the model's row above it is); none for one seed."""
+    import html
+
+    from icdlib import report
+
+    seeds, spread = metrics.get("seeds") or {}, (metrics.get("seed_spread") or {}).get(f"{split}_tuned")
+    if len(seeds) < 2 or not spread:
+        return []
+
+    def cell(s: dict | None) -> str:
+        if not s or s.get("mean") is None:
+            return "n/a"
+        return f"{report._f(s['mean'])} ± {report._f(s.get('sd'))}"
+
+    name = f"icdlib, mean ± sd over seeds {', '.join(seeds)} ({split}, each at its tuned threshold)"
+    return [f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{cell(spread.get(k))}</td>"
+                                                         for k, _ in report.SUMMARY_METRICS) + "</tr>"]
+
+
 def write_index(cfg: Config) -> Path:
     """`<run>/reports/index.html`: one self-contained page (no script, no external file) linking the
     five reports, with the headline metrics of the model and the baseline, what the run shows, and
@@ -413,9 +434,10 @@ def write_index(cfg: Config) -> Path:
         if (metrics.get("baseline") or {}).get(f"{split}_tuned"):
             systems[f"TF-IDF baseline ({split}, tuned threshold)"] = metrics["baseline"][f"{split}_tuned"]
         head = "".join(f"<th>{esc(name)}</th>" for _, name in report.SUMMARY_METRICS)
-        rows = "".join(f"<tr><td>{esc(system)}</td>" + "".join(
-            f"<td>{report._f(m.get(k))}</td>" for k, _ in report.SUMMARY_METRICS) + "</tr>" for system, m in systems.items())
-        parts.append(f"<table><thead><tr><th>system</th>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        rows = [f"<tr><td>{esc(system)}</td>" + "".join(
+            f"<td>{report._f(m.get(k))}</td>" for k, _ in report.SUMMARY_METRICS) + "</tr>" for system, m in systems.items()]
+        rows[1:1] = seed_spread_rows(metrics, split)  # under the model's row
+        parts.append(f"<table><thead><tr><th>system</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
         text = report.summary(metrics=metrics, synthetic=synthetic, dataset=dataset).html.split("</h3>", 1)[-1]
         parts.append(f"<div class='summary'>{text}</div>")
     elif not run.checkpoint("best").is_dir() and not run.metrics.is_file():

@@ -840,6 +840,38 @@ def macro_f1_gap(m: dict, split: str) -> Shown:
     return Shown(text, markdown=text)
 
 
+ONE_SEED = ("One seed: no spread. Train several (`python -m icdlib run ... --seeds 0 1 2`, or `-p seeds=[0,1,2]`) "
+            "to see how much the metrics move with the seed alone.")
+
+
+def seed_spread_table(results: dict, key: str = "test_tuned") -> pd.DataFrame | Shown:
+    """The metrics of every training seed (metrics.json's `seeds`) under `key` (`test_tuned`,
+    `test_tuned_edin`, ...), in percent with 2 decimals, one row per seed (the first is the run's
+    model), then their `mean ± sd` (`seed_spread`: sample sd, ddof=1, as Edin et al. report; `(n=k)`
+    where a metric is defined for k seeds only). A Shown saying there is no spread with fewer than
+    two seeds."""
+    seeds = results.get("seeds") or {}
+    if len(seeds) < 2:
+        return Shown(ONE_SEED, markdown=ONE_SEED)
+
+    def cell(value) -> str:
+        value = _num(value)
+        return "–" if value is None else f"{100 * value:.2f}"
+
+    def spread(s: dict | None) -> str:
+        if not s or s.get("mean") is None:
+            return "–"
+        sd = "–" if s.get("sd") is None else f"{100 * s['sd']:.2f}"
+        return f"{100 * s['mean']:.2f} ± {sd}" + (f" (n={s['n']})" if s["n"] < len(seeds) else "")
+
+    rows = {f"seed {seed}" + (" (the model)" if i == 0 else ""): [cell(r[key].get(m)) for m in TABLE_METRICS]
+            for i, (seed, r) in enumerate(seeds.items())}
+    rows[f"mean ± sd ({len(seeds)} seeds)"] = [spread(results["seed_spread"][key].get(m)) for m in TABLE_METRICS]
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=[TABLE_NAMES[m] for m in TABLE_METRICS])
+    table.index.name = key
+    return table
+
+
 def metrics_caption(m: dict, split: str, benchmark: str = "none", synthetic: bool = False,
                     dataset: str = "mimic3") -> str:
     """The line above the metrics table: the split scored, `n_docs`, `n_labels` with the label set
