@@ -23,7 +23,7 @@ def cmd_run(args) -> None:
     from icdlib import backbones, config, pipeline
 
     pipeline.require_notebook_stack()
-    params = _overrides(args.param)
+    params = with_seeds(_overrides(args.param), args.seeds)
     if args.output_root:
         params["output_root"] = args.output_root
     params = config.absolute_paths(params)  # relative paths mean: from here, in every notebook
@@ -56,6 +56,15 @@ def cmd_compare(args) -> None:
     print(f"[icdlib] every run and comparison of {index.parent}: {index}")
     for line in result.get("summary", []):
         print(f"[icdlib] {line}")
+
+
+def with_seeds(params: dict, seeds: list[int] | None) -> dict:
+    """`params` with `--seeds` as the `seeds` parameter; refused when `-p seeds=` says otherwise."""
+    if seeds is None:
+        return params
+    if "seeds" in params and params["seeds"] != seeds:
+        raise IcdlibError(f"--seeds {' '.join(map(str, seeds))} and -p seeds={params['seeds']} disagree: give one")
+    return {**params, "seeds": seeds}
 
 
 def cmd_synth(args) -> None:
@@ -104,7 +113,7 @@ def cmd_train(args) -> None:
     path = Run(run_dir).config
     if not path.is_file():
         raise IcdlibError(f"{path} does not exist: run 01_preprocess (and config.load) for this run first")
-    overrides = _overrides(args.param)
+    overrides = with_seeds(_overrides(args.param), args.seeds)
     if {"output_root", "run"} & set(overrides):
         raise IcdlibError("train trains in the run folder it reads: name it with RUN and --output-root, or "
                           "--run-dir, not with -p output_root=/run=")
@@ -177,6 +186,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",
                    help="override a parameter, value read as YAML (repeatable), e.g. -p max_steps=50")
     r.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks, e.g. --only 04 05")
+    r.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                   help="train one model per seed (its LoRA/head initialisation, data order, dropout) in the same run "
+                        "folder, e.g. --seeds 0 1 2: the first is the run's model, the others go to 03_train/seed_<s>/; "
+                        "04 reports each and their mean ± sd (default: one model, trained with -p seed)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
 
@@ -224,6 +237,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir", default="", help="the run folder itself (instead of RUN): trains and writes there")
     t.add_argument("--run", dest="run_option", default="", help=argparse.SUPPRESS)  # the old spelling, without torchrun
     t.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
+    t.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                   help="train one model per seed (its LoRA/head initialisation, data order, dropout) in the same run "
+                        "folder, e.g. --seeds 0 1 2: the first is the run's model, the others go to 03_train/seed_<s>/; "
+                        "04 reports each and their mean ± sd (default: one model, trained with -p seed)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 

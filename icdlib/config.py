@@ -155,6 +155,10 @@ class Config:
     #   before loading anything when the run would not fit; false trains anyway
     keep_effective_batch: bool = False  # true: grad_accum is divided among the processes, so a step is
     #   batch_size × grad_accum notes on any number of GPUs and lr/warmup_steps/eval_every keep their meaning
+    seeds: list[int] = field(default_factory=list)  # training seeds, one model each (mean ± sd in 04); empty: one
+    #   model trained with `seed`. The first is the run's model (03_train/best/), each other one goes to
+    #   03_train/seed_<s>/; a seed sets the head's and LoRA's initial weights, the data order and dropout, while
+    #   the split, the tiny backbone and the MNTP stage stay those of `seed` (trained once, shared)
 
     # evaluation
     threshold: float = 0.5
@@ -168,6 +172,11 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return Path(self.output_root or OUTPUTS_DIR) / self.run_name
+
+    @property
+    def training_seeds(self) -> list[int]:
+        """The seeds step 03 fine-tunes with, the run's model's first: `seeds`, or `[seed]` when empty."""
+        return list(self.seeds) or [self.seed]
 
     @property
     def synthetic(self) -> bool:
@@ -218,7 +227,7 @@ _TYPES = typing.get_type_hints(Config)
 _FIELDS = [f.name for f in dataclasses.fields(Config)]
 
 # What a number must be beyond its type: (test, the rule as the error states it). Every int and
-# float key is here; a float must also be finite.
+# float key is here (and `seeds`, a list of them); a float must also be finite.
 _AT_LEAST_0 = (lambda v: v >= 0, "at least 0")
 _AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
 _POSITIVE = (lambda v: v > 0, "positive")
@@ -261,6 +270,7 @@ RANGES = {
     "mntp_lr": _POSITIVE,
     "bootstrap": _AT_LEAST_0,  # 0: no intervals
     "mntp_epochs": _AT_LEAST_0,
+    "seeds": (lambda v: all(x >= 0 for x in v) and len(set(v)) == len(v), "distinct non-negative integers"),
 }
 
 
@@ -363,7 +373,7 @@ def read_params_file(path: Path) -> dict:
 
 
 def _type_name(tp) -> str:
-    return "list of str" if typing.get_origin(tp) is list else tp.__name__
+    return f"list of {typing.get_args(tp)[0].__name__}" if typing.get_origin(tp) is list else tp.__name__
 
 
 def _check_value(key: str, value, source: str):
@@ -371,7 +381,8 @@ def _check_value(key: str, value, source: str):
     tp = _TYPES[key]
     ok = False
     if typing.get_origin(tp) is list:
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        item = typing.get_args(tp)[0]
+        ok = isinstance(value, list) and all(isinstance(v, item) and not isinstance(v, bool) for v in value)
     elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value

@@ -39,6 +39,14 @@ comparison table (`systems`) shows the `_edin` ones when the run's benchmark is 
 (`EDIN_BENCHMARKS`), whose published rows were measured that way. The threshold is tuned once, on
 every code of val, as Edin et al. tune theirs.
 
+With several training seeds (`seeds`, read from 03's manifest), the main keys above stay the run's
+model's, the first seed's, and two more are written (`score_seeds`): `seeds`, {"<seed>": {`threshold`
+(its own, tuned on its val), `val`, `val_edin`, `val_tuned`, ..., `test_tuned_edin`}} for every seed,
+the first's equal to the main keys; and `seed_spread`, {"test_tuned": {"f1_micro": {"mean", "sd",
+"n"}, ...}, ...} for each of those entries and each metric: the mean and the sample standard
+deviation (ddof=1, as Edin et al. report theirs) over the `n` seeds where the metric is defined
+(`seed_spread`). A run without `seeds` has neither key.
+
 Both refuse, in one line, predictions older than `03_train/best/` (a 03 rerun that stopped after
 writing new checkpoints), and artifacts their upstream manifests do not describe (`icdlib.record`).
 Training the baseline is its own call (`baseline.fit_for`): `score_all` only scores.
@@ -56,7 +64,7 @@ from icdlib import analysis, metrics, preprocess, provenance, record
 from icdlib.config import BENCHMARKS, Config
 from icdlib.errors import DataError
 from icdlib.labels import multi_hot
-from icdlib.runfolder import MNTP_ARMS, SCORED_SPLITS, Run, atomic_path, atomic_write_text, tree_hash
+from icdlib.runfolder import MNTP_ARMS, SCORED_SPLITS, Run, atomic_path, atomic_write_text, seed_variant, tree_hash
 
 STEP = "04_evaluate"
 PARAMS = ("threshold", "baseline", "seed", "bootstrap")  # what step 04's output depends on besides its inputs
@@ -99,8 +107,7 @@ def check_predictions(run: Run) -> str:
         path = run.predictions(split)
         if not path.is_file():
             raise DataError(f"{run.rel(path)} does not exist: run 03_train for this run first")
-        with np.load(path) as z:
-            scored_by = str(z["best"]) if "best" in z.files else None
+        scored_by = record.scored_by(path)
         if scored_by != best_id:
             what = "names no best/ (written by an older icdlib)" if scored_by is None else \
                 f"was scored by an earlier best/ than {run.rel(best)} (a later 03 run stopped before scoring)"
@@ -138,16 +145,22 @@ def both_label_sets(key: str, y_true: np.ndarray, y_score: np.ndarray, threshold
             key + EDIN: metrics.compute(y_true, y_score, threshold, label_set="edin")}
 
 
+def scored(ev: Evaluation, scores: dict[str, np.ndarray], threshold: float) -> dict:
+    """Metrics of one model's `scores` (split → matrix): `threshold` tuned on its own val scores,
+    then each split at the fixed `threshold` and at the tuned one, under both label sets."""
+    tuned = metrics.tune_threshold(ev.splits["val"].y_true, scores["val"])
+    out = {"threshold": tuned}
+    for split, s in ev.splits.items():
+        out.update(both_label_sets(split, s.y_true, scores[split], threshold))
+        out.update(both_label_sets(f"{split}_tuned", s.y_true, scores[split], tuned))
+    return out
+
+
 def score_all(ev: Evaluation, cfg: Config) -> dict:
     """Metrics of the model at the fixed and the tuned threshold, under both label sets (nothing is
     trained here)."""
-    tuned = metrics.tune_threshold(ev.splits["val"].y_true, ev.splits["val"].y_score)
-    results = {"threshold": tuned}
-    for split, s in ev.splits.items():
-        results.update(both_label_sets(split, s.y_true, s.y_score, cfg.threshold))
-        results.update(both_label_sets(f"{split}_tuned", s.y_true, s.y_score, tuned))
-    ev.results = results
-    return results
+    ev.results = scored(ev, {split: s.y_score for split, s in ev.splits.items()}, cfg.threshold)
+    return ev.results
 
 
 def _score_tuned(ev: Evaluation, scores: dict[str, np.ndarray]) -> dict:
@@ -193,7 +206,13 @@ def comparison_scores(run: Run, ev: Evaluation, arm: str) -> dict[str, np.ndarra
     with `ev`'s admissions; None when the run has none."""
     if arm == "none":
         return None
-    other = Run(run.dir, MNTP_ARMS[arm])
+    return variant_scores(run, ev, MNTP_ARMS[arm])
+
+
+def variant_scores(run: Run, ev: Evaluation, variant: str) -> dict[str, np.ndarray]:
+    """The scores of another fine-tuning of the run (`03_train/<variant>/`: an MNTP arm, a further
+    seed), checked as the model's are (`check_predictions`) and aligned with `ev`'s admissions."""
+    other = Run(run.dir, variant)
     check_predictions(other)
     out = {}
     for split, s in ev.splits.items():
@@ -209,9 +228,7 @@ def score_comparison(ev: Evaluation, scores: dict[str, np.ndarray], arm: str) ->
     """Metrics of the comparison's other fine-tuning, as the model's are (fixed and val-tuned
     threshold), as `ev.results["without_mntp"]` or `ev.results["with_mntp"]`."""
     ev.arm = scores
-    out = _score_tuned(ev, scores)
-    for split, s in ev.splits.items():
-        out.update(both_label_sets(split, s.y_true, scores[split], ev.threshold))
+    out = scored(ev, scores, ev.threshold)
     ev.results[MNTP_ARMS[arm]] = out
     return out
 
@@ -251,6 +268,53 @@ def reference_systems(ev: Evaluation) -> dict[str, dict[str, np.ndarray]]:
     return {key: scores for key, scores in out.items() if scores}
 
 
+# metrics.compute's keys that count or set, not measure: no spread across seeds
+NOT_SPREAD = frozenset({"n_docs", "n_labels", "n_labels_scored", "threshold"})
+
+
+def score_seeds(ev: Evaluation, seeds: list[int], further) -> dict:
+    """Every training seed's metrics (`Config.seeds`), as `ev.results["seeds"]` ({seed: metrics},
+    the first seed's the model's own entries, the others `scored` as the model's are, each at its
+    own val-tuned threshold), and their spread, `ev.results["seed_spread"]` (`seed_spread`).
+    `further`: (seed, split → scores) for the seeds after the first, in order (a generator reads
+    one seed's predictions at a time). Returns the spread."""
+    model = {key: ev.results[key] for key in scored_keys(ev)}
+    per_seed = {str(seeds[0]): model}
+    for seed, scores in further:
+        per_seed[str(seed)] = scored(ev, scores, ev.threshold)
+    ev.results["seeds"] = per_seed
+    ev.results["seed_spread"] = seed_spread(per_seed)
+    return ev.results["seed_spread"]
+
+
+def scored_keys(ev: Evaluation) -> list[str]:
+    """The keys `scored` writes for `ev`'s splits: `threshold`, then `val`, `val_edin`, `val_tuned`, ..."""
+    return ["threshold"] + [f"{split}{tuned}{x}" for split in ev.splits for tuned in ("", "_tuned")
+                            for x in ("", EDIN)]
+
+
+def seed_spread(per_seed: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """{entry: {metric: {"mean", "sd", "n"}}} for each metrics entry of the seeds (`test_tuned`, ...):
+    the mean and the sample standard deviation (ddof=1, as Edin et al. report theirs) over the `n`
+    seeds where the metric is defined (a NaN macro-F1 is left out); sd is None when n < 2, both
+    when n = 0. Counts (`NOT_SPREAD`) and the label-set name are not spread."""
+    runs = list(per_seed.values())
+    out = {}
+    for key, first in runs[0].items():
+        if not isinstance(first, dict):
+            continue
+        out[key] = {}
+        for metric, value in first.items():
+            if metric in NOT_SPREAD or isinstance(value, (str, dict, list)):  # label_set, ci95
+                continue
+            values = np.array([np.nan if r[key].get(metric) is None else r[key][metric] for r in runs], dtype=float)
+            values = values[np.isfinite(values)]
+            n = len(values)
+            out[key][metric] = {"mean": float(values.mean()) if n else None,
+                                "sd": float(values.std(ddof=1)) if n > 1 else None, "n": n}
+    return out
+
+
 def run(cfg: Config, progress: bool = False) -> Evaluation:
     """Step 04: score the predictions, train and score the baseline (when `cfg.baseline`) and the
     frequency prior, bootstrap their intervals (`cfg.bootstrap` resamples), and write metrics.json,
@@ -269,6 +333,9 @@ def run(cfg: Config, progress: bool = False) -> Evaluation:
 
             score_baseline(ev, baseline.fit_for(cfg, ev, progress=progress))
         score_prior(ev)
+        if cfg.seeds:
+            seeds = cfg.training_seeds
+            score_seeds(ev, seeds, ((seed, variant_scores(step.run, ev, seed_variant(seed))) for seed in seeds[1:]))
         score_intervals(ev, cfg.bootstrap)
         s = ev.splits[eval_split(ev)]
         ev.per_code = analysis.per_code(s.y_true, s.y_score, ev.labels, ev.results["threshold"])

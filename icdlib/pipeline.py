@@ -407,6 +407,29 @@ ol li{margin:.4em 0}.missing{color:#999}code{background:#f3f3f3;padding:0 .2em}
 .stale{color:#a33}td.ci{color:#666;text-align:left;padding-left:0}"""
 
 
+def seed_spread_rows(metrics: dict) -> list[str]:
+    """The index's row of mean ± sd (sample sd) over the run's training seeds, each at its own tuned
+    threshold (metrics.json's `seed_spread`, under the label set of the model's row above it); none
+    for one seed. Two cells a metric, as `report.systems_html`'s rows (the second, the interval's, empty)."""
+    import html
+
+    from icdlib import report
+
+    split, x = report.headline_keys(metrics)
+    seeds, spread = metrics.get("seeds") or {}, (metrics.get("seed_spread") or {}).get(f"{split}_tuned{x}")
+    if len(seeds) < 2 or not spread:
+        return []
+
+    def cell(s: dict | None) -> str:
+        if not s or s.get("mean") is None:
+            return "<td>n/a</td><td class='ci'></td>"
+        return f"<td>{report._f(s['mean'])} ± {report._f(s.get('sd'))}</td><td class='ci'></td>"
+
+    name = f"icdlib, mean ± sd over seeds {', '.join(seeds)} ({split}, each at its tuned threshold)"
+    return [f"<tr><td>{html.escape(name)}</td>" + "".join(cell(spread.get(k)) for k, _ in report.SUMMARY_METRICS)
+            + "</tr>"]
+
+
 def write_index(cfg: Config) -> Path:
     """`<run>/reports/index.html`: one self-contained page (no script, no external file) linking the
     five reports, with the headline metrics of the model, the frequency prior, the baseline and the MNTP
@@ -430,7 +453,7 @@ def write_index(cfg: Config) -> Path:
              f"<p class='sub'>backbone <code>{esc(cfg.backbone)}</code> · "
              + esc(report.recorded_data_name(data)) + f" · {esc(info['date'][:10])}</p>"]
     if metrics:
-        parts.append(report.systems_html(metrics))
+        parts.append(report.systems_html(metrics, seed_spread_rows(metrics)))
         text = report.summary(metrics=metrics, synthetic=synthetic, dataset=dataset).html.split("</h3>", 1)[-1]
         parts.append(f"<div class='summary'>{text}</div>")
     elif not run.checkpoint("best").is_dir() and not run.metrics.is_file():

@@ -75,6 +75,18 @@ def read_manifest(run: Run, step: str) -> dict | None:
     return manifest
 
 
+def scored_by(predictions: Path) -> str | None:
+    """The id (`tree_hash`) of the `best/` that wrote a `predictions_<split>.npz` of step 03; None when
+    the file is missing or names none (written by an older icdlib)."""
+    import numpy as np
+
+    try:
+        with np.load(predictions) as z:
+            return str(z["best"]) if "best" in z.files else None
+    except FileNotFoundError:
+        return None
+
+
 def _json(value):
     """A value as the manifest stores it (JSON's view: tuples are lists)."""
     return json.loads(json.dumps(value, default=str))

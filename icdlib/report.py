@@ -904,6 +904,38 @@ def macro_f1_gap(m: dict, split: str) -> Shown:
     return Shown(text, markdown=text)
 
 
+ONE_SEED = ("One seed: no spread. Train several (`python -m icdlib run ... --seeds 0 1 2`, or `-p seeds=[0,1,2]`) "
+            "to see how much the metrics move with the seed alone.")
+
+
+def seed_spread_table(results: dict, key: str = "test_tuned") -> pd.DataFrame | Shown:
+    """The metrics of every training seed (metrics.json's `seeds`) under `key` (`test_tuned`,
+    `test_tuned_edin`, ...), in percent with 2 decimals, one row per seed (the first is the run's
+    model), then their `mean ± sd` (`seed_spread`: sample sd, ddof=1, as Edin et al. report; `(n=k)`
+    where a metric is defined for k seeds only). A Shown saying there is no spread with fewer than
+    two seeds."""
+    seeds = results.get("seeds") or {}
+    if len(seeds) < 2:
+        return Shown(ONE_SEED, markdown=ONE_SEED)
+
+    def cell(value) -> str:
+        value = _num(value)
+        return "–" if value is None else f"{100 * value:.2f}"
+
+    def spread(s: dict | None) -> str:
+        if not s or s.get("mean") is None:
+            return "–"
+        sd = "–" if s.get("sd") is None else f"{100 * s['sd']:.2f}"
+        return f"{100 * s['mean']:.2f} ± {sd}" + (f" (n={s['n']})" if s["n"] < len(seeds) else "")
+
+    rows = {f"seed {seed}" + (" (the model)" if i == 0 else ""): [cell(r[key].get(m)) for m in TABLE_METRICS]
+            for i, (seed, r) in enumerate(seeds.items())}
+    rows[f"mean ± sd ({len(seeds)} seeds)"] = [spread(results["seed_spread"][key].get(m)) for m in TABLE_METRICS]
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=[TABLE_NAMES[m] for m in TABLE_METRICS])
+    table.index.name = key
+    return table
+
+
 def metrics_caption(m: dict, split: str, benchmark: str = "none", synthetic: bool = False,
                     dataset: str = "mimic3") -> str:
     """The line above the metrics table: the split scored, `n_docs`, `n_labels` with the label set
@@ -1465,9 +1497,10 @@ def headline_lines(metrics: dict) -> list[str]:
     return lines
 
 
-def systems_html(metrics: dict) -> str:
+def systems_html(metrics: dict, under_model: list[str] = ()) -> str:
     """The headline table of reports/index.html: each system's SUMMARY_METRICS on the reported split at
-    its own tuned threshold, each value followed by its 95% interval when 04 bootstrapped it."""
+    its own tuned threshold, each value followed by its 95% interval when 04 bootstrapped it;
+    `under_model`: rows (HTML) placed right under the model's (the seeds' mean ± sd)."""
     split, x = headline_keys(metrics)
     rows = [(f"{SYSTEM_NAMES['model']} ({split}, tuned threshold)", _model(metrics, split, x))]
     rows += [(f"{SYSTEM_NAMES[k]} ({split}, tuned threshold)", metrics[k][f"{split}_tuned{x}"])
@@ -1479,8 +1512,9 @@ def systems_html(metrics: dict) -> str:
         ci = _ci(m, k)
         return f"<td>{_f(m.get(k))}</td><td class='ci'>" + (f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + "</td>"
 
-    body = "".join(f"<tr><td>{_esc(name)}</td>" + "".join(cells(m, k) for k, _ in SUMMARY_METRICS) + "</tr>"
-                   for name, m in rows)
+    body = ["<tr><td>" + _esc(name) + "</td>" + "".join(cells(m, k) for k, _ in SUMMARY_METRICS) + "</tr>"
+            for name, m in rows]
+    body = "".join(body[:1] + list(under_model) + body[1:])
     note = ("Brackets: 95% bootstrap intervals over the admissions of the split." if metrics.get("paired") else
             f"{_capital(NO_INTERVALS)}.")
     return (f"<table><thead><tr><th>system</th>{head}</tr></thead><tbody>{body}</tbody></table>"

@@ -352,6 +352,12 @@ KEY_FILE = "cache_key.txt"
 MNTP_ARMS = {"without": "without_mntp", "with": "with_mntp"}
 
 
+def seed_variant(seed: int) -> str:
+    """The variant (`Run(run_dir, seed_variant(s))`) of a training seed after the run's first
+    (`Config.seeds`): its fine-tuning writes `03_train/seed_<s>/`."""
+    return f"seed_{seed}"
+
+
 class Run:
     """Every path of one run folder, `outputs/<run>/`, as DESIGN.md's table lists them.
 
@@ -361,7 +367,7 @@ class Run:
 
     def __init__(self, run_dir: str | os.PathLike, variant: str = ""):
         self.dir = Path(run_dir)
-        self.variant = variant  # a second fine-tuning of the same run (`without_mntp`): its own 03 outputs
+        self.variant = variant  # another fine-tuning of the same run (`without_mntp`, `seed_1`): its own 03 outputs
 
     @classmethod
     def of(cls, cfg) -> "Run":

@@ -46,7 +46,8 @@ from icdlib.data import (LengthBucketSampler, NotesDataset, SegmentFormat, Token
 from icdlib.errors import IcdlibError
 from icdlib.inference import Env, autocast, compute_dtype, is_sharded, pick_device, score, weights_dtype
 from icdlib.models import ICDCoder, adapters_take_input_as_is, checkpoint_activations, loss_fn
-from icdlib.runfolder import MNTP_ARMS, SCORED_SPLITS, Run, atomic_path, atomic_write_text, lock, read_key, tree_hash
+from icdlib.runfolder import (MNTP_ARMS, SCORED_SPLITS, Run, atomic_path, atomic_write_text, lock, read_key, seed_variant,
+                              tree_hash)
 
 STEP = "03_train"
 # what step 03's output depends on, recorded in its manifest (data parameters: step 01's)
@@ -56,7 +57,7 @@ PARAMS = ("backbone", "seed", "base_model_path", "model_path", "model_type", "ad
           "max_segments", "truncation", "epochs", "max_steps", "batch_size", "grad_accum", "lr", "head_lr",
           "weight_decay", "warmup_steps", "schedule", "clip", "pos_weight", "eval_every", "save_every", "patience",
           "metric", "threshold", "device", "precision", "grad_checkpointing", "num_workers", "resume", "nproc",
-          "keep_effective_batch",
+          "keep_effective_batch", "seeds",
           "mntp_steps", "mntp_masking", "mntp_probability", "mntp_length", "mntp_batch_size", "mntp_lr",
           "mntp_compare")
 
@@ -97,6 +98,7 @@ class Prepared:
     tokenizer: object
     coder: ICDCoder
     fmt: SegmentFormat
+    seed: int  # the training seed: the head's and LoRA's initial weights, the data order, dropout
 
 
 def backbone_path(cfg: Config, train_texts: list[str], env: Env | None = None) -> str:
@@ -146,9 +148,13 @@ def load_backbone(cfg: Config, env: Env, train: pd.DataFrame, with_mntp: bool = 
     return encoder, tokenizer, str(stage), on, record_key
 
 
-def prepare(cfg: Config, env: Env | None = None, with_mntp: bool = True, progress: bool = True) -> Prepared:
+def prepare(cfg: Config, env: Env | None = None, with_mntp: bool = True, progress: bool = True,
+            seed: int | None = None) -> Prepared:
     """Read step 01, build (or load) the backbone and tokenizer (through MNTP when asked),
-    tokenise every split once."""
+    tokenise every split once. The backbone (and its MNTP stage) is the run's `cfg.seed`'s; the
+    trainable weights made here (LoRA, head) and the fine-tuning after are the training `seed`'s
+    (default `cfg.seed`; `fit` passes each of `cfg.training_seeds` in turn)."""
+    seed = cfg.seed if seed is None else seed
     env = env or Env(pick_device(cfg.device))
     pre = preprocess.load(cfg.run_dir)
     notes, label_codes = pre.notes, pre.labels["code"].tolist()
@@ -159,10 +165,11 @@ def prepare(cfg: Config, env: Env | None = None, with_mntp: bool = True, progres
     where = checkpoint.backbone_record(path, base, encoder, fmt)
     if key:
         where["cache_key"] = key
-    # the fine-tuning's fresh weights (LoRA, head) from the seed alone, whatever loading the backbone
-    # drew (an MNTP stage or none): both arms of mntp_compare start from the same ones
-    torch.manual_seed(cfg.seed)
+    # the fine-tuning's fresh weights (LoRA, then head) from the training seed alone, whatever loading
+    # the backbone drew (an MNTP stage or none): both arms of mntp_compare start from the same ones
+    torch.manual_seed(seed)
     encoder = backbones.make_trainable(encoder, cfg, cfg.adapter_path)
+    torch.manual_seed(seed)
     coder = ICDCoder(encoder, len(label_codes), cfg.head, cfg.attention_dim)
     train_share = pre.labels["n_train"].to_numpy() / max(1, int((notes["split"] == "train").sum()))
     coder.init_bias(torch.as_tensor(train_share, dtype=torch.float32))
@@ -172,7 +179,7 @@ def prepare(cfg: Config, env: Env | None = None, with_mntp: bool = True, progres
         tokens = {s: tokenize_cached(notes.loc[notes["split"] == s, "text"].tolist(), tokenizer, max_tokens, cache, s,
                                      mode=cfg.truncation)
                   for s in ("train", "val", "test")}
-    return Prepared(cfg, notes, pre.labels, label_codes, tokens, where, tokenizer, coder, fmt)
+    return Prepared(cfg, notes, pre.labels, label_codes, tokens, where, tokenizer, coder, fmt, seed)
 
 
 def split_dataset(prep: Prepared, split: str) -> NotesDataset:
@@ -187,7 +194,7 @@ def loader(prep: Prepared, split: str, sampler, cfg: Config):
     return torch.utils.data.DataLoader(
         split_dataset(prep, split), batch_sampler=sampler, num_workers=cfg.num_workers,
         collate_fn=functools.partial(collate, segment_length=cfg.segment_length, pad_id=pad, fmt=prep.fmt),
-        generator=torch.Generator().manual_seed(cfg.seed))
+        generator=torch.Generator().manual_seed(prep.seed))
 
 
 # ---------------------------------------------------------------- optimisation
@@ -276,13 +283,13 @@ def rng_state() -> dict:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
-def restore_rng(state: dict, cfg: Config, env: Env) -> None:
+def restore_rng(state: dict, cfg: Config, env: Env, seed: int | None = None) -> None:
     """Every rank's random streams as they were saved; resumed on another number of processes,
-    ranks other than 0 start fresh streams (seeded by rank and step)."""
+    ranks other than 0 start fresh streams (seeded by rank, step and the training `seed`, default `cfg.seed`)."""
     streams = state.get("rng_ranks") or [state["rng"]]
     set_rng_state(streams[env.rank] if len(streams) == env.world else streams[0])
     if len(streams) != env.world:
-        distributed.seed_rank(cfg.seed, env, salt=state["step"])
+        distributed.seed_rank(cfg.seed if seed is None else seed, env, salt=state["step"])
 
 
 def set_rng_state(state: dict) -> None:
@@ -319,6 +326,8 @@ def progress_line(record: dict) -> str:
                 f"validating every {record['eval_every']}{plan}")
     if record.get("event") == "warning":
         return f"warning: {record['text']}"
+    if record.get("event") == "title":
+        return record["text"]
     value = record.get("value")
     value = "n/a" if value is None else f"{value:.3f}"
     tok = record.get("tokens_per_s") or 0.0
@@ -332,7 +341,8 @@ class Progress:
 
     On a terminal (stderr a TTY) a tqdm bar, with a line above it at every evaluation. Anywhere
     else (a notebook, where a bar is recorded update by update into the report; a log file; a pipe)
-    one line per evaluation on stdout (and, at the start, the schedule: `schedule_plan`, with a
+    one line per evaluation on stdout (and, at the start, the fit's `title` when it has one — which
+seed of several —, then the schedule: `schedule_plan`, with a
 warning line for a schedule nobody would choose on purpose). `show=False` (`--quiet`) prints
 nothing. Every evaluation is
     also appended to `progress.jsonl` as one JSON line (written whole and flushed, so a reader sees
@@ -340,7 +350,7 @@ nothing. Every evaluation is
     """
 
     def __init__(self, path: Path, total: int, initial: int, eval_every: int, show: bool, master: bool,
-                 plan: dict | None = None):
+                 plan: dict | None = None, title: str = ""):
         self.path, self.total, self.initial = path, total, initial
         self.master, self.show = master, show and master
         self.t0, self.started = time.perf_counter(), time.time()
@@ -353,6 +363,8 @@ nothing. Every evaluation is
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+        if title:
+            self._emit({"event": "title", "text": title})
         self._emit({"event": "start", "step": initial, "total": total, "eval_every": eval_every, "plan": plan})
         for text in schedule_warnings(plan) if plan else []:
             self._emit({"event": "warning", "text": text})
@@ -396,6 +408,10 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
     (`record.step`: 01's data parameters, or one line). The old manifest is removed before the
     first checkpoint is replaced, so a 03 that does not finish leaves none. `resume=true` needs a
     checkpoint to resume from (`resume_point`), else it stops in one line instead of starting over.
+
+    With several `seeds`, the run's model is the first seed's; each further one is fine-tuned after
+    it into `03_train/seed_<s>/` (`fit_seeds`); the MNTP comparison's other arm (`mntp_compare`)
+    is the first seed's only.
     """
     env = setup(cfg)
     with record.step(cfg, STEP, PARAMS, master=env.master) as step:
@@ -414,23 +430,26 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
             start_over(run)
         if prep is None and cfg.memory_check:
             check_memory(cfg, env, run)
-        prep = prep or prepare(cfg, env, with_mntp=cfg.mntp_compare != "with", progress=progress)
+        seeds = cfg.training_seeds
+        prep = prep or prepare(cfg, env, with_mntp=cfg.mntp_compare != "with", progress=progress, seed=seeds[0])
         if point is not None:
             check_resumable(run, prep)
         step.invalidate()
         if env.master:
             write_token_stats(run, prep)
         with failures_reported(run, env):
-            history = train_loop(cfg, prep, env, progress)
+            history = train_loop(cfg, prep, env, progress, title=seed_title(run, run, seeds, 0))
         wrote = [run.checkpoint("best"), run.history, run.tokens_json, *(run.predictions(s) for s in SCORED_SPLITS)]
         if cfg.mntp_steps > 0:
             wrote.append(run.mntp)
+        prep = None  # one fine-tuned backbone in memory at a time
+        wrote += fit_seeds(cfg, run, env, progress)
         if cfg.mntp_compare != "none":
             prep = None  # one fine-tuned backbone in memory at a time
             other = Run(run.dir, MNTP_ARMS[cfg.mntp_compare])
             if progress and env.master:
                 print(f"fine-tuning again {cfg.mntp_compare} MNTP, for comparison: {run.rel(other.trained)}/", flush=True)
-            arm = prepare(cfg, env, with_mntp=cfg.mntp_compare == "with", progress=progress)
+            arm = prepare(cfg, env, with_mntp=cfg.mntp_compare == "with", progress=progress, seed=seeds[0])
             with failures_reported(run, env):
                 train_loop(cfg, arm, env, False, run=other)
             wrote += [other.checkpoint("best"), other.history, *(other.predictions(s) for s in SCORED_SPLITS)]
@@ -438,6 +457,40 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
             step.extra.update({"device_used": str(env.device), "processes": env.world})
             step.wrote(*wrote)
     return history
+
+
+def seed_title(run: Run, trained: Run, seeds: list[int], i: int) -> str:
+    """`fine-tuning seed 1 (2 of 3): 03_train/seed_1/`, said before the `i`-th of several seeds
+    trains into `trained`; "" for a run of one seed."""
+    if len(seeds) < 2:
+        return ""
+    return f"fine-tuning seed {seeds[i]} ({i + 1} of {len(seeds)}): {run.rel(trained.trained)}/"
+
+
+def fit_seeds(cfg: Config, run: Run, env: Env, progress: bool = True) -> list[Path]:
+    """The further training seeds of the run (`cfg.training_seeds[1:]`), one after the other, each
+    fine-tuned as the model was, from the same backbone after the same MNTP stage (trained once:
+    `prepare` reuses it), into `03_train/seed_<s>/` (`runfolder.seed_variant`). Returns what they wrote.
+
+    A seed sets what fine-tuning draws at random (`prepare`'s LoRA and head, the data order,
+    dropout). With `resume`, each seed goes on from its own `last/` (recovered from a killed save
+    as the model's is); one that had finished trains no further and keeps its predictions
+    (`train_loop`), one never started trains from the beginning."""
+    seeds, wrote = cfg.training_seeds, []
+    for i, seed in enumerate(seeds[1:], 1):
+        other = Run(run.dir, seed_variant(seed))
+        prep = prepare(cfg, env, with_mntp=cfg.mntp_compare != "with", progress=progress, seed=seed)
+        if cfg.resume:
+            if env.master and not checkpoint.resumable(other.checkpoint("last")):
+                checkpoint.recover(other.checkpoint("last"))
+            distributed.barrier(env)
+            if checkpoint.resumable(other.checkpoint("last")):
+                check_resumable(other, prep)
+        with failures_reported(run, env):
+            train_loop(cfg, prep, env, progress, run=other, title=seed_title(run, other, seeds, i))
+        prep = None
+        wrote += [other.checkpoint("best"), other.history, *(other.predictions(s) for s in SCORED_SPLITS)]
+    return wrote
 
 
 def check_memory(cfg: Config, env: Env, run: Run, gpu_bytes: int | None = None):
@@ -502,15 +555,18 @@ def resume_point(run: Run, env: Env, mntp_stage: bool = False) -> Path | None:
 def start_over(run: Run) -> None:
     """resume=false: the `last/` folders of an earlier fit go before this one trains, so that a
     resume of this fit cannot take them for its own (killed inside a new MNTP stage, the resume
-    took the older fine-tuning's `last/`). `best/` stays until this fit replaces it."""
+    took the older fine-tuning's `last/`), its further seeds' (`03_train/seed_<s>/`) included.
+    `best/` stays until this fit replaces it."""
     import shutil
 
-    for trained in (run, *(Run(run.dir, arm) for arm in MNTP_ARMS.values())):
+    seeds = [Run(run.dir, p.name) for p in sorted(run.step(STEP).glob(seed_variant("*"))) if p.is_dir()]
+    for trained in (run, *(Run(run.dir, arm) for arm in MNTP_ARMS.values()), *seeds):
         shutil.rmtree(trained.checkpoint("last"), ignore_errors=True)
 
 
-# what a resume may change: how long the run goes on and how often it looks (recorded as a change)
-MAY_CHANGE_ON_RESUME = ("epochs", "max_steps", "eval_every", "save_every", "patience")
+# what a resume may change: how long the run goes on and how often it looks, and which further seeds
+# it trains (the first, the model's, stays) (recorded as a change)
+MAY_CHANGE_ON_RESUME = ("epochs", "max_steps", "eval_every", "save_every", "patience", "seeds")
 
 
 def resumed_config(cfg: Config, run: Run, last: Path) -> tuple[Config, dict]:
@@ -520,7 +576,8 @@ def resumed_config(cfg: Config, run: Run, last: Path) -> tuple[Config, dict]:
     resume command without the first run's `-p` values continues that run). One asked with
     another value is refused in one line, since the optimizer, scheduler and data order restored
     from `last/` keep the old ones; except `MAY_CHANGE_ON_RESUME` (train longer, validate more
-    often), which applies from the resumed step on, and `config.HOW_TO_RUN`."""
+    often; more seeds after the model's, `seeds` with the same first one), which applies from the
+    resumed step on, and `config.HOW_TO_RUN`."""
     trained = checkpoint.read_manifest(last)["config"]
     keys = [k for k in PARAMS if k in trained and k not in config.HOW_TO_RUN]
     fixed = {k: trained[k] for k in keys if k not in MAY_CHANGE_ON_RESUME}
@@ -532,6 +589,11 @@ def resumed_config(cfg: Config, run: Run, last: Path) -> tuple[Config, dict]:
         raise TrainingError(str(e)) from None
     flexible = {k: trained[k] for k in keys if k in MAY_CHANGE_ON_RESUME}
     cfg = record.as_recorded(cfg, flexible, None)
+    first = (trained.get("seeds") or [trained["seed"]])[0]
+    if cfg.training_seeds[0] != first:
+        raise TrainingError(f"resume=true but {run.rel(last)} is the model of training seed {first}, this run asks "
+                            f"seeds={cfg.seeds} (the first is the model's): put {first} first, or set resume=false "
+                            f"to start over")
     changed = {k: [v, getattr(cfg, k)] for k, v in flexible.items() if json.loads(json.dumps(getattr(cfg, k))) != v}
     return cfg, changed
 
@@ -552,9 +614,14 @@ def check_resumable(run: Run, prep: Prepared) -> None:
                             f"or training notes changed since): set resume=false to start over")
 
 
-def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True, run: Run | None = None) -> pd.DataFrame:
+def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True, run: Run | None = None,
+               title: str = "") -> pd.DataFrame:
     """The loop (see the module docstring); then the predictions of `best/`. Returns the history.
-    `run` is where it writes (default the run of `cfg`; a variant for the comparison without MNTP)."""
+    `run` is where it writes (default the run of `cfg`; a variant: the comparison without MNTP, a
+    further seed). A `title` (one of several seeds) is said first, and the progress goes to the
+    run's own progress file, the one `icdlib run` follows, whichever variant trains. With
+    `resume`, a `last/` that had finished (its steps done, or patience run out) trains no further,
+    and predictions its `best/` already scored are kept as they are."""
     run = run or Run.of(cfg)
     last, best = run.checkpoint("last"), run.checkpoint("best")
     pad_id = prep.tokenizer.pad_token_id
@@ -581,9 +648,10 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True, run
     elif env.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             coder, device_ids=[env.device.index] if env.device.type == "cuda" else None, process_group=group)
-    distributed.seed_rank(cfg.seed, env)  # dropout differs across ranks; the data order is one global shuffle
+    distributed.seed_rank(prep.seed, env)  # dropout differs across ranks; the data order is one global shuffle
 
-    sampler = LengthBucketSampler(prep.tokens["train"].lengths(), cfg.batch_size, cfg.seed, rank=env.rank, world=env.world)
+    sampler = LengthBucketSampler(prep.tokens["train"].lengths(), cfg.batch_size, prep.seed, rank=env.rank,
+                                  world=env.world)
     train_loader = loader(prep, "train", sampler, cfg)
     n_batches = len(sampler)
     plan = schedule_plan(cfg, n_batches, env.world)
@@ -600,7 +668,7 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True, run
         # batch_in_epoch counts one rank's batches: on another number of processes, the same notes seen
         skip = state["batch_in_epoch"] * state.get("processes", 1) // env.world
         best_value, stale, history = state["best_value"], state["stale"], state["history"]
-        restore_rng(state, cfg, env)
+        restore_rng(state, cfg, env, prep.seed)
         if state.get("scaler"):  # empty when saved by a disabled scaler (bf16, fp32)
             scaler.load_state_dict(state["scaler"])
 
@@ -626,9 +694,11 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True, run
             with checkpoint.full_disk_said(step, best, last):
                 checkpoint.save(best, coder, cfg, prep.labels, prep.backbone, prep.tokenizer, weights=weights)
 
-    report = Progress(run.progress, steps, step, cfg.eval_every, progress, env.master, plan=plan)
+    report = Progress(Run(run.dir).progress if title else run.progress, steps, step, cfg.eval_every, progress,
+                      env.master, plan=plan, title=title)
     model.train()
-    done = step >= steps
+    done = step >= steps or bool(cfg.patience and stale >= cfg.patience)
+    finished_before = state is not None and done
     t0, tokens_seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
     # a resumed fit adds to what the fit before it counted up to last/ (the cost `mntp.cost` compares)
     tokens_before, elapsed_before = (state or {}).get("tokens", 0), (state or {}).get("elapsed_s", 0.0)
@@ -704,8 +774,15 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True, run
         save_best()
     distributed.barrier(env)
     optimizer = scheduler = model = None  # free their state: only the coder stays, best/ goes into it in place
-    write_predictions(cfg, prep, env, best, coder, run)
+    if not (finished_before and distributed.gather(scored_by_best(run), env)[0]):
+        write_predictions(cfg, prep, env, best, coder, run)
     return pd.DataFrame(history)
+
+
+def scored_by_best(run: Run) -> bool:
+    """Whether every prediction file of `run` (or of its variant) was scored by the `best/` there is."""
+    best = tree_hash(run.checkpoint("best"))
+    return best is not None and all(record.scored_by(run.predictions(s)) == best for s in SCORED_SPLITS)
 
 
 def out_of_memory(cfg: Config, step: int) -> str:

@@ -3,7 +3,8 @@
 # Reads `outputs/<run>/01_preprocess/`; writes `outputs/<run>/03_train/`: checkpoints (`last/`,
 # `best/`), `history.csv`, `tokens.json` (what truncation drops) and the best model's
 # `predictions_{val,test}.npz`; with `mntp_steps` > 0 also the MNTP adapter `mntp/` and, with
-# `mntp_compare`, a second fine-tuning (`with_mntp/` or `without_mntp/`). With `nproc` > 1
+# `mntp_compare`, a second fine-tuning (`with_mntp/` or `without_mntp/`); with several `seeds`, one
+# more fine-tuning per seed after the first (`seed_<s>/`; the model is the first seed's). With `nproc` > 1
 # the training runs under torchrun in a subprocess. Training prints one line per evaluation
 # (step, loss, validation metric, tokens/s, time left).
 

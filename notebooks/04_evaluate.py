@@ -100,6 +100,22 @@ report.label_space_dropped(analysis.outside_label_space(s.notes, ev.labels), spl
 # large share outside means those figures describe a smaller task than the split's full coding.
 
 # %% [markdown]
+# ## Across training seeds
+# With `seeds` (`python -m icdlib run ... --seeds 0 1 2`), step 03 fine-tuned one model per seed from
+# the same backbone, split and label space; the first seed's is the run's model (the rows above), the
+# others are in `03_train/seed_<s>/`. Each is scored on the reported split at its own threshold tuned on
+# validation, under the label set of the table above (metrics.json: `seeds`, `seed_spread`).
+
+# %%
+report.seed_spread_table(results, f"{split}_tuned" + evaluate.compared_suffix(ev))
+
+# %% [markdown]
+# *How to read it:* one row per training seed, in percent, then the mean ± the sample standard
+# deviation across the seeds (as Edin et al. report theirs). The seed changes only what fine-tuning
+# draws at random (the head's and LoRA's initial weights, the order of the training notes, dropout):
+# a difference between two systems smaller than about twice this sd may be the seed's, not the method's.
+
+# %% [markdown]
 # ## What the split is
 # Which admissions were scored, and how far val and test are from train (patients shared).
 
