@@ -519,10 +519,10 @@ def test_both_arms_start_from_the_same_weights_and_batches(tmp_path, monkeypatch
     starts, orders = [], []
     real_loop, real_iter = train.train_loop, LengthBucketSampler.__iter__
 
-    def loop(cfg, prep, env, progress=True, run=None):
+    def loop(cfg, prep, env, progress=True, run=None, title=""):
         starts.append({n: p.detach().clone() for n, p in prep.coder.named_parameters()})
         orders.append([])
-        return real_loop(cfg, prep, env, progress, run)
+        return real_loop(cfg, prep, env, progress, run, title)
 
     def batches(self):
         for batch in real_iter(self):
