@@ -478,26 +478,26 @@ def cost(stage: pd.DataFrame | None, arms: dict[str, pd.DataFrame], model: pd.Da
     table = pd.DataFrame({name: {"steps": last(h, "step"), "tokens": last(h, "tokens"), "wall_s": last(h, "elapsed_s")}
                           for name, h in phases.items()}).T
     table["share_of_fine_tuning"] = table["wall_s"] / table.loc["fine-tuning with MNTP", "wall_s"]
+    table[["steps", "tokens"]] = table[["steps", "tokens"]].astype("Int64")  # counts; <NA> where not recorded
     table.index.name = "phase"
     return table
 
 
 def cost_text(table: pd.DataFrame) -> str:
-    """`cost` as one sentence: `MNTP cost 95 s (40% of the fine-tuning's 238 s), 300 steps over 1,228,800 tokens.`"""
+    """`cost` as one sentence: `MNTP cost 95 s (40% of the 238 s the fine-tuning after it took), 300
+    steps over 1,228,800 tokens.`, and with a comparison the two arms' totals."""
     if not len(table):
         return "No MNTP stage in this run (`mntp_steps: 0`): no extra compute."
-    stage = table.loc["MNTP stage"]
-    tokens = f" over {stage['tokens']:,.0f} tokens" if math.isfinite(stage["tokens"]) else ""
-    steps = f"{stage['steps']:,.0f} steps{tokens}"
-    if not math.isfinite(stage["wall_s"]):
+    steps, tokens = table["steps"]["MNTP stage"], table["tokens"]["MNTP stage"]
+    wall, tuned = table["wall_s"]["MNTP stage"], table["wall_s"]["fine-tuning with MNTP"]
+    steps = f"{steps:,} steps" + (f" over {tokens:,} tokens" if pd.notna(tokens) else "")
+    if not math.isfinite(wall):
         return f"MNTP ran {steps}; its wall time is not recorded (a run written before icdlib recorded it)."
-    tuned = table.loc["fine-tuning with MNTP", "wall_s"]
-    share = (f" ({stage['share_of_fine_tuning']:.0%} of the {tuned:,.0f} s the fine-tuning after it took)"
+    share = (f" ({wall / tuned:.0%} of the {tuned:,.0f} s the fine-tuning after it took)"
              if math.isfinite(tuned) and tuned > 0 else "")
-    text = f"MNTP cost {stage['wall_s']:,.0f} s{share}, {steps}."
+    text = f"MNTP cost {wall:,.0f} s{share}, {steps}."
     without = table["wall_s"].get("fine-tuning without MNTP", math.nan)
     if math.isfinite(tuned) and math.isfinite(without):
-        text += (f" The arm with MNTP took {stage['wall_s'] + tuned:,.0f} s in all, the arm without it "
-                 f"{without:,.0f} s.")
+        text += f" The arm with MNTP took {wall + tuned:,.0f} s in all, the arm without it {without:,.0f} s."
     return text
 

@@ -48,7 +48,7 @@ report.mntp_history(mntp.load_history(cfg.run_dir), train.mntp_arms(cfg, history
 # %%
 cost = mntp.cost(mntp.load_history(cfg.run_dir), train.mntp_arms(cfg, history), history)
 print(mntp.cost_text(cost))
-cost
+cost.round(3)
 
 # %% [markdown]
 # *How to read it:* what the MNTP arm costs on top of fine-tuning, from the run's histories: one row per
