@@ -404,13 +404,13 @@ table{border-collapse:collapse;margin:1em 0}th,td{padding:.3em .8em;border-botto
 th:first-child,td:first-child{text-align:left}thead th{border-bottom:2px solid #999}
 ol li{margin:.4em 0}.missing{color:#999}code{background:#f3f3f3;padding:0 .2em}
 .summary{background:#f7f9fc;border-left:4px solid #4a7bd0;padding:.2em 1em;margin:1em 0}
-.stale{color:#a33}td.ci{color:#666;text-align:left;padding-left:0}"""
+.stale{color:#a33}td.ci{color:#666;text-align:left;padding-left:0}td[colspan]{white-space:nowrap}"""
 
 
 def seed_spread_rows(metrics: dict) -> list[str]:
     """The index's row of mean ± sd (sample sd) over the run's training seeds, each at its own tuned
     threshold (metrics.json's `seed_spread`, under the label set of the model's row above it); none
-    for one seed. Two cells a metric, as `report.systems_html`'s rows (the second, the interval's, empty)."""
+    for one seed. One cell spans a metric's two columns (value and interval) in `report.systems_html`."""
     import html
 
     from icdlib import report
@@ -422,8 +422,8 @@ def seed_spread_rows(metrics: dict) -> list[str]:
 
     def cell(s: dict | None) -> str:
         if not s or s.get("mean") is None:
-            return "<td>n/a</td><td class='ci'></td>"
-        return f"<td>{report._f(s['mean'])} ± {report._f(s.get('sd'))}</td><td class='ci'></td>"
+            return "<td colspan='2'>n/a</td>"
+        return f"<td colspan='2'>{report._f(s['mean'])} ± {report._f(s.get('sd'))}</td>"
 
     name = f"icdlib, mean ± sd over seeds {', '.join(seeds)} ({split}, each at its tuned threshold)"
     return [f"<tr><td>{html.escape(name)}</td>" + "".join(cell(spread.get(k)) for k, _ in report.SUMMARY_METRICS)

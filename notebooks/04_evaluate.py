@@ -72,8 +72,9 @@ report.interval_table(evaluate.systems(ev))
 # it fell in 95% of the resamples: how far the figure could move with another sample of admissions of
 # the same kind. Two systems whose intervals overlap can still differ reliably; the next table tests
 # that directly. The intervals cover the admissions, not training: another seed moves the model too.
-# Macro figures over rare codes lean high in resamples (a resample that repeats a code's only positive
-# admission ranks it more easily), so their value can sit just below the interval: read those as rough.
+# Macro figures shift under resampling (a code whose only positive admissions a resample leaves out
+# drops out of that resample's average, or counts as zero in CAML's), so their value can sit outside
+# its interval, above or below: read those intervals as rough.
 # A dash: the metric is undefined on some resample (a code set without a positive, say).
 
 # %%
