@@ -54,7 +54,9 @@ def test_run_folder_follows_the_contract(demo_run):
     labels = pd.read_parquet(run_dir / "01_preprocess/labels.parquet")
     assert labels["code"].tolist() == sorted(labels["code"])
     assert json.loads((run_dir / "config.json").read_text())["mimic_dir"].endswith("mimic")
-    assert "reports in" in stdout and "test (MIMIC-III): auroc_micro" in stdout
+    assert "reports in" in stdout and "test (MIMIC-III): 95% bootstrap intervals; micro-F1 at each system's threshold" \
+        " tuned on val" in stdout
+    assert re.search(r"\n  icdlib +micro-AUROC 0\.\d{3} \[0\.\d{3}, 0\.\d{3}\]  MAP 0\.\d{3} \[", stdout)
 
 
 def test_reports_are_executed_and_exported(demo_run):
