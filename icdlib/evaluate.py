@@ -145,13 +145,15 @@ def both_label_sets(key: str, y_true: np.ndarray, y_score: np.ndarray, threshold
             key + EDIN: metrics.compute(y_true, y_score, threshold, label_set="edin")}
 
 
-def scored(ev: Evaluation, scores: dict[str, np.ndarray], threshold: float) -> dict:
+def scored(ev: Evaluation, scores: dict[str, np.ndarray], threshold: float | None = None) -> dict:
     """Metrics of one model's `scores` (split → matrix): `threshold` tuned on its own val scores,
-    then each split at the fixed `threshold` and at the tuned one, under both label sets."""
+    then each split at the fixed `threshold` (unless None: the reference systems have no fixed-threshold
+    rows) and at the tuned one, under both label sets."""
     tuned = metrics.tune_threshold(ev.splits["val"].y_true, scores["val"])
     out = {"threshold": tuned}
     for split, s in ev.splits.items():
-        out.update(both_label_sets(split, s.y_true, scores[split], threshold))
+        if threshold is not None:
+            out.update(both_label_sets(split, s.y_true, scores[split], threshold))
         out.update(both_label_sets(f"{split}_tuned", s.y_true, scores[split], tuned))
     return out
 
@@ -163,20 +165,11 @@ def score_all(ev: Evaluation, cfg: Config) -> dict:
     return ev.results
 
 
-def _score_tuned(ev: Evaluation, scores: dict[str, np.ndarray]) -> dict:
-    """Metrics of a reference system's `scores` (split → matrix) at its own threshold tuned on val."""
-    tuned = metrics.tune_threshold(ev.splits["val"].y_true, scores["val"])
-    out = {"threshold": tuned}
-    for split, s in ev.splits.items():
-        out.update(both_label_sets(f"{split}_tuned", s.y_true, scores[split], tuned))
-    return out
-
-
 def score_baseline(ev: Evaluation, scores: dict[str, np.ndarray]) -> dict:
     """Metrics of the baseline's `scores` (split → matrix) at its own tuned threshold, as
     `ev.results["baseline"]`."""
     ev.baseline = scores
-    ev.results["baseline"] = _score_tuned(ev, scores)
+    ev.results["baseline"] = scored(ev, scores)
     return ev.results["baseline"]
 
 
@@ -196,7 +189,7 @@ def score_prior(ev: Evaluation) -> dict:
     """The frequency prior (`prior_scores`) scored like the baseline, as `ev.results["prior"]`."""
     n_train = ev.labels["n_train"].to_numpy()
     ev.prior = {split: prior_scores(n_train, len(ev.train), len(s.y_true)) for split, s in ev.splits.items()}
-    ev.results["prior"] = _score_tuned(ev, ev.prior)
+    ev.results["prior"] = scored(ev, ev.prior)
     return ev.results["prior"]
 
 
