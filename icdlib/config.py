@@ -9,8 +9,8 @@ steps read the run and leave that record as it is.
 Notebooks call `from_notebook(globals())` after their parameters cell, so every key of `Config`
 works as a papermill parameter (`papermill notebooks/03_train.ipynb out.ipynb -p epochs 1`).
 
-Paths (`output_root`, `mimic_dir`, `note_dir`, `split_dir`, `top50_file`, and `model_path`, `base_model_path`,
-`adapter_path` when they name a local folder rather than a hub name) are made absolute against the
+Paths (`output_root`, `mimic_dir`, `note_dir`, `split_dir`, `top50_file`, `evidence_dir`, and `model_path`,
+`base_model_path`, `adapter_path` when they name a local folder rather than a hub name) are made absolute against the
 caller's working directory when the configuration is resolved, wherever they come from: the command
 line, papermill parameters, the API or a params file. The resolved Config holds absolute paths only.
 
@@ -83,6 +83,10 @@ class Config:
     min_count: int = 1  # drop label codes seen fewer times in train (edin_clean: in the whole dataset)
     seed_test_share: float = 0.0  # split seed: hold out this share of the seed's train patients (chosen with
     #                               `seed`) as a patient-disjoint test set; val keeps the HADM_ID 8/9 rule
+    evidence: str = "auto"  # auto | mdace | none: the evidence spans step 01 carries into the run's text
+    #   (01_preprocess/evidence.parquet, icdlib.evidence). auto: the synthetic twin's own spans, none on real
+    #   data; mdace: MDACE's coder-annotated spans (Cheng et al. 2023) of MIMIC-III admissions, from evidence_dir
+    evidence_dir: str = ""  # MDACE's folder (Inpatient/ICD-9/1.0/*.json, splits/); needed by evidence=mdace
 
     # model
     base_model_path: str = ""  # the base LLM (hub name or local folder) an adapter-only model_path applies to;
@@ -217,6 +221,7 @@ CHOICES = {
     "mntp_masking": ("auto", "bert", "all_mask"),
     "mntp_compare": ("none", "without", "with"),
     "mntp_head": ("auto", "train", "frozen"),
+    "evidence": ("auto", "mdace", "none"),
 }
 
 # How a step runs, not what it computes: a later step may be run with other values than the run
@@ -427,7 +432,7 @@ def _merge(values: dict, updates: dict, source: str) -> None:
         values[key] = _check_value(key, value, source)
 
 
-LOCAL_PATH_KEYS = ("output_root", "mimic_dir", "note_dir", "split_dir", "top50_file")
+LOCAL_PATH_KEYS = ("output_root", "mimic_dir", "note_dir", "split_dir", "top50_file", "evidence_dir")
 MODEL_PATH_KEYS = ("model_path", "base_model_path", "adapter_path")  # a hub name or a local folder
 
 
@@ -474,6 +479,7 @@ def resolve(backbone: str, overrides: dict | None = None, params_dir: Path | Non
     values["backbone"] = backbone
     stated = dict(overrides or {}) if "benchmark" in (overrides or {}) else {**file_values, **(overrides or {})}
     cfg = Config(**apply_benchmark(absolute_paths(values, cwd), stated))
+    check_evidence(cfg)
     if cfg.mntp_compare != "none" and cfg.mntp_steps == 0:
         raise ConfigError(f"mntp_compare={cfg.mntp_compare} compares fine-tuning with and without the MNTP stage, "
                           f"but mntp_steps=0: set mntp_steps (or mntp_compare=none)")
@@ -485,6 +491,25 @@ def resolve(backbone: str, overrides: dict | None = None, params_dir: Path | Non
             raise ConfigError(f"tiny_hidden={cfg.tiny_hidden} must be tiny_heads={cfg.tiny_heads} times an even "
                               f"number (the width of a rotary attention head)")
     return cfg
+
+
+def check_evidence(cfg: Config) -> None:
+    """Refuse an evidence source the run cannot read: MDACE annotates MIMIC-III's own notes (by
+    ROW_ID), so it needs its folder and real MIMIC-III; evidence_dir means nothing without it."""
+    if cfg.evidence != "mdace":
+        if cfg.evidence_dir:
+            raise ConfigError(f"evidence_dir is read only with evidence=mdace, not evidence={cfg.evidence}: drop "
+                              f"evidence_dir (or set evidence=mdace)")
+        return
+    if not cfg.evidence_dir:
+        raise ConfigError("evidence=mdace reads MDACE's annotations from evidence_dir: set evidence_dir to MDACE's "
+                          "folder (holding Inpatient/ICD-9/1.0/*.json)")
+    if cfg.dataset != "mimic3":
+        raise ConfigError(f"evidence=mdace annotates MIMIC-III notes, not dataset={cfg.dataset}'s: use evidence=auto "
+                          f"or none")
+    if cfg.synthetic:
+        raise ConfigError("evidence=mdace maps MDACE's spans onto MIMIC-III's own notes (by ROW_ID), which the "
+                          "synthetic twin does not have: set mimic_dir (or evidence=auto, the twin's own spans)")
 
 
 def check_positions(cfg: Config, max_positions: int | None) -> None:

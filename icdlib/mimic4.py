@@ -324,8 +324,9 @@ def read_dictionary(paths: dict[str, Path], version: int) -> pd.DataFrame:
 
 
 def read_notes(paths: dict[str, Path], hadm_ids=None, progress: bool = False,
-               block_size: int = 4 << 20) -> tuple[pd.DataFrame, dict]:
-    """One row per admission of `note/discharge`: hadm_id, subject_id, text; and the counts dropped.
+               block_size: int = 4 << 20, layout: bool = False) -> tuple[pd.DataFrame, dict]:
+    """One row per admission of `note/discharge`: hadm_id, subject_id, text; and the counts dropped
+    (with `layout`, a third item: `_admission_notes`' layout of the notes in the texts).
 
     Streamed batch by batch; only the notes of `hadm_ids` (all when None) are kept. Notes without
     hadm_id or with an empty text are dropped, and a note repeating another of its admission word
@@ -387,10 +388,11 @@ def read_notes(paths: dict[str, Path], hadm_ids=None, progress: bool = False,
     finally:
         if isinstance(source, _DischargeGunzip):
             source.close()
-    return _admission_notes(keys, texts, stats)
+    return _admission_notes(keys, texts, stats, layout)
 
 
-def _admission_notes(keys: list[pa.RecordBatch], texts: list[pa.Array], stats: dict) -> tuple[pd.DataFrame, dict]:
+def _admission_notes(keys: list[pa.RecordBatch], texts: list[pa.Array], stats: dict,
+                     layout: bool = False) -> tuple[pd.DataFrame, dict]:
     """`read_notes`' rows from the kept notes: sorted by hadm_id, note_seq, charttime, note_id (missing
     first, ties in file order); a note repeating an earlier one of its admission word for word
     dropped; an admission's distinct notes joined by a blank line.
@@ -398,7 +400,11 @@ def _admission_notes(keys: list[pa.RecordBatch], texts: list[pa.Array], stats: d
     Only the small columns are sorted; each text is copied once, from the batches' buffers straight
     into the result's, the batches released as they are copied (`preprocess.join_texts`), so the
     notes are never held twice, nor as Python strings. Only the (few) admissions with several notes
-    have their texts compared and joined in Python. `texts` is emptied."""
+    have their texts compared and joined in Python. `texts` is emptied.
+
+    With `layout`, a third item says where each note starts in its admission's text (hadm_id,
+    note_id, start, length; characters), for step 01's evidence spans: a note repeating another
+    word for word starts where its twin does. The note ids stay in arrow (no Python string a note)."""
     from icdlib.preprocess import join_texts, run_starts
 
     table = pa.Table.from_batches(keys) if keys else None
@@ -410,12 +416,18 @@ def _admission_notes(keys: list[pa.RecordBatch], texts: list[pa.Array], stats: d
     if n and table.column("SUBJECT_ID").null_count:
         raise DataError(f"note/discharge: {table.column('SUBJECT_ID').null_count} notes without subject_id")
     subject = table.column("SUBJECT_ID").to_numpy()[order] if n else np.zeros(0, np.int64)
+    note_ids = table.column("NOTE_ID").take(pa.array(order)) if layout and n else pa.array([], pa.string())
     del table
     starts = run_starts(hadm)
     sizes = np.diff(np.r_[starts, len(hadm)]).astype(np.int64)
     rows = order[starts].astype(np.int64)  # each admission's text: its first note, or its joined notes
     repeated, several = 0, 0
     multi = np.flatnonzero(sizes > 1)
+    note_start = np.zeros(n, np.int64)  # each note's start in its admission's text, in sorted order
+    length = np.zeros(n, np.int64)  # each note's characters
+    if layout and n:
+        length = np.concatenate([pc.fill_null(pc.utf8_length(t), 0).to_numpy(zero_copy_only=False)
+                                 for t in texts])[order]
     if len(multi):
         bounds = np.cumsum([0] + [len(t) for t in texts])
 
@@ -425,7 +437,11 @@ def _admission_notes(keys: list[pa.RecordBatch], texts: list[pa.Array], stats: d
 
         joined = []
         for a in multi.tolist():
-            distinct = list(dict.fromkeys(text_of(int(r)) for r in order[starts[a]:starts[a] + sizes[a]]))
+            own = [text_of(int(r)) for r in order[starts[a]:starts[a] + sizes[a]]]
+            distinct = list(dict.fromkeys(own))
+            if layout:
+                at = dict(zip(distinct, np.r_[0, np.cumsum([len(t) + 2 for t in distinct])].tolist()))
+                note_start[starts[a]:starts[a] + sizes[a]] = [at[t] for t in own]
             repeated += int(sizes[a]) - len(distinct)
             several += len(distinct) > 1
             joined.append("\n\n".join(distinct))
@@ -440,6 +456,10 @@ def _admission_notes(keys: list[pa.RecordBatch], texts: list[pa.Array], stats: d
     out = pd.DataFrame({"hadm_id": hadm[starts].astype(np.int64), "subject_id": subject[starts].astype(np.int64),
                         "text": text.array})
     stats["admissions with a discharge note"] = len(out)
+    if layout:
+        ids = note_ids.to_pandas(types_mapper=pd.ArrowDtype)
+        where = pd.DataFrame({"hadm_id": hadm.astype(np.int64), "note_id": ids, "start": note_start, "length": length})
+        return out, stats, where
     return out, stats
 
 
@@ -452,21 +472,23 @@ def group_codes(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def prepare(mimic_dir: Path, note_dir: Path | None = None, dataset: str = "mimic4_icd9",
-            progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+            progress: bool = False, layout: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Edin et al.'s MIMIC-IV `dataset` before its rare-code filter (`preprocess.rare_codes`).
 
     Returns the admissions (hadm_id, subject_id, text, codes: sorted unique dotted codes), sorted
     by hadm_id; every admission with a discharge note and at least one code of the dataset's
     version; the dictionary of that version (`read_dictionary`), plus the codes seen in the data
     that it lacks, with their kind and empty titles (so it gives every code's kind); and the
-    counts of each step, in order. The text is raw: `clean_edin` is Edin's cleaning.
+    counts of each step, in order. The text is raw: `clean_edin` is Edin's cleaning. With `layout`,
+    a fourth item: where each note starts in its admission's text (`read_notes`).
     """
     version = _version(dataset)
     paths = check_schema(mimic_dir, note_dir)
     rows, stats = read_codes(paths, version)
     coded = group_codes(rows)
     stats[f"admissions with ICD-{version} codes"] = len(coded)
-    notes, note_stats = read_notes(paths, hadm_ids=coded["hadm_id"].to_numpy(), progress=progress)
+    notes, note_stats, *where = read_notes(paths, hadm_ids=coded["hadm_id"].to_numpy(), progress=progress,
+                                           layout=layout)
     stats.update({f"discharge notes of admissions without ICD-{version} codes (dropped)"
                   if k == "discharge notes of other admissions (dropped)" else k: v for k, v in note_stats.items()})
     stats[f"admissions with ICD-{version} codes but no discharge note (dropped)"] = int(
@@ -484,7 +506,7 @@ def prepare(mimic_dir: Path, note_dir: Path | None = None, dataset: str = "mimic
     untitled = pd.DataFrame({"code": absent["code"].to_numpy(), "kind": absent["kind"].to_numpy(),
                              "short_title": "", "long_title": ""})
     dictionary = pd.concat([dictionary, untitled], ignore_index=True)
-    return notes.reset_index(drop=True), dictionary, stats
+    return (notes.reset_index(drop=True), dictionary, stats, *where)
 
 
 def clean_edin(text: str) -> str:

@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from icdlib import evidence as spans
 from icdlib import labels as labelspace
 from icdlib import mimic, mimic4, record, splits
 from icdlib.codes import PROCEDURE, caml_procedure
@@ -38,9 +39,9 @@ from icdlib.errors import DataError
 from icdlib.runfolder import Run, atomic_path, content_key, read_key, source_hash, write_key
 
 STEP = "01_preprocess"
-VERSION = 2  # bump when the output of this step changes for the same inputs
+VERSION = 3  # bump when the output of this step changes for the same inputs
 PARAMS = ("dataset", "note_categories", "note_descriptions", "text_cleaning", "split", "split_dir", "labels",
-          "top50_file", "min_count", "benchmark", "seed_test_share")
+          "top50_file", "min_count", "benchmark", "seed_test_share", "evidence", "evidence_dir")
 WHOLE_DATASET_PRESETS = ("edin_clean", "edin_mimic4_icd9", "edin_mimic4_icd10")  # rare codes counted over all splits
 SYNTH_PARAMS = ("synth_admissions", "synth_seed", "synth_short")
 SEED_SHARE = "share of val admissions whose patient is in train"  # stats.json key, a number in [0, 1]
@@ -74,6 +75,7 @@ class Preprocessed:
     notes: pd.DataFrame  # hadm_id, subject_id, split, text, codes
     labels: pd.DataFrame  # code, kind, short_title, long_title, n_train
     stats: dict  # counts at every filter, in order
+    evidence: pd.DataFrame | None = None  # evidence spans in the notes' text (evidence.COLUMNS); None: no source
 
 
 def synth_key(cfg: Config) -> str:
@@ -128,16 +130,39 @@ CLEANERS = {"caml": lambda texts: [clean_caml(t) for t in texts], "edin": mimic4
 CLEAN_BATCH = 5_000  # texts cleaned at a time: a cleaner's copies are a batch's, not the dataset's
 
 
-def clean_texts(texts: list[str], how: str) -> list[str]:
-    """`texts` cleaned by CLEANERS[how], batch by batch; each batch of `texts` is released (set to
-    None) once cleaned, so the texts are held about once, not once per copy a cleaner makes
-    (full MIMIC-IV ICD-9: 2.2 GB of text, ~4 times that when cleaned in one piece)."""
-    out: list[str] = []
+def clean_batches(texts: list[str], how: str):
+    """(first position, raw texts, cleaned texts) of CLEAN_BATCH texts at a time, cleaned by
+    CLEANERS[how]; each batch of `texts` is released (set to None) as it is taken, so the texts are
+    held about once, not once per copy a cleaner makes (full MIMIC-IV ICD-9: 2.2 GB of text, ~4
+    times that when cleaned in one piece)."""
     for start in range(0, len(texts), CLEAN_BATCH):
         stop = min(start + CLEAN_BATCH, len(texts))
-        out += CLEANERS[how](texts[start:stop])
+        raw = texts[start:stop]
         texts[start:stop] = [None] * (stop - start)
+        yield start, raw, CLEANERS[how](raw)
+
+
+def clean_texts(texts: list[str], how: str) -> list[str]:
+    """`texts` cleaned by CLEANERS[how], batch by batch (`clean_batches`)."""
+    out: list[str] = []
+    for _, _, cleaned in clean_batches(texts, how):
+        out += cleaned
     return out
+
+
+def clean_carrying(texts: list[str], how: str, placed: pd.DataFrame, trimmed: bool) -> tuple[
+        list[str], list[pd.DataFrame], int]:
+    """`texts` cleaned as `clean_texts` (or kept, how="none") with the evidence spans `placed` in
+    them (`evidence.place`) carried along, batch by batch while each batch's raw texts are at hand:
+    (the texts, the carried spans batch by batch, how many spans the cleaning erased)."""
+    batches = clean_batches(texts, how) if how in CLEANERS else [(0, texts, None)]
+    out, parts, lost = [], [], 0
+    for start, raw, cleaned in batches:
+        carried, erased = spans.carry(placed, start, raw, cleaned, how, trimmed)
+        parts.append(carried)
+        lost += erased
+        out += raw if cleaned is None else cleaned
+    return out, parts, lost
 
 
 def run_starts(*keys: np.ndarray) -> np.ndarray:
@@ -179,6 +204,44 @@ def order_notes(notes: pa.Table, descriptions: list[str]) -> tuple[pd.DataFrame,
     return admissions, kept[order], stats
 
 
+def admission_rows(rows: np.ndarray, first: np.ndarray, n_notes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(where each admission's notes start in the output, the notes' rows in output order): admission
+    i's notes are rows[first[i] : first[i] + n_notes[i]], admission after admission."""
+    note_start = np.r_[0, np.cumsum(n_notes)].astype(np.int64)
+    order = np.repeat(first - note_start[:-1], n_notes) + np.arange(note_start[-1])
+    return note_start, np.asarray(rows, np.int64)[order]
+
+
+def chunk_positions(chunks: list[pa.Array], note_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(each chunk's first row, the chunk each of `note_rows` falls in) for rows counted across `chunks`."""
+    bounds = np.cumsum([0] + [len(c) for c in chunks])
+    return bounds, np.searchsorted(bounds, note_rows, side="right") - 1
+
+
+def note_layout(chunks: list[pa.Array], rows: np.ndarray, note_ids: pa.ChunkedArray,
+                kept: pd.DataFrame) -> pd.DataFrame:
+    """Where each note of the `kept` admissions (hadm_id, first, n_notes: `order_notes`' frame) starts
+    in the admission's text as `join_texts` joins it: hadm_id, note_id (str; `note_ids` holds every
+    note's id, by row), start and length in characters.
+
+    Reads only the lengths of these notes (arrow's utf8_length of their rows), so it must run before
+    `join_texts` releases `chunks`. Meant for the few admissions with evidence spans: their note ids
+    become Python strings, no other note's does."""
+    n_notes = kept["n_notes"].to_numpy(np.int64)
+    note_start, note_rows = admission_rows(rows, kept["first"].to_numpy(np.int64), n_notes)
+    bounds, chunk_of = chunk_positions(chunks, note_rows)
+    length = np.zeros(len(note_rows), np.int64)
+    for c in np.unique(chunk_of).tolist():
+        mine = np.flatnonzero(chunk_of == c)
+        taken = chunks[c].take(pa.array(note_rows[mine] - bounds[c]))
+        length[mine] = pc.fill_null(pc.utf8_length(taken), 0).to_numpy(zero_copy_only=False)
+    ends = np.cumsum(length + 2)  # each note and the blank line after it
+    start = ends - length - 2 - np.repeat(np.r_[0, ends][note_start[:-1]], n_notes)
+    ids = pc.take(note_ids, pa.array(note_rows)).to_pylist() if len(note_rows) else []
+    return pd.DataFrame({"hadm_id": np.repeat(kept["hadm_id"].to_numpy(np.int64), n_notes),
+                         "note_id": [str(i) for i in ids], "start": start, "length": length})
+
+
 def join_texts(chunks: list[pa.Array], rows: np.ndarray, first: np.ndarray, n_notes: np.ndarray) -> pd.Series:
     """Admission i's text: its notes rows[first[i] : first[i] + n_notes[i]] joined by a blank line.
 
@@ -189,11 +252,8 @@ def join_texts(chunks: list[pa.Array], rows: np.ndarray, first: np.ndarray, n_no
     No Python string is made per note.
     """
     first, n_notes = np.asarray(first, np.int64), np.asarray(n_notes, np.int64)
-    note_start = np.r_[0, np.cumsum(n_notes)]
-    order = np.repeat(first - note_start[:-1], n_notes) + np.arange(note_start[-1])  # notes in output order
-    note_rows = np.asarray(rows, np.int64)[order]
-    bounds = np.cumsum([0] + [len(c) for c in chunks])
-    chunk_of = np.searchsorted(bounds, note_rows, side="right") - 1
+    note_start, note_rows = admission_rows(rows, first, n_notes)
+    bounds, chunk_of = chunk_positions(chunks, note_rows)
     by_chunk = np.argsort(chunk_of, kind="stable")  # notes grouped by chunk: (chunk, start, stop) in by_chunk
     present, lo = np.unique(chunk_of[by_chunk], return_index=True)
     groups = list(zip(present.tolist(), lo.tolist(), np.r_[lo[1:], len(by_chunk)].astype(np.int64).tolist()))
@@ -268,11 +328,15 @@ class _Admissions:
     dictionary: pd.DataFrame  # code, kind, short_title, long_title
     kinds: dict[str, str]  # every code seen in the data -> diagnosis / procedure
     stats: dict
+    # where the notes of some kept admissions start in their texts (`note_layout`'s columns); before `texts`
+    layout: Callable[[pd.DataFrame], pd.DataFrame] | None = None
 
 
-def _mimic3(cfg: Config, source: Path, progress: bool) -> _Admissions:
+def _mimic3(cfg: Config, source: Path, progress: bool, layout: bool = False) -> _Admissions:
     """MIMIC-III: discharge summaries (report, then addenda) of admissions with codes. The texts are
-    joined only for the admissions that survive the filters (`join_texts`)."""
+    joined only for the admissions that survive the filters (`join_texts`), and where their notes
+    start in them told on demand (`note_layout`; the ROW_IDs are kept for it, 8 bytes a note, so
+    `layout` changes nothing here)."""
     paths = mimic.check_schema(source)
     code_rows, coded, dictionary, code_stats = read_code_tables(paths)
     raw_notes, note_stats = mimic.read_notes(paths["NOTEEVENTS"], cfg.note_categories, progress=progress)
@@ -283,7 +347,7 @@ def _mimic3(cfg: Config, source: Path, progress: bool) -> _Admissions:
     no_codes = notes["codes"].isna()
     stats["admissions with notes but no codes (dropped)"] = int(no_codes.sum())
     stats["coded admissions without a selected note (dropped)"] = int((~coded["hadm_id"].isin(joined["hadm_id"])).sum())
-    text_chunks = raw_notes.column("text").chunks
+    text_chunks, row_ids = raw_notes.column("text").chunks, raw_notes.column("row_id")
     del raw_notes  # join_texts releases the notes' texts chunk by chunk
 
     def texts(kept: pd.DataFrame) -> pd.Series:
@@ -291,14 +355,18 @@ def _mimic3(cfg: Config, source: Path, progress: bool) -> _Admissions:
 
     distinct = code_rows.drop_duplicates("code", keep="last")
     kinds = dict(zip(distinct["code"].tolist(), distinct["kind"].tolist()))
-    return _Admissions(notes[~no_codes].reset_index(drop=True), texts, dictionary, kinds, stats)
+    return _Admissions(notes[~no_codes].reset_index(drop=True), texts, dictionary, kinds, stats,
+                       lambda kept: note_layout(text_chunks, note_rows, row_ids, kept))
 
 
-def _mimic4(cfg: Config, source: Path, progress: bool) -> _Admissions:
-    """MIMIC-IV: Edin et al.'s preparation of the dataset's ICD version (`icdlib.mimic4.prepare`)."""
-    notes, dictionary, stats = mimic4.prepare(source, cfg.note_dir or None, cfg.dataset, progress=progress)
+def _mimic4(cfg: Config, source: Path, progress: bool, layout: bool = False) -> _Admissions:
+    """MIMIC-IV: Edin et al.'s preparation of the dataset's ICD version (`icdlib.mimic4.prepare`);
+    with `layout`, where each discharge note starts in its admission's text (`mimic4.read_notes`)."""
+    notes, dictionary, stats, *where = mimic4.prepare(source, cfg.note_dir or None, cfg.dataset, progress=progress,
+                                                      layout=layout)
     kinds = dict(zip(dictionary["code"].tolist(), dictionary["kind"].tolist()))
-    return _Admissions(notes, lambda kept: kept.pop("text"), dictionary, kinds, stats)
+    notes_of = (lambda kept: where[0][where[0]["hadm_id"].isin(kept["hadm_id"])]) if layout else None
+    return _Admissions(notes, lambda kept: kept.pop("text"), dictionary, kinds, stats, notes_of)
 
 
 def rare_codes(notes: pd.DataFrame, min_count: int, preset: str) -> tuple[pd.DataFrame, pd.Series, dict]:
@@ -316,7 +384,8 @@ def rare_codes(notes: pd.DataFrame, min_count: int, preset: str) -> tuple[pd.Dat
 
 def build(cfg: Config, progress: bool = True) -> Preprocessed:
     source = mimic_dir(cfg, progress)
-    adm = (_mimic3 if cfg.dataset == "mimic3" else _mimic4)(cfg, source, progress)
+    raw_spans, span_source = spans.read(cfg, source)
+    adm = (_mimic3 if cfg.dataset == "mimic3" else _mimic4)(cfg, source, progress, layout=raw_spans is not None)
     notes, stats = adm.notes, adm.stats
     adm.notes = None  # `notes` is the only holder of the texts: released as they are cleaned
     whole = None  # admissions per code over the whole dataset, for Edin et al.'s presets
@@ -326,9 +395,20 @@ def build(cfg: Config, progress: bool = True) -> Preprocessed:
     notes["split"], split_stats = splits.assign(notes, cfg.split, cfg.split_dir, cfg.seed_test_share, cfg.seed)
     stats.update(split_stats)
     notes = notes[notes["split"].notna()].reset_index(drop=True)
+    placed = None
+    if raw_spans is not None:  # where the spans' notes start in the texts, before `texts` takes the notes
+        mine = notes["hadm_id"].isin(raw_spans["hadm_id"])
+        layout = adm.layout(notes.loc[mine, [c for c in ("hadm_id", "first", "n_notes") if c in notes.columns]])
+        placed, where = spans.place(raw_spans, layout, notes["hadm_id"])
     texts = adm.texts(notes).tolist()
     notes = notes.copy()  # pandas keeps a popped column alive in its block's array: only `texts` holds them now
-    notes["text"] = clean_texts(texts, cfg.text_cleaning) if cfg.text_cleaning in CLEANERS else texts
+    found = None
+    if placed is None:
+        notes["text"] = clean_texts(texts, cfg.text_cleaning) if cfg.text_cleaning in CLEANERS else texts
+    else:
+        notes["text"], parts, lost = clean_carrying(texts, cfg.text_cleaning, placed, trimmed=cfg.evidence == "mdace")
+        found, repeated = spans.finish(parts)
+        stats.update(spans.counts(span_source, cfg.text_cleaning, len(raw_spans), where, lost, repeated, len(found)))
     del texts
     if notes.empty:
         raise DataError("no admission is left after filtering: check note_categories, note_descriptions and split")
@@ -353,7 +433,7 @@ def build(cfg: Config, progress: bool = True) -> Preprocessed:
     n_val = stats["val admissions"]
     stats[SEED_SHARE] = round(stats["val admissions whose patient is in train"] / n_val, 4) if n_val else 0.0
     notes = notes[["hadm_id", "subject_id", "split", "text", "codes"]]
-    return Preprocessed(notes=notes, labels=label_table, stats=stats)
+    return Preprocessed(notes=notes, labels=label_table, stats=stats, evidence=found)
 
 
 def sources(cfg: Config) -> dict:
@@ -369,6 +449,8 @@ def sources(cfg: Config) -> dict:
         parts["files"] = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in paths.values()}
     else:
         parts["synthetic_mimic"] = synth_key(cfg)
+    if cfg.evidence == "mdace" and cfg.evidence_dir:
+        parts["evidence"] = spans.fingerprint(cfg.evidence_dir)
     for extra in (cfg.split_dir, cfg.top50_file):
         if extra and Path(extra).exists():
             files = sorted(Path(extra).glob("*")) if Path(extra).is_dir() else [Path(extra)]
@@ -406,8 +488,12 @@ def run(cfg: Config, progress: bool = True) -> Preprocessed:
             result.notes.to_parquet(tmp / "notes.parquet", index=False)
             result.labels.to_parquet(tmp / "labels.parquet", index=False)
             (tmp / "stats.json").write_text(json.dumps(result.stats, indent=2) + "\n")
+            if result.evidence is not None:
+                result.evidence.to_parquet(tmp / run_.evidence.name, index=False)
             write_key(tmp, key)
-        step.wrote(*outputs)
+        step.wrote(*outputs, *([run_.evidence] if result.evidence is not None else []))
+        if result.evidence is not None:
+            step.extra["evidence"] = {k: v for k, v in result.stats.items() if k.startswith("evidence spans")}
     result.stats = {"reused from cache": False, **result.stats}
     return result
 
@@ -432,7 +518,8 @@ def load(run_dir: Path, cached: bool = False, columns: list[str] | None = None) 
     stats = json.loads(run.stats.read_text())
     if cached:
         stats = {"reused from cache": True, **stats}
-    return Preprocessed(notes=notes, labels=pd.read_parquet(run.labels), stats=stats)
+    found = pd.read_parquet(run.evidence) if run.evidence.is_file() else None
+    return Preprocessed(notes=notes, labels=pd.read_parquet(run.labels), stats=stats, evidence=found)
 
 
 def read(cfg: Config) -> Preprocessed:
@@ -557,6 +644,23 @@ def _verdict(cfg: Config, result: Preprocessed, seen: tuple, preset: tuple, rele
         return admissions + "; " + caml_labels(seen[3], want[3], caml_folded(result.labels))
     return (admissions + f"; the labels differ: {n(seen[3])} (expected {n(want[3])}). Check that the data is "
             f"{release}" + (" and the top-50 file." if cfg.benchmark == "caml_50" else "."))
+
+
+def evidence_note(cfg: Config, result: Preprocessed):
+    """Markdown, one line: how many evidence spans the run carries into `evidence.parquet` and how
+    many it dropped (and why), or why it has none."""
+    st = result.stats
+    read = next((k for k in st if k.startswith("evidence spans read (")), None)
+    if read is None:
+        why = ("evidence=none" if cfg.evidence == "none" else "the twin wrote no evidence file" if cfg.synthetic
+               else "evidence=auto carries the synthetic twin's own spans only")
+        return _markdown(f"No evidence spans in this run ({why}). With MIMIC-III, `-p evidence=mdace -p "
+                         "evidence_dir=...` carries MDACE's.")
+    dropped = [f"{st[k]:,} {k.removeprefix('evidence spans ').removesuffix(' (dropped)')}" for k in st
+               if k.startswith("evidence spans") and k not in (read, spans.KEPT)]
+    source = read.removeprefix("evidence spans read (").removesuffix(")")
+    return _markdown(f"Evidence spans ({source}): {st[spans.KEPT]:,} of {st[read]:,} kept in `evidence.parquet` "
+                     f"(offsets into the text); dropped: {'; '.join(dropped)}.")
 
 
 def split_notes(cfg: Config, result: Preprocessed):

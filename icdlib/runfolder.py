@@ -436,6 +436,12 @@ class Run:
     def stats(self) -> Path:
         return self.step("01") / "stats.json"
 
+    @property
+    def evidence(self) -> Path:
+        """`01_preprocess/evidence.parquet`: evidence spans in notes.parquet's text (icdlib.evidence);
+        absent when the run has none."""
+        return self.step("01") / "evidence.parquet"
+
     # 03
     @property
     def trained(self) -> Path:

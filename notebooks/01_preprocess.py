@@ -33,6 +33,15 @@ result = preprocess.run(cfg)
 preprocess.stats_table(result.stats)
 
 # %% [markdown]
+# ## Evidence spans
+# Where a code's support is written (`01_preprocess/evidence.parquet`, offsets into the text): the
+# synthetic twin's own spans, or MDACE's coder annotations with `evidence: mdace` on MIMIC-III,
+# carried through the note join and the text cleaning; spans the run cannot place are counted.
+
+# %%
+preprocess.evidence_note(cfg, result)
+
+# %% [markdown]
 # ## Split and benchmark
 # What the split is, how many val admissions share a patient with train, and this run's counts
 # beside the published counts of each benchmark preset of the dataset (`benchmark` sets split and labels).

@@ -38,9 +38,11 @@ ROWS = {"NOTEEVENTS": NOTES, "DIAGNOSES_ICD": DIAGNOSES, "PROCEDURES_ICD": PROCE
         "D_ICD_DIAGNOSES": D_DIAG, "D_ICD_PROCEDURES": D_PROC}
 
 
-def write_mimic(folder: Path, gz: bool = False, skip: tuple[str, ...] = (), drop_column: tuple[str, str] | None = None) -> Path:
+def write_mimic(folder: Path, gz: bool = False, skip: tuple[str, ...] = (), drop_column: tuple[str, str] | None = None,
+                notes: list[tuple] | None = None) -> Path:
+    """The fixture's tables in `folder`; `notes`: NOTEEVENTS rows in place of NOTES."""
     folder.mkdir(parents=True, exist_ok=True)
-    for table, rows in ROWS.items():
+    for table, rows in {**ROWS, **({"NOTEEVENTS": notes} if notes is not None else {})}.items():
         if table in skip:
             continue
         columns = list(TABLES[table])
