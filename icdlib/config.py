@@ -168,6 +168,10 @@ class Config:
     threshold: float = 0.5
     baseline: bool = True  # 04 also trains the TF-IDF low-rank baseline (icdlib.baseline) and scores it
     bootstrap: int = 1000  # resamples of the reported split's admissions for 04's 95% intervals; 0: none
+    explain_notes: int = 40  # 04 measures each explanation method (icdlib.explanations) against the run's
+    #   evidence spans on the first this-many admissions of val and of test that have a true-positive code with
+    #   evidence; 0: not measured
+    ig_steps: int = 16  # integrated gradients' Gauss-Legendre points (icdlib.explain.IG_STEPS)
 
     @property
     def run_name(self) -> str:
@@ -274,6 +278,8 @@ RANGES = {
     "mntp_batch_size": _AT_LEAST_1,
     "mntp_lr": _POSITIVE,
     "bootstrap": _AT_LEAST_0,  # 0: no intervals
+    "explain_notes": _AT_LEAST_0,
+    "ig_steps": _AT_LEAST_1,
     "mntp_epochs": _AT_LEAST_0,
     "seeds": (lambda v: all(x >= 0 for x in v) and len(set(v)) == len(v), "distinct non-negative integers"),
 }

@@ -67,7 +67,7 @@ from icdlib.labels import multi_hot
 from icdlib.runfolder import MNTP_ARMS, SCORED_SPLITS, Run, atomic_path, atomic_write_text, seed_variant, tree_hash
 
 STEP = "04_evaluate"
-PARAMS = ("threshold", "baseline", "seed", "bootstrap")  # what step 04's output depends on besides its inputs
+PARAMS = ("threshold", "baseline", "seed", "bootstrap", "explain_notes", "ig_steps")  # what step 04's output depends on besides its inputs
 BOOTSTRAP_SEED = 0  # the resamples do not change with the run's seed: two seeds' intervals use the same draws
 EDIN = "_edin"  # metrics.json keys with this suffix: scored with metrics.compute(label_set="edin")
 EDIN_BENCHMARKS = frozenset(name for name in BENCHMARKS if name.startswith("edin_"))
@@ -332,6 +332,12 @@ def run(cfg: Config, progress: bool = False) -> Evaluation:
         score_intervals(ev, cfg.bootstrap)
         s = ev.splits[eval_split(ev)]
         ev.per_code = analysis.per_code(s.y_true, s.y_score, ev.labels, ev.results["threshold"])
+        from icdlib import explanations
+
+        measured = explanations.for_run(cfg, ev, step.run, tuple(dict.fromkeys(("val", eval_split(ev)))),
+                                          seed=BOOTSTRAP_SEED)
+        if measured is not None:
+            ev.results["explanations"] = measured
         write(cfg, ev)
         step.wrote(step.run.metrics, step.run.per_code)
     return ev

@@ -496,7 +496,7 @@ def evaluate_method(scores: Sequence, evidence: Sequence, notes: Sequence, thres
     return out
 
 
-def _key(metric: str, k: int) -> str:
+def key(metric: str, k: int) -> str:
     return f"recall_at_{k}" if metric == "recall_at_k" else metric
 
 
@@ -510,7 +510,7 @@ def table(results: dict[str, dict], intervals: bool = False, digits: int = 3) ->
     if len(ks) > 1:
         raise ValueError(f"the methods were measured with different k for recall@k ({sorted(ks)}): use one")
     k = ks.pop() if ks else RECALL_K
-    present = [m for m in METRICS if any(_key(m, k) in r for r in results.values())]
+    present = [m for m in METRICS if any(key(m, k) in r for r in results.values())]
     columns = [NAMES[m].format(k=k) for m in present] + ["Threshold"]
 
     def cell(r: dict, key: str):
@@ -523,7 +523,7 @@ def table(results: dict[str, dict], intervals: bool = False, digits: int = 3) ->
         text = f"{value:.{digits}f}"
         return text if lo is None or hi is None else f"{text} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
-    rows = {method: [cell(r, _key(m, k)) for m in present] + [float(r.get("threshold", math.nan))]
+    rows = {method: [cell(r, key(m, k)) for m in present] + [float(r.get("threshold", math.nan))]
             for method, r in results.items()}
     out = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
     out.index.name = "method"

@@ -10,7 +10,7 @@ mimic_dir = ""         # MIMIC-III v1.4 (or MIMIC-IV v2.2) folder; empty means t
 params = {}            # other parameters, e.g. {"max_steps": 50}; with papermill also -p max_steps 50
 
 # %%
-from icdlib import analysis, config, evaluate, explain
+from icdlib import analysis, config, evaluate
 cfg = config.from_notebook(globals())
 ev = evaluate.read(cfg)  # what 04 wrote, checked against the run's manifests
 cfg, threshold, per_code = ev.cfg, ev.results["threshold"], ev.per_code  # cfg: with step 01's data parameters
@@ -76,11 +76,33 @@ analysis.errors_by(s.notes, s.y_true, s.y_score, threshold, by="length")
 analysis.errors_by(s.notes, s.y_true, s.y_score, threshold, by="n_codes")
 
 # %% [markdown]
-# ## What the label attention reads for the split's most frequent code
-# Token highlights on one note (off when `share_safe` is on: no note text in shared reports).
+# ## Do the explanations point at the evidence?
+# Step 04 explained the model's true-positive codes with five methods (`icdlib.explain`: label
+# attention, attention × input-gradient (AttInGrad, Edin et al. 2024), input × gradient, integrated
+# gradients, occlusion of sentences) and compared each with the run's evidence spans: those the twin
+# wrote beside each note, or MDACE's coder annotations on MIMIC-III (`-p evidence=mdace`).
 
 # %%
-explain.highlight(cfg, s.notes, s.y_true, ev.labels)
+from icdlib import explanation_report
+explanation_report.overview(ev)
+
+# %%
+explanation_report.methods(ev)
+
+# %%
+explanation_report.family(ev, "plausibility")
+
+# %%
+explanation_report.family(ev, "faithfulness")
+
+# %%
+explanation_report.family(ev, "negation")
+
+# %% [markdown]
+# ## What the best method shows, admission by admission
+
+# %%
+explanation_report.worked_examples(cfg, ev, split)
 
 # %%
 report.summary(per_code=per_code, levels=levels, near_misses=near)
