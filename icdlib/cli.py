@@ -75,14 +75,17 @@ def cmd_synth(args) -> None:
         admissions = FULL_SIZE if args.full else args.admissions
         paths = synth.generate(Path(args.out), admissions=admissions, seed=args.seed, gzip=args.gzip,
                                short=args.short, progress=not args.quiet)
+        evidence = Path(args.out) / synth.EVIDENCE_FILE
     else:
         from icdlib import synth4
 
         icd9, icd10 = synth4.FULL if args.full else synth4.counts_for(args.dataset, args.admissions)
         paths = synth4.generate(Path(args.out), icd9=icd9, icd10=icd10, seed=args.seed, short=args.short,
                                 progress=not args.quiet)
+        evidence = Path(args.out) / synth4.EVIDENCE_FILE
     for table, path in paths.items():
         print(f"{table}: {path}")
+    print(f"evidence spans: {evidence}")
 
 
 def train_run_dir(args) -> Path:
@@ -212,7 +215,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_compare)
 
-    s = sub.add_parser("synth", help="write a synthetic MIMIC-III twin (five tables) or MIMIC-IV twin (hosp/, note/)")
+    s = sub.add_parser("synth", help="write a synthetic MIMIC-III twin (five tables) or MIMIC-IV twin (hosp/, note/), "
+                                     "and where its notes mention each code (EVIDENCE.csv.gz, note/evidence.csv.gz)")
     s.add_argument("--out", required=True, help="folder to write the tables into")
     s.add_argument("--dataset", default="mimic3", choices=["mimic3", "mimic4_icd9", "mimic4_icd10"],
                    help="mimic3: MIMIC-III v1.4's tables; mimic4_*: MIMIC-IV v2.2 + MIMIC-IV-Note as PhysioNet ships "

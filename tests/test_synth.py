@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import random
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pyarrow.csv as pacsv
 import pytest
 
 from icdlib import synth
+from icdlib.codes import DIAGNOSIS, PROCEDURE, dot
 
 TABLES = tuple(synth.TABLE_COLUMNS)
 HEADERS = ("Admission Date:", "Discharge Date:", "Service:", "Chief Complaint:", "History of Present Illness:",
@@ -330,3 +333,122 @@ def test_long_notes_hold_evidence_past_the_first_4096_tokens(tmp_path):
     assert 0.2 < stats["notes_past_4096"] < 0.8, stats
     assert stats["first_mention_past_4096"] > 0.03, stats
     assert 13 <= stats["codes_per_admission"] <= 17
+
+
+# ---------------------------------------------------------------- where the evidence was written (issue 23)
+
+def admission_codes(tables: dict[str, pd.DataFrame]) -> dict[int, dict[str, set[str]]]:
+    """HADM_ID -> kind -> the admission's dotted codes, as step 01 reads them."""
+    out: dict[int, dict[str, set[str]]] = {}
+    for table, kind in (("DIAGNOSES_ICD", DIAGNOSIS), ("PROCEDURES_ICD", PROCEDURE)):
+        rows = tables[table][tables[table]["ICD9_CODE"] != ""]
+        for hadm, code in zip(rows["HADM_ID"].astype(int), rows["ICD9_CODE"]):
+            out.setdefault(hadm, {DIAGNOSIS: set(), PROCEDURE: set()})[kind].add(dot(code, kind))
+    return out
+
+
+def written_forms(forms: synth._Forms) -> set[str]:
+    """How a mention of a code can stand in a note: one of its surface forms, maybe capitalised."""
+    plain = {f for f in (*forms.synonyms, forms.plain, forms.full, *forms.paraphrases, forms.partial) if f}
+    return plain | {synth._cap(f) for f in plain}
+
+
+def check_spans(evidence: pd.DataFrame, tables: dict[str, pd.DataFrame], world) -> pd.DataFrame:
+    """Every span is a mention of its code as written, in a note of its admission; evidence codes
+    are the admission's, negated and family codes are not. Returns the spans' notes."""
+    notes = tables["NOTEEVENTS"].set_index(tables["NOTEEVENTS"]["ROW_ID"].astype(int)).loc[evidence["ROW_ID"]]
+    assert (notes["HADM_ID"].astype(int).to_numpy() == evidence["HADM_ID"].to_numpy()).all()
+    codes = admission_codes(tables)
+    for row, text in zip(evidence.itertuples(), notes["TEXT"]):
+        own = codes.get(row.HADM_ID, {DIAGNOSIS: set(), PROCEDURE: set()})
+        kind = PROCEDURE if row.CODE in own[PROCEDURE] else DIAGNOSIS
+        assert (row.CODE in own[kind]) == (row.KIND == "evidence"), row
+        raw = row.CODE.replace(".", "")
+        forms = world.proc_forms(raw) if kind == PROCEDURE else world.dx_forms(raw)
+        assert 0 <= row.BEGIN < row.END <= len(text) and text[row.BEGIN:row.END] in written_forms(forms), row
+    return notes
+
+
+def test_marks_give_the_offsets_of_mentions_in_the_final_text():
+    marked = synth._marked("atrial fibrillation", DIAGNOSIS, synth.EVIDENCE, "42731")
+    negated = synth._marked("PE", DIAGNOSIS, synth.NEGATED, "41519")
+    text, marks = synth._unmark(f"# {synth._cap(marked)}: Rate controlled. Ruled out {negated}.")
+    assert text == "# Atrial fibrillation: Rate controlled. Ruled out PE."
+    assert marks == [synth.Mark(DIAGNOSIS, "evidence", "42731", 2, 21), synth.Mark(DIAGNOSIS, "negated", "41519", 50, 52)]
+    assert synth._unmark("No marks.") == ("No marks.", [])
+    with pytest.raises(RuntimeError, match="evidence marks left"):
+        synth._unmark(synth._marked(marked, DIAGNOSIS, synth.EVIDENCE, "4280"))  # one inside another
+
+
+def test_a_marked_mention_draws_and_reads_as_an_unmarked_one():
+    world = synth._build_world()
+    quiet = replace(world, records=False)
+    a, b = random.Random(5), random.Random(5)
+    for code, kind in (("42731", DIAGNOSIS), ("01720", DIAGNOSIS), ("3893", PROCEDURE)):
+        marked, plain = synth._said(a, world, code, kind, synth.FAMILY), synth._said(b, quiet, code, kind, synth.FAMILY)
+        assert synth._unmark(marked) == (plain, [synth.Mark(kind, "family", code, 0, len(plain))])
+        assert synth._unmark(synth._cap(marked))[0] == synth._cap(plain)
+    assert a.random() == b.random()  # the same draws
+
+
+def test_a_sentence_written_for_a_code_has_the_code_marked_in_it():
+    world = synth._build_world()
+    sentence = "Mild pulmonary edema, consistent with CHF."
+    assert synth._unmark(synth._said_in(sentence, world, "4280")) == (
+        sentence, [synth.Mark(DIAGNOSIS, "evidence", "4280", 38, 41)])
+    sentence = "Treated with levofloxacin for community acquired pneumonia."  # the longest form, not `pneumonia`
+    assert synth._unmark(synth._said_in(sentence, world, "486"))[1] == [synth.Mark(DIAGNOSIS, "evidence", "486", 30, 58)]
+    assert synth._said_in("Continued home regimen.", world, "486") == "Continued home regimen."
+    assert synth._said_in(sentence, replace(world, records=False), "486") == sentence
+    assert synth._find_word("CAPS, CAP.", "CAP") == 6 and synth._find_word("HTNs", "HTN") == -1
+
+
+def test_evidence_rows_keep_codes_the_admission_has_and_negations_of_codes_it_lacks():
+    class View:  # condition "X" written as two codes (a combination), "Y" as none
+        def codes_of(self, kind, code):
+            return {"X": ("25000", "4019"), "Y": ()}.get(code, (code,))
+
+    marks = [synth.Mark(DIAGNOSIS, "evidence", "X", 0, 5), synth.Mark(DIAGNOSIS, "evidence", "4280", 6, 9),
+             synth.Mark(DIAGNOSIS, "negated", "Y", 10, 12), synth.Mark(DIAGNOSIS, "negated", "41519", 13, 15),
+             synth.Mark(DIAGNOSIS, "family", "41401", 16, 19), synth.Mark(PROCEDURE, "evidence", "3893", 20, 30)]
+    rows, left_out = synth._evidence_rows(marks, View(), dot, {"250.00", "401.9", "414.01", "38.93"})
+    assert rows == [("250.00", 0, 5, "evidence"), ("401.9", 0, 5, "evidence"), ("415.19", 13, 15, "negated"),
+                    ("38.93", 20, 30, "evidence")]
+    assert left_out == [marks[1], marks[2], marks[4]]
+
+
+def test_evidence_file_holds_each_mention_of_the_twin(twin_dir, twin):
+    path = twin_dir / synth.EVIDENCE_FILE
+    assert gzip.open(path, "rt").readline() == '"HADM_ID","ROW_ID","CODE","BEGIN","END","KIND"\n'
+    evidence = pd.read_csv(path, dtype={"CODE": str, "KIND": str})
+    assert list(evidence.columns) == list(synth.EVIDENCE_COLUMNS)
+    assert all(evidence[c].dtype == np.int64 for c in ("HADM_ID", "ROW_ID", "BEGIN", "END"))
+    counts = evidence["KIND"].value_counts()
+    assert set(counts.index) == {"evidence", "negated", "family"} and counts["evidence"] > 5 * counts["negated"] > 0
+    notes = check_spans(evidence, twin, synth._build_world())
+    # each note carries its own spans: reports of split stays, addenda, bedside notes
+    descriptions = set(notes["DESCRIPTION"])
+    assert {"Report", "Addendum"} <= descriptions and (notes["CATEGORY"] != "Discharge summary").any()
+    reports_with_spans = notes[notes["DESCRIPTION"] == "Report"].groupby("HADM_ID")["ROW_ID"].nunique()
+    assert (reports_with_spans == 2).any()
+    assert evidence["CODE"].str.fullmatch(r"\d\d\.\d{1,2}").any()  # procedures too (`38.93`)
+    # ~85% of an admission's codes are mentioned (P_UNMENTIONED), in its notes with a HADM_ID
+    pairs = {(h, c) for h, codes in admission_codes(twin).items() for kind in codes.values() for c in kind}
+    supported = evidence[evidence["KIND"] == "evidence"]
+    found = set(zip(supported["HADM_ID"], supported["CODE"]))
+    assert found <= pairs and 0.78 < len(found) / len(pairs) < 0.9, len(found) / len(pairs)
+
+
+def test_recording_evidence_changes_no_table(tmp_path):
+    """Marks draw nothing and leave nothing: with evidence or without (no marks at all), the same bytes."""
+    kept = synth.generate(tmp_path / "with", admissions=40, seed=5, progress=False, canaries=["CANARY-1-2"])
+    plain = synth.generate(tmp_path / "without", admissions=40, seed=5, progress=False, canaries=["CANARY-1-2"],
+                           evidence=False)
+    assert kept.keys() == plain.keys() == set(TABLES)
+    for name in TABLES:
+        assert kept[name].read_bytes() == plain[name].read_bytes(), name
+    assert not (tmp_path / "without" / synth.EVIDENCE_FILE).exists()
+    tables = {name: read(path) for name, path in kept.items()}
+    evidence = pd.read_csv(tmp_path / "with" / synth.EVIDENCE_FILE, dtype={"CODE": str})
+    notes = check_spans(evidence, tables, synth._build_world())  # full notes: every kind of bedside note
+    assert {"Discharge summary", "Radiology", "Physician ", "Nursing/other", "Echo"} <= set(notes["CATEGORY"])

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import random
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from icdlib import mimic4, pcs, synth4
+from icdlib import mimic4, pcs, synth, synth4
 from icdlib.codes import DIAGNOSIS, PROCEDURE
 
 ICD9, ICD10 = 400, 100
@@ -338,3 +339,101 @@ def test_icd10_evidence_is_mostly_not_the_exact_title(twin, world):
         written += any(f.lower() in text for f in (*forms.synonyms, forms.plain, forms.full, *forms.paraphrases,
                                                    forms.partial) if f)
     assert written > 0.75 * len(rows) and exact < 0.3 * len(rows)
+
+
+# ---------------------------------------------------------------- where the evidence was written (issue 23)
+
+def written_forms(codes: tuple[str, ...], world) -> set[str]:
+    """How a mention of these codes (undotted; several: a GEM combination) can stand in a note:
+    a surface form of their ICD-10 or ICD-9 reading, maybe capitalised."""
+    readings = []
+    if all(c in world.cm_titles for c in codes):
+        readings.append(world.cm_forms(codes))
+    if len(codes) == 1 and codes[0] in world.pcs_titles:
+        readings.append(world.pcs_forms(codes[0]))
+    if len(codes) == 1:
+        readings += [forms(codes[0]) for forms, titles in ((world.icd9.dx_forms, world.icd9.dx_titles),
+                                                           (world.icd9.proc_forms, world.icd9.proc_titles))
+                     if codes[0] in titles]
+    plain = {f for r in readings for f in (*r.synonyms, r.plain, r.full, *r.paraphrases, r.partial) if f}
+    return plain | {synth._cap(f) for f in plain}
+
+
+def check_spans(evidence: pd.DataFrame, tables: dict[str, pd.DataFrame], world) -> pd.DataFrame:
+    """Each mention (its rows: one per code) is written as a surface form of its codes at its
+    offsets in its note's text; evidence codes are the admission's, negated and family ones are
+    not (in either version). Returns the mentions with their codes as tuples."""
+    notes = tables["discharge"].set_index("note_id")
+    assert (notes.loc[evidence["note_id"], "hadm_id"].astype(int).to_numpy() == evidence["hadm_id"].to_numpy()).all()
+    written: dict[int, set[str]] = {}
+    for table, kind in (("diagnoses_icd", DIAGNOSIS), ("procedures_icd", PROCEDURE)):
+        rows = tables[table]
+        for hadm, code, version in zip(rows["hadm_id"].astype(int), rows["icd_code"], rows["icd_version"].astype(int)):
+            written.setdefault(hadm, set()).add(mimic4.dot_version(code, kind, version))
+    mentions = evidence.groupby(["hadm_id", "note_id", "begin", "end", "kind"], sort=False)["code"].agg(tuple)
+    mentions = mentions.reset_index()
+    for m in mentions.itertuples():
+        own = written.get(m.hadm_id, set())
+        assert (set(m.code) <= own) if m.kind == "evidence" else not set(m.code) & own, m
+        text = notes.at[m.note_id, "text"]
+        assert 0 <= m.begin < m.end <= len(text), m
+        undotted = tuple(c.replace(".", "") for c in m.code)
+        assert text[m.begin:m.end] in written_forms(undotted, world), (m, text[m.begin:m.end])
+    return mentions
+
+
+def test_a_combination_mention_is_evidence_of_each_code_and_a_condition_without_icd10_is_left_out(world):
+    psittacosis = tuple(choice.codes[0] for choice in world.gem["0730"][0])
+    assert psittacosis == ("A70", "J17")
+    view = synth4._Coded10(world, {"0730": psittacosis}, {"3893": "02HV33Z"})
+    assert view.codes_of(DIAGNOSIS, "0730") == psittacosis and view.codes_of(PROCEDURE, "3893") == ("02HV33Z",)
+    assert view.codes_of(DIAGNOSIS, "4280") == ("I509",)  # not the admission's: its default reading
+    assert view.codes_of(DIAGNOSIS, "36511") == ()  # glaucoma: no GEM target
+    text, marks = synth._unmark(f"{synth._said(random.Random(1), view, '0730')}; "
+                                f"{synth._said(random.Random(2), view, '4280', role=synth.NEGATED)}; "
+                                f"{synth._said(random.Random(3), view, '36511', role=synth.FAMILY)}; "
+                                f"{synth._said(random.Random(4), view, '3893', PROCEDURE)}")
+    said = [text[m.begin:m.end] for m in marks]
+    assert "; ".join(said) == text
+    assert said[0] in written_forms(psittacosis, world) and said[1] in written_forms(("I509",), world)
+    assert said[2] in written_forms(("36511",), world)  # written from its ICD-9 title
+    rows, left_out = synth._evidence_rows(marks, view, synth4._dotting(10), {"A70", "J17", "02HV33Z"})
+    ends = [(m.begin, m.end) for m in marks]
+    assert rows == [("A70", *ends[0], "evidence"), ("J17", *ends[0], "evidence"), ("I50.9", *ends[1], "negated"),
+                    ("02HV33Z", *ends[3], "evidence")]
+    assert left_out == [marks[2]]
+
+
+def test_evidence_file_holds_each_mention_in_mimic4_text(twin_dir, twin, prepared, world):
+    path = twin_dir / synth4.EVIDENCE_FILE
+    assert path.parent == twin_dir / "note" and gzip.open(path, "rt").readline() == "hadm_id,note_id,code,begin,end,kind\n"
+    evidence = pd.read_csv(path, dtype={"note_id": str, "code": str, "kind": str})
+    assert list(evidence.columns) == list(synth4.EVIDENCE_COLUMNS)
+    assert all(evidence[c].dtype == "int64" for c in ("hadm_id", "begin", "end"))
+    assert set(evidence["kind"]) == {"evidence", "negated", "family"}
+    mentions = check_spans(evidence, twin, world)
+    assert (mentions["code"].str.len() > 1).any()  # GEM combinations: one row per code
+    # the codes are the labels step 01 reads, in both versions: ICD-9 dotted, ICD-10-CM dotted, PCS undotted
+    labels: dict[int, set[str]] = {}
+    for notes, _, _ in prepared.values():
+        for hadm, codes in zip(notes["hadm_id"], notes["codes"]):
+            labels.setdefault(int(hadm), set()).update(codes)
+    supported = evidence[evidence["kind"] == "evidence"]
+    assert all(code in labels[hadm] for hadm, code in zip(supported["hadm_id"], supported["code"]))
+    assert supported["code"].str.fullmatch(r"\d{3}\.\d{1,2}").any()  # ICD-9 (`428.0`)
+    assert supported["code"].str.fullmatch(r"[A-Z]\d[0-9A-Z]\.[0-9A-Z]{1,4}").any()  # ICD-10-CM (`I50.9`)
+    assert supported["code"].str.fullmatch(r"[0-9A-HJ-NP-Z]{7}").any()  # ICD-10-PCS, undotted
+
+
+def test_recording_evidence_changes_no_mimic4_table(tmp_path, world):
+    """Marks draw nothing and leave nothing: with evidence or without (no marks at all), the same bytes."""
+    kept = synth4.generate(tmp_path / "with", 10, 10, seed=2, progress=False, canaries=CANARIES)
+    plain = synth4.generate(tmp_path / "without", 10, 10, seed=2, progress=False, canaries=CANARIES, evidence=False)
+    assert kept.keys() == plain.keys() == set(mimic4.TABLES)
+    for name in kept:
+        assert kept[name].read_bytes() == plain[name].read_bytes(), name
+    assert not (tmp_path / "without" / synth4.EVIDENCE_FILE).exists()
+    tables = {name: read(path) for name, path in kept.items() if not name.startswith("d_")}
+    evidence = pd.read_csv(tmp_path / "with" / synth4.EVIDENCE_FILE, dtype={"note_id": str, "code": str})
+    mentions = check_spans(evidence, tables, world)  # full notes
+    assert mentions["note_id"].nunique() == len(tables["discharge"])
