@@ -132,8 +132,10 @@ def _pad(coder) -> int:
     return int(pad if pad is not None else 0)
 
 
-def faithfulness(coder, pairs: Pairs, scores: list[np.ndarray], words: list[np.ndarray], batch_size: int) -> dict:
-    """Comprehensiveness and sufficiency of every pair: the removed words' tokens get the pad token."""
+def faithfulness(coder, pairs: Pairs, scores: list[np.ndarray], words: list[np.ndarray], batch_size: int,
+                 step: int = em.STEP) -> dict:
+    """Comprehensiveness and sufficiency of every pair: the removed words' tokens get the pad token;
+    `step` words more are removed at each of the up to 100 / `step` perturbations (Edin et al.: 2)."""
     pad = _pad(coder)
 
     def score_fn(i: int, keep: np.ndarray) -> np.ndarray:
@@ -143,7 +145,7 @@ def faithfulness(coder, pairs: Pairs, scores: list[np.ndarray], words: list[np.n
                            batch_size=batch_size)[:, pairs.label[i]]
         return 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
 
-    return em.faithfulness(scores, score_fn, groups=words)
+    return em.faithfulness(scores, score_fn, groups=words, step=step)
 
 
 def measure(coder, split_pairs: dict[str, Pairs], methods: tuple[str, ...], ig_steps: int, resamples: int,
