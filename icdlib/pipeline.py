@@ -421,13 +421,13 @@ REPORT_TITLES = {
     "05_error_analysis": "Error analysis: worst codes, frequent errors, confusions, hard notes",
 }
 
-INDEX_CSS = """body{font:15px/1.5 system-ui,-apple-system,'Segoe UI',sans-serif;max-width:980px;margin:2em auto;
+INDEX_CSS = """body{font:15px/1.5 system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222}h1{font-size:1.6em;margin-bottom:.2em}.sub{color:#555;margin-top:0}
-table{border-collapse:collapse;margin:1em 0}th,td{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:right}
+table{border-collapse:collapse;margin:1em 0}th,td{padding:.3em .5em;border-bottom:1px solid #ddd;text-align:right}
 th:first-child,td:first-child{text-align:left}thead th{border-bottom:2px solid #999}
 ol li{margin:.4em 0}.missing{color:#999}code{background:#f3f3f3;padding:0 .2em}
 .summary{background:#f7f9fc;border-left:4px solid #4a7bd0;padding:.2em 1em;margin:1em 0}
-.stale{color:#a33}td.ci{color:#666;text-align:left;padding-left:0;white-space:nowrap}td[colspan]{white-space:nowrap}"""
+.stale{color:#a33}td.ci{color:#666;text-align:left;padding-left:0;padding-right:1em;white-space:nowrap;font-size:.85em}td[colspan]{white-space:nowrap}"""
 
 
 def seed_spread_rows(metrics: dict) -> list[str]:
