@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
+import re
 from html import escape
 
 import numpy as np
@@ -102,6 +103,7 @@ for _key, _name in METRIC_NAMES.items():
 
 # A column shown only when it differs from its twin: (dropped, kept).
 SAME_AS = (("n_test", "support"),)
+CODE = re.compile(r"`([^`]+)`")  # `name` in a note: shown as code
 # Columns with their own format.
 FORMATS = {"lr": "{:.1e}", "wall_s": "{:,.1f}", "elapsed_s": "{:,.1f}"}
 TABLE_CSS = [
@@ -180,6 +182,10 @@ def _missing(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and not math.isfinite(value)
 
 
+def _note_html(note: str) -> str:
+    return CODE.sub(r"<code>\g<1></code>", escape(note))
+
+
 class Table:
     """A table as a report shows it: `frame` (strings, human column names, no index), `caption` above,
     `notes` (footnotes) below, `bold` cells; HTML (pandas' Styler) for Jupyter, text for everything else."""
@@ -210,8 +216,9 @@ class Table:
         return styler
 
     def to_html(self) -> str:
+        """The Styler's table, then the notes (`code` in backticks shown as code)."""
         notes = "".join(f"<p class='table-note' style='font-size:0.85em;color:#555;margin:-0.6em 0 1em 0'>"
-                        f"{escape(n)}</p>" for n in self.notes)
+                        f"{_note_html(n)}</p>" for n in self.notes)
         return self.styler().to_html() + notes
 
     def _repr_html_(self) -> str:
@@ -282,7 +289,8 @@ def show(df, *, caption: str = "", note: str = "", names: dict | None = None, pe
     notes = []
     if absent:
         why = missing or "; ".join(dict.fromkeys(MISSING_WHY[str(k)] for k in absent if str(k) in MISSING_WHY))
-        notes.append(f"{MISSING}: {why or 'no value for this row'}.")
+        why = why or "no value for this row"
+        notes.append(f"{MISSING}: {why}" + ("" if why.endswith(".") else "."))
     if note:
         notes.append(note)
     if not len(out):

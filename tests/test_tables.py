@@ -75,3 +75,9 @@ def test_ids_keep_their_digits_and_long_labels_are_never_cut():
     assert shown.frame.values.tolist() == [["100535", "84789", "x" * 300]]
     assert list(shown.frame.columns) == ["HADM_ID", "SUBJECT_ID", "title"]
     assert "x" * 300 in shown.to_html() and "x" * 300 in str(shown)
+
+
+def test_a_footnote_ends_once_and_shows_code():
+    shown = tables.show(pd.DataFrame({"f1": [float("nan")]}), missing="a ranking metric in the `@0.5` row.")
+    assert shown.notes == ["–: a ranking metric in the `@0.5` row."]
+    assert "<code>@0.5</code> row.</p>" in shown.to_html()
