@@ -417,7 +417,10 @@ def differences(cmp: Comparison) -> pd.DataFrame:
     shown = {s.name: {k: report._shown_value(k, v, s.cfg) for k, v in s.cfg.to_dict().items() if k not in NOT_SHOWN}
              for s in cmp.sides}
     keys = [k for k in shown[cmp.sides[0].name] if len({shown[n].get(k) for n in shown}) > 1]
-    return pd.DataFrame({n: [shown[n].get(k, "") for k in keys] for n in shown}, index=pd.Index(keys, name="parameter"))
+    table = pd.DataFrame({n: [shown[n].get(k, "") for k in keys] for n in shown},
+                         index=pd.Index(keys, name="parameter"))
+    table.attrs.update(names={n: n for n in shown}, empty="No parameter differs between the runs.")  # report.table's
+    return table
 
 
 def metric_name(key: str) -> str:
@@ -442,6 +445,7 @@ def metrics_table(result: dict) -> pd.DataFrame:
                         for m, v in values.items()}
     table = pd.DataFrame(columns)
     table.index.name = "metric"
+    table.attrs["names"] = {run: run for run in columns}  # report.table: a run's name as it is
     return table
 
 
@@ -479,7 +483,14 @@ def code_table(result: dict, metric: str = "f1") -> pd.DataFrame:
             "pair": f"{pair['a']} − {pair['b']}", "code": rows["code"], "title": rows["title"],
             "support": rows["support"], "n_train": rows["n_train"], f"{metric} {a_name}": rows[f"{metric}_a"],
             f"{metric} {b_name}": rows[f"{metric}_b"], "A − B": rows[f"{metric}_diff"]}))
-    return pd.concat(frames, ignore_index=True).set_index(["pair", "code"]) if frames else pd.DataFrame()
+    return _by_code(frames, f"No code's {metric.upper()} differs between the runs.")
+
+
+def _by_code(frames: list[pd.DataFrame], empty: str) -> pd.DataFrame:
+    """The pairs' code tables in one, indexed by pair and code; without any, an empty table saying `empty`."""
+    table = pd.concat(frames, ignore_index=True).set_index(["pair", "code"]) if frames else pd.DataFrame()
+    table.attrs["empty"] = empty  # report.table's line for a table without a row
+    return table
 
 
 def code_figure(cmp: Comparison):
@@ -520,7 +531,7 @@ def disagreement_codes(result: dict) -> pd.DataFrame:
             "pair": f"{d['a']} − {d['b']}", "code": rows["code"], "title": rows["title"], "support": rows["support"],
             f"only {a_name} (true / all)": rows["only_a_true"].astype(str) + " / " + rows["only_a"].astype(str),
             f"only {b_name} (true / all)": rows["only_b_true"].astype(str) + " / " + rows["only_b"].astype(str)}))
-    return pd.concat(frames, ignore_index=True).set_index(["pair", "code"]) if frames else pd.DataFrame()
+    return _by_code(frames, "The models assign the same codes to every admission.")
 
 
 def scored(result: dict):

@@ -16,8 +16,9 @@ them through `show` (notebooks: `report.table`), so every table of every report 
 - a missing value as "–" with a footnote saying why (`MISSING_WHY`, or `missing=`).
 
 A function that computes a table can say how it reads in the DataFrame's `attrs` (pandas' own
-metadata dict): `caption`, `note`, `missing` (why a "–"), `names` (its column names) and `columns`
-(those to show); `show` takes them, so a notebook cell stays `report.table(analysis.errors_by(...))`.
+metadata dict): `caption`, `note`, `missing` (why a "–"), `names` (its column names), `columns`
+(those to show) and `empty` (what to say without a row); `show` takes them, so a notebook cell
+stays `report.table(analysis.errors_by(...))`.
 
 Built on pandas' Styler (`hide(axis="index")`, `format(escape=...)`, table styles, a caption) rather
 than great_tables: pandas is already a dependency, the Styler renders in Jupyter, in nbconvert's
@@ -118,15 +119,15 @@ TABLE_CSS = [
 
 
 def column_name(key) -> str:
-    """What a table calls column `key`: `COLUMN_NAMES`, `val_<metric>` as "val <metric name>", else the
-    key with spaces for underscores (a name already in words stays as it is)."""
+    """What a table calls column `key`: `COLUMN_NAMES`, `val_<metric>` as "val <metric name>", a
+    snake_case key with spaces for underscores, else the key as it is (a run's name, a name in words)."""
     key = str(key)
     if key in COLUMN_NAMES:
         return COLUMN_NAMES[key]
     for prefix in ("val_", "test_"):
         if key.startswith(prefix) and key[len(prefix):] in METRIC_NAMES:
             return f"{prefix[:-1]} {METRIC_NAMES[key[len(prefix):]]}"
-    return key.replace("_", " ")
+    return key.replace("_", " ") if re.fullmatch(r"[a-z0-9]+(_[a-z0-9]+)+", key) else key
 
 
 def _is_share(key) -> bool:
@@ -248,13 +249,14 @@ def show(df, *, caption: str = "", note: str = "", names: dict | None = None, pe
         columns: the columns to show, in this order (keys of `df` or of its index); default
             `df.attrs["columns"]`, else all.
         bold: booleans shaped as `df` (same index and columns): the cells shown in bold.
-        empty: what to say when `df` has no row.
+        empty: what to say when `df` has no row; default `df.attrs["empty"]`, else "No rows.".
     """
     if not isinstance(df, pd.DataFrame):
         return df
     caption = caption or df.attrs.get("caption", "")
     note = note or df.attrs.get("note", "")
     missing = missing or df.attrs.get("missing", "")
+    empty = df.attrs.get("empty", empty)
     names = {**df.attrs.get("names", {}), **(names or {})}
     columns = columns if columns is not None else df.attrs.get("columns")
     frame = _without_index(df)

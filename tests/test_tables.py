@@ -81,3 +81,16 @@ def test_a_footnote_ends_once_and_shows_code():
     shown = tables.show(pd.DataFrame({"f1": [float("nan")]}), missing="a ranking metric in the `@0.5` row.")
     assert shown.notes == ["–: a ranking metric in the `@0.5` row."]
     assert "<code>@0.5</code> row.</p>" in shown.to_html()
+
+
+def test_names_that_are_data_stay_as_they_are():
+    assert tables.column_name("n_unseen_codes") == "codes unseen in train"
+    assert tables.column_name("val_auroc_micro") == "val AUROC micro"
+    assert tables.column_name("some_new_key") == "some new key"
+    assert tables.column_name("final_root/r") == "final_root/r" and tables.column_name("% truncated") == "% truncated"
+    runs = pd.DataFrame({"demo_lr3": ["0.5 [0.4, 0.6]"]}, index=pd.Index(["MAP"], name="metric"))
+    runs.attrs["names"] = {"demo_lr3": "demo_lr3"}  # compare.metrics_table's: a run's name as it is
+    assert list(tables.show(runs).frame.columns) == ["metric", "demo_lr3"]
+    empty = pd.DataFrame({"a": []})
+    empty.attrs["empty"] = "No parameter differs between the runs."
+    assert tables.show(empty).notes == ["No parameter differs between the runs."]
