@@ -246,6 +246,7 @@ def near_misses(y_true, y_score, labels: pd.DataFrame, threshold: float) -> pd.D
     n = np.array([near.sum(), through_true.sum(), doc.size - near.sum() - through_true.sum()], dtype=np.int64)
     table = pd.DataFrame({"n": n, "share": n / doc.size if doc.size else np.nan}, index=NEAR_MISS_OUTCOMES)
     table.index.name = "outcome"
+    table.attrs["names"] = {"n": "missed true codes", "share": "share of the missed true codes"}  # report.table's
     return table
 
 
@@ -296,8 +297,10 @@ def errors_by(notes_split: pd.DataFrame, y_true, y_score, threshold: float, by: 
     table = table.reset_index()
     table["bin"] = [f"{lo}" if lo == hi else f"{lo}-{hi}"
                     for lo, hi in zip(table["min"].astype(int), table["max"].astype(int))]
-    return table[["bin", "n_docs", "min", "max", "mean_doc_f1", "micro_f1", "mean_fp", "mean_fn",
-                  "mean_errors"]]
+    table = table[["bin", "n_docs", "min", "max", "mean_doc_f1", "micro_f1", "mean_fp", "mean_fn", "mean_errors"]]
+    table.attrs["columns"] = [c for c in table if c not in ("min", "max")]  # report.table: `bin` says them
+    table.attrs["names"] = {"bin": "note length (words)" if by == "length" else "codes of the admission"}
+    return table
 
 
 OUTSIDE_COLUMNS = ["n_admissions", "n_codes", "n_codes_outside", "n_positives", "n_positives_outside",

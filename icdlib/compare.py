@@ -417,34 +417,35 @@ def differences(cmp: Comparison) -> pd.DataFrame:
     shown = {s.name: {k: report._shown_value(k, v, s.cfg) for k, v in s.cfg.to_dict().items() if k not in NOT_SHOWN}
              for s in cmp.sides}
     keys = [k for k in shown[cmp.sides[0].name] if len({shown[n].get(k) for n in shown}) > 1]
-    return pd.DataFrame({n: [shown[n].get(k, "") for k in keys] for n in shown}, index=pd.Index(keys, name="parameter"))
-
-
-METRIC_NAMES = {"p_at_5": "P@5", "r_precision": "R-precision", "precision_micro": "Precision micro",
-                "recall_micro": "Recall micro", "exact_match": "Exact match"}
+    table = pd.DataFrame({n: [shown[n].get(k, "") for k in keys] for n in shown},
+                         index=pd.Index(keys, name="parameter"))
+    table.attrs.update(names={n: n for n in shown}, empty="No parameter differs between the runs.")  # report.table's
+    return table
 
 
 def metric_name(key: str) -> str:
-    """A metric's name in the tables: the 04 table's (`report.TABLE_NAMES`), else a short one."""
-    from icdlib import report
+    """A metric's name in the tables: the 04 table's (`tables.METRIC_NAMES`), else its key."""
+    from icdlib.tables import METRIC_NAMES
 
-    return report.TABLE_NAMES.get(key) or METRIC_NAMES.get(key, key)
+    return METRIC_NAMES.get(key, key)
 
 
-def _points(value, signed: bool = False) -> str:
-    return "–" if value is None else f"{100 * value:{'+' if signed else ''}.2f}"
+def _fraction(value, signed: bool = False) -> str:
+    """A metric or a difference of two as the tables show it: a fraction with 3 decimals (as 04's)."""
+    return "–" if value is None else f"{value:{'+' if signed else ''}.3f}"
 
 
 def metrics_table(result: dict) -> pd.DataFrame:
-    """Each run's metrics (%, F1 at its tuned threshold) with their bootstrap interval,
+    """Each run's metrics (fractions, F1 at its tuned threshold) with their bootstrap interval,
     `value [lo, hi]`; one row a metric, one column a run."""
     columns = {}
     for run, values in result["metrics"].items():
-        columns[run] = {metric_name(m): _points(v["value"]) + ("" if v["lo"] is None else
-                                                               f" [{_points(v['lo'])}, {_points(v['hi'])}]")
+        columns[run] = {metric_name(m): _fraction(v["value"]) + ("" if v["lo"] is None else
+                                                               f" [{_fraction(v['lo'])}, {_fraction(v['hi'])}]")
                         for m, v in values.items()}
     table = pd.DataFrame(columns)
-    table.index.name = "metric (%)"
+    table.index.name = "metric"
+    table.attrs["names"] = {run: run for run in columns}  # report.table: a run's name as it is
     return table
 
 
@@ -455,15 +456,15 @@ def _names(result: dict, key: str) -> tuple[str, str]:
 
 
 def paired_table(result: dict) -> pd.DataFrame:
-    """The paired differences A − B (percentage points) with their interval and the verdict (only
+    """The paired differences A − B (in the metric's unit) with their interval and the verdict (only
     where the interval excludes 0); one row a pair and metric."""
     rows = []
     for pair in result["paired"]:
         for m, d in pair["metrics"].items():
             rows.append({"pair": f"{pair['a']} − {pair['b']}", "metric": metric_name(m),
-                         "difference (points)": _points(d["diff"], signed=True),
+                         "difference": _fraction(d["diff"], signed=True),
                          "95% interval": "–" if d["lo"] is None else
-                         f"[{_points(d['lo'], True)}, {_points(d['hi'], True)}]",
+                         f"[{_fraction(d['lo'], True)}, {_fraction(d['hi'], True)}]",
                          "verdict": d["verdict"] or ("– (the interval includes 0)" if d["lo"] is not None else
                                                      "– (undefined on some resample)")})
     return pd.DataFrame(rows).set_index(["pair", "metric"])
@@ -480,9 +481,16 @@ def code_table(result: dict, metric: str = "f1") -> pd.DataFrame:
             continue
         frames.append(pd.DataFrame({
             "pair": f"{pair['a']} − {pair['b']}", "code": rows["code"], "title": rows["title"],
-            "support": rows["support"], "n_train": rows["n_train"], f"{metric} {a_name}": rows[f"{metric}_a"].round(3),
-            f"{metric} {b_name}": rows[f"{metric}_b"].round(3), "A − B": rows[f"{metric}_diff"].round(3)}))
-    return pd.concat(frames, ignore_index=True).set_index(["pair", "code"]) if frames else pd.DataFrame()
+            "support": rows["support"], "n_train": rows["n_train"], f"{metric} {a_name}": rows[f"{metric}_a"],
+            f"{metric} {b_name}": rows[f"{metric}_b"], "A − B": rows[f"{metric}_diff"]}))
+    return _by_code(frames, f"No code's {metric.upper()} differs between the runs.")
+
+
+def _by_code(frames: list[pd.DataFrame], empty: str) -> pd.DataFrame:
+    """The pairs' code tables in one, indexed by pair and code; without any, an empty table saying `empty`."""
+    table = pd.concat(frames, ignore_index=True).set_index(["pair", "code"]) if frames else pd.DataFrame()
+    table.attrs["empty"] = empty  # report.table's line for a table without a row
+    return table
 
 
 def code_figure(cmp: Comparison):
@@ -523,7 +531,7 @@ def disagreement_codes(result: dict) -> pd.DataFrame:
             "pair": f"{d['a']} − {d['b']}", "code": rows["code"], "title": rows["title"], "support": rows["support"],
             f"only {a_name} (true / all)": rows["only_a_true"].astype(str) + " / " + rows["only_a"].astype(str),
             f"only {b_name} (true / all)": rows["only_b_true"].astype(str) + " / " + rows["only_b"].astype(str)}))
-    return pd.concat(frames, ignore_index=True).set_index(["pair", "code"]) if frames else pd.DataFrame()
+    return _by_code(frames, "The models assign the same codes to every admission.")
 
 
 def scored(result: dict):
@@ -558,11 +566,11 @@ def summary_lines(result: dict) -> list[str]:
     lines = []
     for pair, d in zip(result["paired"], result["disagreement"]):
         lines.append(verdict_line(result, pair) + ".")
-        heads = [f"{metric_name(m)} {_points(pair['metrics'][m]['diff'], True)} "
-                 f"[{_points(pair['metrics'][m]['lo'], True)}, {_points(pair['metrics'][m]['hi'], True)}]"
+        heads = [f"{metric_name(m)} {_fraction(pair['metrics'][m]['diff'], True)} "
+                 f"[{_fraction(pair['metrics'][m]['lo'], True)}, {_fraction(pair['metrics'][m]['hi'], True)}]"
                  for m in HEADLINE if m in pair["metrics"] and pair["metrics"][m]["lo"] is not None]
         if heads:
-            lines.append(f"{pair['a']} − {pair['b']}, in points: " + "; ".join(heads) + ".")
+            lines.append(f"{pair['a']} − {pair['b']}: " + "; ".join(heads) + ".")
         lines.append(f"Their decisions differ on {d['only_a'] + d['only_b']:,} admission-code pairs in "
                      f"{d['admissions']:,} of {d['n_docs']:,} admissions: {d['only_a']:,} only {pair['a']} assigns "
                      f"({d['only_a_true']:,} of them true codes), {d['only_b']:,} only {pair['b']} assigns "

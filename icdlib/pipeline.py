@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -171,8 +172,30 @@ def resume_command(name: str, cfg: Config) -> str:
     return f"{run_command(cfg, steps)}{given}{resume}"
 
 
+# The reports' HTML reads as a document: code cells hidden until the reader ticks "Show code" (a checkbox
+# and CSS only, no script: `:has()` hides them; a browser without it shows the code, as before).
+CODE_TOGGLE_CSS = """<style>
+body:has(#icdlib-show-code:not(:checked)) .jp-CodeCell .jp-Cell-inputWrapper,
+body:has(#icdlib-show-code:not(:checked)) .jp-CodeCell.jp-mod-noOutputs {display: none}
+body:has(#icdlib-show-code:not(:checked)) .jp-OutputPrompt {visibility: hidden}
+.icdlib-code-toggle {position: fixed; top: .6em; right: .8em; z-index: 100; font: 13px sans-serif;
+  background: #fff; border: 1px solid #bbb; border-radius: 4px; padding: .25em .6em; cursor: pointer}
+.icdlib-code-toggle input {margin: 0 .35em 0 0; vertical-align: -1px}
+@media print {.icdlib-code-toggle {display: none}}
+</style>"""
+CODE_TOGGLE = ('<label class="icdlib-code-toggle" title="the executed .ipynb beside this page holds the code too">'
+               '<input type="checkbox" id="icdlib-show-code">Show code</label>')
+
+
+def with_code_toggle(page: str) -> str:
+    """nbconvert's HTML `page` with its code cells hidden behind a "Show code" box (`CODE_TOGGLE`)."""
+    page = page.replace("</head>", CODE_TOGGLE_CSS + "\n</head>", 1)
+    return re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + "\n" + CODE_TOGGLE, page, count=1)
+
+
 def to_html(notebook: Path) -> Path:
-    """Export an executed notebook next to it as HTML (code, outputs, figures embedded)."""
+    """Export an executed notebook next to it as HTML: outputs, figures embedded, and the code one
+    click away (`with_code_toggle`); the .ipynb keeps it as it is."""
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -180,7 +203,7 @@ def to_html(notebook: Path) -> Path:
     body, _ = HTMLExporter().from_notebook_node(nb)
     from icdlib.runfolder import atomic_write_text
 
-    return atomic_write_text(Path(notebook).with_suffix(".html"), body)
+    return atomic_write_text(Path(notebook).with_suffix(".html"), with_code_toggle(body))
 
 
 def run_all(cfg: Config, params: dict, notebooks=NOTEBOOKS, progress: bool = True) -> list[Path]:
@@ -398,13 +421,13 @@ REPORT_TITLES = {
     "05_error_analysis": "Error analysis: worst codes, frequent errors, confusions, hard notes",
 }
 
-INDEX_CSS = """body{font:15px/1.5 system-ui,-apple-system,'Segoe UI',sans-serif;max-width:980px;margin:2em auto;
+INDEX_CSS = """body{font:15px/1.5 system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222}h1{font-size:1.6em;margin-bottom:.2em}.sub{color:#555;margin-top:0}
-table{border-collapse:collapse;margin:1em 0}th,td{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:right}
+table{border-collapse:collapse;margin:1em 0}th,td{padding:.3em .5em;border-bottom:1px solid #ddd;text-align:right}
 th:first-child,td:first-child{text-align:left}thead th{border-bottom:2px solid #999}
 ol li{margin:.4em 0}.missing{color:#999}code{background:#f3f3f3;padding:0 .2em}
 .summary{background:#f7f9fc;border-left:4px solid #4a7bd0;padding:.2em 1em;margin:1em 0}
-.stale{color:#a33}td.ci{color:#666;text-align:left;padding-left:0}td[colspan]{white-space:nowrap}"""
+.stale{color:#a33}td.ci{color:#666;text-align:left;padding-left:0;padding-right:1em;white-space:nowrap;font-size:.85em}td[colspan]{white-space:nowrap}"""
 
 
 def seed_spread_rows(metrics: dict) -> list[str]:
@@ -422,11 +445,11 @@ def seed_spread_rows(metrics: dict) -> list[str]:
 
     def cell(s: dict | None) -> str:
         if not s or s.get("mean") is None:
-            return "<td colspan='2'>n/a</td>"
+            return "<td colspan='2'>–</td>"
         return f"<td colspan='2'>{report._f(s['mean'])} ± {report._f(s.get('sd'))}</td>"
 
     name = f"icdlib, mean ± sd over seeds {', '.join(seeds)} ({split}, each at its tuned threshold)"
-    return [f"<tr><td>{html.escape(name)}</td>" + "".join(cell(spread.get(k)) for k, _ in report.SUMMARY_METRICS)
+    return [f"<tr><td>{html.escape(name)}</td>" + "".join(cell(spread.get(k)) for k, _ in report.INDEX_METRICS)
             + "</tr>"]
 
 

@@ -530,8 +530,17 @@ def read(cfg: Config) -> Preprocessed:
 
 
 def stats_table(stats: dict) -> pd.DataFrame:
-    """The step's counts as a two-column table for the report."""
-    return pd.DataFrame({"what": list(stats), "count": pd.Series(list(stats.values()), dtype=object)})  # ints stay ints
+    """The step's counts as a two-column table for the report (what, count: integers only). The other
+    entries of `stats` are not counts: whether the data was reused from the cache goes into the table's
+    caption (`attrs`, which `report.table` shows), the share of val admissions whose patient is in train
+    is `split_notes`'s sentence."""
+    counts = {k: v for k, v in stats.items() if isinstance(v, (int, np.integer)) and not isinstance(v, bool)}
+    table = pd.DataFrame({"what": list(counts), "count": pd.Series(list(counts.values()), dtype="int64")})
+    reused = stats.get("reused from cache")
+    if reused is not None:
+        table.attrs["caption"] = ("Reused from the cache: an earlier preparation with the same data parameters and "
+                                  "inputs." if reused else "Built from the source tables (not reused from the cache).")
+    return table
 
 
 def sample(notes: pd.DataFrame, share_safe: bool, n: int = 5, chars: int = 300) -> pd.DataFrame:

@@ -11,6 +11,10 @@ Every report opens with `header` (what made it: `provenance.collect`'s dict, and
 that differ from the backbone's) and closes with `summary` (what the run shows, in sentences
 generated from its numbers). No absolute path of the machine appears in either (`share_paths`).
 
+Every table a report shows goes through `table` (`icdlib.tables.show`: no index, human column names,
+rounded numbers, "–" with a footnote for a missing value). The functions here that compute a table
+return its data (a DataFrame); metrics are fractions (0–1) in every table, as in metrics.json.
+
 The figures are created with ``matplotlib.figure.Figure`` rather than ``pyplot``, so they
 are not registered with pyplot's figure manager: returned as a cell's value, Jupyter's
 inline backend renders each exactly once, and nothing accumulates in memory over a
@@ -32,6 +36,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter, PercentFormatter
 
 from icdlib.labels import kind_of
+from icdlib.tables import METRIC_NAMES
+from icdlib.tables import show as table
 
 __all__ = [
     "REFERENCE_RESULTS", "TABLE_METRICS",
@@ -42,7 +48,7 @@ __all__ = [
     "calibration", "metrics_table", "metrics_caption", "metrics_styled", "reference_rows", "reference_note", "data_name",
     "recorded_data_name",
     "TABLE_NAMES", "Shown", "path_placeholders", "share_paths", "parameters", "provenance",
-    "header", "summary",
+    "header", "summary", "table",
 ]
 
 SIZE = (8.0, 4.5)
@@ -56,10 +62,7 @@ SPLIT_COLORS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 # the F1 of macro-precision and macro-recall over all labels (CAML's code, also LAAT/MSMN/PLM-ICD).
 TABLE_METRICS = ["auroc_macro", "auroc_micro", "auprc_macro", "auprc_micro", "f1_macro", "f1_macro_caml",
                  "f1_micro", "p_at_8", "p_at_15", "r_precision", "map"]
-TABLE_NAMES = {"auroc_macro": "AUROC macro", "auroc_micro": "AUROC micro", "auprc_macro": "AUPRC macro",
-               "auprc_micro": "AUPRC micro", "f1_macro": "F1 macro (mean per label, Edin)",
-               "f1_macro_caml": "F1 macro (CAML: of macro-P and macro-R)", "f1_micro": "F1 micro",
-               "p_at_8": "P@8", "p_at_15": "P@15", "r_precision": "R-precision", "map": "MAP"}
+TABLE_NAMES = {k: METRIC_NAMES[k] for k in TABLE_METRICS}
 
 # Published results, in percent, by the `benchmark` preset whose split and label space they were
 # measured on; a run shows only its own benchmark's rows. MIMIC-III full = CAML's split (47,723
@@ -348,10 +351,11 @@ def token_lengths(notes: pd.DataFrame, full_lengths=None, budget: int | None = N
 
 
 def truncation(stats: dict) -> pd.DataFrame:
-    """`03_train/tokens.json` (`train.token_stats`) as a table: one row per split, shares in percent."""
+    """`03_train/tokens.json` (`train.token_stats`) as a table: one row per split, shares as fractions
+    (`share …` columns, which `table` shows in %)."""
     rows = {split: {"notes": s["notes"], "truncated notes": s["truncated_notes"],
-                    "% truncated": round(100 * s["share_truncated"], 1), "tokens": s["tokens"],
-                    "tokens kept": s["tokens_kept"], "% tokens dropped": round(100 * s["share_dropped"], 1),
+                    "share truncated": s["share_truncated"], "tokens": s["tokens"],
+                    "tokens kept": s["tokens_kept"], "share of tokens dropped": s["share_dropped"],
                     "median tokens": s["median_tokens"], "p90 tokens": s["p90_tokens"]}
             for split, s in stats.get("splits", {}).items()}
     table = pd.DataFrame.from_dict(rows, orient="index")
@@ -500,11 +504,11 @@ def unseen_in_train(notes: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns).set_index("split")
 
 
-def label_space_dropped(table: pd.DataFrame, split: str, n_labels: int) -> Shown:
-    """`analysis.outside_label_space`'s table as Markdown, under the sentence it says for `split`
+def label_space_dropped(outside: pd.DataFrame, split: str, n_labels: int) -> Shown:
+    """`analysis.outside_label_space`'s table (`outside`, shown by `table`), under the sentence it says for `split`
     (the split scored): how many code assignments the `n_labels`-code label space leaves out of
     the targets, so that recall is over the rest, and how many admissions keep no code at all."""
-    row = table.loc[split]
+    row = outside.loc[split]
     out, total = int(row["n_positives_outside"]), int(row["n_positives"])
     if out == 0:
         text = f"In {split}, every code assignment is in the {n_labels:,}-code label space: recall is over all of them."
@@ -517,8 +521,7 @@ def label_space_dropped(table: pd.DataFrame, split: str, n_labels: int) -> Shown
     if empty:
         text += (f" {empty:,} of the {n_admissions:,} admissions {'has' if empty == 1 else 'have'} no code left in the "
                  f"label space (P@k, R-precision and MAP leave {'it' if empty == 1 else 'them'} out).")
-    shown = table.assign(share_positives_outside=table["share_positives_outside"].map(lambda v: f"{v:.1%}"))
-    return Shown(text, html=f"<p>{_esc(text)}</p>" + shown.to_html())
+    return Shown(text, html=f"<p>{_esc(text)}</p>" + table(outside).to_html())
 
 
 # --------------------------------------------------------------------------- training
@@ -861,14 +864,15 @@ def calibration(y_true, y_score, bins: int = 10, strategy: str = "uniform") -> F
 
 def metrics_table(results: dict[str, dict], reference: bool = True, *, benchmark: str = "none",
                   synthetic: bool = False, names: bool = True) -> pd.DataFrame:
-    """Main metrics (percent, 2 decimals) of several systems, with the published ones of the run's benchmark.
+    """Main metrics (fractions, 0–1) of several systems, with the published ones of the run's benchmark.
 
     Args:
         results: system name (e.g. "icdlib test @tuned", "baseline test @0.5") -> a
             ``metrics.compute`` dict (fractions); missing metrics become NaN.
         reference: append the rows of `reference_rows(benchmark, synthetic)` below: only the
             published results measured on the same benchmark (none for ``none``, the twin, or a
-            benchmark without recorded numbers), labelled with the paper and its split.
+            benchmark without recorded numbers), labelled with the paper and its split; their
+            percentages (`REFERENCE_RESULTS`) divided by 100.
         benchmark: the run's ``benchmark`` preset.
         synthetic: the run is on the synthetic twin (never compared with published numbers).
         names: columns named ``TABLE_NAMES`` (which macro-F1 is which); else the metric keys.
@@ -876,16 +880,16 @@ def metrics_table(results: dict[str, dict], reference: bool = True, *, benchmark
     Returns:
         DataFrame indexed by system, columns ``TABLE_METRICS`` in that order.
     """
-    rows = {name: {m: 100.0 * float(r[m]) if r.get(m) is not None else math.nan for m in TABLE_METRICS}
+    rows = {name: {m: float(r[m]) if r.get(m) is not None else math.nan for m in TABLE_METRICS}
             for name, r in results.items()}
     if reference:
         for name, r in reference_rows(benchmark, synthetic).items():
-            rows[name] = {m: float(r.get(m, math.nan)) for m in TABLE_METRICS}
+            rows[name] = {m: float(r.get(m, math.nan)) / 100.0 for m in TABLE_METRICS}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=TABLE_METRICS, dtype=float)
     table.index.name = "system"
     if names:
         table = table.rename(columns=TABLE_NAMES)
-    return table.round(2)
+    return table
 
 
 def macro_f1_gap(m: dict, split: str) -> Shown:
@@ -897,20 +901,25 @@ def macro_f1_gap(m: dict, split: str) -> Shown:
     if mean is None or caml is None or not math.isfinite(mean) or not math.isfinite(caml):
         text = f"On {split}, one of the two macro-F1s is undefined (no label with a positive, or no prediction)."
     elif mean == 0:
-        text = f"On {split}: F1 macro (CAML) {100 * caml:.2f}, F1 macro (mean per label) 0.00."
+        text = f"On {split}: F1 macro (CAML) {caml:.3f}, F1 macro (mean per label) 0.000."
     else:
-        text = (f"On {split} at the tuned threshold: F1 macro (CAML) {100 * caml:.2f} against F1 macro (mean per "
-                f"label) {100 * mean:.2f}, a ratio of {caml / mean:.2f}.")
+        text = (f"On {split} at the tuned threshold: F1 macro (CAML) {caml:.3f} against F1 macro (mean per "
+                f"label) {mean:.3f}, a ratio of {caml / mean:.2f}.")
     return Shown(text, markdown=text)
 
 
 ONE_SEED = ("One seed: no spread. Train several (`python -m icdlib run ... --seeds 0 1 2`, or `-p seeds=[0,1,2]`) "
             "to see how much the metrics move with the seed alone.")
+# Under the table only when there is one (a sentence in the notebook would explain a table one seed never shows).
+SEEDS_HOW = ("How to read it: one row per training seed, then the mean ± the sample standard deviation across the "
+             "seeds (as Edin et al. report theirs). The seed changes only what fine-tuning draws at random (the "
+             "head's and LoRA's initial weights, the order of the training notes, dropout): a difference between two "
+             "systems smaller than about twice this sd may be the seed's, not the method's.")
 
 
 def seed_spread_table(results: dict, key: str = "test_tuned") -> pd.DataFrame | Shown:
     """The metrics of every training seed (metrics.json's `seeds`) under `key` (`test_tuned`,
-    `test_tuned_edin`, ...), in percent with 2 decimals, one row per seed (the first is the run's
+    `test_tuned_edin`, ...), as text with 3 decimals (fractions), one row per seed (the first is the run's
     model), then their `mean ± sd` (`seed_spread`: sample sd, ddof=1, as Edin et al. report; `(n=k)`
     where a metric is defined for k seeds only). A Shown saying there is no spread with fewer than
     two seeds."""
@@ -920,19 +929,21 @@ def seed_spread_table(results: dict, key: str = "test_tuned") -> pd.DataFrame | 
 
     def cell(value) -> str:
         value = _num(value)
-        return "–" if value is None else f"{100 * value:.2f}"
+        return "–" if value is None else f"{value:.3f}"
 
     def spread(s: dict | None) -> str:
         if not s or s.get("mean") is None:
             return "–"
-        sd = "–" if s.get("sd") is None else f"{100 * s['sd']:.2f}"
-        return f"{100 * s['mean']:.2f} ± {sd}" + (f" (n={s['n']})" if s["n"] < len(seeds) else "")
+        sd = "–" if s.get("sd") is None else f"{s['sd']:.3f}"
+        return f"{s['mean']:.3f} ± {sd}" + (f" (n={s['n']})" if s["n"] < len(seeds) else "")
 
     rows = {f"seed {seed}" + (" (the model)" if i == 0 else ""): [cell(r[key].get(m)) for m in TABLE_METRICS]
             for i, (seed, r) in enumerate(seeds.items())}
     rows[f"mean ± sd ({len(seeds)} seeds)"] = [spread(results["seed_spread"][key].get(m)) for m in TABLE_METRICS]
     table = pd.DataFrame.from_dict(rows, orient="index", columns=[TABLE_NAMES[m] for m in TABLE_METRICS])
-    table.index.name = key
+    table.index.name = "seed"
+    table.attrs["missing"] = "the metric is not defined for this seed (in metrics.json, or on this label set)"
+    table.attrs["note"] = SEEDS_HOW
     return table
 
 
@@ -954,12 +965,11 @@ def metrics_caption(m: dict, split: str, benchmark: str = "none", synthetic: boo
 
 def metrics_styled(results: dict[str, dict], m: dict, split: str, benchmark: str = "none", synthetic: bool = False,
                    dataset: str = "mimic3"):
-    """`metrics_table` for a notebook: 2 decimals, "–" where a system has no value, and
-    `metrics_caption(m, split, ...)` as its caption (`m`: the metrics of the split scored)."""
-    table = metrics_table(results, benchmark=benchmark, synthetic=synthetic)
-    return (table.style.format(precision=2, na_rep="–")
-            .set_caption(metrics_caption(m, split, benchmark, synthetic, dataset))
-            .set_table_styles([{"selector": "caption", "props": "caption-side: top; text-align: left"}]))
+    """`metrics_table` for a notebook (`table`: 3 decimals, "–" where a system has no value, with its
+    footnote), `metrics_caption(m, split, ...)` as its caption (`m`: the metrics of the split scored)."""
+    return table(metrics_table(results, benchmark=benchmark, synthetic=synthetic),
+                 caption=metrics_caption(m, split, benchmark, synthetic, dataset),
+                 missing="a published paper does not report the metric")
 
 
 # --------------------------------------------------------------------------- around the figures
@@ -1116,6 +1126,8 @@ def header(cfg, info: dict) -> Shown:
 # threshold-free metrics, then micro-F1 at each system's tuned threshold: (key, name)
 SUMMARY_METRICS = (("auroc_micro", "micro-AUROC"), ("auroc_macro", "macro-AUROC"), ("auprc_micro", "micro-AUPRC"),
                    ("map", "MAP"), ("p_at_8", "P@8"), ("f1_micro", "micro-F1"))
+# The index's headline table: SUMMARY_METRICS in the columns' order and with the names of 04's table.
+INDEX_METRICS = tuple((k, TABLE_NAMES[k]) for k in TABLE_METRICS if k in dict(SUMMARY_METRICS))
 
 
 def _num(value) -> float | None:
@@ -1186,7 +1198,7 @@ def _history_sentences(history: pd.DataFrame, metric: str) -> list[str]:
     loss = history["train_loss"].astype(float)
     if len(loss) > 1:
         trend = "fell" if loss.iloc[-1] < loss.iloc[0] else "did not fall"
-        out.append(f"The training loss {trend} from {_f(loss.iloc[0], 4)} to {_f(loss.iloc[-1], 4)}.")
+        out.append(f"The training loss {trend} from {_f(loss.iloc[0])} to {_f(loss.iloc[-1])}.")
     return out
 
 
@@ -1434,11 +1446,12 @@ def _mntp_sentence(metrics: dict, arm: str) -> str:
 
 def interval_table(results: dict[str, dict]) -> pd.DataFrame:
     """The rows of `results` (system → metrics dict, as for `metrics_table`) that carry 95% intervals,
-    as text in percent: `69.06 [66.10, 71.80]` (2 decimals), `–` for a metric without one."""
-    rows = {name: {TABLE_NAMES.get(k, k): _with_ci(m, k, 2, 100.0) if _ci(m, k) else "–" for k in TABLE_METRICS}
+    as text: `0.691 [0.661, 0.718]` (3 decimals), `–` for a metric without one."""
+    rows = {name: {TABLE_NAMES.get(k, k): _with_ci(m, k) if _ci(m, k) else "–" for k in TABLE_METRICS}
             for name, m in results.items() if m.get("ci95")}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=[TABLE_NAMES.get(k, k) for k in TABLE_METRICS])
     table.index.name = "system"
+    table.attrs["missing"] = "the metric has no interval (undefined on some resample: a code set without a positive)"
     return table
 
 
@@ -1448,9 +1461,9 @@ def _paired_name(key: str) -> str:
 
 
 def paired_table(paired: dict) -> pd.DataFrame:
-    """metrics.json's `paired` as text in percentage points: `+3.10 [+1.20, +5.00]` per metric (the
-    model at its tuned threshold minus the other system at its own), `–` where a metric has none."""
-    rows = {_paired_name(key): {TABLE_NAMES.get(k, k): _signed(d[k], 2, 100.0) if k in d else "–"
+    """metrics.json's `paired` as text: `+0.031 [+0.012, +0.050]` per metric (the model at its tuned
+    threshold minus the other system at its own, 3 decimals), `–` where a metric has none."""
+    rows = {_paired_name(key): {TABLE_NAMES.get(k, k): _signed(d[k]) if k in d else "–"
                                 for k in TABLE_METRICS} for key, d in (paired or {}).items()}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=[TABLE_NAMES.get(k, k) for k in TABLE_METRICS])
     table.index.name = "difference"
@@ -1464,17 +1477,17 @@ def paired_styled(metrics: dict):
     if not paired:
         text = f"{_capital(NO_INTERVALS)}: no paired differences to show."
         return Shown(text, markdown=text)
-    table = paired_table(paired)
-    bold = pd.DataFrame("", index=table.index, columns=table.columns)
+    differences = paired_table(paired)
+    bold = pd.DataFrame(False, index=differences.index, columns=differences.columns)
     for key, d in paired.items():
         for k in TABLE_METRICS:
             if k in d and _sign(d[k]):
-                bold.loc[_paired_name(key), TABLE_NAMES.get(k, k)] = "font-weight: bold"
+                bold.loc[_paired_name(key), TABLE_NAMES.get(k, k)] = True
     split, _ = headline_keys(metrics)
-    return (table.style.apply(lambda _: bold, axis=None)
-            .set_caption(f"Paired differences on {split}, percentage points, with 95% bootstrap intervals; bold: "
-                         f"the interval excludes 0")
-            .set_table_styles([{"selector": "caption", "props": "caption-side: top; text-align: left"}]))
+    return table(differences, bold=bold,
+                 caption=f"Paired differences on {split} (model − other system, same unit as the metrics), with 95% "
+                         f"bootstrap intervals; bold: the interval excludes 0",
+                 missing="the metric has no paired interval (undefined on some resample)")
 
 
 def headline_lines(metrics: dict) -> list[str]:
@@ -1498,24 +1511,27 @@ def headline_lines(metrics: dict) -> list[str]:
 
 
 def systems_html(metrics: dict, under_model: list[str] = ()) -> str:
-    """The headline table of reports/index.html: each system's SUMMARY_METRICS on the reported split at
-    its own tuned threshold, each value followed by its 95% interval when 04 bootstrapped it;
+    """The headline table of reports/index.html: each system's SUMMARY_METRICS (fractions, in 04's column
+    order and names: INDEX_METRICS) on the reported split at its own tuned threshold, each value followed
+    by its 95% interval when 04 bootstrapped it;
     `under_model`: rows (HTML) placed right under the model's (the seeds' mean ± sd)."""
     split, x = headline_keys(metrics)
     rows = [(f"{SYSTEM_NAMES['model']} ({split}, tuned threshold)", _model(metrics, split, x))]
     rows += [(f"{SYSTEM_NAMES[k]} ({split}, tuned threshold)", metrics[k][f"{split}_tuned{x}"])
              for k in _reference_keys(metrics)]
-    names = {"f1_micro": "micro-F1 (threshold tuned on val)"}
-    head = "".join(f"<th colspan='2'>{_esc(names.get(k, name))}</th>" for k, name in SUMMARY_METRICS)
+    head = "".join(f"<th colspan='2'>{_esc(name)}</th>" for _, name in INDEX_METRICS)
 
     def cells(m: dict, k: str) -> str:
         ci = _ci(m, k)
-        return f"<td>{_f(m.get(k))}</td><td class='ci'>" + (f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + "</td>"
+        value = "–" if _num(m.get(k)) is None else _f(m.get(k))
+        return f"<td>{value}</td><td class='ci'>" + (f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + "</td>"
 
-    body = ["<tr><td>" + _esc(name) + "</td>" + "".join(cells(m, k) for k, _ in SUMMARY_METRICS) + "</tr>"
+    body = ["<tr><td>" + _esc(name) + "</td>" + "".join(cells(m, k) for k, _ in INDEX_METRICS) + "</tr>"
             for name, m in rows]
+    missing = any(_num(m.get(k)) is None for _, m in rows for k, _ in INDEX_METRICS)
     body = "".join(body[:1] + list(under_model) + body[1:])
     note = ("Brackets: 95% bootstrap intervals over the admissions of the split." if metrics.get("paired") else
             f"{_capital(NO_INTERVALS)}.")
+    note += " –: the metric is undefined on this split (no code with a positive and a negative)." if missing else ""
     return (f"<table><thead><tr><th>system</th>{head}</tr></thead><tbody>{body}</tbody></table>"
             f"<p class='sub'>{_esc(note)}</p>")

@@ -30,7 +30,7 @@ report.header(cfg, provenance.collect(cfg.run_dir, files=()))
 
 # %%
 result = preprocess.run(cfg)
-preprocess.stats_table(result.stats)
+report.table(preprocess.stats_table(result.stats))
 
 # %% [markdown]
 # ## Evidence spans
@@ -57,10 +57,10 @@ preprocess.benchmark_check(cfg, result)
 # Ids and codes only when `share_safe` is on (always on for real MIMIC unless turned off).
 
 # %%
-preprocess.sample(result.notes, share_safe=cfg.share_safe_on)
+report.table(preprocess.sample(result.notes, share_safe=cfg.share_safe_on))
 
 # %%
-result.labels.head(10)
+report.table(result.labels.head(10))
 
 # %%
 report.summary(notes=result.notes, labels=result.labels, data=provenance.collect(cfg.run_dir)["data"])

@@ -41,7 +41,7 @@ report.top_codes_plot(labels, n=20)
 # so they dominate micro-averaged metrics: a model right on them alone already scores well on micro-F1.
 
 # %%
-report.top_codes(labels, n=20, n_admissions=int((notes["split"] == "train").sum()))
+report.table(report.top_codes(labels, n=20, n_admissions=int((notes["split"] == "train").sum())))
 
 # %% [markdown]
 # ## Codes per admission and note lengths
@@ -95,7 +95,7 @@ report.split_balance(notes, labels.nlargest(10, "n_train")["code"].tolist())
 # few admissions is expected.
 
 # %%
-report.unseen_in_train(notes)
+report.table(report.unseen_in_train(notes))
 
 # %%
 report.summary(notes=notes, labels=labels)

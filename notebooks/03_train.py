@@ -48,21 +48,21 @@ report.mntp_history(mntp.load_history(cfg.run_dir), train.mntp_arms(cfg, history
 # %%
 cost = mntp.cost(mntp.load_history(cfg.run_dir), train.mntp_arms(cfg, history), history)
 print(mntp.cost_text(cost))
-cost.round(3)
+report.table(cost)
 
 # %% [markdown]
 # *How to read it:* what the MNTP arm costs on top of fine-tuning, from the run's histories: one row per
 # phase with its optimizer steps, the tokens it read (MNTP: chunks × `mntp_length`; fine-tuning: the
 # notes' tokens without padding) and its wall time in seconds (fine-tuning's validations included);
-# `share_of_fine_tuning` divides each phase's time by that of the fine-tuning after MNTP. A stage reused
-# from an earlier run shows the time it took then.
+# "share of the fine-tuning's time" divides each phase's time by that of the fine-tuning after MNTP.
+# A stage reused from an earlier run shows the time it took then.
 
 # %% [markdown]
 # ## Truncation
 # Notes longer than `max_segments` segments lose tokens (`truncation`: the end, the start or the middle).
 
 # %%
-report.truncation(train.load_token_stats(cfg.run_dir))
+report.table(report.truncation(train.load_token_stats(cfg.run_dir)))
 
 # %% [markdown]
 # *How to read it:* one row per split, counted before training: notes, notes longer than the budget (the
@@ -87,7 +87,7 @@ report.history(history)
 # %%
 columns = ["step", "epoch", "train_loss", "lr", "tokens_per_s", f"val_{cfg.metric}", "val_auroc_micro",
            "val_auroc_macro", "val_auprc_micro", "val_f1_micro", "val_p_at_8"]
-history.reindex(columns=list(dict.fromkeys(columns))).tail(10).round(4)
+report.table(history.reindex(columns=list(dict.fromkeys(columns))).tail(10))
 
 # %%
 report.summary(history=history, metric=cfg.metric)

@@ -30,9 +30,10 @@ from icdlib import provenance, report
 report.header(cfg, provenance.collect(cfg.run_dir))
 
 # %% [markdown]
-# ## Metrics (%), beside the published numbers of the run's benchmark
+# ## Metrics, beside the published numbers of the run's benchmark
 # `@0.5` rows use the fixed threshold, `@tuned` rows the one tuned on validation for micro-F1;
-# ranking metrics (AUROC, AUPRC, P@k, R-precision, MAP) do not depend on it. A dash: the paper does not report it.
+# ranking metrics (AUROC, AUPRC, P@k, R-precision, MAP) do not depend on it. Every metric is a fraction (0–1),
+# as in metrics.json; published numbers (papers give %) are divided by 100.
 # The caption gives the split scored, its admissions (`n_docs`), the codes ranked (`n_labels`, with
 # their label set) and the labels with a positive and a negative there (`n_labels_scored`, those of
 # the macro AUROC/AUPRC). Rows rank every code of the label space, except for Edin et al.'s
@@ -62,10 +63,10 @@ report.macro_f1_gap(results[f"{split}_tuned"], split)
 # ## How sure: 95% bootstrap intervals
 # The reported split's admissions are resampled with replacement (`bootstrap` resamples, the same
 # draws for every system) and every metric is recomputed on each resample; the interval holds the
-# middle 95% of the values (percent). `bootstrap: 0` turns this off.
+# middle 95% of the values. `bootstrap: 0` turns this off.
 
 # %%
-report.interval_table(evaluate.systems(ev))
+report.table(report.interval_table(evaluate.systems(ev)))
 
 # %% [markdown]
 # *How to read it:* each cell is the metric on the whole split and, in brackets, the range within which
@@ -82,7 +83,7 @@ report.paired_styled(results)
 
 # %% [markdown]
 # *How to read it:* each row is the model (at its tuned threshold) minus another system (at its own),
-# in percentage points, on the same resampled admissions each time: positive means the model is ahead.
+# in the metric's unit, on the same resampled admissions each time: positive means the model is ahead.
 # A bold cell's interval excludes 0, the only case where the summary below calls the model better or
 # worse; the other differences are within what resampling the admissions produces.
 
@@ -108,13 +109,7 @@ report.label_space_dropped(analysis.outside_label_space(s.notes, ev.labels), spl
 # validation, under the label set of the table above (metrics.json: `seeds`, `seed_spread`).
 
 # %%
-report.seed_spread_table(results, f"{split}_tuned" + evaluate.compared_suffix(ev))
-
-# %% [markdown]
-# *How to read it:* one row per training seed, in percent, then the mean ± the sample standard
-# deviation across the seeds (as Edin et al. report theirs). The seed changes only what fine-tuning
-# draws at random (the head's and LoRA's initial weights, the order of the training notes, dropout):
-# a difference between two systems smaller than about twice this sd may be the seed's, not the method's.
+report.table(report.seed_spread_table(results, f"{split}_tuned" + evaluate.compared_suffix(ev)))  # reading: its note
 
 # %% [markdown]
 # ## What the split is

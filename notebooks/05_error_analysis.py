@@ -25,20 +25,20 @@ report.header(cfg, provenance.collect(cfg.run_dir))
 # ## Worst and best codes (F1, then AUPRC)
 
 # %%
-analysis.worst_codes(per_code, n=15)
+report.table(analysis.worst_codes(per_code, n=15))
 
 # %%
-analysis.best_codes(per_code, n=15)
+report.table(analysis.best_codes(per_code, n=15))
 
 # %% [markdown]
 # ## Most frequent false positives and false negatives
 
 # %%
 false_pos, false_neg = analysis.frequent_errors(s.y_true, s.y_score, ev.labels, threshold)
-false_pos
+report.table(false_pos)
 
 # %%
-false_neg
+report.table(false_neg)
 
 # %% [markdown]
 # ## Confusions within a category, and accuracy at coarser levels
@@ -46,11 +46,11 @@ false_neg
 # ICD-10-CM block and chapter (procedures: PCS body system and section).
 
 # %%
-analysis.category_confusions(s.y_true, s.y_score, ev.labels, threshold)
+report.table(analysis.category_confusions(s.y_true, s.y_score, ev.labels, threshold))
 
 # %%
 levels = analysis.category_level(s.y_true, s.y_score, ev.labels, threshold, dataset=cfg.dataset)
-levels
+report.table(levels)
 
 # %% [markdown]
 # *How to read it:* micro precision, recall and F1 when a prediction counts as right if its group is;
@@ -58,7 +58,7 @@ levels
 
 # %%
 near = analysis.near_misses(s.y_true, s.y_score, ev.labels, threshold)
-near
+report.table(near)
 
 # %% [markdown]
 # *How to read it:* each true code the model missed at the tuned threshold, by what it predicted in that
@@ -70,10 +70,10 @@ near
 # ## Errors against note length and number of codes
 
 # %%
-analysis.errors_by(s.notes, s.y_true, s.y_score, threshold, by="length")
+report.table(analysis.errors_by(s.notes, s.y_true, s.y_score, threshold, by="length"))
 
 # %%
-analysis.errors_by(s.notes, s.y_true, s.y_score, threshold, by="n_codes")
+report.table(analysis.errors_by(s.notes, s.y_true, s.y_score, threshold, by="n_codes"))
 
 # %% [markdown]
 # ## Do the explanations point at the evidence?

@@ -30,13 +30,13 @@ report.provenance(provenance.collect(cmp.sides[0].cfg.run_dir, files=()))
 # ## The runs
 
 # %%
-compare.runs_table(cmp)
+report.table(compare.runs_table(cmp))
 
 # %%
 compare.scored(result)
 
 # %%
-compare.differences(cmp)
+report.table(compare.differences(cmp))
 
 # %% [markdown]
 # *How to read it:* the first table names each run (run A first) with its backbone, data, the
@@ -49,10 +49,10 @@ compare.differences(cmp)
 # ## Metrics with 95% intervals
 
 # %%
-compare.metrics_table(result)
+report.table(compare.metrics_table(result))
 
 # %% [markdown]
-# *How to read it:* each run's metric in % on the shared admissions, F1 at the run's own tuned
+# *How to read it:* each run's metric (a fraction, 0–1) on the shared admissions, F1 at the run's own tuned
 # threshold, with its 95% bootstrap interval in brackets: where the figure would fall on other test
 # samples like this one (the admissions resampled with replacement). Overlapping intervals do not
 # mean that the runs are alike: the paired differences below are the test.
@@ -61,10 +61,10 @@ compare.metrics_table(result)
 # ## Paired differences, run A − run B
 
 # %%
-compare.paired_table(result)
+report.table(compare.paired_table(result))
 
 # %% [markdown]
-# *How to read it:* run A's metric minus run B's, in percentage points, with the 95% interval of
+# *How to read it:* run A's metric minus run B's, in the metric's unit, with the 95% interval of
 # the difference when both models are scored on the same resampled admissions each time (what is
 # easy or hard about an admission cancels out). A verdict is given only where the interval excludes
 # 0; where it includes 0, these admissions cannot tell the two models apart on that metric.
@@ -82,10 +82,10 @@ compare.code_figure(cmp)
 # furthest from the diagonal are named.
 
 # %%
-compare.code_table(result, "f1")
+report.table(compare.code_table(result, "f1"))
 
 # %%
-compare.code_table(result, "auprc")
+report.table(compare.code_table(result, "auprc"))
 
 # %% [markdown]
 # *How to read it:* the codes whose F1 (first table) or AUPRC (second) differs most between the
@@ -97,10 +97,10 @@ compare.code_table(result, "auprc")
 # ## Where the models disagree
 
 # %%
-compare.disagreement_counts(result)
+report.table(compare.disagreement_counts(result))
 
 # %%
-compare.disagreement_codes(result)
+report.table(compare.disagreement_codes(result))
 
 # %% [markdown]
 # *How to read it:* the admission-code pairs one model assigns at its tuned threshold and the other

@@ -186,42 +186,45 @@ def test_metrics_table():
     systems = {"icdlib test @tuned": result, "baseline test @0.5": {"f1_micro": 0.4}}
     table = report.metrics_table(systems, benchmark="caml_full", names=False)
     assert list(table.columns) == report.TABLE_METRICS
-    assert table.loc["icdlib test @tuned", "auroc_micro"] == pytest.approx(98.0)
-    assert table.loc["icdlib test @tuned", "map"] == pytest.approx(60.0)
-    assert table.loc["icdlib test @tuned", "r_precision"] == pytest.approx(58.0)
+    assert table.loc["icdlib test @tuned", "auroc_micro"] == pytest.approx(0.98)  # fractions, as metrics.json
+    assert table.loc["icdlib test @tuned", "map"] == pytest.approx(0.60)
+    assert table.loc["icdlib test @tuned", "r_precision"] == pytest.approx(0.58)
     assert report.TABLE_METRICS[-3:] == ["p_at_15", "r_precision", "map"]
-    assert table.loc["icdlib test @tuned", "f1_macro"] == pytest.approx(8.0)
-    assert table.loc["icdlib test @tuned", "f1_macro_caml"] == pytest.approx(6.5)
+    assert table.loc["icdlib test @tuned", "f1_macro"] == pytest.approx(0.08)
+    assert table.loc["icdlib test @tuned", "f1_macro_caml"] == pytest.approx(0.065)
     assert np.isnan(table.loc["baseline test @0.5", "auroc_micro"])
     caml = "CAML (Mullenbach et al. 2018, MIMIC-III full, CAML split)"
     plm = "PLM-ICD (Huang et al. 2022, MIMIC-III full, CAML split)"
-    assert table.loc[caml, "f1_micro"] == 53.9 and table.loc[plm, "p_at_15"] == 61.3
+    # published percentages divided by 100
+    assert table.loc[caml, "f1_micro"] == pytest.approx(0.539) and table.loc[plm, "p_at_15"] == pytest.approx(0.613)
     # published macro-F1 is CAML's definition: under f1_macro_caml, the Edin cell empty
-    for name, value in zip(report.REFERENCE_RESULTS["caml_full"], (8.8, 9.9, 10.3, 10.4)):
-        assert table.loc[name, "f1_macro_caml"] == value and np.isnan(table.loc[name, "f1_macro"]), name
+    for name, value in zip(report.REFERENCE_RESULTS["caml_full"], (0.088, 0.099, 0.103, 0.104)):
+        assert table.loc[name, "f1_macro_caml"] == pytest.approx(value) and np.isnan(table.loc[name, "f1_macro"]), name
         assert np.isnan(table.loc[name, "r_precision"]), name  # none of the four papers reports it
     assert len(table) == 2 + 4
     assert list(table.index[:2]) == ["icdlib test @tuned", "baseline test @0.5"]
     assert len(report.metrics_table({"x": result}, reference=False, benchmark="caml_full")) == 1
     named = report.metrics_table(systems)  # the notebook's table: columns that say which macro-F1 is which
     assert list(named.columns) == [report.TABLE_NAMES[m] for m in report.TABLE_METRICS]
-    assert named.loc["icdlib test @tuned", "F1 macro (mean per label, Edin)"] == pytest.approx(8.0)
-    assert named.loc["icdlib test @tuned", "F1 macro (CAML: of macro-P and macro-R)"] == pytest.approx(6.5)
-    assert named.loc["icdlib test @tuned", "R-precision"] == pytest.approx(58.0)
+    assert named.loc["icdlib test @tuned", "F1 macro (mean per label, Edin)"] == pytest.approx(0.08)
+    assert named.loc["icdlib test @tuned", "F1 macro (CAML: of macro-P and macro-R)"] == pytest.approx(0.065)
+    assert named.loc["icdlib test @tuned", "R-precision"] == pytest.approx(0.58)
 
 
 def test_r_precision_column_shows_a_dash_where_a_paper_does_not_report_it():
     result = {"r_precision": 0.5812, "f1_micro": 0.5}
     html = report.metrics_styled({"icdlib test @tuned": result}, {"n_docs": 3}, "test", "caml_full").to_html()
     header = re.findall(r'<th [^>]*class="col_heading[^"]*"[^>]*>([^<]*)</th>', html)
-    assert header[-3:] == ["P@15", "R-precision", "MAP"]
-    rows = {m.group(1): re.findall(r'<td [^>]*>([^<]*)</td>', m.group(2))
-            for m in re.finditer(r'<th [^>]*class="row_heading[^"]*"[^>]*>([^<]*)</th>(.*?)</tr>', html, re.S)}
+    assert header[0] == "system" and header[-3:] == ["P@15", "R-precision", "MAP"]  # the system: a column, no index
+    assert "row_heading" not in html
+    rows = {cells[0]: cells for cells in (re.findall(r'<td [^>]*>([^<]*)</td>', row)
+                                          for row in re.findall(r"<tr>(.*?)</tr>", html, re.S)) if cells}
     at = header.index("R-precision")
-    assert rows["icdlib test @tuned"][at] == "58.12"
+    assert rows["icdlib test @tuned"][at] == "0.581"
     assert [rows[name][at] for name in report.REFERENCE_RESULTS["caml_full"]] == ["–"] * 4
+    assert "–: a published paper does not report the metric." in html  # the dash's footnote
     edin = report.metrics_table({"x": result}, benchmark="edin_mimic4_icd10", names=False)
-    assert edin["r_precision"].tolist() == [58.12, 57.9, 57.2]  # Edin et al.'s R-Prec (Papers with Code)
+    assert edin["r_precision"].tolist() == pytest.approx([0.5812, 0.579, 0.572])  # Edin et al.'s R-Prec (PwC)
 
 
 @pytest.mark.parametrize("benchmark, synthetic, n_rows", [
@@ -237,12 +240,12 @@ def test_reference_rows_only_for_the_runs_own_benchmark(benchmark, synthetic, n_
         assert all(name.endswith("MIMIC-III full, CAML split)") for name in refs)
         assert [name.split(" (")[0] for name in refs] == ["CAML", "LAAT", "MSMN", "PLM-ICD"]
     if benchmark == "seed" and n_rows:
-        assert "LLM2Vec seed project" in refs[0] and table.loc[refs[0], "auprc_micro"] == 47.41
+        assert "LLM2Vec seed project" in refs[0] and table.loc[refs[0], "auprc_micro"] == pytest.approx(0.4741)
         assert table.loc[refs[0], ["f1_micro", "f1_macro", "f1_macro_caml"]].isna().all()
     if benchmark == "edin_mimic4_icd10" and n_rows:
         assert [name.split(" (")[0] for name in refs] == ["PLM-ICD", "LAAT"]
         assert all(name.endswith("(Edin et al. 2023, MIMIC-IV ICD-10, Edin split)") for name in refs)
-        assert table.loc[refs[0], ["f1_micro", "f1_macro", "map"]].tolist() == [58.5, 21.1, 61.9]
+        assert table.loc[refs[0], ["f1_micro", "f1_macro", "map"]].tolist() == pytest.approx([0.585, 0.211, 0.619])
         assert table.loc[refs, "f1_macro_caml"].isna().all()  # their macro-F1 is the mean per label
     note = report.reference_note(benchmark, synthetic)
     if benchmark == "edin_mimic4_icd9" and not synthetic:
@@ -332,7 +335,7 @@ def test_metrics_json_written_by_evaluate_run_carries_provenance(done):
 
 def test_the_two_macro_f1s_are_compared_on_the_run_not_by_a_quoted_figure():
     """04 said "about 20% apart on MIMIC-III full", backed by no number (Edin et al. found about 2x)."""
-    shown = report.macro_f1_gap({"f1_macro": 0.25, "f1_macro_caml": 0.5175}, "test")
-    assert str(shown) == ("On test at the tuned threshold: F1 macro (CAML) 51.75 against F1 macro (mean per label) "
-                          "25.00, a ratio of 2.07.")
+    shown = report.macro_f1_gap({"f1_macro": 0.25, "f1_macro_caml": 0.5176}, "test")
+    assert str(shown) == ("On test at the tuned threshold: F1 macro (CAML) 0.518 against F1 macro (mean per label) "
+                          "0.250, a ratio of 2.07.")
     assert "undefined" in str(report.macro_f1_gap({"f1_macro": float("nan"), "f1_macro_caml": 0.1}, "val"))

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import jupytext
@@ -339,7 +340,9 @@ def test_headline_lines_name_every_system_and_the_threshold():
         "micro-F1 -0.200 [-0.300, -0.100]"]
     html = report.systems_html(m)
     assert "<td>0.700</td><td class='ci'>[0.650, 0.720]</td>" in html and "frequency prior (test, tuned threshold)" in html
-    assert "icdlib with MNTP (test, tuned threshold)" in html and "micro-F1 (threshold tuned on val)" in html
+    assert "icdlib with MNTP (test, tuned threshold)" in html
+    heads = re.findall(r"<th colspan='2'>([^<]*)</th>", html)  # 04's names, in 04's column order
+    assert heads == ["AUROC macro", "AUROC micro", "AUPRC micro", "F1 micro", "P@8", "MAP"]
     bare = report.headline_lines(run_metrics(metrics_of(0.8), {"prior": metrics_of(0.7)}, None))
     assert bare == ["no intervals (bootstrap=0 or an older metrics.json); micro-F1 at each system's threshold tuned on val",
                     "  icdlib           micro-AUROC 0.800  MAP 0.800  micro-F1 0.800",
@@ -350,13 +353,13 @@ def test_interval_and_paired_tables():
     m = {**metrics_of(0.69062), "ci95": {"f1_micro": [0.661, 0.718], "map": [float("nan"), float("nan")]}}
     table = report.interval_table({"icdlib test @tuned": m, "no intervals": metrics_of(0.5)})
     assert list(table.index) == ["icdlib test @tuned"]
-    assert table.loc["icdlib test @tuned", "F1 micro"] == "69.06 [66.10, 71.80]"
+    assert table.loc["icdlib test @tuned", "F1 micro"] == "0.691 [0.661, 0.718]"  # fractions, as metrics.json
     assert table.loc["icdlib test @tuned", "MAP"] == "–" and table.loc["icdlib test @tuned", "AUROC micro"] == "–"
     paired = {"model - baseline": {"f1_micro": {"diff": 0.031, "lo": 0.012, "hi": 0.05},
                                    "map": {"diff": -0.004, "lo": -0.02, "hi": 0.01}}}
     diffs = report.paired_table(paired)
     assert list(diffs.index) == ["icdlib − TF-IDF low-rank baseline"]
-    assert diffs.iloc[0]["F1 micro"] == "+3.10 [+1.20, +5.00]" and diffs.iloc[0]["MAP"] == "-0.40 [-2.00, +1.00]"
+    assert diffs.iloc[0]["F1 micro"] == "+0.031 [+0.012, +0.050]" and diffs.iloc[0]["MAP"] == "-0.004 [-0.020, +0.010]"
     assert diffs.iloc[0]["P@8"] == "–"
     styled = report.paired_styled({"test": m, "paired": paired}).to_html()
     assert styled.count("font-weight: bold") == 1 and "bold: the interval excludes 0" in styled
@@ -394,7 +397,7 @@ def test_index_links_the_five_reports_with_the_headline(small_run):
     for system in (m["test_tuned"], m["baseline"]["test_tuned"], m["prior"]["test_tuned"]):
         lo, hi = system["ci95"]["map"]
         assert f"<td class='ci'>[{lo:.3f}, {hi:.3f}]</td>" in page
-    assert "micro-F1 (threshold tuned on val)" in page and "What MNTP did" in page
+    assert "<th colspan='2'>F1 micro</th>" in page and "What MNTP did" in page  # 04's column names
     assert "On the test split" in page
     assert "<script" not in page and "http" not in page  # self-contained: nothing fetched
 
@@ -477,3 +480,150 @@ def test_share_paths_replaces_whole_components(tmp_path):
     text = f"{tmp_path}/r/03_train/best {tmp_path}/rr {tmp_path}/m/NOTEEVENTS.csv {ROOT}/notebooks {sys.prefix}/bin"
     assert report.share_paths(text, cfg) == ("<run>/03_train/best <output_root>/rr <mimic_dir>/NOTEEVENTS.csv "
                                              "<repo>/notebooks <python>/bin")
+
+
+# ---------------------------------------------------------------- the HTML reports read as documents
+
+class Page(HTMLParser):
+    """What a reader of an exported report sees: its tables (rows of (tag, classes, text) cells, whether
+    pandas' own HTML or a Styler index made them) and, cell by cell of the notebook, whether the cell
+    is Markdown or code, its shown text, and whether its output holds a figure or a table. Code inputs
+    (hidden behind "Show code") and <style>/<script> are left out of the shown text."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self.cells, self.text = [], [], []
+        self._divs, self._skip, self._cell, self._row, self._cell_text = [], 0, None, None, None
+
+    def handle_starttag(self, tag, attrs):
+        classes = (dict(attrs).get("class") or "").split()
+        if tag in ("style", "script"):
+            self._skip += 1
+        if tag == "div":
+            if "jp-Cell" in classes:
+                self._cell = {"kind": "code" if "jp-CodeCell" in classes else "markdown", "text": [], "shows": False}
+                self.cells.append(self._cell)
+            # a code cell's input (a Markdown cell's text sits in an InputArea too, and is shown)
+            self._divs.append("jp-InputArea" in classes and self._cell is not None and self._cell["kind"] == "code")
+        if any(self._divs) or self._skip:
+            return
+        if tag == "table":
+            self.tables.append({"classes": classes, "rows": []})
+        if tag in ("img", "table") and self._cell is not None and self._cell["kind"] == "code":
+            self._cell["shows"] = True
+        if tag == "tr" and self.tables:
+            self._row = []
+            self.tables[-1]["rows"].append(self._row)
+        if tag in ("td", "th") and self._row is not None:
+            self._cell_text = [tag, classes, ""]
+            self._row.append(self._cell_text)
+
+    def handle_endtag(self, tag):
+        if tag in ("style", "script"):
+            self._skip -= 1
+        if tag == "div" and self._divs:
+            self._divs.pop()
+        if tag in ("td", "th"):
+            self._cell_text = None
+        if tag == "tr":
+            self._row = None
+
+    def handle_data(self, data):
+        if any(self._divs) or self._skip:
+            return
+        self.text.append(data)
+        if self._cell is not None:
+            self._cell["text"].append(data)
+        if self._cell_text is not None:
+            self._cell_text[2] += data
+
+
+def read_page(path: Path) -> Page:
+    page = Page()
+    page.feed(path.read_text())
+    return page
+
+
+def table_faults(table: dict) -> list[str]:
+    """What a reader should not see in one table: a number with more than 4 decimals, a label cut
+    with "...", NaN, an index column (pandas' own HTML, a Styler index, or a first column 0, 1, 2, …),
+    a raw column name (a snake_case heading)."""
+    faults = []
+    if "dataframe" in table["classes"]:
+        faults.append("a DataFrame's own HTML (index column, cut labels): show it through report.table")
+    body = [r for r in table["rows"] if r and all(tag == "td" or "row_heading" in c or "blank" in c for tag, c, _ in r)]
+    for row in table["rows"]:
+        for tag, classes, text in row:
+            text = text.strip()
+            if re.search(r"\d\.\d{5,}", text):
+                faults.append(f"more than 4 decimals: {text!r}")
+            if "..." in text or text.endswith("…"):
+                faults.append(f"a cut label: {text!r}")
+            if re.search(r"\bnan\b", text, re.I):
+                faults.append(f"NaN: {text!r}")
+            if "row_heading" in classes or ("blank" in classes and tag == "th"):
+                faults.append(f"an index column (Styler): {text!r}")
+            if tag == "th" and "col_heading" in classes and re.search(r"\b[a-z0-9]+_[a-z0-9_]+\b", text):
+                faults.append(f"a raw column name: {text!r}")  # MIMIC's own (HADM_ID) are names users know
+    first = [r[0][2].strip() for r in body]
+    if len(first) >= 2 and first == [str(i) for i in range(len(first))]:
+        faults.append("an index column 0, 1, 2, ...")
+    return faults
+
+
+def test_reports_read_as_documents(small_run):
+    """Every exported report and the run's index, as a colleague sent it reads them: tables with no
+    index column, no cut label, no NaN, no number with more than 4 decimals, no raw column name; every
+    "How to read it" right under the figure or table it explains; the code hidden behind "Show code"
+    while the executed .ipynb keeps it."""
+    run_dir, _ = small_run
+    reports = run_dir / "reports"
+    faults = []
+    for name in [*pipeline.NOTEBOOKS, "index"]:
+        page = read_page(reports / f"{name}.html")
+        assert page.tables, name
+        faults += [f"{name}: {f}" for t in page.tables for f in table_faults(t)]
+        shown = "".join(page.text)
+        faults += [f"{name}: NaN in the text" for _ in re.findall(r"\bNaN\b", shown)]
+        code = None
+        for cell in page.cells:
+            if cell["kind"] == "code":
+                code = cell
+            elif "How to read it" in "".join(cell["text"]) and not (code and code["shows"]):
+                faults.append(f"{name}: a 'How to read it' without its figure or table: "
+                              f"{''.join(cell['text']).strip()[:90]!r}")
+        if name == "index":
+            continue
+        html = (reports / f"{name}.html").read_text()
+        assert 'id="icdlib-show-code"' in html and ":not(:checked)) .jp-CodeCell .jp-Cell-inputWrapper" in html, name
+        assert any(c["cell_type"] == "code" and "".join(c["source"]).strip() for c in notebook(run_dir, name)["cells"])
+    assert not faults, "\n".join(faults)
+
+
+def test_table_faults_are_found():
+    """The rendering check itself, on pages made to fail: each fault is named, a clean table passes."""
+    page = Page()
+    page.feed("<table class='dataframe'><thead><tr><th></th><th>n_test</th></tr></thead><tbody>"
+              "<tr><th>0</th><td>0.365419</td></tr><tr><th>1</th><td>Injection or infusion of oxazolidinone ...</td>"
+              "</tr><tr><th>2</th><td>NaN</td></tr></tbody></table>")
+    faults = table_faults(page.tables[0])
+    assert any("own HTML" in f for f in faults) and any("4 decimals" in f for f in faults)
+    assert any("cut label" in f for f in faults) and any("NaN" in f for f in faults)
+    page = Page()
+    page.feed("<table><tr><td>0</td><td>a</td></tr><tr><td>1</td><td>b</td></tr></table>")
+    assert table_faults(page.tables[0]) == ["an index column 0, 1, 2, ..."]
+    clean = report.table(pd.DataFrame({"n_test": [1, 2], "support": [1, 2], "f1": [0.365419, float("nan")],
+                                       "title": ["Injection or infusion of oxazolidinone class of antibiotics " * 2,
+                                                 "x"]}))
+    page = Page()
+    page.feed(clean.to_html())
+    assert table_faults(page.tables[0]) == []
+    assert [c[2] for c in page.tables[0]["rows"][0]] == ["positives", "F1", "title"]  # n_test: support, once
+    assert [c[2] for c in page.tables[0]["rows"][2]] == ["2", "–", "x"]
+    assert "–: F1 is undefined" in clean.to_html()
+    page = Page()
+    page.feed("<div class='jp-Cell jp-CodeCell'><div class='jp-InputArea'><table><tr><td>x</td></tr></table></div>"
+              "</div><div class='jp-Cell jp-MarkdownCell'><div class='jp-InputArea'><p>How to read it: ...</p></div>"
+              "</div>")
+    assert [c["shows"] for c in page.cells] == [False, False]  # a table in the (hidden) code is not shown
+    assert "".join(page.cells[1]["text"]) == "How to read it: ..." and "x" not in "".join(page.text)

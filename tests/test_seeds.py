@@ -67,10 +67,10 @@ def test_seed_spread_is_mean_and_sample_sd_over_the_seeds_that_define_a_metric()
     results = {"seeds": per_seed, "seed_spread": spread}
     table = report.seed_spread_table(results, "test_tuned")
     assert table.index.tolist() == ["seed 0 (the model)", "seed 1", "seed 2", "mean ± sd (3 seeds)"]
-    assert table.loc["seed 1", "F1 micro"] == "70.00" and table.loc["seed 0 (the model)", report.TABLE_NAMES[
+    assert table.loc["seed 1", "F1 micro"] == "0.700" and table.loc["seed 0 (the model)", report.TABLE_NAMES[
         "f1_macro"]] == "–"
-    assert table.loc["mean ± sd (3 seeds)", "F1 micro"] == "60.00 ± 10.00"
-    assert table.loc["mean ± sd (3 seeds)", report.TABLE_NAMES["f1_macro"]] == "30.00 ± 14.14 (n=2)"
+    assert table.loc["mean ± sd (3 seeds)", "F1 micro"] == "0.600 ± 0.100"
+    assert table.loc["mean ± sd (3 seeds)", report.TABLE_NAMES["f1_macro"]] == "0.300 ± 0.141 (n=2)"
     assert table.loc["seed 2", "MAP"] == "–"  # not in these toy metrics
     shown = report.seed_spread_table({"seeds": {"0": per_seed["0"]}})
     assert isinstance(shown, report.Shown) and str(shown).startswith("One seed: no spread.")
@@ -152,9 +152,9 @@ def test_the_seeds_show_in_04_the_index_and_the_terminal(runs, capsys):
     results = read_metrics(two)
     table = report.seed_spread_table(results, "test_tuned")
     assert table.index.tolist() == ["seed 1234 (the model)", "seed 7", "mean ± sd (2 seeds)"]
-    assert table.loc["seed 7", "F1 micro"] == f"{100 * results['seeds']['7']['test_tuned']['f1_micro']:.2f}"
+    assert table.loc["seed 7", "F1 micro"] == f"{results['seeds']['7']['test_tuned']['f1_micro']:.3f}"
     spread = results["seed_spread"]["test_tuned"]["map"]
-    assert table.loc["mean ± sd (2 seeds)", "MAP"] == f"{100 * spread['mean']:.2f} ± {100 * spread['sd']:.2f}"
+    assert table.loc["mean ± sd (2 seeds)", "MAP"] == f"{spread['mean']:.3f} ± {spread['sd']:.3f}"
 
     page = pipeline.write_index(two).read_text()
     row = pipeline.seed_spread_rows(results)[0]
