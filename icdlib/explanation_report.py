@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from icdlib import evidence_metrics as em
-from icdlib import explain
+from icdlib import explain, tables
 
 UNITS = {"seconds_per_note": "Seconds per note"}
 
@@ -152,7 +152,8 @@ def methods(ev):
 
     found = measured(ev)
     if found is not None:
-        display(method_table(found), Markdown(READING["table"]))
+        display(tables.show(method_table(found), missing="not defined on this run: no pair had what the metric "
+                            "needs (a negated or family-history mention in its note, say)"), Markdown(READING["table"]))
 
 
 def family(ev, name: str):
@@ -191,7 +192,7 @@ def worked_examples(cfg, ev, split: str, n: int = 3):
     found_examples = examples(coder, s.notes, ev.labels, first, method, cfg.ig_steps)
     name = explain.DESCRIPTIONS.get(method, method)
     display(Markdown(f"Method: **{name}**, the highest token F1 on validation."),
-            spans_table(found_examples, cfg.share_safe_on),
+            tables.show(spans_table(found_examples, cfg.share_safe_on)),
             Markdown("*How to read it:* the three highest-scoring spans of words for one true-positive code per "
                      "admission, best first: character offsets into the admission's text in `notes.parquet`, and "
                      "the span's score (the sum of its words' scores)."
