@@ -110,21 +110,24 @@ def frequent_errors(y_true, y_score, labels: pd.DataFrame, threshold: float,
     """The codes most often predicted wrongly and most often missed.
 
     Returns:
-        (false_positives, false_negatives): each with columns code, title, count (documents
-        where the code was predicted but not true / true but not predicted), at most `n`
-        rows with count > 0, most frequent first (ties by code).
+        (false_positives, false_negatives): columns code, title, count (documents where the code
+        was predicted but not true / true but not predicted) and what the count is out of
+        (n_predicted: documents where the code was predicted / support: where it is true), at most
+        `n` rows with count > 0, most frequent first (ties by code).
     """
     y, pred = _arrays(y_true, y_score, threshold, labels)
     fp = np.count_nonzero(pred & ~y, axis=0)
     fn = np.count_nonzero(y & ~pred, axis=0)
     code, title = labels["code"].to_numpy(), _titles(labels)
 
-    def top(counts: np.ndarray) -> pd.DataFrame:
-        table = pd.DataFrame({"code": code, "title": title, "count": counts.astype(np.int64)})
+    def top(counts: np.ndarray, out_of: str, totals: np.ndarray) -> pd.DataFrame:
+        table = pd.DataFrame({"code": code, "title": title, "count": counts.astype(np.int64),
+                              out_of: totals.astype(np.int64)})
         table = table[table["count"] > 0].sort_values(["count", "code"], ascending=[False, True], kind="stable")
         return table.head(n).reset_index(drop=True)
 
-    return top(fp), top(fn)
+    return (top(fp, "n_predicted", np.count_nonzero(pred, axis=0)),
+            top(fn, "support", np.count_nonzero(y, axis=0)))
 
 
 def _categories(labels: pd.DataFrame) -> np.ndarray:

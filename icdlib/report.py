@@ -660,13 +660,15 @@ def per_code_vs_frequency(per_code: pd.DataFrame) -> Figure:
                     label="mean per frequency bin")
             ax.set_xscale("log")
             _plain_log_ticks(ax.xaxis)
-            ax.legend(fontsize=8, loc="lower right")
         else:
             _empty(ax, f"no codes with a defined {title}")
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"Per-code {title} ({len(data):,} codes with a positive)")
         ax.set_xlabel("Training admissions with the code (log scale)")
         ax.set_ylabel(title)
+    handles, names = max((ax.get_legend_handles_labels() for ax in axes), key=lambda h: len(h[0]))
+    if handles:  # one legend for both panels, below them: dots fill every corner of the axes
+        fig.legend(handles, names, fontsize=8, loc="outside lower center", ncol=2)
     fig.suptitle("Per-code performance vs training frequency")
     return fig
 
@@ -983,7 +985,7 @@ def metrics_dashes(results: dict[str, dict], benchmark: str = "none", synthetic:
     out = []
     fixed = [name for name, r in results.items() if r and all(k not in r for k in ranking)]
     if fixed:
-        out.append(f"A dash in a fixed-threshold row (`@{fixed[0].split('@')[-1]}`): a ranking metric, which the "
+        out.append(f"A dash in a fixed-threshold row (@{fixed[0].split('@')[-1]}): a ranking metric, which the "
                    "threshold does not change; the row above gives it.")
     if reference_rows(benchmark, synthetic):
         out.append("A dash in a published row: the paper does not report the metric.")

@@ -55,16 +55,17 @@ false_pos
 
 # %% [markdown]
 # *How to read it:* the codes most often predicted where they are not coded: `count` is the admissions of
-# the split where the code's score reached the tuned threshold without the code being true. A frequent
-# code near the top is over-predicted; one whose sibling is in the category table below is a near miss.
+# the split where the code's score reached the tuned threshold without the code being true, out of
+# `n_predicted` where it was predicted. A count close to `n_predicted` is a code predicted mostly wrongly;
+# one whose sibling is in the category table below is a near miss.
 
 # %%
 false_neg
 
 # %% [markdown]
 # *How to read it:* the codes most often missed: `count` is the admissions coded with the code whose score
-# stayed under the threshold. Frequent codes lead both lists by sheer number: set `count` against the
-# code's `support` (per_code.parquet) to tell a code missed most of the time from one that is common.
+# stayed under the threshold, out of `support`, those coded with it. Frequent codes lead both lists by
+# sheer number: a count close to `support` is a code missed most of the time, a small share a common one.
 
 # %% [markdown]
 # ## Confusions within a category, and accuracy at coarser levels

@@ -66,10 +66,12 @@ def test_category_confusions_none():
 def test_frequent_errors_hand_computed():
     y, s, labels = confusion_case()
     fp, fn = analysis.frequent_errors(y, s, labels, 0.5)
-    assert list(fp.columns) == ["code", "title", "count"]
-    assert list(zip(fp["code"], fp["count"])) == [("428.0", 3), ("250.00", 2), ("428.30", 1), ("428.31", 1)]
-    assert list(zip(fn["code"], fn["count"])) == [
-        ("428.30", 2), ("250.01", 1), ("401.9", 1), ("428.0", 1), ("428.31", 1)]
+    assert list(fp.columns) == ["code", "title", "count", "n_predicted"]
+    assert list(fn.columns) == ["code", "title", "count", "support"]
+    assert list(zip(fp["code"], fp["count"], fp["n_predicted"])) == [
+        ("428.0", 3, 3), ("250.00", 2, 2), ("428.30", 1, 2), ("428.31", 1, 1)]
+    assert list(zip(fn["code"], fn["count"], fn["support"])) == [
+        ("428.30", 2, 3), ("250.01", 1, 1), ("401.9", 1, 1), ("428.0", 1, 1), ("428.31", 1, 1)]
     fp2, fn2 = analysis.frequent_errors(y, s, labels, 0.5, n=1)
     assert len(fp2) == 1 and len(fn2) == 1
 

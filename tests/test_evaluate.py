@@ -89,7 +89,7 @@ def test_each_metric_once_and_the_model_named_for_its_arm():
     table = report.metrics_table(rows, names=False)
     assert table.loc["icdlib without MNTP test @0.5"].dropna().index.tolist() == ["f1_macro", "f1_macro_caml",
                                                                                   "f1_micro"]
-    assert report.metrics_dashes(rows) == ["A dash in a fixed-threshold row (`@0.5`): a ranking metric, which the "
+    assert report.metrics_dashes(rows) == ["A dash in a fixed-threshold row (@0.5): a ranking metric, which the "
                                            "threshold does not change; the row above gives it."]
 
 

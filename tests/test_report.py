@@ -174,6 +174,8 @@ def test_per_code_panels_count_the_same_codes():
     fig = report.per_code_vs_frequency(per_code)
     assert [ax.get_title() for ax in fig.axes] == ["Per-code AUPRC (3 codes with a positive)",
                                                   "Per-code F1 (3 codes with a positive)"]
+    assert all(ax.get_legend() is None for ax in fig.axes)  # one legend, below the panels
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["one code", "mean per frequency bin"]
     buckets = report.frequency_buckets(per_code, edges=[10])
     assert buckets[["bucket", "n_codes"]].values.tolist() == [["1-10", 1], [">10", 2]]
     assert buckets["mean_f1"].tolist() == pytest.approx([0.4, 0.5])  # c (F1 0, no positive) left out
