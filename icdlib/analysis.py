@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from icdlib import codes as icd_codes
 from icdlib import icd10, metrics
 
-__all__ = ["per_code", "worst_codes", "best_codes", "frequent_errors", "category_confusions",
+__all__ = ["MIN_SUPPORT", "per_code", "worst_codes", "best_codes", "frequent_errors", "category_confusions",
            "category_level", "near_misses", "errors_by", "outside_label_space"]
 
 PER_CODE_COLUMNS = ["code", "title", "kind", "n_train", "n_test", "auroc", "auprc", "f1",
@@ -71,21 +71,38 @@ def per_code(y_true, y_score, labels: pd.DataFrame, threshold: float, n_test=Non
     return table[PER_CODE_COLUMNS]
 
 
-def _ranked(per_code: pd.DataFrame, n: int, min_support: int, ascending: bool) -> pd.DataFrame:
+# Codes ranked best or worst need this many positives in the scored split. With fewer, one admission
+# moves a code's F1 by a large step (the binomial standard error of its recall is up to 0.5/sqrt(N):
+# 0.5 at N=1, 0.16 at N=10) and the ranking changes with the training seed. Measured on the demo
+# (122 test admissions, training seeds 0-2, 10 rows per table; README: "Which codes 05 ranks"): two
+# seeds' tables share 37-57% of their codes for N of 1 to 5, 67% (worst) and 73% (best) at N=10,
+# 81% at N=15, where only 14 codes are left to rank; N=10 is the smallest that keeps two thirds.
+MIN_SUPPORT = 10
+RANKED_COLUMNS = ["code", "title", "support", "n_train", "f1", "precision", "recall", "auprc", "n_predicted"]
+
+
+def _ranked(per_code: pd.DataFrame, n: int, min_support: int, best: bool) -> pd.DataFrame:
+    """Ties by more support (more evidence), then by code; the worst leave out the best, so no code
+    is in both (each table holds at most half the codes ranked)."""
     table = per_code[per_code["support"] >= min_support]
-    table = table.sort_values(["f1", "auprc", "code"], ascending=[ascending, ascending, True],
+    n = min(n, len(table) // 2)
+    if not best:
+        table = table[~table["code"].isin(_ranked(per_code, n, min_support, best=True)["code"])]
+    table = table.sort_values(["f1", "auprc", "support", "code"], ascending=[not best, not best, False, True],
                               na_position="last", kind="stable")
-    return table.head(n).reset_index(drop=True)
+    return table.head(n).reset_index(drop=True)[RANKED_COLUMNS]
 
 
-def worst_codes(per_code: pd.DataFrame, n: int = 15, min_support: int = 1) -> pd.DataFrame:
-    """The `n` codes with the lowest F1 (then AUPRC) among those with >= `min_support` positives."""
-    return _ranked(per_code, n, min_support, ascending=True)
+def worst_codes(per_code: pd.DataFrame, n: int = 15, min_support: int = MIN_SUPPORT) -> pd.DataFrame:
+    """The `n` codes with the lowest F1 (then AUPRC) among those with >= `min_support` positives
+    (`support`), at most half of those: columns `RANKED_COLUMNS`."""
+    return _ranked(per_code, n, min_support, best=False)
 
 
-def best_codes(per_code: pd.DataFrame, n: int = 15, min_support: int = 1) -> pd.DataFrame:
-    """The `n` codes with the highest F1 (then AUPRC) among those with >= `min_support` positives."""
-    return _ranked(per_code, n, min_support, ascending=False)
+def best_codes(per_code: pd.DataFrame, n: int = 15, min_support: int = MIN_SUPPORT) -> pd.DataFrame:
+    """The `n` codes with the highest F1 (then AUPRC) among those with >= `min_support` positives
+    (`support`), at most half of those: columns `RANKED_COLUMNS`."""
+    return _ranked(per_code, n, min_support, best=True)
 
 
 def frequent_errors(y_true, y_score, labels: pd.DataFrame, threshold: float,
@@ -93,21 +110,24 @@ def frequent_errors(y_true, y_score, labels: pd.DataFrame, threshold: float,
     """The codes most often predicted wrongly and most often missed.
 
     Returns:
-        (false_positives, false_negatives): each with columns code, title, count (documents
-        where the code was predicted but not true / true but not predicted), at most `n`
-        rows with count > 0, most frequent first (ties by code).
+        (false_positives, false_negatives): columns code, title, count (documents where the code
+        was predicted but not true / true but not predicted) and what the count is out of
+        (n_predicted: documents where the code was predicted / support: where it is true), at most
+        `n` rows with count > 0, most frequent first (ties by code).
     """
     y, pred = _arrays(y_true, y_score, threshold, labels)
     fp = np.count_nonzero(pred & ~y, axis=0)
     fn = np.count_nonzero(y & ~pred, axis=0)
     code, title = labels["code"].to_numpy(), _titles(labels)
 
-    def top(counts: np.ndarray) -> pd.DataFrame:
-        table = pd.DataFrame({"code": code, "title": title, "count": counts.astype(np.int64)})
+    def top(counts: np.ndarray, out_of: str, totals: np.ndarray) -> pd.DataFrame:
+        table = pd.DataFrame({"code": code, "title": title, "count": counts.astype(np.int64),
+                              out_of: totals.astype(np.int64)})
         table = table[table["count"] > 0].sort_values(["count", "code"], ascending=[False, True], kind="stable")
         return table.head(n).reset_index(drop=True)
 
-    return top(fp), top(fn)
+    return (top(fp, "n_predicted", np.count_nonzero(pred, axis=0)),
+            top(fn, "support", np.count_nonzero(y, axis=0)))
 
 
 def _categories(labels: pd.DataFrame) -> np.ndarray:

@@ -368,28 +368,38 @@ def compared(ev: Evaluation, split: str) -> dict:
 
 
 def systems(ev: Evaluation) -> dict[str, dict]:
-    """Rows for the metrics table: '<system> <split> @<threshold>' → metrics, under the label set of
-    the run's published rows (`compared_suffix`): the model, the MNTP arm, the TF-IDF low-rank
-    baseline and the frequency prior (`report.SYSTEM_NAMES`), each other system at its own tuned
-    threshold. The reported split's dicts carry `ci95` when 04 bootstrapped them."""
+    """Rows for the metrics table, each metric once: '<system> <split> @tuned <t>' → the metrics at the
+    system's threshold tuned on validation, under the label set of the run's published rows
+    (`compared_suffix`), for the model (`report.model_name`), the MNTP arm, the TF-IDF low-rank baseline
+    and the frequency prior (`report.SYSTEM_NAMES`); under the model's, '<model> <split> @<fixed>' → only
+    the metrics the fixed threshold changes (`at_threshold`): its ranking metrics are the row above's.
+    The reported split's dicts carry `ci95` when 04 bootstrapped them."""
+    from icdlib.report import SYSTEM_NAMES, model_name
+
     x = compared_suffix(ev)
+    model = model_name(ev.results)
     rows = {}
     for split in ev.splits:
-        rows[f"icdlib {split} @{ev.threshold:g}"] = ev.results[split + x]
-        rows[f"icdlib {split} @tuned {ev.results['threshold']:.3f}"] = ev.results[f"{split}_tuned{x}"]
-    for arm, key in MNTP_ARMS.items():
-        if key in ev.results:
-            for split in ev.splits:
-                rows[f"icdlib {arm} MNTP {split} @tuned {ev.results[key]['threshold']:.3f}"] = \
-                    ev.results[key][f"{split}_tuned{x}"]
-    from icdlib.report import SYSTEM_NAMES
-
-    for key in ("baseline", "prior"):
-        if key in ev.results:
-            for split in ev.splits:
-                rows[f"{SYSTEM_NAMES[key]} {split} @tuned {ev.results[key]['threshold']:.3f}"] = \
-                    ev.results[key][f"{split}_tuned{x}"]
+        rows[f"{model} {split} @tuned {ev.results['threshold']:.3f}"] = ev.results[f"{split}_tuned{x}"]
+        rows[f"{model} {split} @{ev.threshold:g}"] = at_threshold(ev.results[split + x])
+    others = [(SYSTEM_NAMES[key], key) for key in (*MNTP_ARMS.values(), "baseline", "prior") if key in ev.results]
+    for name, key in others:
+        for split in ev.splits:
+            rows[f"{name} {split} @tuned {ev.results[key]['threshold']:.3f}"] = ev.results[key][f"{split}_tuned{x}"]
     return rows
+
+
+RECORD_KEYS = ("n_docs", "n_labels", "n_labels_scored", "threshold", "label_set")
+
+
+def at_threshold(m: dict) -> dict:
+    """`m` (a `metrics.compute` dict, maybe with `ci95`) with only what its threshold changes
+    (`metrics.THRESHOLD_KEYS`) and its record (split size, threshold, label set): the row a fixed
+    threshold adds under the tuned one, without repeating the ranking metrics."""
+    out = {k: v for k, v in m.items() if k in metrics.THRESHOLD_KEYS or k in RECORD_KEYS}
+    if "ci95" in m:
+        out["ci95"] = {k: v for k, v in m["ci95"].items() if k in metrics.THRESHOLD_KEYS}
+    return out
 
 
 def eval_split(ev: Evaluation) -> str:

@@ -67,7 +67,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["compute", "tune_threshold", "per_label", "LABEL_SETS"]
+__all__ = ["compute", "tune_threshold", "per_label", "LABEL_SETS", "THRESHOLD_KEYS"]
 
 # `label_set` of `compute` → what its output records as "label_set" (see the module docstring).
 LABEL_SETS = {
@@ -269,6 +269,11 @@ def _caml_macro_f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> float:
     if precision + recall == 0:
         return 0.0
     return 2 * precision * recall / (precision + recall)
+
+
+# The metrics of `compute` that the decision threshold changes (the others rank the scores): a row of a
+# report at another threshold repeats every other metric.
+THRESHOLD_KEYS = ("f1_micro", "f1_macro", "f1_macro_caml", "precision_micro", "recall_micro", "exact_match")
 
 
 def _threshold_metrics(y: np.ndarray, pred: np.ndarray) -> dict:

@@ -543,12 +543,33 @@ def stats_table(stats: dict) -> pd.DataFrame:
     return table
 
 
-def sample(notes: pd.DataFrame, share_safe: bool, n: int = 5, chars: int = 300) -> pd.DataFrame:
-    """A few rows to look at: ids, split and codes; the text's start only when share_safe is off."""
+EXCERPT_FROM = re.compile(r"chief complaint\s*:", re.IGNORECASE)
+HEADER_LINE = re.compile(r"\s*(admission date|discharge date|date of birth|sex|service|name|unit no|allergies|"
+                         r"attending)\b", re.IGNORECASE)
+
+
+def excerpt(text: str, words: int = 40) -> str:
+    """The first `words` words of a note's clinical text, whitespace collapsed: from its Chief Complaint
+    (MIMIC-III's and MIMIC-IV's discharge summaries have one), else after its header lines. A note
+    opens with the same de-identified header (admission and discharge dates, birth date, sex,
+    service) whatever the admission, so its first characters tell one note from another by nothing."""
+    found = EXCERPT_FROM.search(text)
+    if found:
+        body = text[found.start():]
+    else:
+        lines = text.splitlines()
+        start = next((i for i, line in enumerate(lines) if line.strip() and not HEADER_LINE.match(line)), len(lines))
+        body = "\n".join(lines[start:])
+    return " ".join(body.split()[:words])
+
+
+def sample(notes: pd.DataFrame, share_safe: bool, n: int = 5, words: int = 40) -> pd.DataFrame:
+    """A few rows to look at: ids, split and codes; an `excerpt` of the text only when share_safe is off."""
     rows = notes.head(n)[["hadm_id", "subject_id", "split", "codes"]].copy()
     rows["codes"] = rows["codes"].map(lambda c: ", ".join(c))
     if not share_safe:
-        rows["text (start)"] = notes.head(n)["text"].str.slice(0, chars)
+        rows[f"text (first {words} words from the Chief Complaint)"] = notes.head(n)["text"].map(
+            lambda text: excerpt(text, words))
     return rows
 
 

@@ -44,8 +44,10 @@ __all__ = [
     "label_frequency", "codes_per_admission", "note_lengths", "top_codes", "top_codes_plot",
     "kind_share", "split_balance", "unseen_in_train", "label_space_dropped", "token_lengths", "truncation",
     "history", "pr_curve",
-    "per_code_vs_frequency", "code_differences", "frequency_buckets", "f1_by_frequency_bucket", "threshold_curve",
-    "calibration", "metrics_table", "metrics_caption", "metrics_styled", "reference_rows", "reference_note", "data_name",
+    "per_code_vs_frequency", "code_differences", "ranked_codes_note", "frequency_buckets", "f1_by_frequency_bucket",
+    "threshold_curve",
+    "calibration", "metrics_table", "metrics_caption", "metrics_dashes", "metrics_styled", "reference_rows",
+    "reference_note", "data_name",
     "recorded_data_name",
     "TABLE_NAMES", "Shown", "path_placeholders", "share_paths", "parameters", "provenance",
     "header", "summary", "table",
@@ -309,27 +311,23 @@ def note_lengths(notes: pd.DataFrame, token_counts=None) -> Figure:
             ax.legend(fontsize=8)
         else:
             _empty(ax, "no notes")
-        ax.set_title(f"Note length in {unit}")
+        ax.set_title(f"Note length in {unit}" + ("" if len(panels) > 1 else f" ({len(notes):,} notes)"))
         ax.set_xlabel(f"{unit.capitalize()} per note")
         ax.set_ylabel("Notes")
-    fig.suptitle(f"Note lengths ({len(notes):,} notes)")
+    if len(panels) > 1:  # one title per figure: the panels' own say which unit
+        fig.suptitle(f"Note lengths ({len(notes):,} notes)")
     return fig
 
 
-TOKENS_IN_03 = "Token lengths appear in 03 (the tiny tokenizer is trained there)."
-
-
-def token_lengths(notes: pd.DataFrame, full_lengths=None, budget: int | None = None) -> Figure | Shown:
+def token_lengths(notes: pd.DataFrame, full_lengths, budget: int | None = None) -> Figure:
     """Tokens per note (before truncation) by split, with the budget the model reads (`max_segments`
-    × each segment's body) as a vertical line; `Shown` (one line) when there are no token counts.
+    × each segment's body) as a vertical line.
 
     Args:
         notes: needs ``split``, one row per entry of `full_lengths`, in the same order.
-        full_lengths: tokens per note (`data.tokenize(...).full_lengths`), or None.
+        full_lengths: tokens per note (`data.tokenize(...).full_lengths`).
         budget: note tokens the model reads.
     """
-    if full_lengths is None:
-        return Shown(TOKENS_IN_03, markdown=TOKENS_IN_03)
     full = np.asarray(full_lengths, dtype=np.int64).ravel()
     split = notes["split"].to_numpy()
     fig, ax = _figure()
@@ -644,12 +642,15 @@ def pr_curve(curves: dict) -> Figure:
 def per_code_vs_frequency(per_code: pd.DataFrame) -> Figure:
     """Per-code AUPRC (left) and F1 (right) vs training frequency (log x), with binned means.
 
-    `per_code` as from ``analysis.per_code`` (n_train, auprc, f1). Codes without a training
-    admission, or whose metric is undefined (no positive in the evaluated split), are left out.
+    `per_code` as from ``analysis.per_code`` (n_train, support, auprc, f1). Both panels show the same
+    codes: those with a training admission and a positive in the evaluated split (`support`), where
+    AUPRC is defined (F1 is also defined for a code predicted without a positive: 0, left out here
+    as from the mean per-label macro-F1).
     """
     fig, axes = _figure(1, 2, size=(10.0, 4.5), sharex=True)
+    shown = per_code[(per_code["n_train"] > 0) & (per_code["support"] > 0)]
     for ax, metric, title in ((axes[0], "auprc", "AUPRC"), (axes[1], "f1", "F1")):
-        data = per_code[(per_code["n_train"] > 0) & per_code[metric].notna()]
+        data = shown[shown[metric].notna()]
         if len(data):
             ax.scatter(data["n_train"], data[metric], s=8, alpha=0.35, color="tab:blue",
                        edgecolors="none", label="one code")
@@ -662,13 +663,15 @@ def per_code_vs_frequency(per_code: pd.DataFrame) -> Figure:
                     label="mean per frequency bin")
             ax.set_xscale("log")
             _plain_log_ticks(ax.xaxis)
-            ax.legend(fontsize=8, loc="lower right")
         else:
             _empty(ax, f"no codes with a defined {title}")
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"Per-code {title} ({len(data):,} codes)")
+        ax.set_title(f"Per-code {title} ({len(data):,} codes with a positive)")
         ax.set_xlabel("Training admissions with the code (log scale)")
         ax.set_ylabel(title)
+    handles, names = max((ax.get_legend_handles_labels() for ax in axes), key=lambda h: len(h[0]))
+    if handles:  # one legend for both panels, below them: dots fill every corner of the axes
+        fig.legend(handles, names, fontsize=8, loc="outside lower center", ncol=2)
     fig.suptitle("Per-code performance vs training frequency")
     return fig
 
@@ -717,6 +720,23 @@ def code_differences(tables: dict[tuple[str, str], pd.DataFrame], n_named: int =
 DEFAULT_BUCKETS = (0, 10, 50, 100, 500)  # right edges: (0], 1-10, 11-50, 51-100, 101-500, >500
 
 
+def ranked_codes_note(per_code: pd.DataFrame, min_support: int, split: str) -> Shown:
+    """The line above 05's worst and best codes: how many codes they are ranked among (those with at
+    least `min_support` positives in `split`, `analysis.worst_codes`), of how many with a positive."""
+    support = per_code["support"]
+    n_ranked, n_positive = int((support >= min_support).sum()), int((support > 0).sum())
+    if n_ranked < 2:
+        most = int(support.max()) if len(support) else 0
+        text = (f"No ranking: {n_ranked} of the {n_positive:,} codes with a positive in {split} "
+                f"{'has' if n_ranked == 1 else 'have'} {min_support} or more (the most: {most}); "
+                f"with fewer, one admission moves a code's F1 too far for a ranking to mean anything.")
+    else:
+        text = (f"Ranked among the {n_ranked:,} codes with at least {min_support} positives in {split} (of "
+                f"{n_positive:,} with a positive), each table at most half of them: with fewer positives, one "
+                f"admission moves a code's F1 too far for its rank to mean anything.")
+    return Shown(text, markdown=text)
+
+
 def frequency_buckets(per_code: pd.DataFrame, edges=None) -> pd.DataFrame:
     """Per-code metrics averaged per training-frequency bucket.
 
@@ -724,8 +744,10 @@ def frequency_buckets(per_code: pd.DataFrame, edges=None) -> pd.DataFrame:
     than three default buckets hold codes (small data), the edges adapt to the quartiles of
     n_train instead. Empty buckets are skipped.
 
-    Returns columns bucket, n_codes (codes in the bucket with a defined F1), mean_f1,
-    mean_auprc, min_n_train, max_n_train, in bucket order.
+    Returns columns bucket, n_codes (codes in the bucket with a positive in the split, by `support`,
+    as `per_code_vs_frequency` and the mean per-label macro-F1 count them; with a defined F1 when
+    `per_code` has no `support`), mean_f1, mean_auprc (over those codes), min_n_train, max_n_train,
+    in bucket order.
     """
     n_train = per_code["n_train"].to_numpy(dtype=np.int64)
     if edges is None:
@@ -750,11 +772,12 @@ def frequency_buckets(per_code: pd.DataFrame, edges=None) -> pd.DataFrame:
         members = per_code[index == i]
         if not len(members):
             continue
-        f1 = members["f1"].dropna()
+        scored = members[members["support"] > 0] if "support" in members else members[members["f1"].notna()]
+        f1 = scored["f1"].dropna()
         rows.append({
             "bucket": name(i), "n_codes": int(f1.size),
             "mean_f1": float(f1.mean()) if f1.size else float("nan"),
-            "mean_auprc": float(members["auprc"].mean()) if "auprc" in members else float("nan"),
+            "mean_auprc": float(scored["auprc"].mean()) if "auprc" in scored and len(scored) else float("nan"),
             "min_n_train": int(members["n_train"].min()), "max_n_train": int(members["n_train"].max()),
         })
     return pd.DataFrame(rows, columns=["bucket", "n_codes", "mean_f1", "mean_auprc",
@@ -810,7 +833,7 @@ def threshold_curve(y_true, y_score, tuned: float) -> Figure:
     ax.set_title("Micro F1 vs decision threshold")
     ax.set_xlabel("Threshold (a code is predicted when its score ≥ threshold)")
     ax.set_ylabel("Micro-averaged value")
-    ax.legend(fontsize=8, loc="upper right")
+    fig.legend(fontsize=8, loc="outside lower center", ncol=3)  # below the axes: the curves fill all of them
     ax.grid(alpha=0.3)
     return fig
 
@@ -963,13 +986,30 @@ def metrics_caption(m: dict, split: str, benchmark: str = "none", synthetic: boo
             f"{benchmark}{' (synthetic twin)' if synthetic else ''}. {reference_note(benchmark, synthetic, dataset)}")
 
 
+def metrics_dashes(results: dict[str, dict], benchmark: str = "none", synthetic: bool = False) -> list[str]:
+    """What a dash means in the rows `metrics_table` shows, one clause per kind of row that has one:
+    a fixed-threshold row (`evaluate.at_threshold`: only the metrics the threshold changes) and the
+    published rows (a metric the paper does not report)."""
+    from icdlib.metrics import THRESHOLD_KEYS
+
+    ranking = [k for k in TABLE_METRICS if k not in THRESHOLD_KEYS]
+    out = []
+    fixed = [name for name, r in results.items() if r and all(k not in r for k in ranking)]
+    if fixed:
+        out.append(f"in a fixed-threshold row (@{fixed[0].split('@')[-1]}), a ranking metric, which the "
+                   "threshold does not change (the row above gives it)")
+    if reference_rows(benchmark, synthetic):
+        out.append("a published paper does not report the metric")
+    return out
+
+
 def metrics_styled(results: dict[str, dict], m: dict, split: str, benchmark: str = "none", synthetic: bool = False,
                    dataset: str = "mimic3"):
     """`metrics_table` for a notebook (`table`: 3 decimals, "–" where a system has no value, with its
     footnote), `metrics_caption(m, split, ...)` as its caption (`m`: the metrics of the split scored)."""
     return table(metrics_table(results, benchmark=benchmark, synthetic=synthetic),
                  caption=metrics_caption(m, split, benchmark, synthetic, dataset),
-                 missing="a published paper does not report the metric")
+                 missing="; ".join(metrics_dashes(results, benchmark, synthetic)))
 
 
 # --------------------------------------------------------------------------- around the figures
@@ -1313,7 +1353,8 @@ def summary(*, metrics: dict | None = None, history: pd.DataFrame | None = None,
 # summary, the terminal's headline, reports/index.html) goes through the functions below, so one
 # threshold convention holds everywhere: each system's micro-F1 at its own threshold tuned on val.
 
-__all__ += ["SYSTEM_NAMES", "interval_table", "paired_table", "paired_styled", "headline_lines", "systems_html"]
+__all__ += ["SYSTEM_NAMES", "model_name", "interval_table", "paired_table", "paired_styled", "headline_lines",
+            "systems_html"]
 
 SYSTEM_NAMES = {"model": "icdlib", "baseline": "TF-IDF low-rank baseline", "prior": "frequency prior",
                 "without_mntp": "icdlib without MNTP", "with_mntp": "icdlib with MNTP"}
@@ -1329,6 +1370,14 @@ REFERENCE_ORDER = ("prior", "baseline", *MNTP_KEYS)
 HEADLINE_METRICS = (("auroc_micro", "micro-AUROC"), ("map", "MAP"), ("f1_micro", "micro-F1"))
 MNTP_METRICS = HEADLINE_METRICS
 NO_INTERVALS = "there are no intervals (bootstrap=0, or a metrics.json from an older icdlib)"
+
+
+def model_name(systems) -> str:
+    """The model's name beside the other arm of an MNTP comparison, for what it is: `icdlib without MNTP`
+    when the arm is `with_mntp`, `icdlib with MNTP` when it is `without_mntp`, `icdlib` without an arm.
+    `systems`: the keys present (metrics.json's top level, or the systems of its `paired`)."""
+    arm = next((k for k in MNTP_KEYS if k in systems), None)
+    return SYSTEM_NAMES[MNTP_KEYS[1 - MNTP_KEYS.index(arm)]] if arm else SYSTEM_NAMES["model"]
 
 
 def headline_keys(metrics: dict) -> tuple[str, str]:
@@ -1455,15 +1504,20 @@ def interval_table(results: dict[str, dict]) -> pd.DataFrame:
     return table
 
 
-def _paired_name(key: str) -> str:
+def _paired_name(key: str, model: str) -> str:
     other = key.removeprefix("model - ")
-    return f"{SYSTEM_NAMES['model']} − {SYSTEM_NAMES.get(other, other)}"
+    return f"{model} − {SYSTEM_NAMES.get(other, other)}"
+
+
+def _paired_model(paired: dict) -> str:
+    return model_name([key.removeprefix("model - ") for key in paired or {}])
 
 
 def paired_table(paired: dict) -> pd.DataFrame:
     """metrics.json's `paired` as text: `+0.031 [+0.012, +0.050]` per metric (the model at its tuned
     threshold minus the other system at its own, 3 decimals), `–` where a metric has none."""
-    rows = {_paired_name(key): {TABLE_NAMES.get(k, k): _signed(d[k]) if k in d else "–"
+    model = _paired_model(paired)
+    rows = {_paired_name(key, model): {TABLE_NAMES.get(k, k): _signed(d[k]) if k in d else "–"
                                 for k in TABLE_METRICS} for key, d in (paired or {}).items()}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=[TABLE_NAMES.get(k, k) for k in TABLE_METRICS])
     table.index.name = "difference"
@@ -1482,7 +1536,7 @@ def paired_styled(metrics: dict):
     for key, d in paired.items():
         for k in TABLE_METRICS:
             if k in d and _sign(d[k]):
-                bold.loc[_paired_name(key), TABLE_NAMES.get(k, k)] = True
+                bold.loc[_paired_name(key, _paired_model(paired)), TABLE_NAMES.get(k, k)] = True
     split, _ = headline_keys(metrics)
     return table(differences, bold=bold,
                  caption=f"Paired differences on {split} (model − other system, same unit as the metrics), with 95% "
@@ -1494,7 +1548,7 @@ def headline_lines(metrics: dict) -> list[str]:
     """The terminal's headline after `icdlib run`: what the lines say, then one line per system (the model,
     the frequency prior, the baseline, the MNTP arm) with 95% intervals, then what MNTP did."""
     split, x = headline_keys(metrics)
-    rows = [(SYSTEM_NAMES["model"], _model(metrics, split, x))]
+    rows = [(model_name(metrics), _model(metrics, split, x))]
     rows += [(SYSTEM_NAMES[k], metrics[k][f"{split}_tuned{x}"]) for k in _reference_keys(metrics)]
     arm = next((k for k in MNTP_KEYS if k in _reference_keys(metrics)), None)
     diffs = (metrics.get("paired") or {}).get(f"model - {arm}") if arm else None
@@ -1516,7 +1570,7 @@ def systems_html(metrics: dict, under_model: list[str] = ()) -> str:
     by its 95% interval when 04 bootstrapped it;
     `under_model`: rows (HTML) placed right under the model's (the seeds' mean ± sd)."""
     split, x = headline_keys(metrics)
-    rows = [(f"{SYSTEM_NAMES['model']} ({split}, tuned threshold)", _model(metrics, split, x))]
+    rows = [(f"{model_name(metrics)} ({split}, tuned threshold)", _model(metrics, split, x))]
     rows += [(f"{SYSTEM_NAMES[k]} ({split}, tuned threshold)", metrics[k][f"{split}_tuned{x}"])
              for k in _reference_keys(metrics)]
     head = "".join(f"<th colspan='2'>{_esc(name)}</th>" for _, name in INDEX_METRICS)

@@ -54,7 +54,8 @@ preprocess.benchmark_check(cfg, result)
 
 # %% [markdown]
 # ## A few admissions
-# Ids and codes only when `share_safe` is on (always on for real MIMIC unless turned off).
+# Ids and codes only when `share_safe` is on (always on for real MIMIC unless turned off); otherwise also
+# the note's first words from its Chief Complaint on (every note opens with the same de-identified header).
 
 # %%
 report.table(preprocess.sample(result.notes, share_safe=cfg.share_safe_on))

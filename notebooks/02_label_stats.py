@@ -60,16 +60,17 @@ report.note_lengths(notes)
 # %% [markdown]
 # *How to read it:* words per discharge summary; the solid line is the median, the dashed the 95th
 # percentile. The model reads at most `max_segments` × `segment_length` tokens of a note (a word is one
-# or more tokens): notes longer than that lose their end, where the discharge diagnoses usually are.
+# or more tokens): notes longer than that lose a part (`truncation` says which); the next figure counts them.
 
 # %%
 from icdlib import data
-tokenizer, budget = data.tokenizer_without_training(cfg)  # real backbones; a tiny one is trained in 03
-full = None if tokenizer is None else data.tokenize(notes["text"].tolist(), tokenizer, 0).full_lengths
+train_texts = notes.loc[notes["split"] == "train", "text"].tolist()
+tokenizer, budget = data.tokenizer_without_training(cfg, train_texts)  # tiny: the BPE step 03 learns from them
+full = data.tokenize(notes["text"].tolist(), tokenizer, 0).full_lengths
 report.token_lengths(notes, full, budget)
 
 # %% [markdown]
-# *How to read it:* when drawn, tokens per note before truncation, one line per split, with the budget the
+# *How to read it:* tokens per note before truncation, one line per split, with the budget the
 # model reads (`max_segments` × the segment's note tokens) dashed. Notes right of the dashed line lose
 # tokens: their end with `truncation: head`, their start with `tail`, their middle with `head_tail`. Step 03
 # reports the exact shares in its truncation table.

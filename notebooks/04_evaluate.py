@@ -30,18 +30,20 @@ from icdlib import provenance, report
 report.header(cfg, provenance.collect(cfg.run_dir))
 
 # %% [markdown]
-# ## Metrics, beside the published numbers of the run's benchmark
-# `@0.5` rows use the fixed threshold, `@tuned` rows the one tuned on validation for micro-F1;
-# ranking metrics (AUROC, AUPRC, P@k, R-precision, MAP) do not depend on it. Every metric is a fraction (0–1),
-# as in metrics.json; published numbers (papers give %) are divided by 100.
+# ## Metrics
+# Each system's `@tuned` row is at its own threshold tuned on validation for micro-F1 (the value
+# follows); the ranking metrics (AUROC, AUPRC, P@k, R-precision, MAP) do not depend on it, so the
+# model's `@0.5` row under it holds only what the fixed threshold 0.5 changes: the F1s. Every metric
+# is a fraction (0–1), as in metrics.json; published numbers (papers give %) are divided by 100.
 # The caption gives the split scored, its admissions (`n_docs`), the codes ranked (`n_labels`, with
-# their label set) and the labels with a positive and a negative there (`n_labels_scored`, those of
-# the macro AUROC/AUPRC). Rows rank every code of the label space, except for Edin et al.'s
-# benchmarks (`edin_*`): there, as in their code, only the codes with a positive in the split
-# (AUROC over every code); metrics.json holds both (`test`, `test_edin`, ...).
-# With `mntp_compare`, the `icdlib with MNTP` (or `without MNTP`) rows are the same fine-tuning
-# started from the backbone with (or without) the MNTP stage: the other arm of the comparison.
-# The baseline, the prior and the MNTP arm are each at their own threshold tuned on validation.
+# their label set), the labels with a positive and a negative there (`n_labels_scored`, those of
+# the macro AUROC/AUPRC), and whether published numbers of the run's benchmark are shown (only when
+# the run reproduces a benchmark on real data). Rows rank every code of the label space, except for
+# Edin et al.'s benchmarks (`edin_*`): there, as in their code, only the codes with a positive in the
+# split (AUROC over every code); metrics.json holds both (`test`, `test_edin`, ...).
+# With `mntp_compare` the model is named for its arm (`icdlib without MNTP`, say) and the other arm's
+# rows (`icdlib with MNTP`) are the same fine-tuning started from the backbone after the MNTP stage (or
+# without it).
 
 # %%
 report.metrics_styled(evaluate.systems(ev), evaluate.compared(ev, split), split, cfg.benchmark, cfg.synthetic,
@@ -76,7 +78,8 @@ report.table(report.interval_table(evaluate.systems(ev)))
 # Macro figures shift under resampling (a code whose only positive admissions a resample leaves out
 # drops out of that resample's average, or counts as zero in CAML's), so their value can sit outside
 # its interval, above or below: read those intervals as rough.
-# A dash: the metric is undefined on some resample (a code set without a positive, say).
+# A dash: the metric is undefined on some resample (a code set without a positive, say), or, in the
+# `@0.5` row, a ranking metric (the row above gives it).
 
 # %%
 report.paired_styled(results)
@@ -123,7 +126,7 @@ preprocess.split_notes(cfg, preprocess.read(cfg))
 # ## Precision–recall, model against the reference systems
 
 # %%
-curves = {"icdlib": (s.y_true, s.y_score), "frequency prior": (s.y_true, ev.prior[split])}
+curves = {report.model_name(results): (s.y_true, s.y_score), "frequency prior": (s.y_true, ev.prior[split])}
 curves.update({"TF-IDF low-rank baseline": (s.y_true, ev.baseline[split])} if ev.baseline else {})
 report.pr_curve(curves)
 
@@ -141,8 +144,9 @@ report.pr_curve(curves)
 report.per_code_vs_frequency(per_code)
 
 # %% [markdown]
-# *How to read it:* one dot per code: its AUPRC (left) and its F1 at the tuned threshold (right)
-# against the number of training admissions with the code (log scale); the red line is the mean per
+# *How to read it:* one dot per code with a positive in the reported split (the same codes in both
+# panels): its AUPRC (left) and its F1 at the tuned threshold (right) against the number of training
+# admissions with the code (log scale); the red line is the mean per
 # frequency bin. A line rising to the right says rare codes are learned worse, the usual pattern in
 # ICD coding and what macro metrics expose.
 
@@ -150,8 +154,8 @@ report.per_code_vs_frequency(per_code)
 report.f1_by_frequency_bucket(per_code)
 
 # %% [markdown]
-# *How to read it:* the mean F1 of the codes in each training-frequency bucket (n: codes in the
-# bucket). The left buckets are the rare codes; a bar near zero there means those codes are practically
+# *How to read it:* the mean F1 of the codes in each training-frequency bucket (n: codes of the
+# bucket with a positive in the reported split, as in the figure above). The left buckets are the rare codes; a bar near zero there means those codes are practically
 # never predicted right.
 
 # %% [markdown]

@@ -23,12 +23,28 @@ report.header(cfg, provenance.collect(cfg.run_dir))
 
 # %% [markdown]
 # ## Worst and best codes (F1, then AUPRC)
+# Only codes with enough positives in the split are ranked (`analysis.MIN_SUPPORT`): a code seen once
+# scores F1 0 or 1 on one admission, and a table of them changes with every training seed.
 
 # %%
-report.table(analysis.worst_codes(per_code, n=15))
+report.ranked_codes_note(per_code, analysis.MIN_SUPPORT, split)
 
 # %%
-report.table(analysis.best_codes(per_code, n=15))
+report.table(analysis.worst_codes(per_code, n=10))
+
+# %% [markdown]
+# *How to read it:* the codes with the lowest F1 at the tuned threshold (ties: the lower AUPRC);
+# "positives" is the code's admissions in the split, "train admissions" in training, "predicted" how often
+# the model predicted it. F1 0 with "predicted" 0: the code's scores never reach the threshold; a low F1
+# beside a high AUPRC: the model ranks the code well but the one threshold shared by all codes misses it.
+
+# %%
+report.table(analysis.best_codes(per_code, n=10))
+
+# %% [markdown]
+# *How to read it:* the codes with the highest F1, in the same columns. Codes with many training
+# admissions are expected here; one with few train admissions has wording the model picks up easily, often
+# a name the notes spell out.
 
 # %% [markdown]
 # ## Most frequent false positives and false negatives
@@ -37,8 +53,19 @@ report.table(analysis.best_codes(per_code, n=15))
 false_pos, false_neg = analysis.frequent_errors(s.y_true, s.y_score, ev.labels, threshold)
 report.table(false_pos)
 
+# %% [markdown]
+# *How to read it:* the codes most often predicted where they are not coded: "count" is the admissions of
+# the split where the code's score reached the tuned threshold without the code being true, out of
+# "predicted", those where it was predicted. A count close to "predicted" is a code predicted mostly wrongly;
+# one whose sibling is in the category table below is a near miss.
+
 # %%
 report.table(false_neg)
+
+# %% [markdown]
+# *How to read it:* the codes most often missed: "count" is the admissions coded with the code whose score
+# stayed under the threshold, out of "positives", those coded with it. Frequent codes lead both lists by
+# sheer number: a count close to "positives" is a code missed most of the time, a small share a common one.
 
 # %% [markdown]
 # ## Confusions within a category, and accuracy at coarser levels
@@ -47,6 +74,12 @@ report.table(false_neg)
 
 # %%
 report.table(analysis.category_confusions(s.y_true, s.y_score, ev.labels, threshold))
+
+# %% [markdown]
+# *How to read it:* each row is a pair within one category, a true code missed while the other code was
+# predicted for the same admission (coded 428.30, predicted 428.0), with "count" the admissions where it
+# happened. Pairs that recur are codes whose notes read alike: the last characters are the hard part.
+# No row: no missed code had a wrong sibling predicted.
 
 # %%
 levels = analysis.category_level(s.y_true, s.y_score, ev.labels, threshold, dataset=cfg.dataset)
@@ -72,10 +105,21 @@ report.table(near)
 # %%
 report.table(analysis.errors_by(s.notes, s.y_true, s.y_score, threshold, by="length"))
 
+# %% [markdown]
+# *How to read it:* the split's admissions in up to five groups of about equal size by note length in
+# words (`bin`: the group's range); per group, the mean F1 of its admissions ("mean F1 per admission"; one with no
+# code true or predicted left out), the micro-F1 of its codes pooled, and the mean false positives and
+# false negatives per admission. F1 falling on the longest notes points at truncation (03: how much of a
+# note the model reads); on the shortest, at notes that say too little.
+
 # %%
 report.table(analysis.errors_by(s.notes, s.y_true, s.y_score, threshold, by="n_codes"))
 
 # %% [markdown]
+# *How to read it:* the same, by the number of codes the admission carries (all of them, those outside
+# the label space too). More codes leave more to miss: false negatives per admission rising with the bin while the F1s hold
+# means recall is lost on the busy admissions, not precision.
+
 # ## Do the explanations point at the evidence?
 # Step 04 explained the model's true-positive codes with five methods (`icdlib.explain`: label
 # attention, attention × input-gradient (AttInGrad, Edin et al. 2024), input × gradient, integrated

@@ -66,10 +66,12 @@ def test_category_confusions_none():
 def test_frequent_errors_hand_computed():
     y, s, labels = confusion_case()
     fp, fn = analysis.frequent_errors(y, s, labels, 0.5)
-    assert list(fp.columns) == ["code", "title", "count"]
-    assert list(zip(fp["code"], fp["count"])) == [("428.0", 3), ("250.00", 2), ("428.30", 1), ("428.31", 1)]
-    assert list(zip(fn["code"], fn["count"])) == [
-        ("428.30", 2), ("250.01", 1), ("401.9", 1), ("428.0", 1), ("428.31", 1)]
+    assert list(fp.columns) == ["code", "title", "count", "n_predicted"]
+    assert list(fn.columns) == ["code", "title", "count", "support"]
+    assert list(zip(fp["code"], fp["count"], fp["n_predicted"])) == [
+        ("428.0", 3, 3), ("250.00", 2, 2), ("428.30", 1, 2), ("428.31", 1, 1)]
+    assert list(zip(fn["code"], fn["count"], fn["support"])) == [
+        ("428.30", 2, 3), ("250.01", 1, 1), ("401.9", 1, 1), ("428.0", 1, 1), ("428.31", 1, 1)]
     fp2, fn2 = analysis.frequent_errors(y, s, labels, 0.5, n=1)
     assert len(fp2) == 1 and len(fn2) == 1
 
@@ -173,13 +175,46 @@ def test_per_code_and_rankings():
     assert by_code.loc["428.30", "n_test"] == 3
     assert by_code.loc["428.30", "title"] == "title 428.30"
     # 250.00: no positive -> excluded from rankings with min_support=1
-    worst = analysis.worst_codes(table, n=3)
-    best = analysis.best_codes(table, n=10)
+    worst = analysis.worst_codes(table, n=3, min_support=1)
+    best = analysis.best_codes(table, n=10, min_support=1)
     assert "250.00" not in set(worst["code"]) | set(best["code"])
     assert list(worst["f1"]) == sorted(worst["f1"])
     assert list(best["f1"]) == sorted(best["f1"], reverse=True)
     assert best.loc[0, "code"] == "428.30"
+    # 5 codes ranked: each table at most 2 of them, so no code is both best and worst
+    assert len(worst) == len(best) == 2 and not set(worst["code"]) & set(best["code"])
     assert analysis.per_code(y, s, labels, 0.5, n_test=np.arange(6))["n_test"].tolist() == list(range(6))
+
+
+def test_rankings_need_min_support_positives_and_show_them():
+    """Codes with fewer than MIN_SUPPORT positives are not ranked: one admission moves their F1 too far."""
+    n_docs, supports = 40, [40, 30, 20, 12, 10, 9, 3, 1]  # codes c0..c7; c5-c7 below MIN_SUPPORT (10)
+    y = np.zeros((n_docs, len(supports)))
+    for j, k in enumerate(supports):
+        y[:k, j] = 1
+    hits = [40, 15, 20, 3, 10, 9, 3, 1]  # true positives of each code; c5-c7 perfect (F1 1)
+    pred = np.zeros_like(y)
+    for j, k in enumerate(hits):
+        pred[:k, j] = 1
+    codes = [f"V{j}" for j in range(len(supports))]
+    table = analysis.per_code(y, scores_from(pred), label_table(codes, n_train=[100] * len(codes)), 0.5)
+    assert analysis.MIN_SUPPORT == 10
+    best, worst = analysis.best_codes(table), analysis.worst_codes(table)
+    assert list(best.columns) == analysis.RANKED_COLUMNS
+    assert best[["code", "support", "f1"]].values.tolist() == [["V0", 40, 1.0], ["V2", 20, 1.0]]  # 5 ranked: 2 each
+    assert worst[["code", "support"]].values.tolist() == [["V3", 12], ["V1", 30]]  # F1 0.4, then 2/3
+    assert worst["f1"].tolist() == pytest.approx([6 / 15, 30 / 45])
+    # ties (F1 1, AUPRC 1) go to the code with more positives: V0 (40) before V7 (1)
+    assert analysis.best_codes(table, n=3, min_support=1)["code"].tolist() == ["V0", "V2", "V4"]
+
+
+def test_ranked_codes_note_says_among_how_many():
+    per_code = pd.DataFrame({"support": [12, 10, 9, 1, 0]})
+    assert report.ranked_codes_note(per_code, 10, "test").markdown == (
+        "Ranked among the 2 codes with at least 10 positives in test (of 4 with a positive), each table at most "
+        "half of them: with fewer positives, one admission moves a code's F1 too far for its rank to mean anything.")
+    assert report.ranked_codes_note(per_code, 11, "val").markdown.startswith(
+        "No ranking: 1 of the 4 codes with a positive in val has 11 or more (the most: 12); ")
 
 
 def test_errors_by_n_codes_and_length():

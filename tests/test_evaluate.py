@@ -64,8 +64,33 @@ def test_edin_benchmarks_compare_their_label_set(benchmark):
     evaluate.score_baseline(ev, {split: s.y_score for split, s in ev.splits.items()})
     rows = evaluate.systems(ev)
     assert all(m["label_set"] == metrics.LABEL_SETS["edin"] for m in rows.values())
-    assert rows["icdlib test @0.5"] is ev.results["test_edin"]
+    assert rows[f"icdlib test @tuned {ev.results['threshold']:.3f}"] is ev.results["test_tuned_edin"]
+    fixed = rows["icdlib test @0.5"]  # under the tuned row: only what the fixed threshold changes
+    assert fixed == {k: ev.results["test_edin"][k] for k in (*metrics.THRESHOLD_KEYS, *evaluate.RECORD_KEYS)}
     assert evaluate.compared(ev, "test") is ev.results["test_edin"]
+
+
+def test_each_metric_once_and_the_model_named_for_its_arm():
+    """The fixed-threshold row holds only what the threshold changes (its intervals too); beside an MNTP arm
+    the model is named for what it is."""
+    ev = toy("none")
+    evaluate.score_all(ev, ev.cfg)
+    other = {split: s.y_score[:, ::-1].copy() for split, s in ev.splits.items()}
+    evaluate.score_comparison(ev, other, "with")
+    ev.results["test"]["ci95"] = {"f1_micro": [0.1, 0.2], "map": [0.3, 0.4]}
+    rows = evaluate.systems(ev)
+    t, arm = ev.results["threshold"], ev.results["with_mntp"]["threshold"]
+    assert list(rows) == [f"icdlib without MNTP val @tuned {t:.3f}", "icdlib without MNTP val @0.5",
+                          f"icdlib without MNTP test @tuned {t:.3f}", "icdlib without MNTP test @0.5",
+                          f"icdlib with MNTP val @tuned {arm:.3f}", f"icdlib with MNTP test @tuned {arm:.3f}"]
+    fixed = rows["icdlib without MNTP test @0.5"]
+    assert "map" not in fixed and "auroc_micro" not in fixed and fixed["f1_micro"] == ev.results["test"]["f1_micro"]
+    assert fixed["ci95"] == {"f1_micro": [0.1, 0.2]}
+    table = report.metrics_table(rows, names=False)
+    assert table.loc["icdlib without MNTP test @0.5"].dropna().index.tolist() == ["f1_macro", "f1_macro_caml",
+                                                                                  "f1_micro"]
+    assert report.metrics_dashes(rows) == ["in a fixed-threshold row (@0.5), a ranking metric, which the "
+                                           "threshold does not change (the row above gives it)"]
 
 
 @pytest.mark.parametrize("benchmark", ["none", "caml_full", "caml_50", "seed"])

@@ -162,6 +162,12 @@ def test_hand_computed_threshold_metrics():
     assert got["n_docs"] == 3 and got["n_labels"] == 4 and got["threshold"] == 0.5
 
 
+def test_threshold_keys_are_exactly_what_the_threshold_changes():
+    low, high = metrics.compute(HAND_Y, HAND_S, threshold=0.3), metrics.compute(HAND_Y, HAND_S, threshold=0.9)
+    changed = {k for k in low if k != "threshold" and low[k] != high[k]}
+    assert changed == set(metrics.THRESHOLD_KEYS)  # every one moves on the hand case, no ranking metric does
+
+
 def test_hand_computed_ties_auroc_auprc():
     # One label, scores (.8 T, .8 F, .5 T, .2 F).
     # AUROC: positive .8 beats .2 and ties .8 (1.5), positive .5 beats .2 (1) -> 2.5/4.

@@ -234,3 +234,23 @@ def test_run_starts_marks_where_any_key_changes():
     assert preprocess.run_starts(np.array([], np.int64)).tolist() == []
     assert preprocess.run_starts(np.array([1, 1, 2, 2, 2, 5])).tolist() == [0, 2, 5]
     assert preprocess.run_starts(np.array([1, 1, 1, 2]), np.array([3, 4, 4, 4])).tolist() == [0, 1, 3]
+
+
+MIMIC3_NOTE = ("Admission Date:  [**2102-6-14**]              Discharge Date:   [**2102-6-20**]\n\n"
+               "Date of Birth:  [**2040-1-2**]             Sex:   M\n\nService: MEDICINE\n\nAllergies:\nPenicillins\n\n"
+               "Attending:[**Doctor Last Name **]\n\nChief Complaint:\nDyspnea on exertion\n\n"
+               "History of Present Illness:\n59 y/o woman with heart failure")
+
+
+def test_sample_shows_each_note_from_its_chief_complaint_not_its_header():
+    notes = pd.DataFrame({"hadm_id": [1, 2], "subject_id": [10, 20], "split": ["train", "test"],
+                          "codes": [["428.0", "427.31"], ["401.9"]],
+                          "text": [MIMIC3_NOTE, "Name:  ___   Unit No:   ___\n\nAdmission Date:  ___\n\nSex:   F\n\n"
+                                                "Service: SURGERY\n\nMajor Surgical Procedure:\nLaparoscopic cholecystectomy"]})
+    shown = preprocess.sample(notes, share_safe=False, words=6)
+    assert shown.columns.tolist() == ["hadm_id", "subject_id", "split", "codes",
+                                      "text (first 6 words from the Chief Complaint)"]
+    assert shown.iloc[:, -1].tolist() == ["Chief Complaint: Dyspnea on exertion History",  # MIMIC-III's header skipped
+                                          "Major Surgical Procedure: Laparoscopic cholecystectomy"]  # no Chief Complaint
+    assert shown["codes"].tolist() == ["428.0, 427.31", "401.9"]
+    assert preprocess.sample(notes, share_safe=True).columns.tolist() == ["hadm_id", "subject_id", "split", "codes"]

@@ -153,6 +153,43 @@ def test_evaluation_figures(data):
     assert len(fig.axes[0].patches) == len(report.frequency_buckets(per_code).query("n_codes > 0"))
 
 
+def test_one_title_per_figure_and_legends_clear_of_the_data(data):
+    notes, labels, test, y, score, baseline = data
+    fig = report.note_lengths(notes)
+    assert fig._suptitle is None and fig.axes[0].get_title() == "Note length in words (100 notes)"
+    fig = report.threshold_curve(y, score, tuned=0.42)
+    fig.draw_without_rendering()  # lays the figure out (constrained layout) as saving it would
+    renderer = fig._get_renderer()
+    ax = fig.axes[0]
+    assert ax.get_legend() is None and len(fig.legends) == 1  # the curves span the axes: the legend sits below
+    assert fig.legends[0].get_window_extent(renderer).y1 <= ax.get_tightbbox(renderer).y0
+    assert [t.get_text() for t in fig.legends[0].get_texts()][:3] == ["micro F1", "micro precision", "micro recall"]
+
+
+def test_per_code_panels_count_the_same_codes():
+    """AUPRC needs a positive; F1 is also defined (0) for a code predicted without one: both panels and the
+    buckets show the codes with a positive, so their counts agree."""
+    per_code = pd.DataFrame({"code": list("abcde"), "n_train": [5, 50, 8, 30, 4], "support": [3, 1, 0, 2, 0],
+                             "auprc": [0.5, 0.9, np.nan, 0.2, np.nan], "f1": [0.4, 1.0, 0.0, 0.0, np.nan]})
+    fig = report.per_code_vs_frequency(per_code)
+    assert [ax.get_title() for ax in fig.axes] == ["Per-code AUPRC (3 codes with a positive)",
+                                                  "Per-code F1 (3 codes with a positive)"]
+    assert all(ax.get_legend() is None for ax in fig.axes)  # one legend, below the panels
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["one code", "mean per frequency bin"]
+    buckets = report.frequency_buckets(per_code, edges=[10])
+    assert buckets[["bucket", "n_codes"]].values.tolist() == [["1-10", 1], [">10", 2]]
+    assert buckets["mean_f1"].tolist() == pytest.approx([0.4, 0.5])  # c (F1 0, no positive) left out
+
+
+def test_paired_rows_name_the_model_for_its_arm():
+    d = {"map": {"diff": 0.1, "lo": 0.05, "hi": 0.15}}
+    paired = {"model - prior": d, "model - with_mntp": d}
+    assert list(report.paired_table(paired).index) == ["icdlib without MNTP − frequency prior",
+                                                       "icdlib without MNTP − icdlib with MNTP"]
+    assert report.model_name({"without_mntp": {}, "prior": {}}) == "icdlib with MNTP"
+    assert report.model_name({"prior": {}}) == "icdlib"
+
+
 def test_pr_curve_subsamples_large_arrays():
     rng = np.random.default_rng(1)
     y = (rng.random((300, 400)) < 0.02).astype(float)

@@ -328,7 +328,7 @@ def test_headline_lines_name_every_system_and_the_threshold():
                      "model - with_mntp": difference(0.1, 0.3)})
     assert report.headline_lines(m) == [
         "95% bootstrap intervals; micro-F1 at each system's threshold tuned on val",
-        "  icdlib                    micro-AUROC 0.800 [0.750, 0.850]  MAP 0.800 [0.750, 0.850]  "
+        "  icdlib without MNTP       micro-AUROC 0.800 [0.750, 0.850]  MAP 0.800 [0.750, 0.850]  "
         "micro-F1 0.800 [0.750, 0.850]",
         "  frequency prior           micro-AUROC 0.700 [0.650, 0.720]  MAP 0.700 [0.650, 0.720]  "
         "micro-F1 0.700 [0.650, 0.720]",
@@ -343,6 +343,7 @@ def test_headline_lines_name_every_system_and_the_threshold():
     assert "icdlib with MNTP (test, tuned threshold)" in html
     heads = re.findall(r"<th colspan='2'>([^<]*)</th>", html)  # 04's names, in 04's column order
     assert heads == ["AUROC macro", "AUROC micro", "AUPRC micro", "F1 micro", "P@8", "MAP"]
+    assert "<td>icdlib without MNTP (test, tuned threshold)</td>" in html  # the model, named for its arm
     bare = report.headline_lines(run_metrics(metrics_of(0.8), {"prior": metrics_of(0.7)}, None))
     assert bare == ["no intervals (bootstrap=0 or an older metrics.json); micro-F1 at each system's threshold tuned on val",
                     "  icdlib           micro-AUROC 0.800  MAP 0.800  micro-F1 0.800",
@@ -390,7 +391,8 @@ def test_index_links_the_five_reports_with_the_headline(small_run):
     for system in (m["test_tuned"], m["baseline"]["test_tuned"]):
         for key in ("auroc_micro", "auprc_micro", "f1_micro", "map"):
             assert f"<td>{system[key]:.3f}</td>" in page, key
-    assert "icdlib (test, tuned threshold)" in page and "TF-IDF low-rank baseline (test, tuned threshold)" in page
+    assert "icdlib without MNTP (test, tuned threshold)" in page
+    assert "TF-IDF low-rank baseline (test, tuned threshold)" in page
     for name, system in (("frequency prior", m["prior"]), ("icdlib with MNTP", m["with_mntp"])):
         assert f"{name} (test, tuned threshold)" in page
         assert f"<td>{system['test_tuned']['map']:.3f}</td>" in page
@@ -410,8 +412,9 @@ def test_terminal_ends_with_every_system_and_what_mntp_did(small_run):
     assert lines[start] == ("[icdlib] test (synthetic MIMIC-III twin): 95% bootstrap intervals; micro-F1 at each "
                             "system's threshold tuned on val")
     rows = lines[start + 1:]
-    assert [row.split("  ")[1] for row in rows] == ["icdlib", "frequency prior", "TF-IDF low-rank baseline",
-                                                     "icdlib with MNTP", "MNTP: with − without"]
+    assert [row.split("  ")[1] for row in rows] == ["icdlib without MNTP", "frequency prior",
+                                                     "TF-IDF low-rank baseline", "icdlib with MNTP",
+                                                     "MNTP: with − without"]
     for row, system in zip(rows, (m["test_tuned"], m["prior"]["test_tuned"], m["baseline"]["test_tuned"],
                                   m["with_mntp"]["test_tuned"])):
         lo, hi = system["ci95"]["f1_micro"]

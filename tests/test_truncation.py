@@ -129,15 +129,29 @@ def test_predict_cuts_as_the_run_did(tiny_backbone, tmp_path, monkeypatch):
         f"note truncated: kept the last 7 of {len(ids)} tokens")
 
 
-def test_token_lengths_draws_the_budget_or_says_where_they_are():
+def test_token_lengths_draws_the_budget():
     notes = pd.DataFrame({"split": ["train", "train", "val", "test"]})
     fig = report.token_lengths(notes, [100, 700, 300, 900], budget=512)
     ax = fig.axes[0]
     assert ax.get_title() == "Note length in tokens (4 notes): 50% longer than the budget"
     assert [line.get_xdata()[0] for line in ax.get_lines()] == [512]
-    shown = report.token_lengths(notes, None, None)
-    assert shown.markdown == "Token lengths appear in 03 (the tiny tokenizer is trained there)."
-    assert data.tokenizer_without_training(config.resolve("tiny", {})) == (None, None)
+
+
+def test_a_tiny_backbones_tokenizer_is_the_one_step_03_saves(tmp_path):
+    """02 draws token lengths for the tiny backbone too: the BPE it learns from the train notes is
+    the tokenizer 03's backbone is saved with, and the budget is 03's."""
+    from transformers import AutoTokenizer
+
+    cfg = config.resolve("tiny", {"tiny_layers": 1, "tiny_hidden": 16, "tiny_heads": 2, "tiny_vocab": 120,
+                                  "segment_length": 32, "max_segments": 3})
+    texts = [f"patient {i} admitted with congestive heart failure and atrial fibrillation, discharged stable"
+             for i in range(30)]
+    tokenizer, budget = data.tokenizer_without_training(cfg, texts)
+    saved = AutoTokenizer.from_pretrained(backbones.make_tiny(cfg, texts, tmp_path / "backbone"))
+    assert tokenizer.get_vocab() == saved.get_vocab() and len(tokenizer) == len(saved) > 50
+    note = "sepsis after congestive heart failure 17"
+    assert tokenizer(note)["input_ids"] == saved(note)["input_ids"]
+    assert budget == 3 * 32  # no BOS, no instruction turn around a tiny backbone's segments
 
 
 def test_a_real_backbones_tokenizer_loads_without_training(tmp_path):
@@ -146,7 +160,7 @@ def test_a_real_backbones_tokenizer_loads_without_training(tmp_path):
     replica = hub_replica.build(tmp_path / "hub", "llama")
     cfg = config.resolve("llama3", {"model_path": str(replica.mntp), "base_model_path": str(replica.base),
                                     "adapter_path": str(replica.supervised), "segment_length": 64, "max_segments": 3})
-    tokenizer, budget = data.tokenizer_without_training(cfg)
+    tokenizer, budget = data.tokenizer_without_training(cfg, [])  # train texts: for a tiny backbone only
     text = "congestive heart failure atrial fibrillation"
     assert tokenizer(text)["input_ids"] == backbones.load(str(replica.mntp), base_model_path=str(replica.base))[1](text)["input_ids"]
     fmt = backbones.segment_format(cfg, tokenizer, replica.names["base"])
