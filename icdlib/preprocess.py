@@ -128,6 +128,35 @@ CLEANERS = {"caml": lambda texts: [clean_caml(t) for t in texts], "edin": mimic4
 CLEAN_BATCH = 5_000  # texts cleaned at a time: a cleaner's copies are a batch's, not the dataset's
 
 
+def cleaned_origins(text: str, how: str) -> np.ndarray:
+    """Where each character of `text` cleaned by CLEANERS[how] comes from: an int64 array as long as
+    the cleaned text, the position in `text` of each character (-1 for the single space the
+    cleaning puts between two words), so offsets into the cleaned text map back to the user's text.
+
+    Both cleaners keep words of the lower-cased text and join them with one space: CAML's the
+    `\\w+` runs that are not all digits, Edin's the `[a-z0-9]+` runs less the all-digit ones with a
+    separator on both sides. The words are found on `text` and the result checked against the
+    cleaner itself; a text whose lower case changes its length, or whose words the check does not
+    find, is refused in one line (`DataError`)."""
+    lowered = text.lower()
+    cleaned = CLEANERS[how]([text])[0]
+    if how == "caml":
+        words = [m.span() for m in re.finditer(r"\w+", lowered) if not m.group().isdigit()]
+    else:
+        words = [m.span() for m in re.finditer(r"[a-z0-9]+", lowered)
+                 if not (m.group().isdigit() and 0 < m.start() and m.end() < len(text))]
+    rebuilt = " ".join(lowered[b:e] for b, e in words)
+    if len(lowered) != len(text) or rebuilt != cleaned:
+        raise DataError(f"text_cleaning={how} cannot carry character offsets for this text "
+                        f"(its cleaned words are not found in it): use text_cleaning=none")
+    out = np.full(len(cleaned), -1, np.int64)
+    at = 0
+    for b, e in words:
+        out[at:at + e - b] = np.arange(b, e)
+        at += e - b + 1
+    return out
+
+
 def clean_texts(texts: list[str], how: str) -> list[str]:
     """`texts` cleaned by CLEANERS[how], batch by batch; each batch of `texts` is released (set to
     None) once cleaned, so the texts are held about once, not once per copy a cleaner makes

@@ -234,3 +234,21 @@ def test_run_starts_marks_where_any_key_changes():
     assert preprocess.run_starts(np.array([], np.int64)).tolist() == []
     assert preprocess.run_starts(np.array([1, 1, 2, 2, 2, 5])).tolist() == [0, 2, 5]
     assert preprocess.run_starts(np.array([1, 1, 1, 2]), np.array([3, 4, 4, 4])).tolist() == [0, 1, 3]
+
+
+def test_cleaned_origins_lead_each_cleaned_character_back_to_the_text():
+    from icdlib.preprocess import CLEANERS, cleaned_origins
+
+    text = "Pt ADMITTED w/ Sepsis, 2 days.\n12 Atrial-Fib 3"
+    caml = cleaned_origins(text, "caml")
+    assert CLEANERS["caml"]([text])[0] == "pt admitted w sepsis days atrial fib"
+    assert caml[:4].tolist() == [0, 1, -1, 3] and caml[-3:].tolist() == [41, 42, 43]
+    edin = cleaned_origins(text, "edin")
+    # Edin's cleaning keeps the digits-only token at the text's end (no separator after it)
+    assert CLEANERS["edin"]([text])[0] == "pt admitted w sepsis days atrial fib 3"
+    assert edin[-5:].tolist() == [41, 42, 43, -1, 45]
+    for how, origins in (("caml", caml), ("edin", edin)):
+        cleaned = CLEANERS[how]([text])[0]
+        assert "".join(" " if o < 0 else text[o].lower() for o in origins) == cleaned
+    with pytest.raises(DataError, match="^text_cleaning=caml cannot carry character offsets for this text"):
+        cleaned_origins("İstanbul 3", "caml")  # lower case turns one letter into two characters
