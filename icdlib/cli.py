@@ -134,16 +134,45 @@ def cmd_predict(args) -> None:
     from icdlib import predict
 
     text = predict.read_text_file(Path(args.text_file))
+    if args.evidence_method is not None:
+        from icdlib.explain import check_method
+
+        check_method(args.evidence_method)  # before the model loads
     coder = predict.load(args.model, device=args.device, model_path=args.model_path,
                          base_model_path=args.base_model_path, max_segments=args.max_segments)
     table = coder.predict([text], top_k=args.top_k, threshold=args.threshold)[0]
     truncated = predict.truncation_line(table.attrs, coder.truncation_mode)
     if truncated:
         print(truncated, file=sys.stderr)
+    if args.evidence or args.evidence_html:
+        table = with_evidence(args, coder, text, table)
     if args.json:
         print(json.dumps(table.to_dict(orient="records"), indent=1))
     else:
-        print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        print(table.drop(columns="evidence", errors="ignore").to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        if args.evidence:
+            print(f"\nevidence ({coder.evidence_method(args.evidence_method)}): code  [begin:end]  score  text")
+            print("\n".join(predict.evidence_lines(table)))
+
+
+def with_evidence(args, coder, text: str, table):
+    """`table` with its evidence column (with --evidence); the HTML page written (--evidence-html)."""
+    from icdlib import predict
+
+    if args.evidence_spans < 1:
+        raise IcdlibError(f"--evidence-spans must be at least 1, got {args.evidence_spans}")
+    method = coder.evidence_method(args.evidence_method)
+    words = coder.explain(text, table["code"].tolist(), method)
+    if args.evidence:
+        table = table.assign(evidence=predict.evidence_column(text, words, args.evidence_spans))
+    if args.evidence_html:
+        path = Path(args.evidence_html)
+        try:
+            path.write_text(predict.evidence_page(text, table, words, method), encoding="utf-8")
+        except OSError as e:
+            raise IcdlibError(f"cannot write {path}: {e.strerror}") from None
+        print(f"[icdlib] evidence of {len(table)} codes highlighted in {path}", file=sys.stderr)
+    return table
 
 
 def cmd_bench(args) -> None:
@@ -259,6 +288,17 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--base-model-path", default="", help="where the base LLM of an adapter-only backbone is now")
     q.add_argument("--max-segments", type=int, default=None, help="segments of the note to read (default: as trained)")
     q.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    q.add_argument("--evidence", action="store_true",
+                   help="per code, its top spans in the note (character offsets into the file's text, the text, "
+                        "the score); with --json an `evidence` list in each record")
+    q.add_argument("--evidence-method", default=None, metavar="METHOD",
+                   help="how evidence is found: attention, attingrad, input_x_gradient, integrated_gradients or "
+                        "occlusion (of sentences); default attingrad, label attention × input × gradient (Edin et "
+                        "al. 2024), input_x_gradient for a mean head")
+    q.add_argument("--evidence-spans", type=int, default=3, metavar="N", help="evidence spans per code")
+    q.add_argument("--evidence-html", default="", metavar="FILE",
+                   help="write an HTML page with the note's words shaded by their evidence for each code (one "
+                        "section per code, a colour legend; only the note's text, codes and scores: no paths)")
     q.set_defaults(func=cmd_predict)
 
     m = sub.add_parser("plan", help="will a run fit the GPU? step 03's memory, worked out before anything loads",

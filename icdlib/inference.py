@@ -68,6 +68,22 @@ def weights_dtype(cfg: Config, device: torch.device) -> torch.dtype:
     return torch.float32 if cfg.train_backbone == "full" else compute_dtype(cfg, device)
 
 
+def predict_dtype(cfg, device) -> torch.dtype:
+    """The weights' dtype for coding notes: the training dtype on accelerators; on a CPU, bf16 for
+    real backbones (an 8B model in fp32 needs ~30 GB of RAM) where the CPU computes bf16, fp32 for
+    tiny ones."""
+    if device.type == "cpu" and cfg.model_path and _cpu_bf16():
+        return torch.bfloat16
+    return weights_dtype(cfg, device)
+
+
+def _cpu_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return nullcontext()

@@ -76,13 +76,19 @@ class ICDCoder(nn.Module):
         p = label_frequency.to(bias.dtype).clamp(1e-4, 1 - 1e-4)
         bias.copy_(torch.log(p) - torch.log1p(-p))
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token states (B, S·L, H) and their mask (B, S·L) for (B, S, L) segmented input."""
-        b, s, length = input_ids.shape
-        ids = input_ids.reshape(b * s, length)
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               inputs_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states (B, S·L, H) and their mask (B, S·L) for (B, S, L) segmented input;
+        `inputs_embeds` (B, S, L, E), when given, replaces the ids' embeddings (the explanation
+        methods take gradients with respect to them, icdlib.explain)."""
+        b, s, length = attention_mask.shape
         mask = attention_mask.reshape(b * s, length).bool()
         used = mask.any(-1)
-        out = self.encoder(input_ids=ids[used], attention_mask=mask[used].long(),
+        if inputs_embeds is None:
+            given = {"input_ids": input_ids.reshape(b * s, length)[used]}
+        else:
+            given = {"inputs_embeds": inputs_embeds.reshape(b * s, length, -1)[used]}
+        out = self.encoder(**given, attention_mask=mask[used].long(),
                            position_ids=position_ids(mask[used]), use_cache=False).last_hidden_state
         states = out.new_zeros(b * s, length, out.shape[-1])
         states[used] = out

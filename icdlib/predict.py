@@ -20,10 +20,21 @@ read, in `table.attrs`:
 running the model; `load(..., max_segments=N)` reads up to N segments instead of the training
 value (the label attention takes any number; memory grows with it). The CLI prints one line to
 stderr when a note was truncated.
+
+Evidence: `coder.predict(texts, evidence=True)` adds a column `evidence` to every table, per code
+a list of its top spans in the text as given (before the run's text cleaning), best first:
+
+    {"begin": 412, "end": 437, "text": "atrial fibrillation with RVR", "score": 0.31}
+
+found by an explanation method of `icdlib.explain` (`evidence_method`; default `attingrad`,
+Edin et al. 2024's AttInGrad, with a label-attention head, `input_x_gradient` with a mean
+head). `coder.explain(text, codes)` gives the scores of every word read, and `evidence_page`
+renders them as a standalone HTML page (`predict --evidence-html FILE`).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -32,14 +43,17 @@ import pandas as pd
 import torch
 
 from icdlib import checkpoint
+from icdlib import explain as explaining
 from icdlib.config import absolute_paths
 from icdlib.data import Tokenized, cut, tokenize
 from icdlib.errors import IcdlibError
-from icdlib.inference import Env, pick_device, score, weights_dtype
-from icdlib.preprocess import CLEANERS
+from icdlib.inference import Env, compute_dtype, pick_device, predict_dtype, score
+from icdlib.models import LabelAttentionHead
+from icdlib.preprocess import CLEANERS, cleaned_origins
 
 
 TRUNCATION = ("tokens", "kept_tokens", "truncated_tokens")
+EVIDENCE_SPANS = 3  # spans per code
 
 
 class Coder:
@@ -95,8 +109,12 @@ class Coder:
         return score(self.model, tokens, self.cfg, self.env, self.tokenizer.pad_token_id, self.batch_size,
                      fmt=self.fmt), counts
 
-    def predict(self, texts: list[str] | str, top_k: int | None = None, threshold: float | None = None) -> list[pd.DataFrame]:
+    def predict(self, texts: list[str] | str, top_k: int | None = None, threshold: float | None = None,
+                evidence: bool = False, evidence_method: str | None = None,
+                evidence_spans: int = EVIDENCE_SPANS) -> list[pd.DataFrame]:
         """Per text: code, kind, title, score sorted by score; cut to top_k and/or score >= threshold.
+        With `evidence`, a column `evidence`: per code its top `evidence_spans` spans (begin, end,
+        text, score; offsets into the text as given), by `evidence_method` (see `explain`).
 
         Each table's `.attrs` holds `tokens`, `kept_tokens` and `truncated_tokens` of its note."""
         if isinstance(texts, str):
@@ -112,7 +130,80 @@ class Coder:
             table = table.reset_index(drop=True)
             table.attrs = {k: int(count[k]) for k in TRUNCATION}
             out.append(table)
+        if evidence:
+            for text, table in zip(texts, out):
+                words = self.explain(text, table["code"].tolist(), evidence_method)
+                table["evidence"] = evidence_column(text, words, evidence_spans)
         return out
+
+    def evidence_method(self, method: str | None = None) -> str:
+        """`method`, or the default: `attingrad` (Edin et al. 2024's most plausible method on MDACE,
+        one backward pass per code) with a label-attention head, `input_x_gradient` with a mean head."""
+        if method is not None:
+            return explaining.check_method(method)
+        return "attingrad" if isinstance(self.model.head, LabelAttentionHead) else "input_x_gradient"
+
+    def explain(self, text: str, codes: list[str], method: str | None = None,
+                ig_steps: int = explaining.IG_STEPS) -> list[pd.DataFrame]:
+        """Per code of `codes`, the score of every word the model reads in `text` (word, begin, end,
+        score: offsets into `text` as given, before the run's text cleaning), by `method` (one of
+        `explain.METHODS`; default `evidence_method()`): token scores summed over each word's
+        pieces (occlusion: its sentence's score)."""
+        method = self.evidence_method(method)
+        text = _checked(text, 0)
+        known = {c: i for i, c in enumerate(self.labels["code"])}
+        missing = [c for c in codes if c not in known]
+        if missing:
+            raise IcdlibError(f"code {missing[0]} is not one of this model's {len(known):,} codes")
+        cleaned = self.cfg.text_cleaning in CLEANERS  # as _tokens cleans it; offsets are carried back
+        read = CLEANERS[self.cfg.text_cleaning]([text])[0] if cleaned else text
+        ids, offsets = explaining.token_spans(read, self.tokenizer, self.max_tokens, self.truncation_mode)
+        if cleaned:
+            offsets = _through(offsets, cleaned_origins(text, self.cfg.text_cleaning))
+        sentences = explaining.sentence_ids(text, offsets)
+        scores = explaining.token_scores(
+            self.model, [ids] * len(codes), [known[c] for c in codes], method, self.cfg.segment_length, self.fmt,
+            pad_id=self.tokenizer.pad_token_id, ig_steps=ig_steps, batch_size=self.batch_size,
+            sentences=[sentences] * len(codes), dtype=compute_dtype(self.cfg, self.env.device))
+        return explaining.word_tables(text, offsets, scores, "max" if method == "occlusion" else "sum")
+
+
+def _through(offsets: np.ndarray, origins: np.ndarray) -> np.ndarray:
+    """Token offsets into a cleaned text → into the text it was cleaned from (`origins`: each
+    cleaned character's position there, -1 for the spaces the cleaning put in); a token on those
+    spaces only becomes an empty span."""
+    out = np.zeros_like(offsets)
+    for t, (b, e) in enumerate(offsets):
+        inside = origins[b:e][origins[b:e] >= 0]
+        out[t] = (inside[0], inside[-1] + 1) if len(inside) else (0, 0)
+    return out
+
+
+def evidence_column(text: str, words: list[pd.DataFrame], n: int = EVIDENCE_SPANS) -> list[list[dict]]:
+    """Per code, its top `n` evidence spans (`explain.top_spans`) from its word scores."""
+    return [explaining.top_spans(text, w, n) for w in words]
+
+
+def evidence_lines(table: pd.DataFrame) -> list[str]:
+    """The evidence column as text, one line per span: code, [begin:end], score, the span's text
+    (quoted, on one line)."""
+    lines = []
+    for code, spans in zip(table["code"], table["evidence"]):
+        if not spans:
+            lines.append(f"{code}  (no word with a positive score)")
+        for s in spans:
+            lines.append(f"{code}  [{s['begin']}:{s['end']}]  {s['score']:.4f}  {json.dumps(s['text'], ensure_ascii=False)}")
+    return lines
+
+
+def evidence_page(text: str, table: pd.DataFrame, words: list[pd.DataFrame], method: str) -> str:
+    """A standalone HTML page: per code of `table` (with its `words` from `Coder.explain`), the
+    code, its title and score, a colour legend and the text around its best-scored word, words
+    shaded by score. It holds the given text, the codes and scores, nothing else (no paths, no
+    script, no external resource); every text is escaped."""
+    sections = [explaining.words_html(text, w, code, title, caption=f"score {score:.3f}")
+                for code, title, score, w in zip(table["code"], table["title"], table["score"], words)]
+    return explaining.page_html(sections, f"Evidence for the predicted codes ({explaining.DESCRIPTIONS[method]})")
 
 
 def truncation_line(counts: dict, mode: str = "head") -> str:
@@ -126,21 +217,6 @@ def truncation_line(counts: dict, mode: str = "head") -> str:
     which = {"tail": "last", "head_tail": "first and last"}.get(mode, "first")
     return (f"note truncated: kept the {which} {kept:,} of {tokens:,} tokens ({share} dropped); "
             f"raise max_segments to read more (predict --max-segments N)")
-
-
-def predict_dtype(cfg, device) -> torch.dtype:
-    """The training dtype on accelerators; on a CPU, bf16 for real backbones (an 8B model in fp32
-    needs ~30 GB of RAM) where the CPU computes bf16, fp32 for tiny ones."""
-    if device.type == "cpu" and cfg.model_path and _cpu_bf16():
-        return torch.bfloat16
-    return weights_dtype(cfg, device)
-
-
-def _cpu_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _checked(text, i: int) -> str:

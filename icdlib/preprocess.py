@@ -150,6 +150,28 @@ def clean_texts(texts: list[str], how: str) -> list[str]:
     return out
 
 
+def cleaned_origins(text: str, how: str) -> np.ndarray:
+    """Where each character of `text` cleaned by CLEANERS[how] comes from: an int64 array as long as
+    the cleaned text, the position in `text` of each character (-1 for the single space the
+    cleaning puts between two words), so offsets into the cleaned text map back to the user's text
+    (`predict --evidence`). The kept words are step 01's (`evidence.kept_tokens`, which also carries
+    step 01's spans), checked against the cleaner's own output; a text they do not rebuild is
+    refused in one line (`DataError`)."""
+    codes, starts, ends, index = spans.kept_tokens(text, how)
+    lowered = codes.tobytes().decode("utf-32-le")
+    cleaned = CLEANERS[how]([text])[0]
+    if " ".join(lowered[b:e] for b, e in zip(starts.tolist(), ends.tolist())) != cleaned:
+        raise DataError(f"text_cleaning={how} cannot carry character offsets for this text "
+                        f"(its cleaned words are not found in it): use text_cleaning=none")
+    raw = np.arange(len(lowered)) if index is None else np.searchsorted(index, np.arange(len(lowered)), "right") - 1
+    out = np.full(len(cleaned), -1, np.int64)
+    at = 0
+    for b, e in zip(starts.tolist(), ends.tolist()):
+        out[at:at + e - b] = raw[b:e]
+        at += e - b + 1
+    return out
+
+
 def clean_carrying(texts: list[str], how: str, placed: pd.DataFrame, trimmed: bool) -> tuple[
         list[str], list[pd.DataFrame], int]:
     """`texts` cleaned as `clean_texts` (or kept, how="none") with the evidence spans `placed` in

@@ -121,6 +121,8 @@ def test_train_suite_counts_real_tokens_of_both_inputs(smoke):
 def test_predict_suite_and_markdown(smoke):
     root, docs = smoke
     assert [r["notes_per_s"]["n"] for r in docs["predict"]["rows"]] == [SMOKE_REPEATS] * 2
+    assert [r["evidence_notes_per_s"]["n"] for r in docs["predict"]["rows"]] == [SMOKE_REPEATS] * 2
+    assert all(0 < r["evidence_notes_per_s"]["median"] < r["notes_per_s"]["median"] for r in docs["predict"]["rows"])
     text = (root / "RESULTS.md").read_text()
     for suite in ("metrics", "preprocess", "train", "predict", "twin"):
         assert f"## {suite}" in text

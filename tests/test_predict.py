@@ -196,3 +196,119 @@ def test_a_folder_as_text_file_is_one_line(model_dir, tmp_path, capsys):
     """Was: 21 lines ending in IsADirectoryError."""
     code, lines = cli_lines(capsys, "--model", str(model_dir), "--text-file", str(tmp_path))
     assert code == 2 and lines == [f"icdlib: error: {tmp_path} is a folder: --text-file takes one text file (one note)"]
+
+
+# ---------------------------------------------------------------- evidence with every prediction
+
+EVIDENCE_NOTE = ("Patient <admitted> with sepsis & fever. Denies atrial fibrillation!\n"
+                 "Congestive heart failure and hypertension treated; discharged stable.")
+
+
+@pytest.fixture(scope="module")
+def evidence_dir(model_dir, tmp_path_factory):
+    """model_dir with random output weights in its head (a fresh head's are zero: every gradient
+    would be zero, every span empty)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("evidence") / "best"
+    shutil.copytree(model_dir, folder)
+    head = load_file(folder / "head.safetensors")
+    torch.manual_seed(1)
+    head["weight"] = torch.randn_like(head["weight"]) * 2.0
+    save_file(head, folder / "head.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def evidence_coder(evidence_dir):
+    return predict.load(evidence_dir, device="cpu")
+
+
+def expected_spans(coder, text: str, code: str, method: str, n: int = 3):
+    """The evidence of one code through explain's parts: tokens and offsets, scores, words, spans."""
+    from icdlib import explain
+
+    ids, offsets = explain.token_spans(text, coder.tokenizer, coder.max_tokens, coder.truncation_mode)
+    label = coder.labels["code"].tolist().index(code)
+    scores = explain.token_scores(coder.model, [ids], [label], method, SEGMENT, coder.fmt, coder.tokenizer.pad_token_id,
+                                  sentences=[explain.sentence_ids(text, offsets)])[0]
+    words = explain.word_scores(text, offsets, scores, "max" if method == "occlusion" else "sum")
+    return explain.top_spans(text, words, n)
+
+
+@pytest.mark.parametrize("method", ["attention", "attingrad", "occlusion"])
+def test_evidence_is_the_top_spans_of_the_method(evidence_coder, method):
+    plain = evidence_coder.predict(EVIDENCE_NOTE, top_k=2)[0]
+    table = evidence_coder.predict(EVIDENCE_NOTE, top_k=2, evidence=True, evidence_method=method)[0]
+    pd.testing.assert_frame_equal(table.drop(columns="evidence"), plain)
+    assert table.attrs == plain.attrs
+    for code, spans in zip(table["code"], table["evidence"]):
+        assert spans == expected_spans(evidence_coder, EVIDENCE_NOTE, code, method)
+        assert 1 <= len(spans) <= 3 and all(EVIDENCE_NOTE[s["begin"]:s["end"]] == s["text"] for s in spans)
+        assert all(s["score"] > 0 for s in spans)
+    assert evidence_coder.evidence_method() == "attingrad"
+
+
+def test_evidence_offsets_point_into_the_text_as_given_when_the_run_cleans_it(evidence_coder):
+    """text_cleaning=caml lower-cases and drops punctuation and numbers: the words are scored on the
+    cleaned text, and their offsets lead back to the text the user gave."""
+    import copy
+    import dataclasses
+
+    from icdlib import explain
+    from icdlib.preprocess import clean_caml
+
+    coder = copy.copy(evidence_coder)
+    coder.cfg = dataclasses.replace(coder.cfg, text_cleaning="caml")
+    text = "Pt ADMITTED w/ Sepsis, 2 days.\n  Denies Atrial-Fibrillation!"
+    cleaned = clean_caml(text)
+    assert cleaned == "pt admitted w sepsis days denies atrial fibrillation"
+    words = coder.explain(text, ["427.31"], "attention")[0]
+    assert words["word"].tolist() == ["Pt", "ADMITTED", "w/", "Sepsis,", "days.", "Denies", "Atrial-Fibrillation!"]
+    assert all(text[b:e] == w for w, b, e in zip(words["word"], words["begin"], words["end"]))
+    ids, offsets = explain.token_spans(cleaned, coder.tokenizer, coder.max_tokens)
+    scores = explain.token_scores(coder.model, [ids], [1], "attention", SEGMENT, coder.fmt, coder.tokenizer.pad_token_id)
+    on_cleaned = explain.word_scores(cleaned, offsets, scores[0])
+    # "w/" holds "w"; "Atrial-Fibrillation!" holds the cleaned words "atrial" and "fibrillation"
+    expected = on_cleaned["score"].tolist()
+    np.testing.assert_allclose(words["score"], expected[:6] + [expected[6] + expected[7]], rtol=1e-6)
+    spans = coder.predict(text, top_k=1, evidence=True, evidence_method="attention")[0]["evidence"][0]
+    assert spans and all(text[s["begin"]:s["end"]] == s["text"] for s in spans)
+
+
+def test_cli_evidence_as_json_text_and_html(evidence_dir, evidence_coder, tmp_path, capsys):
+    import json
+
+    note_file, page = tmp_path / "note.txt", tmp_path / "evidence.html"
+    note_file.write_text(EVIDENCE_NOTE)
+    base = ["predict", "--model", str(evidence_dir), "--text-file", str(note_file), "--device", "cpu", "--top-k", "2",
+            "--evidence-method", "attention"]
+    assert cli.main([*base, "--json", "--evidence", "--evidence-html", str(page)]) == 0
+    out, err = capsys.readouterr()
+    records = json.loads(out)
+    table = evidence_coder.predict(EVIDENCE_NOTE, top_k=2, evidence=True, evidence_method="attention")[0]
+    assert [r["code"] for r in records] == table["code"].tolist()
+    assert [r["evidence"] for r in records] == table["evidence"].tolist()
+    assert err.splitlines()[-1] == f"[icdlib] evidence of 2 codes highlighted in {page}"  # after the truncation line
+    html = page.read_text()
+    assert html.startswith("<!DOCTYPE html>") and "label attention" in html
+    assert all(f"<b>{code}</b>" in html for code in table["code"])
+    assert "&lt;admitted&gt;" in html and "<admitted>" not in html and "&amp;" in html
+    assert str(tmp_path) not in html and str(evidence_dir) not in html and "<script" not in html
+
+    assert cli.main([*base, "--evidence", "--evidence-spans", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["code", "kind", "title", "score"] and lines[3] == ""
+    assert lines[4] == "evidence (attention): code  [begin:end]  score  text"
+    first = table["evidence"][0][0]
+    assert lines[5] == f"{table['code'][0]}  [{first['begin']}:{first['end']}]  {first['score']:.4f}  {json.dumps(first['text'])}"
+    assert len(lines) == 7
+
+    assert cli.main([*base[:-1], "lime", "--evidence"]) == 2
+    assert capsys.readouterr().err == ("icdlib: error: explanation method must be one of attention, attingrad, "
+                                       "input_x_gradient, integrated_gradients, occlusion, got 'lime'\n")
+    assert cli.main([*base, "--evidence-html", str(tmp_path / "no" / "such" / "x.html")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"icdlib: error: cannot write {tmp_path / 'no' / 'such' / 'x.html'}: No such file or directory")

@@ -254,3 +254,23 @@ def test_sample_shows_each_note_from_its_chief_complaint_not_its_header():
                                           "Major Surgical Procedure: Laparoscopic cholecystectomy"]  # no Chief Complaint
     assert shown["codes"].tolist() == ["428.0, 427.31", "401.9"]
     assert preprocess.sample(notes, share_safe=True).columns.tolist() == ["hadm_id", "subject_id", "split", "codes"]
+
+
+def test_cleaned_origins_lead_each_cleaned_character_back_to_the_text():
+    from icdlib.preprocess import CLEANERS, cleaned_origins
+
+    text = "Pt ADMITTED w/ Sepsis, 2 days.\n12 Atrial-Fib 3"
+    caml = cleaned_origins(text, "caml")
+    assert CLEANERS["caml"]([text])[0] == "pt admitted w sepsis days atrial fib"
+    assert caml[:4].tolist() == [0, 1, -1, 3] and caml[-3:].tolist() == [41, 42, 43]
+    edin = cleaned_origins(text, "edin")
+    # Edin's cleaning keeps the digits-only token at the text's end (no separator after it)
+    assert CLEANERS["edin"]([text])[0] == "pt admitted w sepsis days atrial fib 3"
+    assert edin[-5:].tolist() == [41, 42, 43, -1, 45]
+    for how, origins in (("caml", caml), ("edin", edin)):
+        cleaned = CLEANERS[how]([text])[0]
+        assert "".join(" " if o < 0 else text[o].lower() for o in origins) == cleaned
+    # lower case turns "İ" into "i" and a combining dot, which is not a word character: the "i" leads
+    # back to the "İ", the rest of the word to its letters
+    assert CLEANERS["caml"](["İstanbul 3"])[0] == "i stanbul"
+    assert cleaned_origins("İstanbul 3", "caml").tolist() == [0, -1, 1, 2, 3, 4, 5, 6, 7]

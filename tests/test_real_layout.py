@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import hub_replica
-from icdlib import backbones, checkpoint, config, predict, preprocess, train
+from icdlib import backbones, checkpoint, config, inference, predict, preprocess, train
 from icdlib.bidirectional import is_bidirectional
 from icdlib.errors import IcdlibError
 
@@ -161,7 +161,7 @@ def test_each_train_backbone_saves_resumes_and_reloads(mode, mistral, tmp_path, 
     np.testing.assert_allclose(np.load(cfg.run_dir / "03_train/predictions_val.npz")["scores"], alone, atol=1e-5)
     # predict on a CPU holds a real backbone in bf16 where the CPU computes it (an 8B model: 16 GB, not 30)
     coder = predict.load(best, device="cpu")
-    expected = torch.bfloat16 if predict._cpu_bf16() else torch.float32
+    expected = torch.bfloat16 if inference._cpu_bf16() else torch.float32
     assert {p.dtype for n, p in coder.model.encoder.named_parameters() if "lora" not in n} == {expected}
     table = coder.predict("Discharge Diagnosis: congestive heart failure.", top_k=5)[0]
     assert len(table) == 5 and table["score"].between(0, 1).all()
