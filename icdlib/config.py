@@ -171,7 +171,9 @@ class Config:
     explain_notes: int = 40  # 04 measures each explanation method (icdlib.explanations) against the run's
     #   evidence spans on the first this-many admissions of val and of test that have a true-positive code with
     #   evidence; 0: not measured
-    ig_steps: int = 16  # integrated gradients' Gauss-Legendre points (icdlib.explain.IG_STEPS)
+    ig_steps: int = 32  # integrated gradients' Gauss-Legendre points (icdlib.explain.IG_STEPS: measured there)
+    faithfulness_step: int = 2  # words removed per step of comprehensiveness/sufficiency, up to 100 words
+    #   (Edin et al.: 2, 50 model passes per pair and direction; 10: 10 passes)
 
     @property
     def run_name(self) -> str:
@@ -280,6 +282,7 @@ RANGES = {
     "bootstrap": _AT_LEAST_0,  # 0: no intervals
     "explain_notes": _AT_LEAST_0,
     "ig_steps": _AT_LEAST_1,
+    "faithfulness_step": (lambda v: 1 <= v <= 100, "in 1..100"),
     "mntp_epochs": _AT_LEAST_0,
     "seeds": (lambda v: all(x >= 0 for x in v) and len(set(v)) == len(v), "distinct non-negative integers"),
 }

@@ -67,7 +67,7 @@ from icdlib.labels import multi_hot
 from icdlib.runfolder import MNTP_ARMS, SCORED_SPLITS, Run, atomic_path, atomic_write_text, seed_variant, tree_hash
 
 STEP = "04_evaluate"
-PARAMS = ("threshold", "baseline", "seed", "bootstrap", "explain_notes", "ig_steps")  # what step 04's output depends on besides its inputs
+PARAMS = ("threshold", "baseline", "seed", "bootstrap", "explain_notes", "ig_steps", "faithfulness_step")  # what step 04's output depends on besides its inputs
 BOOTSTRAP_SEED = 0  # the resamples do not change with the run's seed: two seeds' intervals use the same draws
 EDIN = "_edin"  # metrics.json keys with this suffix: scored with metrics.compute(label_set="edin")
 EDIN_BENCHMARKS = frozenset(name for name in BENCHMARKS if name.startswith("edin_"))

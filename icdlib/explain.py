@@ -367,17 +367,30 @@ def word_scores(text: str, offsets: np.ndarray, scores: np.ndarray, agg: str = "
     return word_tables(text, offsets, [scores], agg)[0]
 
 
-def word_tables(text: str, offsets: np.ndarray, scores: list[np.ndarray], agg: str = "sum") -> list[pd.DataFrame]:
-    """`word_scores` of several score arrays over the same tokens (one per code), the words found once."""
+def _word_starts(text: str) -> np.ndarray:
+    return np.asarray([m.start() for m in re.finditer(r"\S+", text)], np.int64)
+
+
+def word_index(text: str, offsets: np.ndarray) -> np.ndarray:
+    """The whitespace-delimited word of each token (int64: the word's number in `text`), -1 for a
+    whitespace-only token: a token belongs to the word its first non-whitespace character is in."""
     offsets = np.asarray(offsets, np.int64).reshape(-1, 2)
     first = np.full(len(offsets), -1, np.int64)  # each token's first non-whitespace character
     for t, (b, e) in enumerate(offsets.tolist()):
         piece = text[b:e]
         if piece.strip():
             first[t] = b + len(piece) - len(piece.lstrip())
-    keep = first >= 0
-    starts = np.asarray([m.start() for m in re.finditer(r"\S+", text)], np.int64)
-    used, where = np.unique(np.searchsorted(starts, first[keep], side="right") - 1, return_inverse=True)
+    out = np.full(len(offsets), -1, np.int64)
+    out[first >= 0] = np.searchsorted(_word_starts(text), first[first >= 0], side="right") - 1
+    return out
+
+
+def word_tables(text: str, offsets: np.ndarray, scores: list[np.ndarray], agg: str = "sum") -> list[pd.DataFrame]:
+    """`word_scores` of several score arrays over the same tokens (one per code), the words found once."""
+    index = word_index(text, offsets)
+    keep = index >= 0
+    starts = _word_starts(text)
+    used, where = np.unique(index[keep], return_inverse=True)
     begin = starts[used]
     end = np.asarray([re.match(r"\S+", text[b:]).end() + b for b in begin.tolist()], np.int64)
     words = [text[b:e] for b, e in zip(begin.tolist(), end.tolist())]

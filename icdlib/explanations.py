@@ -149,13 +149,13 @@ def faithfulness(coder, pairs: Pairs, scores: list[np.ndarray], words: list[np.n
 
 
 def measure(coder, split_pairs: dict[str, Pairs], methods: tuple[str, ...], ig_steps: int, resamples: int,
-            seed: int = 0, batch_size: int = 8, progress=None) -> dict:
+            seed: int = 0, batch_size: int = 8, step: int = em.STEP, progress=None) -> dict:
     """Every method on every split's pairs: validation tunes each method's token threshold and picks
     the best method (highest token F1 there); the reported split (the last of `split_pairs`) gets the
     figures with bootstrap intervals. JSON-ready."""
     names = list(split_pairs)
     reported, tuning = names[-1], names[0]
-    out = {"methods": {}, "val": {}, "ig_steps": ig_steps, "split": reported,
+    out = {"methods": {}, "val": {}, "ig_steps": ig_steps, "faithfulness_step": step, "split": reported,
            "notes": {s: len(p.texts) for s, p in split_pairs.items()},
            "pairs": {s: len(p) for s, p in split_pairs.items()}}
     word_groups = {s: groups(p) for s, p in split_pairs.items()}
@@ -169,7 +169,7 @@ def measure(coder, split_pairs: dict[str, Pairs], methods: tuple[str, ...], ig_s
                                                 threshold, negated=val.negated, n_resamples=0)
         test = split_pairs[reported]
         scores, seconds = score_method(coder, test, method, ig_steps, batch_size)
-        faithful = faithfulness(coder, test, scores, word_groups[reported], batch_size)
+        faithful = faithfulness(coder, test, scores, word_groups[reported], batch_size, step)
         result = em.evaluate_method(scores, test.evidence, [test.hadm_ids[k] for k in test.note], threshold,
                                     negated=test.negated, faithful=faithful, n_resamples=resamples, seed=seed)
         result["seconds_per_note"] = seconds
@@ -201,6 +201,6 @@ def for_run(cfg, ev, run, splits: tuple[str, ...], seed: int = 0, progress=None)
         chosen = true_positive_pairs(s.notes, s.y_true, s.y_score, threshold, ev.labels, evidence, cfg.explain_notes)
         split_pairs[split] = build_pairs(coder, s.notes, chosen, ev.labels, evidence)
     out = measure(coder, split_pairs, methods_for(cfg.head), cfg.ig_steps, cfg.bootstrap, seed=seed,
-                  progress=progress)
+                  step=cfg.faithfulness_step, progress=progress)
     out.update(explain_notes=cfg.explain_notes, decision_threshold=threshold)
     return out
