@@ -8,8 +8,9 @@ The kernel runs in the caller's working directory and receives absolute paths, s
 paths typed on the command line mean the same in every step. The reports, though, show no path of
 the machine: `share_notebook` rewrites them as `<run>/…`, `<mimic_dir>`, … once executed.
 
-While 03 trains, its one line per evaluation (`03_train/progress.jsonl`) is streamed to the
-terminal (`ProgressTail`); after the last notebook `reports/index.html` links the reports with
+While 03 trains, its progress records (`03_train/progress.jsonl`, and the MNTP comparison arm's
+own file: one per evaluation, a tenth of MNTP, and a heartbeat with the time left whenever 20 s
+passed without one) are streamed to the terminal (`ProgressTail`); after the last notebook `reports/index.html` links the reports with
 the headline metrics (`write_index`). Both there and in the terminal's last line (`headline`) the
 metrics are shown only when 04 scored the run's current `03_train/best/` (`evaluated`); otherwise
 they say why not and the command that scores it.
@@ -22,7 +23,8 @@ import logging
 import os
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from icdlib.config import REPO_ROOT, Config, absolute_paths
@@ -67,21 +69,21 @@ def execute(name: str, cfg: Config, params: dict, progress: bool = True) -> Path
     parameters = {"backbone": cfg.backbone, "run": cfg.run, "mimic_dir": cfg.mimic_dir,
                   "params": absolute_paths(params)}
     return run_notebook(name, Run.of(cfg).reports, parameters, report.path_placeholders(cfg), progress=progress,
-                        watched=progress_file(name, cfg) if progress else None,
+                        watched=progress_files(name, cfg) if progress else (),
                         stopped=lambda: interrupted_line(name, cfg),
                         again=lambda: f"Resume with: {resume_command(name, cfg)}",
                         advice="lower batch_size or max_segments, or use a larger machine")
 
 
 def run_notebook(name: str, folder: Path, parameters: dict, pairs: list[tuple[str, str]], *, progress: bool = True,
-                 watched: Path | None = None, stopped=None, again=None, advice: str = "use a larger machine") -> Path:
+                 watched: Sequence[Path] = (), stopped=None, again=None, advice: str = "use a larger machine") -> Path:
     """Execute `notebooks/<name>.ipynb` with `parameters` into `<folder>/<name>.ipynb`, its machine
     paths replaced by `pairs`' placeholders (`share_notebook`); return that path.
 
     A failing cell stops with the notebook's own line (the notebook so far kept as
     `<name>.failed.ipynb`); a dead kernel or Ctrl-C with one line too: `stopped()` is the line for
     Ctrl-C, `again()` the sentence that says how to go on, `advice` what to change when the kernel
-    died (most often out of memory). `watched`: a progress file to stream to the terminal."""
+    died (most often out of memory). `watched`: progress files to stream to the terminal."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -98,9 +100,11 @@ def run_notebook(name: str, folder: Path, parameters: dict, pairs: list[tuple[st
     log.unlink(missing_ok=True)
     stopped = stopped or (lambda: f"interrupted in {name}; nothing of it is kept: run the command again")
     again = again or (lambda: "Run the command again.")
-    tail = ProgressTail(name, watched, since=time.time() - 1.0) if watched else nullcontext()
+    since = time.time() - 1.0
     try:
-        with tail, quiet_papermill():  # papermill's cell bar only on a terminal: in a log it is a line per update
+        with ExitStack() as tails, quiet_papermill():  # papermill's cell bar only on a terminal: in a log it is a line per update
+            for path in watched:
+                tails.enter_context(ProgressTail(name, path, since=since))
             pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(tmp), parameters=parameters,
                                 kernel_name="python3", progress_bar=progress and sys.stderr.isatty(),
                                 cwd=os.getcwd(), log_output=False, extra_arguments=KERNEL_ARGUMENTS,
@@ -350,13 +354,14 @@ class ProgressTail:
         return printed
 
 
-def progress_file(name: str, cfg: Config) -> Path | None:
-    """The progress file notebook `name` appends to while it runs, if it has one (03: training)."""
+def progress_files(name: str, cfg: Config) -> list[Path]:
+    """The progress files notebook `name` appends to while it runs (03: the model's fit and MNTP, and
+    the MNTP comparison arm's fit); none for the others."""
     if name == "03_train":
-        from icdlib.runfolder import Run
+        from icdlib.train import progress_paths
 
-        return Run.of(cfg).progress
-    return None
+        return progress_paths(cfg.run_dir)
+    return []
 
 
 # ---------------------------------------------------------------- shareable reports
