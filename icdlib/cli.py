@@ -212,7 +212,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_compare)
 
-    s = sub.add_parser("synth", help="write a synthetic MIMIC-III twin (five tables) or MIMIC-IV twin (hosp/, note/)")
+    s = sub.add_parser("synth", help="write a synthetic MIMIC-III twin (five tables) or MIMIC-IV twin (hosp/, note/)",
+                       description="Write a synthetic twin of MIMIC-III v1.4 (NOTEEVENTS, DIAGNOSES_ICD, "
+                                   "PROCEDURES_ICD, D_ICD_DIAGNOSES, D_ICD_PROCEDURES) or of MIMIC-IV v2.2 with "
+                                   "MIMIC-IV-Note (hosp/, note/), in PhysioNet's layout: discharge summaries made from "
+                                   "templates and the official ICD titles, coded, for trying icdlib without "
+                                   "credentialed access (--mimic-dir takes the folder). Its numbers are not "
+                                   "comparable to published results.")
     s.add_argument("--out", required=True, help="folder to write the tables into")
     s.add_argument("--dataset", default="mimic3", choices=["mimic3", "mimic4_icd9", "mimic4_icd10"],
                    help="mimic3: MIMIC-III v1.4's tables; mimic4_*: MIMIC-IV v2.2 + MIMIC-IV-Note as PhysioNet ships "
@@ -220,10 +226,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--admissions", type=int, default=1000, help="admissions to generate (MIMIC-III has 58,976)")
     s.add_argument("--full", action="store_true", help="the dataset's full size (MIMIC-III: 58,976 admissions; "
                                                        "MIMIC-IV: ~331k discharge notes, both ICD versions)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same twin (default: 0)")
     s.add_argument("--gzip", action="store_true", help="MIMIC-III: write .csv.gz as PhysioNet ships them")
     s.add_argument("--short", action="store_true", help="short notes for fast demos")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_synth)
 
     # Every option here must pass torchrun's own parser untouched (it takes unique prefixes of its
@@ -244,12 +250,15 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
-    q = sub.add_parser("predict", help="code a note with a trained model folder")
+    q = sub.add_parser("predict", help="code a note with a trained model folder",
+                       description="Score every code of a trained model folder on one note and print the best "
+                                   "--top-k.")
     q.add_argument("--model", required=True, help="model folder, e.g. outputs/tiny/03_train/best")
     q.add_argument("--text-file", required=True, help="UTF-8 text file holding one note")
     q.add_argument("--top-k", type=int, default=15, help="codes to print")
     q.add_argument("--threshold", type=float, default=None, help="only codes scoring at least this")
-    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="where the model runs (default: auto, a CUDA or Apple GPU when there is one, else the CPU)")
     q.add_argument("--model-path", default="", help="where the backbone is now (the LLM2Vec model folder or hub "
                                                     "name), when the run folder moved away from it")
     q.add_argument("--base-model-path", default="", help="where the base LLM of an adapter-only backbone is now")
@@ -283,7 +292,7 @@ def parser() -> argparse.ArgumentParser:
                                    "rewrites benchmarks/RESULTS.md, at --scale smoke writes outputs/bench-smoke/ "
                                    "(git-ignored; never the recorded files). Medians of --repeats timed runs after "
                                    "--warmup runs.")
-    b.add_argument("suite", choices=SUITES)
+    b.add_argument("suite", choices=SUITES, help="what to measure: " + ", ".join(SUITES))
     b.add_argument("--scale", default="full", help="full (the recorded numbers) or smoke (seconds, for tests)")
     b.add_argument("--repeats", type=int, default=3, help="timed runs per figure")
     b.add_argument("--warmup", type=int, default=1, help="untimed runs first")
@@ -297,7 +306,7 @@ def parser() -> argparse.ArgumentParser:
                         "MIMIC-IV twin against Edin et al.'s pandas preparation (benchmarks/results/"
                         "preprocess-DATASET.json)")
     b.add_argument("--data-dir", default="", help="where synthetic twins are generated once (default: benchmarks/data)")
-    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_bench)
     return p
 
