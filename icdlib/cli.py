@@ -131,16 +131,19 @@ def cmd_predict(args) -> None:
     from icdlib import predict
 
     text = predict.read_text_file(Path(args.text_file))
-    coder = predict.load(args.model, device=args.device, model_path=args.model_path,
-                         base_model_path=args.base_model_path, max_segments=args.max_segments)
-    table = coder.predict([text], top_k=args.top_k, threshold=args.threshold)[0]
-    truncated = predict.truncation_line(table.attrs, coder.truncation_mode)
-    if truncated:
-        print(truncated, file=sys.stderr)
+    coder = predict.load(args.model, device=args.device, model_path=args.backbone_path,
+                         base_model_path=args.base_model_path, max_segments=args.max_segments, threshold=args.threshold)
+    every = coder.predict([text])[0]
+    table = every.head(args.top_k)
+    for line in (predict.truncation_line(every.attrs, coder.truncation_mode),
+                 predict.decision_line(every, len(table), coder.threshold, coder.threshold_source)):
+        if line:
+            print(line, file=sys.stderr)
     if args.json:
         print(json.dumps(table.to_dict(orient="records"), indent=1))
     else:
-        print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        shown = table.assign(assigned=table["assigned"].map({True: "yes", False: "no"}))
+        print(shown.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
 
 
 def cmd_bench(args) -> None:
@@ -252,15 +255,19 @@ def parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("predict", help="code a note with a trained model folder",
                        description="Score every code of a trained model folder on one note and print the best "
-                                   "--top-k.")
-    q.add_argument("--model", required=True, help="model folder, e.g. outputs/tiny/03_train/best")
+                                   "--top-k, each marked assigned when its score reaches the threshold (the one the "
+                                   "run's 04_evaluate tuned on validation, or --threshold).")
+    q.add_argument("--model", required=True, help="the trained model folder, e.g. outputs/demo/03_train/best")
     q.add_argument("--text-file", required=True, help="UTF-8 text file holding one note")
-    q.add_argument("--top-k", type=int, default=15, help="codes to print")
-    q.add_argument("--threshold", type=float, default=None, help="only codes scoring at least this")
+    q.add_argument("--top-k", type=int, default=15, help="codes to print, best first")
+    q.add_argument("--threshold", type=float, default=None,
+                   help="a code is assigned when its score is at least this (default: the threshold the run's "
+                        "04_evaluate tuned on validation)")
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where the model runs (default: auto, a CUDA or Apple GPU when there is one, else the CPU)")
-    q.add_argument("--model-path", default="", help="where the backbone is now (the LLM2Vec model folder or hub "
-                                                    "name), when the run folder moved away from it")
+    q.add_argument("--backbone-path", default="", help="where the backbone is now (the LLM2Vec model folder or hub "
+                                                       "name), when the run folder moved away from it")
+    q.add_argument("--model-path", dest="backbone_path", default="", help=argparse.SUPPRESS)  # its old name, for scripts
     q.add_argument("--base-model-path", default="", help="where the base LLM of an adapter-only backbone is now")
     q.add_argument("--max-segments", type=int, default=None, help="segments of the note to read (default: as trained)")
     q.add_argument("--json", action="store_true", help="print JSON records instead of a table")

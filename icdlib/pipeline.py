@@ -223,33 +223,12 @@ def recorded(cfg: Config) -> dict:
 def evaluated(cfg: Config) -> tuple[dict, str]:
     """04's metrics.json when it scored the run's current `03_train/best/`, and ""; else {} and
     why not, as a phrase (`04_evaluate has not scored the current model (03_train/best changed
-    since it ran)`).
-
-    04's manifest records the `tree_hash` of the best/ it evaluated (its `inputs`, as `record.step`
-    takes them from 03's manifest) and the hash of the metrics.json it wrote (its `outputs`): a 03
-    rerun since (`icdlib run --only 03`) changes the first; 04 stopping half-way, or an icdlib
-    older than the run record, leaves no manifest, and then nothing says which model was scored."""
+    since it ran)`): `record.scored_metrics`."""
     from icdlib import record
-    from icdlib.provenance import file_hash
-    from icdlib.runfolder import Run, tree_hash
+    from icdlib.runfolder import Run
 
     run = Run.of(cfg)
-    path, best = run.metrics, run.checkpoint("best")
-    if not path.is_file():
-        return {}, "04_evaluate has not run for this run"
-    try:
-        manifest = record.read_manifest(run, "04_evaluate")
-    except record.RecordError:
-        manifest = None
-    if manifest is None:
-        return {}, (f"{run.rel(path)} does not record which model it scored (04_evaluate did not finish, or an "
-                    f"older icdlib wrote it)")
-    if manifest["outputs"].get(run.rel(path)) != file_hash(path):
-        return {}, f"{run.rel(path)} has changed since 04_evaluate wrote it"
-    if manifest.get("inputs", {}).get(run.rel(best)) != tree_hash(best):
-        what = "changed since it ran" if best.is_dir() else "is missing"
-        return {}, f"04_evaluate has not scored the current model ({run.rel(best)} {what})"
-    return json.loads(path.read_text()), ""
+    return record.scored_metrics(run, run.checkpoint("best"))
 
 
 def run_command(cfg: Config, steps=("04", "05")) -> str:
