@@ -10,10 +10,10 @@ the machine: `share_notebook` rewrites them as `<run>/…`, `<mimic_dir>`, … o
 
 While 03 trains, its progress records (`03_train/progress.jsonl`, and the MNTP comparison arm's
 own file: one per evaluation, a tenth of MNTP, and a heartbeat with the time left whenever 20 s
-passed without one) are streamed to the terminal (`ProgressTail`); after the last notebook `reports/index.html` links the reports with
-the headline metrics (`write_index`). Both there and in the terminal's last line (`headline`) the
-metrics are shown only when 04 scored the run's current `03_train/best/` (`evaluated`); otherwise
-they say why not and the command that scores it.
+passed without one) are streamed to the terminal (`ProgressTail`); after the last notebook
+`reports/index.html` links the reports with the headline metrics (`write_index`). Both there and
+in the terminal's last line (`headline`) the metrics are shown only when 04 scored the run's current
+`03_train/best/` (`evaluated`); otherwise they say why not and the command that scores it.
 """
 
 from __future__ import annotations
