@@ -83,6 +83,31 @@ def test_make_setup_installs_the_lock():
     assert "-c requirements.lock" in makefile and ".[notebooks,test]" in makefile
 
 
+def test_the_editable_install_says_nothing(tmp_path, monkeypatch):
+    """`pip install -e .` (make setup) builds its editable wheel without setuptools' warning (was: a
+    BuildBackendWarning, "Editable installation. ... Please be careful with folders in your working
+    directory ...", in every `make demo`), and the wheel puts the repository on sys.path."""
+    import shutil
+    import warnings
+    import zipfile
+
+    from setuptools import build_meta
+
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, copy / name)
+    shutil.copytree(ROOT / "icdlib", copy / "icdlib", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.chdir(copy)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        wheel = build_meta.build_editable(str(tmp_path / "dist"))
+    assert [str(w.message).splitlines()[0] for w in said if "setuptools" in type(w.message).__module__] == []
+    with zipfile.ZipFile(tmp_path / "dist" / wheel) as z:
+        pth = [n for n in z.namelist() if n.endswith(".pth")]
+        assert len(pth) == 1 and z.read(pth[0]).decode().strip() == str(copy)
+
+
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     names = set()
