@@ -12,6 +12,7 @@ setup: $(INSTALLED)
 # Re-installs only when the pins change: every package at requirements.lock's version (torch==2.13.0
 # among them: an unpinned torch pulls a multi-GB CUDA build); pyproject.toml holds the ranges.
 $(INSTALLED): pyproject.toml requirements.lock
+	@echo "[make] setting up $(VENV): the exact versions of requirements.lock (once; torch is the largest download)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c requirements.lock -e '.[notebooks,test]'
