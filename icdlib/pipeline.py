@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from icdlib.config import REPO_ROOT, Config, absolute_paths
@@ -100,11 +100,9 @@ def run_notebook(name: str, folder: Path, parameters: dict, pairs: list[tuple[st
     log.unlink(missing_ok=True)
     stopped = stopped or (lambda: f"interrupted in {name}; nothing of it is kept: run the command again")
     again = again or (lambda: "Run the command again.")
-    since = time.time() - 1.0
+    tail = ProgressTail(name, watched, since=time.time() - 1.0) if watched else nullcontext()
     try:
-        with ExitStack() as tails, quiet_papermill():  # papermill's cell bar only on a terminal: in a log it is a line per update
-            for path in watched:
-                tails.enter_context(ProgressTail(name, path, since=since))
+        with tail, quiet_papermill():  # papermill's cell bar only on a terminal: in a log it is a line per update
             pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(tmp), parameters=parameters,
                                 kernel_name="python3", progress_bar=progress and sys.stderr.isatty(),
                                 cwd=os.getcwd(), log_output=False, extra_arguments=KERNEL_ARGUMENTS,
@@ -272,21 +270,24 @@ POLL_S = 0.5  # how often the progress file is looked at
 
 
 class ProgressTail:
-    """Print the progress records a notebook's step appends to `path` (one JSON object a line),
-    each as `[icdlib] <name> <line>`, from a background thread while the notebook executes.
+    """Print the progress records a notebook's step appends to `paths` (one JSON object a line;
+    one path or several, e.g. 03's own file and its MNTP arm's), each as `[icdlib] <name> <line>`,
+    from a background thread while the notebook executes; the records a poll finds in several files
+    are printed in the order they were written (their `time`).
 
     Only records of a fit that started after `since` are printed (the file of an earlier run
     may still be there); a file replaced (its first line, which names its fit's start time,
     differs) or truncated is read again from its top; a line still being written is held until
     its newline arrives."""
 
-    def __init__(self, name: str, path: Path, since: float, interval: float = POLL_S):
+    def __init__(self, name: str, paths: Path | Sequence[Path], since: float, interval: float = POLL_S):
         import threading
 
-        self.name, self.path, self.since, self.interval = name, Path(path), since, interval
+        self.name, self.since, self.interval = name, since, interval
+        self.paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"icdlib-tail-{name}", daemon=True)
-        self._head, self._offset, self._partial = None, 0, b""
+        self._read = {path: (None, 0, b"") for path in self.paths}  # path -> (first line, offset, partial line)
 
     def __enter__(self) -> "ProgressTail":
         self._thread.start()
@@ -307,30 +308,44 @@ class ProgressTail:
 
         from icdlib.train import progress_line
 
+        found = []
+        for path in self.paths:
+            for record in self._new_records(path):
+                try:
+                    if (record.get("started") or 0) < self.since:
+                        continue
+                    found.append((record.get("time") or 0, len(found), f"[icdlib] {self.name} {progress_line(record)}"))
+                except (KeyError, TypeError, AttributeError, ValueError):
+                    continue  # not a record of ours: nothing to show
+        printed = [line for _, _, line in sorted(found)]
+        for line in printed:
+            tqdm.write(line, file=sys.stdout)  # above papermill's bar, when there is one
+        sys.stdout.flush()
+        return printed
+
+    def _new_records(self, path: Path) -> list[dict]:
+        """The complete records appended to `path` since the last read of it."""
+        head, offset, partial = self._read[path]
         try:
-            with open(self.path, "rb") as f:
-                head, size = f.readline(4096), os.fstat(f.fileno()).st_size
-                if head != self._head or size < self._offset:  # another file (an inode can be reused)
-                    self._head, self._offset, self._partial = head, 0, b""
-                f.seek(self._offset)
+            with open(path, "rb") as f:
+                first, size = f.readline(4096), os.fstat(f.fileno()).st_size
+                if first != head or size < offset:  # another file (an inode can be reused)
+                    head, offset, partial = first, 0, b""
+                f.seek(offset)
                 chunk = f.read()
         except OSError:
             return []
-        self._offset += len(chunk)
-        *complete, self._partial = (self._partial + chunk).split(b"\n")
-        printed = []
+        *complete, partial = (partial + chunk).split(b"\n")
+        self._read[path] = (head, offset + len(chunk), partial)
+        records = []
         for raw in complete:
             try:
                 record = json.loads(raw)
-                if (record.get("started") or 0) < self.since:
-                    continue
-                line = f"[icdlib] {self.name} {progress_line(record)}"
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue  # not a record of ours (or a half-written one): nothing to show
-            tqdm.write(line, file=sys.stdout)  # above papermill's bar, when there is one
-            sys.stdout.flush()
-            printed.append(line)
-        return printed
+            except ValueError:
+                continue  # not JSON (or a half-written line of another writer)
+            if isinstance(record, dict):
+                records.append(record)
+        return records
 
 
 def progress_files(name: str, cfg: Config) -> list[Path]:

@@ -523,7 +523,7 @@ def test_between_validations_a_heartbeat_reaches_the_terminal_not_the_notebook(t
                            "[icdlib] 03_train MNTP step 37/300 loss 3.1000 19.0k tok/s ETA 1h02m"]
 
 
-def test_icdlib_run_follows_the_mntp_arm_too(tmp_path):
+def test_icdlib_run_follows_the_mntp_arm_too(tmp_path, capsys):
     """The comparison arm's fine-tuning reports in its own file (the run's keeps the model's fit and
     the MNTP stage); `icdlib run` streams both."""
     from icdlib.runfolder import Run
@@ -535,6 +535,19 @@ def test_icdlib_run_follows_the_mntp_arm_too(tmp_path):
     assert pipeline.progress_files("04_evaluate", cfg) == []
     assert train.progress_path_of(Run(run.dir, "with_mntp")) == run.dir / "03_train/with_mntp/progress.jsonl"
     assert train.progress_path_of(Run(run.dir, "seed_7")) == run.progress  # further seeds: the run's file
+
+    # one tail follows both, and what a poll finds in the two files it prints in the order it was written
+    own, arm = tmp_path / "own.jsonl", tmp_path / "arm.jsonl"
+    now = time.time()
+    mntp = {"event": "mntp", "total": 20, "loss": 5.0, "tokens_per_s": 2000.0, "eta_s": 0.0, "started": now}
+    own.write_text("".join(json.dumps({**mntp, "step": step, "time": now + step}) + "\n" for step in (10, 20)))
+    arm.write_text(json.dumps({"event": "title", "text": "fine-tuning again with MNTP", "started": now + 15,
+                               "time": now + 15}) + "\n")
+    tail = pipeline.ProgressTail("03_train", [own, arm], since=now - 1)
+    assert tail.poll() == ["[icdlib] 03_train MNTP step 10/20 loss 5.0000 2.0k tok/s ETA 0s",
+                           "[icdlib] 03_train fine-tuning again with MNTP",
+                           "[icdlib] 03_train MNTP step 20/20 loss 5.0000 2.0k tok/s ETA 0s"]
+    assert tail.poll() == []
 
 
 def test_share_paths_replaces_whole_components(tmp_path):
