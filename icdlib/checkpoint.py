@@ -95,6 +95,8 @@ def _relative(backbone: dict, folder: Path) -> dict:
 
 def read_manifest(folder: Path) -> dict:
     folder = Path(folder)
+    if not folder.exists():
+        raise IcdlibError(f"{folder} does not exist")
     if not (folder / MANIFEST).is_file():
         raise IcdlibError(f"{folder} is not an icdlib model folder (no {MANIFEST})")
     try:
@@ -141,6 +143,9 @@ def check_files(folder: Path, manifest: dict) -> None:
                               f"short or is not a safetensors file; copy the model folder again") from None
 
 
+PREDICT_FLAGS = {"model_path": "backbone-path", "base_model_path": "base-model-path"}  # predict's option of each key
+
+
 def backbone_location(folder: Path, manifest: dict, model_path: str = "", base_model_path: str = "") -> tuple[str, str]:
     """(model_path, base_model_path) to load: the overrides, else the recorded paths — relative to
     the model folder first, then absolute, then hub names — with one line when none is there."""
@@ -156,11 +161,11 @@ def backbone_location(folder: Path, manifest: dict, model_path: str = "", base_m
         elif not recorded or not Path(recorded).is_absolute() or Path(recorded).exists():
             found[key] = recorded
         else:
-            flag = key.replace("_", "-")
+            flag = PREDICT_FLAGS[key]
             raise IcdlibError(f"the backbone of {folder} is not where it was trained: {key} was {recorded} "
                               f"(not found); point to it with predict --{flag} DIR or icdlib.predict.load(..., {key}=DIR)")
     if not found["model_path"]:
-        raise IcdlibError(f"{folder}/{MANIFEST} records no backbone: pass --model-path")
+        raise IcdlibError(f"{folder}/{MANIFEST} records no backbone: pass --{PREDICT_FLAGS['model_path']}")
     return found["model_path"], found["base_model_path"]
 
 

@@ -138,18 +138,21 @@ def cmd_predict(args) -> None:
         from icdlib.explain import check_method
 
         check_method(args.evidence_method)  # before the model loads
-    coder = predict.load(args.model, device=args.device, model_path=args.model_path,
-                         base_model_path=args.base_model_path, max_segments=args.max_segments)
-    table = coder.predict([text], top_k=args.top_k, threshold=args.threshold)[0]
-    truncated = predict.truncation_line(table.attrs, coder.truncation_mode)
-    if truncated:
-        print(truncated, file=sys.stderr)
+    coder = predict.load(args.model, device=args.device, model_path=args.backbone_path,
+                         base_model_path=args.base_model_path, max_segments=args.max_segments, threshold=args.threshold)
+    every = coder.predict([text])[0]
+    table = every.head(args.top_k)
+    for line in (predict.truncation_line(every.attrs, coder.truncation_mode),
+                 predict.decision_line(every, len(table), coder.threshold, coder.threshold_source)):
+        if line:
+            print(line, file=sys.stderr)
     if args.evidence or args.evidence_html:
         table = with_evidence(args, coder, text, table)
     if args.json:
         print(json.dumps(table.to_dict(orient="records"), indent=1))
     else:
-        print(table.drop(columns="evidence", errors="ignore").to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        shown = table.assign(assigned=table["assigned"].map({True: "yes", False: "no"}))
+        print(shown.drop(columns="evidence", errors="ignore").to_string(index=False, float_format=lambda x: f"{x:.4f}"))
         if args.evidence:
             print(f"\nevidence ({coder.evidence_method(args.evidence_method)}): code  [begin:end]  score  text")
             print("\n".join(predict.evidence_lines(table)))
@@ -245,7 +248,13 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("synth", help="write a synthetic MIMIC-III twin (five tables) or MIMIC-IV twin (hosp/, note/), "
-                                     "and where its notes mention each code (EVIDENCE.csv.gz, note/evidence.csv.gz)")
+                                     "and where its notes mention each code (EVIDENCE.csv.gz, note/evidence.csv.gz)",
+                       description="Write a synthetic twin of MIMIC-III v1.4 (NOTEEVENTS, DIAGNOSES_ICD, "
+                                   "PROCEDURES_ICD, D_ICD_DIAGNOSES, D_ICD_PROCEDURES) or of MIMIC-IV v2.2 with "
+                                   "MIMIC-IV-Note (hosp/, note/), in PhysioNet's layout: discharge summaries made from "
+                                   "templates and the official ICD titles, coded, for trying icdlib without "
+                                   "credentialed access (--mimic-dir takes the folder). Its numbers are not "
+                                   "comparable to published results.")
     s.add_argument("--out", required=True, help="folder to write the tables into")
     s.add_argument("--dataset", default="mimic3", choices=["mimic3", "mimic4_icd9", "mimic4_icd10"],
                    help="mimic3: MIMIC-III v1.4's tables; mimic4_*: MIMIC-IV v2.2 + MIMIC-IV-Note as PhysioNet ships "
@@ -253,10 +262,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--admissions", type=int, default=1000, help="admissions to generate (MIMIC-III has 58,976)")
     s.add_argument("--full", action="store_true", help="the dataset's full size (MIMIC-III: 58,976 admissions; "
                                                        "MIMIC-IV: ~331k discharge notes, both ICD versions)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same twin (default: 0)")
     s.add_argument("--gzip", action="store_true", help="MIMIC-III: write .csv.gz as PhysioNet ships them")
     s.add_argument("--short", action="store_true", help="short notes for fast demos")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_synth)
 
     # Every option here must pass torchrun's own parser untouched (it takes unique prefixes of its
@@ -277,14 +286,21 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
-    q = sub.add_parser("predict", help="code a note with a trained model folder")
-    q.add_argument("--model", required=True, help="model folder, e.g. outputs/tiny/03_train/best")
+    q = sub.add_parser("predict", help="code a note with a trained model folder",
+                       description="Score every code of a trained model folder on one note and print the best "
+                                   "--top-k, each marked assigned when its score reaches the threshold (the one the "
+                                   "run's 04_evaluate tuned on validation, or --threshold).")
+    q.add_argument("--model", required=True, help="the trained model folder, e.g. outputs/demo/03_train/best")
     q.add_argument("--text-file", required=True, help="UTF-8 text file holding one note")
-    q.add_argument("--top-k", type=int, default=15, help="codes to print")
-    q.add_argument("--threshold", type=float, default=None, help="only codes scoring at least this")
-    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    q.add_argument("--model-path", default="", help="where the backbone is now (the LLM2Vec model folder or hub "
-                                                    "name), when the run folder moved away from it")
+    q.add_argument("--top-k", type=int, default=15, help="codes to print, best first")
+    q.add_argument("--threshold", type=float, default=None,
+                   help="a code is assigned when its score is at least this (default: the threshold the run's "
+                        "04_evaluate tuned on validation)")
+    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="where the model runs (default: auto, a CUDA or Apple GPU when there is one, else the CPU)")
+    q.add_argument("--backbone-path", default="", help="where the backbone is now (the LLM2Vec model folder or hub "
+                                                       "name), when the run folder moved away from it")
+    q.add_argument("--model-path", dest="backbone_path", default="", help=argparse.SUPPRESS)  # its old name, for scripts
     q.add_argument("--base-model-path", default="", help="where the base LLM of an adapter-only backbone is now")
     q.add_argument("--max-segments", type=int, default=None, help="segments of the note to read (default: as trained)")
     q.add_argument("--json", action="store_true", help="print JSON records instead of a table")
@@ -327,7 +343,7 @@ def parser() -> argparse.ArgumentParser:
                                    "rewrites benchmarks/RESULTS.md, at --scale smoke writes outputs/bench-smoke/ "
                                    "(git-ignored; never the recorded files). Medians of --repeats timed runs after "
                                    "--warmup runs.")
-    b.add_argument("suite", choices=SUITES)
+    b.add_argument("suite", choices=SUITES, help="what to measure: " + ", ".join(SUITES))
     b.add_argument("--scale", default="full", help="full (the recorded numbers) or smoke (seconds, for tests)")
     b.add_argument("--repeats", type=int, default=3, help="timed runs per figure")
     b.add_argument("--warmup", type=int, default=1, help="untimed runs first")
@@ -341,7 +357,7 @@ def parser() -> argparse.ArgumentParser:
                         "MIMIC-IV twin against Edin et al.'s pandas preparation (benchmarks/results/"
                         "preprocess-DATASET.json)")
     b.add_argument("--data-dir", default="", help="where synthetic twins are generated once (default: benchmarks/data)")
-    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_bench)
     return p
 

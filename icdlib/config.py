@@ -40,6 +40,7 @@ from pathlib import Path
 
 import yaml
 
+from icdlib.bidirectional import SUPPORTED
 from icdlib.errors import ConfigError
 from icdlib.runfolder import atomic_write_text, unwritable
 
@@ -92,7 +93,8 @@ class Config:
     base_model_path: str = ""  # the base LLM (hub name or local folder) an adapter-only model_path applies to;
     #                            empty means the base its adapter_config.json names
     model_path: str = ""  # LLM2Vec model: an -mntp adapter folder or a full model (hub name or folder); empty: tiny
-    model_type: str = "llama"  # llama | mistral (architecture of a tiny backbone)
+    model_type: str = "llama"  # the backbone's architecture: llama | mistral builds a tiny one; a real one's
+    #                            is its config.json's (`backbone_type`), "" where not known offline
     adapter_path: str = ""  # optional second LLM2Vec adapter (simcse/supervised) to start LoRA from
     load_in: str = "native"  # native | 4bit | 8bit (bitsandbytes, CUDA only: QLoRA on a quantized base)
     attention: str = "auto"  # auto | sdpa | eager | flash_attention_2 (the attention kernel; auto: SDPA where the
@@ -211,7 +213,7 @@ CHOICES = {
     "text_cleaning": ("none", "caml", "edin"),
     "split": ("seed", "patient", "caml_full", "caml_50", "clean", "mimic4_icd9", "mimic4_icd10"),
     "labels": ("observed", "all", "top50"),
-    "model_type": ("llama", "mistral"),
+    "model_type": ("", *SUPPORTED),  # a tiny backbone: TINY_TYPES
     "load_in": ("native", "4bit", "8bit"),
     "attention": ("auto", "sdpa", "eager", "flash_attention_2"),
     "instruction": ("auto", "none", "llm2vec"),
@@ -494,6 +496,12 @@ def resolve(backbone: str, overrides: dict | None = None, params_dir: Path | Non
                           f"but mntp_steps=0: set mntp_steps (or mntp_compare=none)")
     if "/" in cfg.run_name or cfg.run_name in ("", ".", ".."):
         raise ConfigError(f"run must be a plain folder name, got {cfg.run_name!r}")
+    if cfg.model_path or cfg.base_model_path:
+        if "model_type" not in (overrides or {}):  # what the backbone is, not llama unless it is
+            moved = {"model_path", "base_model_path"} & set(overrides or {})
+            cfg = dataclasses.replace(cfg, model_type=backbone_type(cfg, "" if moved else cfg.model_type))
+    elif cfg.model_type not in TINY_TYPES:
+        raise ConfigError(f"model_type={cfg.model_type!r}: a tiny backbone is one of {', '.join(TINY_TYPES)}")
     if not cfg.model_path:  # a tiny backbone is built from these: heads split the width into even halves
         head_dim, rest = divmod(cfg.tiny_hidden, cfg.tiny_heads)
         if rest or head_dim % 2:
@@ -519,6 +527,38 @@ def check_evidence(cfg: Config) -> None:
     if cfg.synthetic:
         raise ConfigError("evidence=mdace maps MDACE's spans onto MIMIC-III's own notes (by ROW_ID), which the "
                           "synthetic twin does not have: set mimic_dir (or evidence=auto, the twin's own spans)")
+
+
+TINY_TYPES = ("llama", "mistral")  # the architectures `backbones.tiny_config` builds
+
+
+def backbone_config(ref: str) -> Path | None:
+    """The config.json of a backbone `ref`: a local folder's, or a hub repository's in the Hugging Face
+    cache; None when neither holds it (nothing is downloaded)."""
+    if is_local_path(ref):
+        path = Path(ref).expanduser() / "config.json"
+        return path if path.is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(ref, "config.json")
+    except Exception:  # a malformed name: not in the cache
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def backbone_type(cfg: Config, stated: str = "") -> str:
+    """A real backbone's `model_type`, as the config.json of its weights (base_model_path, then
+    model_path) says when it is a local folder or in the Hugging Face cache; else `stated` (what
+    the params file says of the backbone it names)."""
+    for ref in (cfg.base_model_path, cfg.model_path):
+        path = backbone_config(ref) if ref else None
+        if path is not None:
+            try:
+                return str(json.loads(path.read_text(encoding="utf-8")).get("model_type", ""))
+            except (OSError, ValueError, AttributeError):
+                return stated
+    return stated
 
 
 def check_positions(cfg: Config, max_positions: int | None) -> None:

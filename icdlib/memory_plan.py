@@ -39,7 +39,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from icdlib.config import Config, is_local_path, resolve
+from icdlib.config import Config, backbone_config, is_local_path, resolve
 from icdlib.errors import IcdlibError
 
 GB = 10**9
@@ -150,20 +150,6 @@ def tiny_architecture(cfg: Config) -> Architecture:
                         vocab=cfg.tiny_vocab, model_type=cfg.model_type)
 
 
-def _config_file(ref: str) -> Path | None:
-    """The config.json of `ref`: a local folder's, or a hub repository's in the Hugging Face cache."""
-    if is_local_path(ref):
-        path = Path(ref).expanduser() / "config.json"
-        return path if path.is_file() else None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(ref, "config.json")
-    except Exception:  # a malformed name: not in the cache
-        return None
-    return Path(found) if isinstance(found, str) else None
-
-
 def architecture(cfg: Config) -> Architecture:
     """The shape of the backbone `cfg` trains: read from the config.json of its weights' folder
     (base_model_path, then model_path) when it is a local folder or in the Hugging Face cache, else
@@ -172,7 +158,7 @@ def architecture(cfg: Config) -> Architecture:
         return tiny_architecture(cfg)
     refs = [r for r in (cfg.base_model_path, cfg.model_path) if r]
     for ref in refs:
-        path = _config_file(ref)
+        path = backbone_config(ref)
         if path is not None:
             values = json.loads(path.read_text(encoding="utf-8"))
             return from_config(values, Path(ref).name if is_local_path(ref) else ref, f"config.json in {path.parent}")

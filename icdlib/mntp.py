@@ -59,6 +59,7 @@ from icdlib.config import Config
 from icdlib.errors import IcdlibError
 from icdlib.inference import Env, autocast, compute_dtype
 from icdlib.models import checkpoint_activations
+from icdlib.progress import Heartbeat, duration, seconds_left
 from icdlib.runfolder import Run, atomic_path, content_key, read_key, source_hash, write_key
 
 RECIPES = {"bert": 0.2, "all_mask": 0.8}  # share of tokens selected, per masking style (llm2vec's configs)
@@ -365,7 +366,7 @@ def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], loc
                 "schedule": length})
     model.train()
     # a resumed stage adds to what its history counted before the kill
-    t0, tokens = time.perf_counter(), 0
+    t0, tokens, first = time.perf_counter(), 0, step
     done = history[-1] if history else {}
     tokens_before, elapsed_before = done.get("tokens", 0), done.get("elapsed_s", 0.0)
     while step < total:
@@ -391,9 +392,12 @@ def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], loc
             history.append({"step": step, "epoch": epoch + batch / len(batches), "loss": float(loss.item()),
                             "lr": lr, "tokens_per_s": tokens / max(elapsed, 1e-9),
                             "tokens": tokens_before + tokens, "elapsed_s": elapsed_before + elapsed})
-            if report and (step % every == 0 or step == total):
-                report({"event": "mntp", "step": step, "total": total, "loss": float(loss.item()),
-                        "tokens_per_s": history[-1]["tokens_per_s"]})
+            if report and (step % every == 0 or step == total or report.heartbeat.due()):
+                # a tenth of the steps is a line (in the notebook too); a heartbeat only a record
+                tenth = step % every == 0 or step == total
+                report({"event": "mntp" if tenth else "mntp_heartbeat", "step": step, "total": total,
+                        "loss": float(loss.item()), "tokens_per_s": history[-1]["tokens_per_s"],
+                        "eta_s": seconds_left(elapsed, step - first, total - step)}, show=tenth)
             if env.master and (step % cfg.save_every == 0 or step == total):
                 _save_state(last, model, head, head_trainable, optimizer, scheduler, step, epoch, batch, history,
                             generator)
@@ -415,22 +419,25 @@ def progress_text(record: dict) -> str:
                 f"{record['style']} masking of {record['probability']:.0%}, {record['total']} steps from step "
                 f"{record['step']}{decay}")
     return (f"MNTP step {record['step']}/{record['total']} loss {record['loss']:.4f} "
-            f"{record['tokens_per_s'] / 1e3:.1f}k tok/s")
+            f"{record['tokens_per_s'] / 1e3:.1f}k tok/s ETA {duration(record.get('eta_s'))}")
 
 
 class _Reporter:
     """Appends the stage's progress records to `03_train/progress.jsonl`, where `icdlib run`
-    follows them (a fine-tuning after the stage starts the file afresh); prints them when `show`."""
+    follows them (a fine-tuning after the stage starts the file afresh); prints them when `show`
+    (a heartbeat, `icdlib.progress`, is never printed: it is for the terminal of `icdlib run`)."""
 
     def __init__(self, path: Path, show: bool):
         self.path, self.show, self.started = Path(path), show, time.time()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.heartbeat = Heartbeat()
 
-    def __call__(self, record: dict) -> None:
+    def __call__(self, record: dict, show: bool = True) -> None:
         record = {**record, "started": self.started, "time": time.time()}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        if self.show:
+        self.heartbeat.beat()
+        if self.show and show:
             print(progress_text(record), flush=True)
 
 

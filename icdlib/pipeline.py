@@ -8,11 +8,12 @@ The kernel runs in the caller's working directory and receives absolute paths, s
 paths typed on the command line mean the same in every step. The reports, though, show no path of
 the machine: `share_notebook` rewrites them as `<run>/…`, `<mimic_dir>`, … once executed.
 
-While 03 trains, its one line per evaluation (`03_train/progress.jsonl`) is streamed to the
-terminal (`ProgressTail`); after the last notebook `reports/index.html` links the reports with
-the headline metrics (`write_index`). Both there and in the terminal's last line (`headline`) the
-metrics are shown only when 04 scored the run's current `03_train/best/` (`evaluated`); otherwise
-they say why not and the command that scores it.
+While 03 trains, its progress records (`03_train/progress.jsonl`, and the MNTP comparison arm's
+own file: one per evaluation, a tenth of MNTP, and a heartbeat with the time left whenever 20 s
+passed without one) are streamed to the terminal (`ProgressTail`); after the last notebook
+`reports/index.html` links the reports with the headline metrics (`write_index`). Both there and
+in the terminal's last line (`headline`) the metrics are shown only when 04 scored the run's current
+`03_train/best/` (`evaluated`); otherwise they say why not and the command that scores it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -68,21 +70,21 @@ def execute(name: str, cfg: Config, params: dict, progress: bool = True) -> Path
     parameters = {"backbone": cfg.backbone, "run": cfg.run, "mimic_dir": cfg.mimic_dir,
                   "params": absolute_paths(params)}
     return run_notebook(name, Run.of(cfg).reports, parameters, report.path_placeholders(cfg), progress=progress,
-                        watched=progress_file(name, cfg) if progress else None,
+                        watched=progress_files(name, cfg) if progress else (),
                         stopped=lambda: interrupted_line(name, cfg),
                         again=lambda: f"Resume with: {resume_command(name, cfg)}",
                         advice="lower batch_size or max_segments, or use a larger machine")
 
 
 def run_notebook(name: str, folder: Path, parameters: dict, pairs: list[tuple[str, str]], *, progress: bool = True,
-                 watched: Path | None = None, stopped=None, again=None, advice: str = "use a larger machine") -> Path:
+                 watched: Sequence[Path] = (), stopped=None, again=None, advice: str = "use a larger machine") -> Path:
     """Execute `notebooks/<name>.ipynb` with `parameters` into `<folder>/<name>.ipynb`, its machine
     paths replaced by `pairs`' placeholders (`share_notebook`); return that path.
 
     A failing cell stops with the notebook's own line (the notebook so far kept as
     `<name>.failed.ipynb`); a dead kernel or Ctrl-C with one line too: `stopped()` is the line for
     Ctrl-C, `again()` the sentence that says how to go on, `advice` what to change when the kernel
-    died (most often out of memory). `watched`: a progress file to stream to the terminal."""
+    died (most often out of memory). `watched`: progress files to stream to the terminal."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -242,33 +244,12 @@ def recorded(cfg: Config) -> dict:
 def evaluated(cfg: Config) -> tuple[dict, str]:
     """04's metrics.json when it scored the run's current `03_train/best/`, and ""; else {} and
     why not, as a phrase (`04_evaluate has not scored the current model (03_train/best changed
-    since it ran)`).
-
-    04's manifest records the `tree_hash` of the best/ it evaluated (its `inputs`, as `record.step`
-    takes them from 03's manifest) and the hash of the metrics.json it wrote (its `outputs`): a 03
-    rerun since (`icdlib run --only 03`) changes the first; 04 stopping half-way, or an icdlib
-    older than the run record, leaves no manifest, and then nothing says which model was scored."""
+    since it ran)`): `record.scored_metrics`."""
     from icdlib import record
-    from icdlib.provenance import file_hash
-    from icdlib.runfolder import Run, tree_hash
+    from icdlib.runfolder import Run
 
     run = Run.of(cfg)
-    path, best = run.metrics, run.checkpoint("best")
-    if not path.is_file():
-        return {}, "04_evaluate has not run for this run"
-    try:
-        manifest = record.read_manifest(run, "04_evaluate")
-    except record.RecordError:
-        manifest = None
-    if manifest is None:
-        return {}, (f"{run.rel(path)} does not record which model it scored (04_evaluate did not finish, or an "
-                    f"older icdlib wrote it)")
-    if manifest["outputs"].get(run.rel(path)) != file_hash(path):
-        return {}, f"{run.rel(path)} has changed since 04_evaluate wrote it"
-    if manifest.get("inputs", {}).get(run.rel(best)) != tree_hash(best):
-        what = "changed since it ran" if best.is_dir() else "is missing"
-        return {}, f"04_evaluate has not scored the current model ({run.rel(best)} {what})"
-    return json.loads(path.read_text()), ""
+    return record.scored_metrics(run, run.checkpoint("best"))
 
 
 def run_command(cfg: Config, steps=("04", "05")) -> str:
@@ -312,21 +293,24 @@ POLL_S = 0.5  # how often the progress file is looked at
 
 
 class ProgressTail:
-    """Print the progress records a notebook's step appends to `path` (one JSON object a line),
-    each as `[icdlib] <name> <line>`, from a background thread while the notebook executes.
+    """Print the progress records a notebook's step appends to `paths` (one JSON object a line;
+    one path or several, e.g. 03's own file and its MNTP arm's), each as `[icdlib] <name> <line>`,
+    from a background thread while the notebook executes; the records a poll finds in several files
+    are printed in the order they were written (their `time`).
 
     Only records of a fit that started after `since` are printed (the file of an earlier run
     may still be there); a file replaced (its first line, which names its fit's start time,
     differs) or truncated is read again from its top; a line still being written is held until
     its newline arrives."""
 
-    def __init__(self, name: str, path: Path, since: float, interval: float = POLL_S):
+    def __init__(self, name: str, paths: Path | Sequence[Path], since: float, interval: float = POLL_S):
         import threading
 
-        self.name, self.path, self.since, self.interval = name, Path(path), since, interval
+        self.name, self.since, self.interval = name, since, interval
+        self.paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"icdlib-tail-{name}", daemon=True)
-        self._head, self._offset, self._partial = None, 0, b""
+        self._read = {path: (None, 0, b"") for path in self.paths}  # path -> (first line, offset, partial line)
 
     def __enter__(self) -> "ProgressTail":
         self._thread.start()
@@ -347,39 +331,54 @@ class ProgressTail:
 
         from icdlib.train import progress_line
 
+        found = []
+        for path in self.paths:
+            for record in self._new_records(path):
+                try:
+                    if (record.get("started") or 0) < self.since:
+                        continue
+                    found.append((record.get("time") or 0, len(found), f"[icdlib] {self.name} {progress_line(record)}"))
+                except (KeyError, TypeError, AttributeError, ValueError):
+                    continue  # not a record of ours: nothing to show
+        printed = [line for _, _, line in sorted(found)]
+        for line in printed:
+            tqdm.write(line, file=sys.stdout)  # above papermill's bar, when there is one
+        sys.stdout.flush()
+        return printed
+
+    def _new_records(self, path: Path) -> list[dict]:
+        """The complete records appended to `path` since the last read of it."""
+        head, offset, partial = self._read[path]
         try:
-            with open(self.path, "rb") as f:
-                head, size = f.readline(4096), os.fstat(f.fileno()).st_size
-                if head != self._head or size < self._offset:  # another file (an inode can be reused)
-                    self._head, self._offset, self._partial = head, 0, b""
-                f.seek(self._offset)
+            with open(path, "rb") as f:
+                first, size = f.readline(4096), os.fstat(f.fileno()).st_size
+                if first != head or size < offset:  # another file (an inode can be reused)
+                    head, offset, partial = first, 0, b""
+                f.seek(offset)
                 chunk = f.read()
         except OSError:
             return []
-        self._offset += len(chunk)
-        *complete, self._partial = (self._partial + chunk).split(b"\n")
-        printed = []
+        *complete, partial = (partial + chunk).split(b"\n")
+        self._read[path] = (head, offset + len(chunk), partial)
+        records = []
         for raw in complete:
             try:
                 record = json.loads(raw)
-                if (record.get("started") or 0) < self.since:
-                    continue
-                line = f"[icdlib] {self.name} {progress_line(record)}"
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue  # not a record of ours (or a half-written one): nothing to show
-            tqdm.write(line, file=sys.stdout)  # above papermill's bar, when there is one
-            sys.stdout.flush()
-            printed.append(line)
-        return printed
+            except ValueError:
+                continue  # not JSON (or a half-written line of another writer)
+            if isinstance(record, dict):
+                records.append(record)
+        return records
 
 
-def progress_file(name: str, cfg: Config) -> Path | None:
-    """The progress file notebook `name` appends to while it runs, if it has one (03: training)."""
+def progress_files(name: str, cfg: Config) -> list[Path]:
+    """The progress files notebook `name` appends to while it runs (03: the model's fit and MNTP, and
+    the MNTP comparison arm's fit); none for the others."""
     if name == "03_train":
-        from icdlib.runfolder import Run
+        from icdlib.train import progress_paths
 
-        return Run.of(cfg).progress
-    return None
+        return progress_paths(cfg.run_dir)
+    return []
 
 
 # ---------------------------------------------------------------- shareable reports

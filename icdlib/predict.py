@@ -1,7 +1,12 @@
 """Coding new notes with a trained model folder (`03_train/best/`).
 
     coder = icdlib.predict.load("outputs/tiny/03_train/best")
-    coder.predict(["Discharge Diagnosis: CHF, afib ..."], top_k=15)[0]   # code, kind, title, score
+    coder.predict(["Discharge Diagnosis: CHF, afib ..."], top_k=15)[0]   # code, kind, title, score, assigned
+
+A code is `assigned` when its score reaches `coder.threshold`: the one the run's 04_evaluate tuned on
+validation for this model folder (`run_threshold`; `coder.threshold_source` says which), or
+`load(..., threshold=t)`; without either (a folder moved out of its run, a run 04 has not scored) the
+run's fixed `threshold` (0.5 unless set), and `threshold_source` says why.
 
 The text goes through the preprocessing of training (same cleaning, tokenizer, segmenting);
 batched, on the GPU when there is one. A text that is empty, or only whitespace and NUL bytes,
@@ -35,6 +40,7 @@ renders them as a standalone HTML page (`predict --evidence-html FILE`).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -60,7 +66,7 @@ class Coder:
     """A loaded model: `predict(texts)` returns one DataFrame of codes per text, best first."""
 
     def __init__(self, model_dir: Path, device: str = "auto", batch_size: int = 8, model_path: str = "",
-                 base_model_path: str = "", max_segments: int | None = None):
+                 base_model_path: str = "", max_segments: int | None = None, threshold: float | None = None):
         if max_segments is not None and (isinstance(max_segments, bool) or not isinstance(max_segments, int)
                                          or max_segments < 1):
             raise IcdlibError(f"max_segments must be a positive integer, got {max_segments!r}")
@@ -77,6 +83,7 @@ class Coder:
         self.max_segments = max_segments or self.cfg.max_segments
         self.max_tokens = self.fmt.budget(self.cfg.segment_length, self.max_segments)
         self.truncation_mode = self.cfg.truncation  # head | tail | head_tail, as the model was trained
+        self.threshold, self.threshold_source = decision_threshold(model_dir, self.cfg.threshold, threshold)
 
     def _tokens(self, texts: list[str]) -> tuple[Tokenized, pd.DataFrame]:
         """The notes' tokens as the model reads them (cut to max_tokens by the run's truncation mode),
@@ -112,9 +119,10 @@ class Coder:
     def predict(self, texts: list[str] | str, top_k: int | None = None, threshold: float | None = None,
                 evidence: bool = False, evidence_method: str | None = None,
                 evidence_spans: int = EVIDENCE_SPANS) -> list[pd.DataFrame]:
-        """Per text: code, kind, title, score sorted by score; cut to top_k and/or score >= threshold.
-        With `evidence`, a column `evidence`: per code its top `evidence_spans` spans (begin, end,
-        text, score; offsets into the text as given), by `evidence_method` (see `explain`).
+        """Per text: code, kind, title, score sorted by score, and `assigned` (score >= `self.threshold`);
+        cut to top_k and/or score >= threshold. With `evidence`, a column `evidence`: per code its top
+        `evidence_spans` spans (begin, end, text, score; offsets into the text as given), by
+        `evidence_method` (see `explain`).
 
         Each table's `.attrs` holds `tokens`, `kept_tokens` and `truncated_tokens` of its note."""
         if isinstance(texts, str):
@@ -122,7 +130,8 @@ class Coder:
         out = []
         scores, counts = self._scores(list(texts))
         for row, (_, count) in zip(scores, counts.iterrows()):
-            table = self.labels.assign(score=row).sort_values("score", ascending=False, kind="stable")
+            table = self.labels.assign(score=row, assigned=row >= self.threshold)
+            table = table.sort_values("score", ascending=False, kind="stable")
             if threshold is not None:
                 table = table[table["score"] >= threshold]
             if top_k is not None:
@@ -219,18 +228,73 @@ def truncation_line(counts: dict, mode: str = "head") -> str:
             f"raise max_segments to read more (predict --max-segments N)")
 
 
+def decision_line(table: pd.DataFrame, shown: int, threshold: float, source: str) -> str:
+    """One line for what the first `shown` rows of `table` (a `predict` table of every code) do not
+    say: codes assigned beyond them, and the threshold when it is not the run's tuned one; "" otherwise."""
+    parts = []
+    beyond = int(table["assigned"].iloc[shown:].sum())
+    if beyond > 0:
+        parts.append(f"{beyond} more code{'s' if beyond > 1 else ''} assigned beyond these {shown}: "
+                     f"raise --top-k to see {'them' if beyond > 1 else 'it'}")
+    if not source.startswith("tuned") and source != "given":
+        parts.append(f"assigned at {threshold:g}, {source}; --threshold sets one")
+    return "; ".join(parts)
+
+
+def run_threshold(model_dir: Path) -> tuple[float | None, str]:
+    """The threshold the run's 04_evaluate tuned on validation for the model folder `model_dir` (the
+    run's `03_train/best/`, an MNTP arm's or a further seed's `03_train/<variant>/best/`), and "";
+    or None and why not, as a phrase (the folder is not in a run, 04 has not scored it as it is now)."""
+    from icdlib import record
+    from icdlib.runfolder import MNTP_ARMS, Run
+
+    model_dir = Path(os.path.abspath(model_dir))
+    step, variant = model_dir.parent, ""
+    if step.name != Run.step_name("03"):
+        step, variant = step.parent, step.name
+    if model_dir.name != "best" or step.name != Run.step_name("03"):
+        return None, f"{model_dir} is not a run's 03_train/best/"
+    run = Run(step.parent)
+    metrics, why = record.scored_metrics(run, model_dir)
+    if why:
+        return None, why
+    if variant in MNTP_ARMS.values():
+        metrics = metrics.get(variant, {})
+    elif variant:
+        metrics = metrics.get("seeds", {}).get(variant.removeprefix("seed_"), {})
+    if not isinstance(metrics.get("threshold"), (int, float)):
+        return None, f"{run.rel(run.metrics)} holds no tuned threshold for {run.rel(model_dir)}"
+    return float(metrics["threshold"]), ""
+
+
+def decision_threshold(model_dir: Path, fixed: float, given: float | None = None) -> tuple[float, str]:
+    """(threshold, where it comes from): `given`, else the run's tuned one (`run_threshold`), else
+    the run's `fixed` threshold with why the tuned one is not there."""
+    if given is not None:
+        return float(given), "given"
+    tuned, why = run_threshold(model_dir)
+    if tuned is not None:
+        return tuned, "tuned on validation by the run's 04_evaluate"
+    return float(fixed), f"the run's fixed threshold: no tuned one ({why})"
+
+
 def _checked(text, i: int) -> str:
     if not isinstance(text, str):
         raise IcdlibError(f"text {i} is a {type(text).__name__}, expected str")
-    if not text.replace("\x00", "").strip():  # NUL bytes are not text either (a zeroed-out file)
+    if _blank(text):
         raise IcdlibError(f"text {i} is empty: nothing to code")
     return text
 
 
+def _blank(text: str) -> bool:
+    return not text.replace("\x00", "").strip()  # NUL bytes are not text either (a zeroed-out file)
+
+
 def read_text_file(path: Path) -> str:
+    """The note in the text file `path`; one line when it cannot be read, is not UTF-8 or holds no text."""
     path = Path(path)
     try:
-        return path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise IcdlibError(f"{path} does not exist") from None
     except IsADirectoryError:
@@ -239,11 +303,15 @@ def read_text_file(path: Path) -> str:
         raise IcdlibError(f"{path} cannot be read (permission denied)") from None
     except UnicodeDecodeError as e:
         raise IcdlibError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    if _blank(text):
+        raise IcdlibError(f"the note in {path} is empty: nothing to code")
+    return text
 
 
 def load(model_dir: str | Path, device: str = "auto", batch_size: int = 8, model_path: str = "",
-         base_model_path: str = "", max_segments: int | None = None) -> Coder:
+         base_model_path: str = "", max_segments: int | None = None, threshold: float | None = None) -> Coder:
     """A model folder ready to code notes; `model_path` / `base_model_path` say where its backbone is
     when the run folder moved away from it (local folders or hub names); `max_segments` overrides
-    how many segments of a note are read (default: as trained)."""
-    return Coder(Path(model_dir), device, batch_size, model_path, base_model_path, max_segments)
+    how many segments of a note are read (default: as trained); `threshold` decides which codes are
+    assigned (default: the run's tuned one, see the module docstring)."""
+    return Coder(Path(model_dir), device, batch_size, model_path, base_model_path, max_segments, threshold)

@@ -75,6 +75,33 @@ def read_manifest(run: Run, step: str) -> dict | None:
     return manifest
 
 
+def scored_metrics(run: Run, model: Path) -> tuple[dict, str]:
+    """04's metrics.json when it scored the model folder `model` (the run's `03_train/best/`, or a
+    variant's) as it is now, and ""; else {} and why not, as a phrase (`04_evaluate has not scored
+    the current model (03_train/best changed since it ran)`).
+
+    04's manifest records the `tree_hash` of every best/ it evaluated (its `inputs`, as `step` takes
+    them from 03's manifest) and the hash of the metrics.json it wrote (its `outputs`): a 03 rerun
+    since (`icdlib run --only 03`) changes the first; 04 stopping half-way, or an icdlib older than
+    the run record, leaves no manifest, and then nothing says which model was scored."""
+    path = run.metrics
+    if not path.is_file():
+        return {}, "04_evaluate has not run for this run"
+    try:
+        manifest = read_manifest(run, "04_evaluate")
+    except RecordError:
+        manifest = None
+    if manifest is None:
+        return {}, (f"{run.rel(path)} does not record which model it scored (04_evaluate did not finish, or an "
+                    f"older icdlib wrote it)")
+    if manifest["outputs"].get(run.rel(path)) != artifact_hash(path):
+        return {}, f"{run.rel(path)} has changed since 04_evaluate wrote it"
+    if manifest.get("inputs", {}).get(run.rel(model)) != tree_hash(model):
+        what = "changed since it ran" if model.is_dir() else "is missing"
+        return {}, f"04_evaluate has not scored the current model ({run.rel(model)} {what})"
+    return json.loads(path.read_text()), ""
+
+
 def scored_by(predictions: Path) -> str | None:
     """The id (`tree_hash`) of the `best/` that wrote a `predictions_<split>.npz` of step 03; None when
     the file is missing or names none (written by an older icdlib)."""

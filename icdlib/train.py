@@ -46,6 +46,7 @@ from icdlib.data import (LengthBucketSampler, NotesDataset, SegmentFormat, Token
 from icdlib.errors import IcdlibError
 from icdlib.inference import Env, autocast, compute_dtype, is_sharded, pick_device, score, weights_dtype
 from icdlib.models import ICDCoder, adapters_take_input_as_is, checkpoint_activations, loss_fn
+from icdlib.progress import Heartbeat, duration, seconds_left
 from icdlib.runfolder import (MNTP_ARMS, SCORED_SPLITS, Run, atomic_path, atomic_write_text, lock, read_key, seed_variant,
                               tree_hash)
 
@@ -308,16 +309,22 @@ def progress_path(run_dir: Path) -> Path:
     return Run(run_dir).progress
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "?"
-    s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+def progress_path_of(run: Run) -> Path:
+    """Where the fit of `run` (a variant or not) reports: the MNTP comparison arm in its own
+    `03_train/<arm>/progress.jsonl` (the run's file keeps the model's fit and the MNTP stage), every
+    other fit (the model, further seeds) in the run's `03_train/progress.jsonl`."""
+    return run.progress if run.variant in MNTP_ARMS.values() else Run(run.dir).progress
+
+
+def progress_paths(run_dir: Path) -> list[Path]:
+    """Every progress file a 03 of the run folder writes: the run's, then each MNTP arm's."""
+    return [progress_path_of(Run(run_dir, variant)) for variant in ("", *MNTP_ARMS.values())]
 
 
 def progress_line(record: dict) -> str:
     """A progress record as one line: `step 40/280 loss 0.0712 val map 0.301 12.3k tok/s ETA 3m10s`
-    (a start record: `training 280 steps from step 0, validating every 50`)."""
+    (a heartbeat between two validations: the same without `val`; a start record: `training 280
+    steps from step 0, validating every 50`)."""
     if str(record.get("event", "")).startswith("mntp"):
         return mntp.progress_text(record)
     if record.get("event") == "start":
@@ -328,12 +335,14 @@ def progress_line(record: dict) -> str:
         return f"warning: {record['text']}"
     if record.get("event") == "title":
         return record["text"]
-    value = record.get("value")
-    value = "n/a" if value is None else f"{value:.3f}"
     tok = record.get("tokens_per_s") or 0.0
     tok = f"{tok / 1e3:.1f}k" if tok >= 1e3 else f"{tok:.0f}"
-    return (f"step {record['step']}/{record['total']} loss {record['train_loss']:.4f} val {record['metric']} {value} "
-            f"{tok} tok/s ETA {_duration(record.get('eta_s'))}")
+    val = ""
+    if record.get("event") != "heartbeat":  # a heartbeat falls between two validations
+        value = record.get("value")
+        val = f"val {record['metric']} {'n/a' if value is None else f'{value:.3f}'} "
+    return (f"step {record['step']}/{record['total']} loss {record['train_loss']:.4f} {val}"
+            f"{tok} tok/s ETA {duration(record.get('eta_s'))}")
 
 
 class Progress:
@@ -346,7 +355,9 @@ seed of several —, then the schedule: `schedule_plan`, with a
 warning line for a schedule nobody would choose on purpose). `show=False` (`--quiet`) prints
 nothing. Every evaluation is
     also appended to `progress.jsonl` as one JSON line (written whole and flushed, so a reader sees
-    complete lines), started afresh by every fit. ETA: the time per step so far, validations included.
+    complete lines), started afresh by every fit, and so is a heartbeat (`icdlib.progress`: the step,
+    loss, speed and time left, not printed) whenever `HEARTBEAT_S` passed without a record, for the
+    terminal of `icdlib run`. ETA: the time per step so far, validations included.
     """
 
     def __init__(self, path: Path, total: int, initial: int, eval_every: int, show: bool, master: bool,
@@ -354,7 +365,7 @@ nothing. Every evaluation is
         self.path, self.total, self.initial = path, total, initial
         self.master, self.show = master, show and master
         self.t0, self.started = time.perf_counter(), time.time()
-        self.bar = None
+        self.bar, self.heartbeat = None, Heartbeat()
         if not master:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -369,29 +380,34 @@ nothing. Every evaluation is
         for text in schedule_warnings(plan) if plan else []:
             self._emit({"event": "warning", "text": text})
 
-    def _emit(self, record: dict) -> None:
+    def _emit(self, record: dict, show: bool = True) -> None:
         record = {**record, "started": self.started, "time": time.time()}
         record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
-        if self.show:
+        self.heartbeat.beat()
+        if self.show and show:
             (self.bar.write if self.bar is not None else functools.partial(print, flush=True))(progress_line(record))
+
+    def _timing(self, step: int) -> dict:
+        elapsed = time.perf_counter() - self.t0
+        return {"elapsed_s": elapsed, "eta_s": seconds_left(elapsed, step - self.initial, self.total - step)}
 
     def step(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:.0f}", refresh=False)
             self.bar.update(step - self.bar.n)
+        if self.master and self.heartbeat.due():
+            self._emit({"event": "heartbeat", "step": step, "total": self.total, "train_loss": loss,
+                        "tokens_per_s": tokens_per_s, **self._timing(step)}, show=False)
 
     def evaluation(self, row: dict, metric: str) -> None:
         if not self.master:
             return
-        elapsed = time.perf_counter() - self.t0
-        done = row["step"] - self.initial
-        eta = elapsed / done * (self.total - row["step"]) if done > 0 else None
         self._emit({"event": "eval", "step": row["step"], "total": self.total, "epoch": row["epoch"],
                     "train_loss": row["train_loss"], "metric": metric, "value": row.get(f"val_{metric}"),
-                    "tokens_per_s": row["tokens_per_s"], "elapsed_s": elapsed, "eta_s": eta})
+                    "tokens_per_s": row["tokens_per_s"], **self._timing(row["step"])})
 
     def close(self) -> None:
         if self.bar is not None:
@@ -447,11 +463,12 @@ def fit(cfg: Config, prep: Prepared | None = None, progress: bool = True) -> pd.
         if cfg.mntp_compare != "none":
             prep = None  # one fine-tuned backbone in memory at a time
             other = Run(run.dir, MNTP_ARMS[cfg.mntp_compare])
+            title = f"fine-tuning again {cfg.mntp_compare} MNTP, for comparison: {run.rel(other.trained)}/"
             if progress and env.master:
-                print(f"fine-tuning again {cfg.mntp_compare} MNTP, for comparison: {run.rel(other.trained)}/", flush=True)
+                print(title, flush=True)
             arm = prepare(cfg, env, with_mntp=cfg.mntp_compare == "with", progress=progress, seed=seeds[0])
-            with failures_reported(run, env):
-                train_loop(cfg, arm, env, False, run=other)
+            with failures_reported(run, env):  # its lines reach the terminal only (its own progress file)
+                train_loop(cfg, arm, env, False, run=other, title=title)
             wrote += [other.checkpoint("best"), other.history, *(other.predictions(s) for s in SCORED_SPLITS)]
         if env.master:
             step.extra.update({"device_used": str(env.device), "processes": env.world})
@@ -618,8 +635,8 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True, run
                title: str = "") -> pd.DataFrame:
     """The loop (see the module docstring); then the predictions of `best/`. Returns the history.
     `run` is where it writes (default the run of `cfg`; a variant: the comparison without MNTP, a
-    further seed). A `title` (one of several seeds) is said first, and the progress goes to the
-    run's own progress file, the one `icdlib run` follows, whichever variant trains. With
+    further seed). A `title` (one of several seeds, the MNTP arm) is said first, and the progress goes
+    to `progress_path_of(run)`, which `icdlib run` follows. With
     `resume`, a `last/` that had finished (its steps done, or patience run out) trains no further,
     and predictions its `best/` already scored are kept as they are."""
     run = run or Run.of(cfg)
@@ -694,8 +711,7 @@ def train_loop(cfg: Config, prep: Prepared, env: Env, progress: bool = True, run
             with checkpoint.full_disk_said(step, best, last):
                 checkpoint.save(best, coder, cfg, prep.labels, prep.backbone, prep.tokenizer, weights=weights)
 
-    report = Progress(Run(run.dir).progress if title else run.progress, steps, step, cfg.eval_every, progress,
-                      env.master, plan=plan, title=title)
+    report = Progress(progress_path_of(run), steps, step, cfg.eval_every, progress, env.master, plan=plan, title=title)
     model.train()
     done = step >= steps or bool(cfg.patience and stale >= cfg.patience)
     finished_before = state is not None and done

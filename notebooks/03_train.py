@@ -9,7 +9,8 @@
 # (step, loss, validation metric, tokens/s, time left).
 
 # %% tags=["parameters"]
-backbone = "tiny"      # params/<name>.yaml: tiny, tiny-mistral, llama3, mistral, qwen3, medgemma, ...
+backbone = "tiny"      # params/<name>.yaml: tiny, tiny-mistral, llama3, mistral, seed-llama3, sheared-llama,
+#                        biomistral-mntp, qwen3, medgemma
 run = ""               # run folder name; empty means the backbone name
 mimic_dir = ""         # MIMIC-III v1.4 (or MIMIC-IV v2.2) folder; empty means the synthetic twin
 params = {}            # other parameters, e.g. {"max_steps": 50}; with papermill also -p max_steps 50
@@ -69,7 +70,10 @@ report.table(report.truncation(train.load_token_stats(cfg.run_dir)))
 # token count in the header) and their share, tokens before and after the cut and the share dropped, and
 # the median and 90th percentile of note length in tokens. A large share dropped means the model never
 # reads much of the notes: raise `max_segments`, or try `truncation: head_tail` (discharge diagnoses sit
-# near the end); `03_train/tokens.json` keeps these numbers.
+# near the end); `03_train/tokens.json` keeps these numbers. The demo keeps `head` although it cuts 96.6%
+# of its train notes: the synthetic twin mentions each coded condition in one to four sections anywhere in the
+# note (history, course, discharge diagnoses), so the start holds most of them, and measured on the demo
+# (one seed) `head_tail` scored lower: test MAP 0.420 against 0.458, micro-AUROC 0.803 against 0.820.
 
 # %% [markdown]
 # ## Learning curves

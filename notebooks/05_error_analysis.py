@@ -4,7 +4,8 @@
 # are confused with their neighbours, and which notes are hard.
 
 # %% tags=["parameters"]
-backbone = "tiny"      # params/<name>.yaml: tiny, tiny-mistral, llama3, mistral, qwen3, medgemma, ...
+backbone = "tiny"      # params/<name>.yaml: tiny, tiny-mistral, llama3, mistral, seed-llama3, sheared-llama,
+#                        biomistral-mntp, qwen3, medgemma
 run = ""               # run folder name; empty means the backbone name
 mimic_dir = ""         # MIMIC-III v1.4 (or MIMIC-IV v2.2) folder; empty means the synthetic twin
 params = {}            # other parameters, e.g. {"max_steps": 50}; with papermill also -p max_steps 50

@@ -187,6 +187,22 @@ def test_every_train_option_passes_through_torchrun():
         get_args_parser().parse_args(["--nproc_per_node", "4", "-m", "icdlib", "train", "--run", "llama3"])
 
 
+def test_every_command_says_what_it_does_and_every_option_has_help(capsys):
+    """`python -m icdlib COMMAND --help` describes the command and every option it shows (was: synth had no
+    description, its --seed and --quiet no help)."""
+    sub = next(a for a in cli.parser()._actions if a.dest == "command")
+    for name, command in sub.choices.items():
+        assert command.description, name
+        for action in command._actions:
+            assert action.help, f"{name} {'/'.join(action.option_strings) or action.dest}"
+    with pytest.raises(SystemExit):
+        cli.main(["synth", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Write a synthetic twin of MIMIC-III v1.4" in text
+    assert "--seed SEED random seed: the same seed writes the same twin (default: 0)" in text
+    assert "--quiet no progress bar" in text
+
+
 # ---------------------------------------------------------------- D: two nodes on localhost
 
 def free_port() -> int:

@@ -302,8 +302,9 @@ def test_cli_overrides_turn_the_record_into_the_config(params_dir, tmp_path):
                                   "lora_targets": ["q_proj", "v_proj"], "resume": True, "split_dir": "/data/splits",
                                   "model_path": "123", "threshold": 0.25}, params_dir)
     args = config.cli_overrides(cfg, record)
-    assert sorted(a.split("=")[0] for a in args) == ["epochs", "lora_targets", "lr", "model_path", "resume",
-                                                     "split_dir", "threshold"]
+    # model_type too: the backbone "123" is another one, whose architecture nothing here knows ("", not llama)
+    assert sorted(a.split("=")[0] for a in args) == ["epochs", "lora_targets", "lr", "model_path", "model_type",
+                                                     "resume", "split_dir", "threshold"]
     back = dict(config.parse_override(a) for a in args)
     rebuilt = config.resolve("good", {**{k: v for k, v in record.to_dict().items() if k != "backbone"}, **back},
                              params_dir)
@@ -317,3 +318,31 @@ def test_an_unwritable_output_root_stops_01_in_one_line(params_dir, tmp_path, mo
     with pytest.raises(RunFolderError, match=r"^cannot write the run folder ro/good: Not a directory \(ro/good\); "
                                              r"choose a writable --output-root"):
         config.load("good", params={"output_root": "ro"}, params_dir=params_dir)
+
+
+def test_config_json_records_the_backbones_own_model_type(tmp_path, monkeypatch):
+    """Was: `model_type: llama` in the config.json of a Mistral run (the tiny backbone's default). A real
+    backbone's model_type is its config.json's when the folder (or the Hugging Face cache) holds it, else
+    what its params file says, which agrees with icdlib's table of the shipped backbones."""
+    from icdlib import memory_plan
+
+    for backbone in config.backbones():
+        cfg = config.resolve(backbone)
+        if cfg.model_path or cfg.base_model_path:
+            shape = memory_plan.HUB_NAMES[cfg.base_model_path or cfg.model_path]
+            assert cfg.model_type == memory_plan.SHAPES[shape].get("model_type", "llama"), backbone
+    assert (config.resolve("mistral").model_type, config.resolve("biomistral-mntp").model_type) == ("mistral", "mistral")
+    assert (config.resolve("tiny").model_type, config.resolve("tiny-mistral").model_type) == ("llama", "mistral")
+    recorded = config.load("mistral", params={"output_root": str(tmp_path), "run": "m"})
+    assert json.loads((recorded.run_dir / "config.json").read_text())["model_type"] == "mistral"
+
+    folder = tmp_path / "my-qwen"  # another backbone behind a params file: its own config.json decides
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen3", "hidden_size": 8}))
+    assert config.resolve("llama3", {"model_path": "", "base_model_path": str(folder)}).model_type == "qwen3"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    unknown = config.resolve("llama3", {"model_path": "someone/other-mntp", "base_model_path": "someone/base"})
+    assert unknown.model_type == ""  # not llama3.yaml's llama: nothing here knows that backbone
+    assert config.resolve("llama3", {"model_path": "someone/other-mntp", "model_type": "mistral"}).model_type == "mistral"
+    with pytest.raises(ConfigError, match=r"^model_type='qwen3': a tiny backbone is one of llama, mistral$"):
+        config.resolve("tiny", {"model_type": "qwen3"})

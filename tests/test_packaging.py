@@ -83,6 +83,58 @@ def test_make_setup_installs_the_lock():
     assert "-c requirements.lock" in makefile and ".[notebooks,test]" in makefile
 
 
+def make_run_command(target: str) -> list[str]:
+    """The `python -m icdlib run ...` arguments a make target runs, as `make -n` prints them."""
+    import shlex
+    import subprocess
+
+    done = subprocess.run(["make", "-n", "-o", ".venv/.installed", target], cwd=ROOT, capture_output=True, text=True)
+    line = next(line for line in done.stdout.splitlines() if " -m icdlib run " in line)
+    return shlex.split(line.split(" -m icdlib ", 1)[1])
+
+
+def test_make_demo_fine_tunes_once_and_make_demo_mntp_compares():
+    """`make demo` stays short (one fine-tuning, no MNTP stage); `make demo-mntp` is the MNTP comparison
+    of params/tiny.yaml (the stage, then a second fine-tuning)."""
+    from icdlib import cli, config
+
+    runs = {}
+    for target in ("demo", "demo-mntp"):
+        args = cli.parser().parse_args(make_run_command(target))
+        runs[target] = config.resolve(args.backbone, {"run": args.run, **dict(config.parse_override(p)
+                                                                              for p in args.param or [])})
+    assert (runs["demo"].run, runs["demo"].mntp_steps, runs["demo"].mntp_compare) == ("demo", 0, "none")
+    assert (runs["demo-mntp"].run, runs["demo-mntp"].mntp_steps, runs["demo-mntp"].mntp_compare) == \
+        ("demo-mntp", 300, "with")
+    assert runs["demo"].to_dict() | {"run": "", "mntp_steps": 0, "mntp_compare": ""} == \
+        runs["demo-mntp"].to_dict() | {"run": "", "mntp_steps": 0, "mntp_compare": ""}  # nothing else differs
+
+
+def test_the_editable_install_says_nothing(tmp_path, monkeypatch):
+    """`pip install -e .` (make setup) builds its editable wheel without setuptools' warning (was: a
+    BuildBackendWarning, "Editable installation. ... Please be careful with folders in your working
+    directory ...", in every `make demo`), and the wheel puts the repository on sys.path."""
+    import shutil
+    import warnings
+    import zipfile
+
+    from setuptools import build_meta
+
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, copy / name)
+    shutil.copytree(ROOT / "icdlib", copy / "icdlib", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.chdir(copy)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        wheel = build_meta.build_editable(str(tmp_path / "dist"))
+    assert [str(w.message).splitlines()[0] for w in said if "setuptools" in type(w.message).__module__] == []
+    with zipfile.ZipFile(tmp_path / "dist" / wheel) as z:
+        pth = [n for n in z.namelist() if n.endswith(".pth")]
+        assert len(pth) == 1 and z.read(pth[0]).decode().strip() == str(copy)
+
+
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     names = set()

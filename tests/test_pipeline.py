@@ -134,7 +134,9 @@ def test_predict_codes_a_new_note(demo_run, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(done.stdout)
     assert len(rows) == 5 and [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
-    assert {"code", "kind", "title", "score"} <= set(rows[0])
+    assert {"code", "kind", "title", "score", "assigned"} <= set(rows[0])
+    tuned = json.loads((run_dir / "04_evaluate/metrics.json").read_text())["threshold"]  # 04 scored this best/
+    assert [r["assigned"] for r in rows] == [r["score"] >= tuned for r in rows] and "assigned at" not in done.stderr
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"\xff\xfe broken")
     done = icdlib("predict", "--model", str(run_dir / "03_train/best"), "--text-file", str(bad))
@@ -201,7 +203,7 @@ def test_predict_api_refuses_bad_input(demo_run, tmp_path):
     coder = predict.load(run_dir / "03_train/best", device="cpu")
     tables = coder.predict(["Acute kidney injury and hypertension.", "Septic shock."], threshold=0.0)
     assert len(tables) == 2 and len(tables[0]) == len(coder.labels)
-    assert list(tables[0].columns) == ["code", "kind", "title", "score"]
+    assert list(tables[0].columns) == ["code", "kind", "title", "score", "assigned"]
     with pytest.raises(IcdlibError, match="text 1 is empty"):
         coder.predict(["fine", "   "])
     broken = tmp_path / "broken"

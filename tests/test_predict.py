@@ -1,4 +1,8 @@
-"""`predict` on a tiny model folder: NUL-only text is refused, truncation is reported and exact."""
+"""`predict` on a tiny model folder: NUL-only text is refused, truncation is reported and exact, and the
+run's tuned threshold decides which codes are assigned."""
+
+import argparse
+import json
 
 import numpy as np
 import pandas as pd
@@ -101,19 +105,21 @@ def test_cli_says_when_a_note_was_truncated(model_dir, coder, tmp_path, capsys):
     nul.write_bytes(b"\x00" * 64 + b"\n")
     n = n_tokens(coder, note(200))
 
-    assert cli.main(["predict", "--model", str(model_dir), "--text-file", str(long), "--device", "cpu", "--top-k", "2"]) == 0
+    assert cli.main(["predict", "--model", str(model_dir), "--text-file", str(long), "--device", "cpu", "--top-k", "2",
+                     "--threshold", "1.0"]) == 0
     out, err = capsys.readouterr()
     assert err == (f"note truncated: kept the first {KEPT} of {n:,} tokens ({100 * (n - KEPT) / n:.0f}% dropped); "
                    f"raise max_segments to read more (predict --max-segments N)\n")
     assert len(out.strip().splitlines()) == 3  # header + top 2
 
-    assert cli.main(["predict", "--model", str(model_dir), "--text-file", str(short), "--device", "cpu", "--json"]) == 0
+    assert cli.main(["predict", "--model", str(model_dir), "--text-file", str(short), "--device", "cpu", "--json",
+                     "--threshold", "1.0"]) == 0
     out, err = capsys.readouterr()
     assert err == "" and out.lstrip().startswith("[")
 
     assert cli.main(["predict", "--model", str(model_dir), "--text-file", str(nul), "--device", "cpu"]) == 2
     out, err = capsys.readouterr()
-    assert err == "icdlib: error: text 0 is empty: nothing to code\n"
+    assert err == f"icdlib: error: the note in {nul} is empty: nothing to code\n"  # the API says "text 0"
 
 
 def test_cli_max_segments_reads_more_of_the_note(model_dir, coder, tmp_path, capsys):
@@ -125,9 +131,7 @@ def test_cli_max_segments_reads_more_of_the_note(model_dir, coder, tmp_path, cap
 
 
 def test_a_model_folder_names_what_differs_in_another_backbone(model_dir, tmp_path):
-    """--model-path pointing at a backbone of another shape: the field that differs, in one line."""
-    import json
-
+    """--backbone-path pointing at a backbone of another shape: the field that differs, in one line."""
     cfg = config.resolve("tiny", {"tiny_hidden": 32, "tiny_vocab": 300, "tiny_init": "random"})
     other = backbones.make_tiny(cfg, [" ".join(WORDS)] * 20, tmp_path / "other")
     recorded = json.loads((model_dir / "icdlib.json").read_text())
@@ -189,7 +193,9 @@ def test_a_damaged_model_folder_is_one_line_naming_the_file(full_dir, tmp_path, 
 def test_the_undamaged_full_folder_codes_a_note(full_dir, tmp_path, capsys):
     (tmp_path / "note.txt").write_text("patient admitted with pneumonia")
     code, lines = cli_lines(capsys, "--model", str(full_dir), "--text-file", str(tmp_path / "note.txt"))
-    assert code == 0 and lines[0].split() == ["code", "kind", "title", "score"] and len(lines) == 4
+    assert code == 0 and lines[0].split() == ["code", "kind", "title", "score", "assigned"] and len(lines) == 5
+    assert lines[-1] == (f"assigned at 0.5, the run's fixed threshold: no tuned one ({full_dir} is not a run's "
+                         f"03_train/best/); --threshold sets one")  # on stderr
 
 
 def test_a_folder_as_text_file_is_one_line(model_dir, tmp_path, capsys):
@@ -300,7 +306,7 @@ def test_cli_evidence_as_json_text_and_html(evidence_dir, evidence_coder, tmp_pa
 
     assert cli.main([*base, "--evidence", "--evidence-spans", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["code", "kind", "title", "score"] and lines[3] == ""
+    assert lines[0].split() == ["code", "kind", "title", "score", "assigned"] and lines[3] == ""
     assert lines[4] == "evidence (attention): code  [begin:end]  score  text"
     first = table["evidence"][0][0]
     assert lines[5] == f"{table['code'][0]}  [{first['begin']}:{first['end']}]  {first['score']:.4f}  {json.dumps(first['text'])}"
@@ -312,3 +318,87 @@ def test_cli_evidence_as_json_text_and_html(evidence_dir, evidence_coder, tmp_pa
     assert cli.main([*base, "--evidence-html", str(tmp_path / "no" / "such" / "x.html")]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"icdlib: error: cannot write {tmp_path / 'no' / 'such' / 'x.html'}: No such file or directory")
+
+
+# ---------------------------------------------------------------- predict decides: the run's tuned threshold
+
+def evaluated_run(model_dir, root, threshold: float):
+    """A run folder whose 03_train/best/ is a copy of `model_dir` and whose 04_evaluate tuned `threshold`,
+    with 04's manifest naming the best/ it scored (as `record.step` writes it)."""
+    import shutil
+
+    from icdlib.record import artifact_hash
+    from icdlib.runfolder import Run
+
+    from safetensors.torch import load_file, save_file
+
+    run = Run(root / "run")
+    shutil.copytree(model_dir, run.checkpoint("best"))
+    head = run.checkpoint("best") / "head.safetensors"  # an untrained head scores every code 0.5: spread them
+    generator = torch.Generator().manual_seed(0)
+    save_file({k: torch.randn(v.shape, generator=generator) for k, v in load_file(head).items()}, head)
+    run.metrics.parent.mkdir(parents=True)
+    run.metrics.write_text(json.dumps({"threshold": threshold, "with_mntp": {"threshold": 0.9}}))
+    run.manifest("04").write_text(json.dumps({"inputs": {"03_train/best": artifact_hash(run.checkpoint("best"))},
+                                              "outputs": {"04_evaluate/metrics.json": artifact_hash(run.metrics)}}))
+    return run
+
+
+def test_predict_marks_the_codes_the_runs_tuned_threshold_assigns(model_dir, tmp_path, capsys):
+    text = note(6)
+    (tmp_path / "note.txt").write_text(text)
+    run = evaluated_run(model_dir, tmp_path, 0.5)
+    ranked = predict.load(run.checkpoint("best"), device="cpu").predict(text)[0]  # three scores, best first
+    first, second = ranked["score"].iloc[:2]
+    assert first > second > ranked["score"].iloc[2]
+    between = float(first + second) / 2
+    run = evaluated_run(model_dir, tmp_path / "again", between)
+    tuned = predict.load(run.checkpoint("best"), device="cpu")
+    assert (tuned.threshold, tuned.threshold_source) == (between, "tuned on validation by the run's 04_evaluate")
+    table = tuned.predict(text)[0]
+    assert table.columns.tolist() == ["code", "kind", "title", "score", "assigned"]
+    assert table["assigned"].tolist() == [True, False, False]
+
+    code, lines = cli_lines(capsys, "--model", str(run.checkpoint("best")), "--text-file", str(tmp_path / "note.txt"),
+                            "--device", "cpu")
+    expected = table.assign(assigned=["yes", "no", "no"]).to_string(index=False, float_format=lambda x: f"{x:.4f}")
+    assert code == 0 and lines == expected.splitlines()  # the tuned threshold: nothing to say on stderr
+    assert lines[0].split() == ["code", "kind", "title", "score", "assigned"] and lines[1].split()[-1] == "yes"
+
+    # --threshold overrides it; assigned codes past --top-k are counted on stderr
+    low = ranked["score"].min() - 0.01
+    code, lines = cli_lines(capsys, "--model", str(run.checkpoint("best")), "--text-file", str(tmp_path / "note.txt"),
+                            "--device", "cpu", "--top-k", "1", "--threshold", f"{low}")
+    assert code == 0 and lines[-1] == "2 more codes assigned beyond these 1: raise --top-k to see them"  # stderr
+    assert len(lines) == 3 and lines[1].split()[-1] == "yes"
+    code, lines = cli_lines(capsys, "--model", str(run.checkpoint("best")), "--text-file", str(tmp_path / "note.txt"),
+                            "--device", "cpu", "--json", "--threshold", "1.0")
+    assert code == 0 and [r["assigned"] for r in json.loads("\n".join(lines))] == [False] * 3
+
+    # a best/ changed since 04 scored it: the fixed threshold, and why
+    (run.checkpoint("best") / "note").write_text("retrained")
+    stale = predict.load(run.checkpoint("best"), device="cpu")
+    assert (stale.threshold, stale.threshold_source) == (
+        0.5, "the run's fixed threshold: no tuned one (04_evaluate has not scored the current model "
+             "(03_train/best changed since it ran))")
+
+
+def test_a_missing_model_folder_and_an_empty_note_are_said_plainly(model_dir, tmp_path, capsys):
+    (tmp_path / "note.txt").write_text("patient admitted with pneumonia")
+    code, lines = cli_lines(capsys, "--model", str(tmp_path / "nope"), "--text-file", str(tmp_path / "note.txt"))
+    assert code == 2 and lines == [f"icdlib: error: {tmp_path / 'nope'} does not exist"]
+    (tmp_path / "empty.txt").write_text("  \n\n")
+    code, lines = cli_lines(capsys, "--model", str(model_dir), "--text-file", str(tmp_path / "empty.txt"))
+    assert code == 2 and lines == [f"icdlib: error: the note in {tmp_path / 'empty.txt'} is empty: nothing to code"]
+
+
+def test_one_option_names_the_model_folder():
+    """--model is the trained model folder; where its backbone moved is --backbone-path (was --model-path, which
+    still parses, unlisted)."""
+    parser = cli.parser()
+    args = parser.parse_args(["predict", "--model", "m", "--text-file", "t", "--backbone-path", "b"])
+    assert (args.model, args.backbone_path) == ("m", "b")
+    assert parser.parse_args(["predict", "--model", "m", "--text-file", "t", "--model-path", "b"]).backbone_path == "b"
+    sub = next(a for a in parser._actions if a.dest == "command").choices["predict"]
+    listed = [o for a in sub._actions if a.help != argparse.SUPPRESS for o in a.option_strings]
+    assert [o for o in listed if "model" in o] == ["--model", "--base-model-path"]

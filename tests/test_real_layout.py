@@ -221,10 +221,10 @@ def test_offline_recipe_from_the_readme_then_predict_after_moving(relative_run, 
         done = icdlib("predict", "--model", model, "--text-file", "note.txt", cwd=other)
         assert done.returncode == 2
         line = done.stderr.strip()
-        assert len(line.splitlines()) == 1 and "LLM2Vec-Meta-Llama-3-8B-Instruct-mntp" in line and "--model-path" in line
+        assert len(line.splitlines()) == 1 and "LLM2Vec-Meta-Llama-3-8B-Instruct-mntp" in line and "--backbone-path" in line
         rel = os.path.relpath(moved, other)
         done = icdlib("predict", "--model", model, "--text-file", "note.txt", "--json",
-                      "--model-path", f"{rel}/LLM2Vec-Meta-Llama-3-8B-Instruct-mntp",
+                      "--backbone-path", f"{rel}/LLM2Vec-Meta-Llama-3-8B-Instruct-mntp",
                       "--base-model-path", f"{rel}/Meta-Llama-3-8B-Instruct", cwd=other)
         assert done.returncode == 0, done.stderr[-3000:]
         assert json.loads(done.stdout) == before

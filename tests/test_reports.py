@@ -30,7 +30,8 @@ def small_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("reports")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # warnings must show if there are any
     args = ["run", "--backbone", "tiny", "--run", "r", "--output-root", str(root), "-p", "synth_admissions=120",
-            "-p", f"max_steps={MAX_STEPS}", "-p", f"eval_every={EVAL_EVERY}", "-p", "mntp_steps=20"]
+            "-p", f"max_steps={MAX_STEPS}", "-p", f"eval_every={EVAL_EVERY}", "-p", "mntp_steps=20",
+            "-p", "mntp_compare=with"]  # the MNTP comparison arm (tiny.yaml's, not `make demo`'s)
     done = subprocess.run([sys.executable, "-m", "icdlib", *args], cwd=ROOT, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return root / "r", done.stdout + done.stderr
@@ -72,7 +73,9 @@ def test_training_shows_one_line_per_evaluation(small_run):
     assert len(cells) == 1
     text = "".join("".join(o.get("text", "")) for o in cells[0]["outputs"])
     mntp = [line for line in text.splitlines() if line.startswith("MNTP")]
-    assert mntp[0].startswith("MNTP on ") and re.fullmatch(r"MNTP step 20/20 loss \d\.\d{4} [\d.]+k tok/s", mntp[-1]), mntp
+    assert mntp[0].startswith("MNTP on ") and re.fullmatch(r"MNTP step 20/20 loss \d\.\d{4} [\d.]+k tok/s ETA 0s",
+                                                          mntp[-1]), mntp
+    assert len(mntp) == 11  # a tenth of the stage a line; its heartbeats are for the terminal only
     lines = [line for line in text.splitlines() if not line.startswith("MNTP")]
     assert len(lines) <= len(history) + 3, lines
     steps = [int(m[1]) for m in (re.match(rf"step (\d+)/{MAX_STEPS} loss \d\.\d{{4}} val map (\d\.\d{{3}}) "
@@ -87,6 +90,7 @@ def test_progress_file_has_one_line_per_evaluation(small_run):
     run_dir, _ = small_run
     history = pd.read_csv(run_dir / "03_train" / "history.csv")
     records = [json.loads(line) for line in train.progress_path(run_dir).read_text().splitlines()]
+    records = [r for r in records if "heartbeat" not in r["event"]]  # only when 20 s pass between two records
     mntp = [r for r in records if r["event"].startswith("mntp")]  # the comparison arm's stage, after the fit
     assert [r["event"] for r in mntp] == ["mntp_start"] + ["mntp"] * 10 and mntp[-1]["step"] == 20
     records = [r for r in records if r not in mntp]
@@ -105,16 +109,32 @@ def test_progress_file_has_one_line_per_evaluation(small_run):
 
 
 def test_terminal_streams_training_lines(small_run):
+    """Every training phase reaches the terminal with the time left: the model's fine-tuning, the MNTP
+    stage and the comparison arm's fine-tuning after it (was: the arm's 7 lines never shown, MNTP's
+    without ETA), and in between, when 20 s pass without a line, a heartbeat."""
     run_dir, terminal = small_run
     history = pd.read_csv(run_dir / "03_train" / "history.csv")
+    arm = pd.read_csv(run_dir / "03_train" / "with_mntp" / "history.csv")
     lines = terminal.splitlines()
     start, end = lines.index("[icdlib] 03_train ..."), lines.index("[icdlib] 04_evaluate ...")
-    streamed = [line for line in lines if line.startswith("[icdlib] 03_train step")]
-    assert streamed == [line for line in lines[start:end] if line.startswith("[icdlib] 03_train step")]
-    assert len(streamed) == len(history)
-    for line, (step, value) in zip(streamed, zip(history["step"], history["val_map"])):
+    at = [i for i, line in enumerate(lines) if line.startswith("[icdlib] 03_train step") and " val map " in line]
+    evals = [lines[i] for i in at]
+    assert evals == [line for line in lines[start:end] if line.startswith("[icdlib] 03_train step") and " val " in line]
+    assert len(evals) == len(history) + len(arm)
+    steps = [*zip(history["step"], history["val_map"]), *zip(arm["step"], arm["val_map"])]
+    for line, (step, value) in zip(evals, steps):
         assert re.fullmatch(rf"\[icdlib\] 03_train step {step}/{MAX_STEPS} loss \d\.\d{{4}} val map {value:.3f} "
                             r"[\d.]+k? tok/s ETA \S+", line), line
+    title = lines.index("[icdlib] 03_train fine-tuning again with MNTP, for comparison: 03_train/with_mntp/")
+    mntp = [i for i, line in enumerate(lines) if line.startswith("[icdlib] 03_train MNTP step")]
+    assert mntp and max(mntp) < title
+    assert re.fullmatch(r"\[icdlib\] 03_train MNTP step 20/20 loss \d\.\d{4} [\d.]+k tok/s ETA 0s", lines[max(mntp)])
+    assert all(re.fullmatch(r"\[icdlib\] 03_train MNTP step \d+/20 loss \d\.\d{4} [\d.]+k tok/s ETA \S+", lines[i])
+               for i in mntp)
+    assert at[len(history) - 1] < min(mntp) and at[len(history)] > title  # the model's fit, MNTP, then the arm's
+    beats = [line for line in lines if line.startswith("[icdlib] 03_train step") and " val " not in line]
+    assert all(re.fullmatch(rf"\[icdlib\] 03_train step \d+/{MAX_STEPS} loss \d\.\d{{4}} [\d.]+k? tok/s ETA \S+", line)
+               for line in beats), beats
     begin = f"[icdlib] 03_train training {MAX_STEPS} steps from step 0, validating every {EVAL_EVERY}: 1 process × "
     assert [line for line in lines if line.startswith(begin)] != []
     assert (f"[icdlib] 03_train warning: warm-up covers 100% of training (20 of {MAX_STEPS} steps): lower "
@@ -432,7 +452,7 @@ def test_rerunning_03_alone_shows_no_stale_metrics(small_run, tmp_path):
     shutil.copytree(run_dir, tmp_path / "r")
     args = ["run", "--backbone", "tiny", "--run", "r", "--output-root", str(tmp_path), "--quiet", "--only", "03",
             "-p", "synth_admissions=120", "-p", f"max_steps={MAX_STEPS}", "-p", f"eval_every={EVAL_EVERY}",
-            "-p", "mntp_steps=20", "-p", "lr=2.0e-3"]  # MNTP (its key has no lr) is reused
+            "-p", "mntp_steps=20", "-p", "mntp_compare=with", "-p", "lr=2.0e-3"]  # MNTP (its key has no lr) is reused
     done = subprocess.run([sys.executable, "-m", "icdlib", *args], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == (
@@ -476,6 +496,64 @@ def test_progress_tail_prints_new_complete_records_of_this_fit(tmp_path, capsys)
     assert [x.split()[3] for x in tail.poll()] == ["2/4"]
     assert tail.poll() == []
     assert "step 1/4" in capsys.readouterr().out
+
+
+def test_between_validations_a_heartbeat_reaches_the_terminal_not_the_notebook(tmp_path, capsys):
+    """A fit's heartbeat (`icdlib.progress`) is a record of the file `icdlib run` follows, with the time left,
+    and no line of the notebook; so is the MNTP stage's."""
+    from icdlib import mntp
+    from icdlib.progress import duration
+
+    path = tmp_path / "progress.jsonl"
+    fit = train.Progress(path, total=10, initial=0, eval_every=5, show=True, master=True)
+    assert capsys.readouterr().out == "training 10 steps from step 0, validating every 5\n"
+    fit.step(1, 0.5, 1e-3, 1000.0)  # the heartbeat is not due yet
+    fit.heartbeat.every = 0.0
+    fit.step(2, 0.25, 1e-3, 1500.0)
+    assert capsys.readouterr().out == ""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["event"] for r in records] == ["start", "heartbeat"]
+    beat = records[1]
+    assert (beat["step"], beat["total"], beat["train_loss"], beat["tokens_per_s"]) == (2, 10, 0.25, 1500.0)
+    assert beat["eta_s"] == pytest.approx(beat["elapsed_s"] / 2 * 8)
+    tail = pipeline.ProgressTail("03_train", path, since=0)
+    assert tail.poll()[1] == f"[icdlib] 03_train step 2/10 loss 0.2500 1.5k tok/s ETA {duration(beat['eta_s'])}"
+    capsys.readouterr()
+
+    stage = mntp._Reporter(path, show=True)
+    stage({"event": "mntp", "step": 30, "total": 300, "loss": 3.21, "tokens_per_s": 19_800.0, "eta_s": 75.0})
+    stage({"event": "mntp_heartbeat", "step": 37, "total": 300, "loss": 3.1, "tokens_per_s": 19_000.0,
+           "eta_s": 3725.0}, show=False)
+    assert capsys.readouterr().out == "MNTP step 30/300 loss 3.2100 19.8k tok/s ETA 1m15s\n"
+    assert tail.poll() == ["[icdlib] 03_train MNTP step 30/300 loss 3.2100 19.8k tok/s ETA 1m15s",
+                           "[icdlib] 03_train MNTP step 37/300 loss 3.1000 19.0k tok/s ETA 1h02m"]
+
+
+def test_icdlib_run_follows_the_mntp_arm_too(tmp_path, capsys):
+    """The comparison arm's fine-tuning reports in its own file (the run's keeps the model's fit and
+    the MNTP stage); `icdlib run` streams both."""
+    from icdlib.runfolder import Run
+
+    cfg = config.resolve("tiny", {"output_root": str(tmp_path), "run": "r", "mntp_compare": "with"})
+    run = Run.of(cfg)
+    assert pipeline.progress_files("03_train", cfg) == [run.progress, run.dir / "03_train/without_mntp/progress.jsonl",
+                                                        run.dir / "03_train/with_mntp/progress.jsonl"]
+    assert pipeline.progress_files("04_evaluate", cfg) == []
+    assert train.progress_path_of(Run(run.dir, "with_mntp")) == run.dir / "03_train/with_mntp/progress.jsonl"
+    assert train.progress_path_of(Run(run.dir, "seed_7")) == run.progress  # further seeds: the run's file
+
+    # one tail follows both, and what a poll finds in the two files it prints in the order it was written
+    own, arm = tmp_path / "own.jsonl", tmp_path / "arm.jsonl"
+    now = time.time()
+    mntp = {"event": "mntp", "total": 20, "loss": 5.0, "tokens_per_s": 2000.0, "eta_s": 0.0, "started": now}
+    own.write_text("".join(json.dumps({**mntp, "step": step, "time": now + step}) + "\n" for step in (10, 20)))
+    arm.write_text(json.dumps({"event": "title", "text": "fine-tuning again with MNTP", "started": now + 15,
+                               "time": now + 15}) + "\n")
+    tail = pipeline.ProgressTail("03_train", [own, arm], since=now - 1)
+    assert tail.poll() == ["[icdlib] 03_train MNTP step 10/20 loss 5.0000 2.0k tok/s ETA 0s",
+                           "[icdlib] 03_train fine-tuning again with MNTP",
+                           "[icdlib] 03_train MNTP step 20/20 loss 5.0000 2.0k tok/s ETA 0s"]
+    assert tail.poll() == []
 
 
 def test_share_paths_replaces_whole_components(tmp_path):
