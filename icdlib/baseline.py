@@ -282,8 +282,9 @@ class _Diverged(ArithmeticError):
 
 def _train(x_train: sp.csr_matrix, y: sp.csr_matrix, prior: np.ndarray, seed: int, rank: int,
            epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float,
-           progress: bool) -> tuple[LowRankLinear, list[float]]:
-    """One training run from a fresh initialisation; returns the model and the mean loss per epoch."""
+           progress: bool, say=None) -> tuple[LowRankLinear, list[float]]:
+    """One training run from a fresh initialisation; returns the model and the mean loss per epoch.
+    `say`: called with one line per epoch (the terminal of `icdlib run`), or None."""
     from tqdm import tqdm
 
     n_train = x_train.shape[0]
@@ -321,6 +322,8 @@ def _train(x_train: sp.csr_matrix, y: sp.csr_matrix, prior: np.ndarray, seed: in
             losses.append(running / n_train)
             if progress:
                 bar.write(f"baseline epoch {epoch + 1}/{epochs}: train loss {losses[-1]:.4f}")
+            if say:
+                say(f"TF-IDF low-rank baseline: epoch {epoch + 1}/{epochs}, train loss {losses[-1]:.4f}")
     return model, losses
 
 
@@ -328,7 +331,7 @@ def fit_predict(train_texts, y_train, eval_texts: dict[str, list[str]], seed: in
                 progress: bool = True, *, max_features: int = 200_000, min_df: int = 2,
                 rank: int = 256, epochs: int = 4, min_steps: int = 200, batch_size: int = 256,
                 lr: float = 2.0, momentum: float = 0.9, weight_decay: float = 0.0,
-                info: dict | None = None) -> dict[str, np.ndarray]:
+                info: dict | None = None, say=None) -> dict[str, np.ndarray]:
     """Train the TF-IDF + low-rank linear baseline and score other splits.
 
     Args:
@@ -369,7 +372,7 @@ def fit_predict(train_texts, y_train, eval_texts: dict[str, list[str]], seed: in
     for attempt in range(_ATTEMPTS):
         try:
             model, losses = _train(x_train, y, prior, seed, rank, epochs, batch_size, lr, momentum,
-                                   weight_decay, progress)
+                                   weight_decay, progress, say)
             break
         except _Diverged as error:
             if attempt == _ATTEMPTS - 1:
@@ -408,12 +411,13 @@ def fit_predict(train_texts, y_train, eval_texts: dict[str, list[str]], seed: in
     return out
 
 
-def fit_for(cfg, ev, progress: bool = False) -> dict[str, np.ndarray]:
+def fit_for(cfg, ev, progress: bool = False, say=None) -> dict[str, np.ndarray]:
     """The baseline of a run: trained on its train split and label space, scoring the splits of
-    `ev` (an `icdlib.evaluate.Evaluation`). Returns split -> (n_docs, n_labels) probabilities."""
+    `ev` (an `icdlib.evaluate.Evaluation`). Returns split -> (n_docs, n_labels) probabilities.
+    `say`: one line per epoch for the terminal of `icdlib run`."""
     from icdlib.labels import multi_hot
 
     train = ev.train
     y_train = multi_hot(train["codes"].tolist(), ev.labels["code"].tolist())
     return fit_predict(train["text"].tolist(), y_train, {k: s.notes["text"].tolist() for k, s in ev.splits.items()},
-                       seed=cfg.seed, progress=progress)
+                       seed=cfg.seed, progress=progress, say=say)

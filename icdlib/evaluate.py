@@ -317,6 +317,9 @@ def run(cfg: Config, progress: bool = False) -> Evaluation:
         cfg = step.cfg
         ev = load(cfg)
         step.invalidate()
+        from icdlib.progress import Lines
+
+        say = Lines(step.run.evaluate_progress)  # tailed into the terminal of `icdlib run`
         score_all(ev, cfg)
         other = comparison_scores(step.run, ev, cfg.mntp_compare)
         if other is not None:
@@ -324,7 +327,8 @@ def run(cfg: Config, progress: bool = False) -> Evaluation:
         if cfg.baseline:
             from icdlib import baseline
 
-            score_baseline(ev, baseline.fit_for(cfg, ev, progress=progress))
+            say("TF-IDF low-rank baseline: fitting TF-IDF on the train notes")
+            score_baseline(ev, baseline.fit_for(cfg, ev, progress=progress, say=say))
         score_prior(ev)
         if cfg.seeds:
             seeds = cfg.training_seeds
@@ -335,7 +339,7 @@ def run(cfg: Config, progress: bool = False) -> Evaluation:
         from icdlib import explanations
 
         measured = explanations.for_run(cfg, ev, step.run, tuple(dict.fromkeys(("val", eval_split(ev)))),
-                                          seed=BOOTSTRAP_SEED)
+                                          seed=BOOTSTRAP_SEED, say=say)
         if measured is not None:
             ev.results["explanations"] = measured
         write(cfg, ev)

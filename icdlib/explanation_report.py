@@ -11,20 +11,29 @@ from icdlib import evidence_metrics as em
 from icdlib import explain, tables
 
 UNITS = {"seconds_per_note": "Seconds per note"}
+SHORT = {"attention": "label attention", "attingrad": "AttInGrad", "input_x_gradient": "input × gradient",
+         "integrated_gradients": "integrated gradients", "occlusion": "sentence occlusion"}
+TITLES = {"plausibility": "Plausibility: do the top-scored tokens lie in the code's evidence?",
+          "faithfulness": "Faithfulness: does the model need the top-scored words?",
+          "negation": "Negations: how often the top token is a negated or family-history mention"}
+
+
+def _name(method: str) -> str:
+    return SHORT.get(method, method)
 
 
 def _methods(measured: dict) -> dict[str, dict]:
-    return {explain.DESCRIPTIONS.get(m, m): r for m, r in measured["methods"].items()}
+    return {_name(m): r for m, r in measured["methods"].items()}
 
 
 def method_table(measured: dict) -> pd.DataFrame:
     """One row per method on the reported split: every metric with its 95% interval, the token
     threshold tuned on validation, the token F1 there, and the seconds each took per note."""
     out = em.table(_methods(measured), intervals=True)
-    val = {explain.DESCRIPTIONS.get(m, m): r.get("token_f1") for m, r in measured["val"].items()}
+    val = {_name(m): r.get("token_f1") for m, r in measured["val"].items()}
     out["Token F1 on validation"] = [val.get(m) for m in out.index]
     out[UNITS["seconds_per_note"]] = [r.get("seconds_per_note") for r in _methods(measured).values()]
-    best = explain.DESCRIPTIONS.get(measured.get("best_method"), measured.get("best_method"))
+    best = _name(measured.get("best_method") or "")
     out.index = [f"{m} (best on validation)" if m == best else m for m in out.index]
     out.index.name = "method"
     return out.reset_index()
@@ -48,20 +57,23 @@ def family_figure(measured: dict, family: str):
     methods = _methods(measured)
     k = next(iter(methods.values())).get("k", em.RECALL_K) if methods else em.RECALL_K
     keys = [m for m in em.FAMILIES[family] if any(em.key(m, k) in r for r in methods.values())]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(keys) * max(len(methods), 1) / 2.5), 3.4))
+    fig, ax = plt.subplots(figsize=(9.0, 3.8))
     width = 0.8 / max(len(methods), 1)
     x = np.arange(len(keys))
+    low = 0.0
     for i, (name, r) in enumerate(methods.items()):
         values = np.array([np.nan if r.get(em.key(m, k)) is None else r[em.key(m, k)] for m in keys], float)
         bounds = [(r.get("ci95") or {}).get(em.key(m, k)) or (None, None) for m in keys]
         lo = np.array([np.nan if b[0] is None else v - b[0] for v, b in zip(values, bounds)], float)
         hi = np.array([np.nan if b[1] is None else b[1] - v for v, b in zip(values, bounds)], float)
+        low = min(low, float(np.nanmin(np.r_[values - np.nan_to_num(lo), 0.0])))
         ax.bar(x + (i - (len(methods) - 1) / 2) * width, values, width, label=name,
                yerr=np.vstack([np.nan_to_num(lo), np.nan_to_num(hi)]), capsize=2)
-    ax.set_xticks(x, [em.NAMES[m].format(k=k).replace(" (", "\n(") for m in keys])
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{family.capitalize()} of each explanation method")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    ax.axhline(0, color="#444", linewidth=0.8)
+    ax.set_xticks(x, [em.NAMES[m].format(k=k) for m in keys])
+    ax.set_ylim(min(low * 1.1, 0.0), 1.0)
+    ax.set_title(TITLES[family], fontsize=11)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(methods), frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -97,7 +109,7 @@ def highlights(found: list[dict], method: str):
     """The examples' words shaded by `method`'s scores, each with its code, title and colour legend."""
     from IPython.display import HTML
 
-    name = explain.DESCRIPTIONS.get(method, method)
+    name = _name(method)
     return HTML("<hr>".join(explain.words_html(e["text"], e["words"], e["code"], e["title"],
                                                caption=f"admission {e['hadm_id']}, {name}") for e in found))
 
@@ -190,7 +202,7 @@ def worked_examples(cfg, ev, split: str, n: int = 3):
         if not first or first[-1][0] != row:
             first.append((row, label))
     found_examples = examples(coder, s.notes, ev.labels, first, method, cfg.ig_steps)
-    name = explain.DESCRIPTIONS.get(method, method)
+    name = _name(method)
     display(Markdown(f"Method: **{name}**, the highest token F1 on validation."),
             tables.show(spans_table(found_examples, cfg.share_safe_on)),
             Markdown("*How to read it:* the three highest-scoring spans of words for one true-positive code per "

@@ -22,6 +22,7 @@ import pandas as pd
 
 from icdlib import evidence_metrics as em
 from icdlib import explain
+from icdlib.progress import duration
 
 EVIDENCE_KINDS = ("evidence",)
 NOT_EVIDENCE = ("negated", "family")  # mentions of codes the admission does not have
@@ -159,16 +160,20 @@ def measure(coder, split_pairs: dict[str, Pairs], methods: tuple[str, ...], ig_s
            "notes": {s: len(p.texts) for s, p in split_pairs.items()},
            "pairs": {s: len(p) for s, p in split_pairs.items()}}
     word_groups = {s: groups(p) for s, p in split_pairs.items()}
-    for method in methods:
+    for i, method in enumerate(methods):
         if progress:
-            progress(method)
+            progress(i, method, f"{tuning}: scoring {len(split_pairs[tuning]):,} pairs")
         val = split_pairs[tuning]
         val_scores, _ = score_method(coder, val, method, ig_steps, batch_size)
         threshold = em.tune_threshold(val_scores, val.evidence)
         out["val"][method] = em.evaluate_method(val_scores, val.evidence, [val.hadm_ids[k] for k in val.note],
                                                 threshold, negated=val.negated, n_resamples=0)
         test = split_pairs[reported]
+        if progress:
+            progress(i, method, f"{reported}: scoring {len(test):,} pairs")
         scores, seconds = score_method(coder, test, method, ig_steps, batch_size)
+        if progress:
+            progress(i, method, f"{reported}: faithfulness")
         faithful = faithfulness(coder, test, scores, word_groups[reported], batch_size, step)
         result = em.evaluate_method(scores, test.evidence, [test.hadm_ids[k] for k in test.note], threshold,
                                     negated=test.negated, faithful=faithful, n_resamples=resamples, seed=seed)
@@ -185,7 +190,20 @@ def methods_for(head: str) -> tuple[str, ...]:
         tuple(m for m in explain.METHODS if m not in explain.NEEDS_ATTENTION)
 
 
-def for_run(cfg, ev, run, splits: tuple[str, ...], seed: int = 0, progress=None) -> dict | None:
+def stage_lines(say, n_methods: int):
+    """`measure`'s progress callback: one line a stage through `say` (`progress.Lines`), with a rough
+    time left (the mean time per method so far; integrated gradients and occlusion take longer)."""
+    t0 = time.perf_counter()
+
+    def tell(done: int, method: str, stage: str) -> None:
+        elapsed = time.perf_counter() - t0
+        left = f", about {duration(elapsed / done * (n_methods - done))} left" if done else ""
+        say(f"explanations: {method} ({done + 1}/{n_methods}), {stage}; {duration(elapsed)} so far{left}")
+
+    return tell
+
+
+def for_run(cfg, ev, run, splits: tuple[str, ...], seed: int = 0, say=None) -> dict | None:
     """Step 04's explanation figures (metrics.json `explanations`), or None when the run has no
     evidence spans (`01_preprocess/evidence.parquet`) or `explain_notes` is 0."""
     if not cfg.explain_notes or not run.evidence.is_file():
@@ -200,7 +218,8 @@ def for_run(cfg, ev, run, splits: tuple[str, ...], seed: int = 0, progress=None)
         s = ev.splits[split]
         chosen = true_positive_pairs(s.notes, s.y_true, s.y_score, threshold, ev.labels, evidence, cfg.explain_notes)
         split_pairs[split] = build_pairs(coder, s.notes, chosen, ev.labels, evidence)
-    out = measure(coder, split_pairs, methods_for(cfg.head), cfg.ig_steps, cfg.bootstrap, seed=seed,
-                  step=cfg.faithfulness_step, progress=progress)
+    methods = methods_for(cfg.head)
+    out = measure(coder, split_pairs, methods, cfg.ig_steps, cfg.bootstrap, seed=seed, step=cfg.faithfulness_step,
+                  progress=stage_lines(say, len(methods)) if say else None)
     out.update(explain_notes=cfg.explain_notes, decision_threshold=threshold)
     return out

@@ -373,11 +373,15 @@ class ProgressTail:
 
 def progress_files(name: str, cfg: Config) -> list[Path]:
     """The progress files notebook `name` appends to while it runs (03: the model's fit and MNTP, and
-    the MNTP comparison arm's fit); none for the others."""
+    the MNTP comparison arm's fit; 04: the baseline's epochs and the explanation methods' stages); none for the others."""
     if name == "03_train":
         from icdlib.train import progress_paths
 
         return progress_paths(cfg.run_dir)
+    if name == "04_evaluate":
+        from icdlib.runfolder import Run
+
+        return [Run.of(cfg).evaluate_progress]
     return []
 
 

@@ -10,8 +10,10 @@ left, never printed into the notebook) goes to the file whenever `HEARTBEAT_S` p
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from pathlib import Path
 
 HEARTBEAT_S = 20.0  # at most this long between two records of a phase (plus one optimizer step)
 
@@ -40,3 +42,24 @@ class Heartbeat:
 
     def beat(self) -> None:
         self.last = time.perf_counter()
+
+
+class Lines:
+    """Lines of a step that is not training (04: the baseline, the explanation methods) for the
+    terminal of `icdlib run`: each call appends one record to `path`, which `pipeline.ProgressTail`
+    prints as it is. The file starts afresh with each step."""
+
+    def __init__(self, path: Path):
+        self.path, self.started, self.t0 = path, time.time(), time.perf_counter()
+        path.unlink(missing_ok=True)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def __call__(self, text: str) -> None:
+        record = {"event": "title", "text": text, "started": self.started, "time": time.time()}
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError:
+            pass  # progress is a courtesy: a run folder that refuses it fails elsewhere, clearly

@@ -464,6 +464,12 @@ class Run:
         return self.trained / "progress.jsonl"
 
     @property
+    def evaluate_progress(self) -> Path:
+        """`04_evaluate.progress.jsonl`: what step 04 is doing (the baseline's epochs, the explanation
+        methods' stages), one JSON line each, beside the step's folder (written under a temporary name)."""
+        return self.dir / "04_evaluate.progress.jsonl"
+
+    @property
     def failure(self) -> Path:
         """`03_train/failure.txt`: the tracebacks of the ranks that stopped a multi-process fit."""
         return self.step("03") / "failure.txt"

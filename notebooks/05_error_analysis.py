@@ -120,7 +120,7 @@ report.table(analysis.errors_by(s.notes, s.y_true, s.y_score, threshold, by="n_c
 # *How to read it:* the same, by the number of codes the admission carries (all of them, those outside
 # the label space too). More codes leave more to miss: false negatives per admission rising with the bin while the F1s hold
 # means recall is lost on the busy admissions, not precision.
-
+#
 # ## Do the explanations point at the evidence?
 # Step 04 explained the model's true-positive codes with five methods (`icdlib.explain`: label
 # attention, attention × input-gradient (AttInGrad, Edin et al. 2024), input × gradient, integrated

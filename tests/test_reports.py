@@ -108,6 +108,26 @@ def test_progress_file_has_one_line_per_evaluation(small_run):
     assert evals[-1]["eta_s"] == 0 and all(r["eta_s"] >= 0 for r in evals)
 
 
+def test_terminal_streams_04_s_long_parts(small_run):
+    """Step 04's baseline epochs and each stage of its explanation methods reach the terminal, in
+    order, with the time so far and (after the first method) the time left."""
+    run_dir, terminal = small_run
+    lines = terminal.splitlines()
+    start, end = lines.index("[icdlib] 04_evaluate ..."), lines.index("[icdlib] 05_error_analysis ...")
+    mine = [line for line in lines[start + 1:end] if line.startswith("[icdlib] 04_evaluate ")]
+    assert mine[0] == "[icdlib] 04_evaluate TF-IDF low-rank baseline: fitting TF-IDF on the train notes"
+    epochs = [line for line in mine if " baseline: epoch " in line]
+    assert epochs and all(re.fullmatch(r"\[icdlib\] 04_evaluate TF-IDF low-rank baseline: epoch (\d+)/\d+, train "
+                                       r"loss \d+\.\d{4}", line) for line in epochs)
+    stages = [line.removeprefix("[icdlib] 04_evaluate explanations: ") for line in mine if " explanations: " in line]
+    from icdlib import explain
+
+    assert [s.split(" (")[0] for s in stages[::3]] == list(explain.METHODS)
+    assert all(re.fullmatch(r"\w+ \(\d/5\), (val|test): (scoring \d+ pairs|faithfulness); \S+ so far"
+                            r"(, about \S+ left)?", s) for s in stages), stages
+    assert "left" not in stages[0] and "left" in stages[-1]
+
+
 def test_terminal_streams_training_lines(small_run):
     """Every training phase reaches the terminal with the time left: the model's fine-tuning, the MNTP
     stage and the comparison arm's fine-tuning after it (was: the arm's 7 lines never shown, MNTP's
