@@ -280,6 +280,9 @@ class _Diverged(ArithmeticError):
     """The training loss became inf/nan."""
 
 
+SAY_EVERY_S = 10.0  # at most one terminal line per this many seconds of training (and the last epoch's)
+
+
 def _train(x_train: sp.csr_matrix, y: sp.csr_matrix, prior: np.ndarray, seed: int, rank: int,
            epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float,
            progress: bool, say=None) -> tuple[LowRankLinear, list[float]]:
@@ -299,6 +302,7 @@ def _train(x_train: sp.csr_matrix, y: sp.csr_matrix, prior: np.ndarray, seed: in
     losses = []
     if not (y.shape[1] and x_train.shape[1]):
         return model, losses
+    said = time.perf_counter()
     with tqdm(total=total, desc="baseline train", disable=not progress, leave=False) as bar:
         for epoch in range(epochs):
             order = torch.randperm(n_train, generator=generator).numpy()
@@ -322,7 +326,8 @@ def _train(x_train: sp.csr_matrix, y: sp.csr_matrix, prior: np.ndarray, seed: in
             losses.append(running / n_train)
             if progress:
                 bar.write(f"baseline epoch {epoch + 1}/{epochs}: train loss {losses[-1]:.4f}")
-            if say:
+            if say and (time.perf_counter() - said >= SAY_EVERY_S or epoch + 1 == epochs):
+                said = time.perf_counter()
                 say(f"TF-IDF low-rank baseline: epoch {epoch + 1}/{epochs}, train loss {losses[-1]:.4f}")
     return model, losses
 
