@@ -67,8 +67,10 @@ def family_figure(measured: dict, family: str):
         lo = np.array([np.nan if b[0] is None else v - b[0] for v, b in zip(values, bounds)], float)
         hi = np.array([np.nan if b[1] is None else b[1] - v for v, b in zip(values, bounds)], float)
         low = min(low, float(np.nanmin(np.r_[values - np.nan_to_num(lo), 0.0])))
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, values, width, label=name,
-               yerr=np.vstack([np.nan_to_num(lo), np.nan_to_num(hi)]), capsize=2)
+        bars = ax.bar(x + (i - (len(methods) - 1) / 2) * width, values, width, label=name,
+                      yerr=np.vstack([np.nan_to_num(lo), np.nan_to_num(hi)]), capsize=2)
+        if len(keys) == 1:  # one metric a method: its value written on it (a share of 0 draws no bar)
+            ax.bar_label(bars, labels=["–" if np.isnan(v) else f"{v:.2f}" for v in values], padding=2, fontsize=8)
     ax.axhline(0, color="#444", linewidth=0.8)
     ax.set_xticks(x, [em.NAMES[m].format(k=k) for m in keys])
     ax.set_ylim(min(low * 1.1, 0.0), 1.0)
