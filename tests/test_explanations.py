@@ -108,3 +108,13 @@ def test_measure_tunes_on_validation_and_reports_every_method(tiny_backbone):
 def test_groups_give_each_whitespace_token_its_own_word():
     pairs = explanations.Pairs(texts=["ab cd"], offsets=[np.array([[0, 1], [1, 2], [2, 3], [3, 5]])], note=[0, 0])
     assert [g.tolist() for g in explanations.groups(pairs)] == [[0, 0, 2, 1], [0, 0, 2, 1]]
+
+
+def test_the_share_safe_spans_table_holds_offsets_codes_and_scores_only():
+    from icdlib import explanation_report
+
+    found = [{"hadm_id": 5, "code": "428.0", "spans": [{"begin": 3, "end": 9, "text": "heart failure", "score": 0.5}]}]
+    safe = explanation_report.spans_table(found, share_safe=True)
+    assert safe.columns.tolist() == ["Admission", "Code", "Rank", "Begin", "End", "Score"]
+    assert "heart failure" not in safe.to_string()
+    assert explanation_report.spans_table(found, share_safe=False)["Text"].tolist() == ["heart failure"]

@@ -738,3 +738,28 @@ def test_table_faults_are_found():
               "</div>")
     assert [c["shows"] for c in page.cells] == [False, False]  # a table in the (hidden) code is not shown
     assert "".join(page.cells[1]["text"]) == "How to read it: ..." and "x" not in "".join(page.text)
+
+
+def test_explanations_are_measured_against_the_twin_s_evidence(small_run):
+    """The built-in twin carries its evidence file: step 01 maps the spans into the run's text, 04
+    measures every method on them, 05 shows the table, the figures and the best method's spans."""
+    run_dir, _ = small_run
+    from icdlib import explain
+
+    spans = pd.read_parquet(run_dir / "01_preprocess/evidence.parquet")
+    notes = pd.read_parquet(run_dir / "01_preprocess/notes.parquet", columns=["hadm_id", "text", "codes"])
+    text, codes = dict(zip(notes["hadm_id"], notes["text"])), dict(zip(notes["hadm_id"], notes["codes"]))
+    assert set(spans["kind"]) == {"evidence", "negated", "family"}
+    for row in spans.sample(min(200, len(spans)), random_state=0).itertuples():
+        assert text[row.hadm_id][row.begin:row.end].strip() == text[row.hadm_id][row.begin:row.end]
+        assert (row.code in codes[row.hadm_id]) == (row.kind == "evidence")
+    measured = json.loads((run_dir / "04_evaluate/metrics.json").read_text())["explanations"]
+    assert set(measured["methods"]) == set(explain.METHODS) and measured["best_method"] in explain.METHODS
+    assert 0 < measured["notes"]["test"] <= measured["explain_notes"] and measured["pairs"]["test"] >= measured["notes"]["test"]
+    for method, got in measured["methods"].items():
+        assert 0 <= got["token_f1"] <= 1 and got["seconds_per_note"] > 0, method
+        assert got["ci95"]["token_f1"][0] <= got["token_f1"] <= got["ci95"]["token_f1"][1], method
+        assert got["comprehensiveness"] is not None and got["sufficiency"] is not None, method
+    page = (run_dir / "reports/05_error_analysis.html").read_text()
+    assert "Do the explanations point at the evidence?" in page and "AttInGrad" in page
+    assert page.count("How to read it") >= 10 and "(best on validation)" in page

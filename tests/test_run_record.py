@@ -108,11 +108,14 @@ def test_each_step_records_what_it_used_read_and_wrote(done):
     assert m01["params"] == {k: json.loads(json.dumps(getattr(done, k))) for k in preprocess.data_params(done)}
     assert m01["params"]["synth_admissions"] == 120 and m01["params"]["min_count"] == 3
     assert set(m03["params"]) == set(train.PARAMS) and m03["params"]["max_steps"] == 3
-    assert m04["params"] == {"threshold": 0.5, "baseline": False, "seed": done.seed, "bootstrap": 1000}
+    assert m04["params"] == {"threshold": 0.5, "baseline": False, "seed": done.seed, "bootstrap": 1000,
+                             "explain_notes": done.explain_notes, "ig_steps": done.ig_steps,
+                             "faithfulness_step": done.faithfulness_step}
     # inputs: the content hashes of the upstream artifacts; outputs: of what the step wrote, as it is now
     assert m01["inputs"] == {} and m01["source"]["synthetic_mimic"] == read_key(run.synthetic_mimic)
     assert m03["inputs"] == m01["outputs"] == {f"01_preprocess/{n}": file_hash(run.step("01") / n)
-                                               for n in ("notes.parquet", "labels.parquet", "stats.json")}
+                                               for n in ("notes.parquet", "labels.parquet", "stats.json",
+                                                         "evidence.parquet")}  # the twin's evidence spans
     assert m04["inputs"] == {**m01["outputs"], **m03["outputs"]}
     assert m03["outputs"] == {"03_train/best": tree_hash(run.checkpoint("best")), "03_train/history.csv": file_hash(run.history),
                               "03_train/tokens.json": file_hash(run.tokens_json),
@@ -145,7 +148,8 @@ def test_04_owns_its_outputs_and_05_reads_them(done):
     run = Run.of(done)
     metrics = json.loads(run.metrics.read_text())
     assert set(metrics) == {"threshold", "val", "test", "val_tuned", "test_tuned", "val_edin", "test_edin", "val_tuned_edin",
-                            "test_tuned_edin", "provenance", "prior", "paired", "bootstrap"} and 0 < metrics["threshold"] < 1
+                            "test_tuned_edin", "provenance", "prior", "paired", "bootstrap", "explanations"} and \
+        0 < metrics["threshold"] < 1
     ev = steps.s05_error_analysis(done)
     assert ev.results == metrics and ev.per_code["code"].tolist() == ev.labels["code"].tolist()
     assert ev.per_code.equals(pd.read_parquet(run.per_code))
@@ -344,7 +348,7 @@ def test_score_all_scores_and_the_baseline_trains_only_when_asked(done, tmp_path
     ev = evaluate.load(cfg)
     assert "baseline" not in evaluate.score_all(ev, cfg) and not ev.baseline
     asked = []
-    monkeypatch.setattr(baseline, "fit_for", lambda c, e, progress=False: asked.append(c) or
+    monkeypatch.setattr(baseline, "fit_for", lambda c, e, progress=False, say=None: asked.append(c) or
                         {k: np.full_like(s.y_score, 0.1) for k, s in e.splits.items()})
     ev = evaluate.run(cfg)
     assert len(asked) == 1 and ev.results["baseline"]["test_tuned"]["auroc_micro"] == pytest.approx(0.5)

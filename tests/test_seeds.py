@@ -143,8 +143,11 @@ def test_a_run_without_seeds_writes_what_it_wrote_before(runs):
     single, several = read_metrics(one), read_metrics(two)
     assert "seeds" not in single and "seed_spread" not in single
     assert set(several) - set(single) == {"seeds", "seed_spread"}
-    for key in set(single) - {"provenance"}:
+    for key in set(single) - {"provenance", "explanations"}:
         assert single[key] == several[key], key
+    for method, got in single["explanations"]["methods"].items():  # all but the seconds each method took
+        assert {k: v for k, v in got.items() if k != "seconds_per_note"} == \
+            {k: v for k, v in several["explanations"]["methods"][method].items() if k != "seconds_per_note"}, method
 
 
 def test_the_seeds_show_in_04_the_index_and_the_terminal(runs, capsys):
