@@ -10,17 +10,19 @@ import json
 import sys
 from pathlib import Path
 
-from icdlib.errors import IcdlibError
+from icdlib.run.errors import IcdlibError
 
 
 def _overrides(pairs: list[str]) -> dict:
-    from icdlib.config import parse_override
+    from icdlib.run.config import parse_override
 
     return dict(parse_override(p) for p in pairs or [])
 
 
 def cmd_run(args) -> None:
-    from icdlib import backbones, config, pipeline
+    from icdlib.model import backbones
+    from icdlib.run import config
+    from icdlib import pipeline
 
     pipeline.require_notebook_stack()
     params = with_seeds(_overrides(args.param), args.seeds)
@@ -32,7 +34,7 @@ def cmd_run(args) -> None:
     backbones.check(cfg)  # a wrong backbone path stops here, before step 01 does any work
     notebooks = pipeline.NOTEBOOKS if not args.only else tuple(n for n in pipeline.NOTEBOOKS if n[:2] in args.only)
     if cfg.mimic_dir and pipeline.NOTEBOOKS[0] in notebooks:
-        from icdlib import preprocess
+        from icdlib.data import preprocess
 
         preprocess.sources(cfg)  # MIMIC's tables and columns, checked before a kernel starts or a folder is made
     htmls = pipeline.run_all(cfg, params, notebooks, progress=not args.quiet)
@@ -69,7 +71,7 @@ def with_seeds(params: dict, seeds: list[int] | None) -> dict:
 
 def cmd_synth(args) -> None:
     if args.dataset == "mimic3":
-        from icdlib import synth
+        from icdlib.twin import synth
         from icdlib.bench.preprocess import FULL_SIZE
 
         admissions = FULL_SIZE if args.full else args.admissions
@@ -77,7 +79,7 @@ def cmd_synth(args) -> None:
                                short=args.short, progress=not args.quiet)
         evidence = Path(args.out) / synth.EVIDENCE_FILE
     else:
-        from icdlib import synth4
+        from icdlib.twin import synth4
 
         icd9, icd10 = synth4.FULL if args.full else synth4.counts_for(args.dataset, args.admissions)
         paths = synth4.generate(Path(args.out), icd9=icd9, icd10=icd10, seed=args.seed, short=args.short,
@@ -92,7 +94,7 @@ def train_run_dir(args) -> Path:
     """The run folder `train` reads and writes: --run-dir, or <--output-root>/RUN; absolute."""
     import os
 
-    from icdlib import config
+    from icdlib.run import config
 
     name = args.run or args.run_option
     if args.run_dir and (name or args.output_root):
@@ -109,8 +111,9 @@ def train_run_dir(args) -> Path:
 def cmd_train(args) -> None:
     import dataclasses
 
-    from icdlib import config, train
-    from icdlib.runfolder import Run
+    from icdlib.run import config
+    from icdlib.model import train
+    from icdlib.run.runfolder import Run
 
     run_dir = train_run_dir(args)
     path = Run(run_dir).config
@@ -135,7 +138,7 @@ def cmd_predict(args) -> None:
 
     text = predict.read_text_file(Path(args.text_file))
     if args.evidence_method is not None:
-        from icdlib.explain import check_method
+        from icdlib.model.explain import check_method
 
         check_method(args.evidence_method)  # before the model loads
     coder = predict.load(args.model, device=args.device, model_path=args.backbone_path,
@@ -198,7 +201,7 @@ def cmd_bench(args) -> None:
 
 
 def cmd_plan(args) -> int:
-    from icdlib import memory_plan
+    from icdlib.model import memory_plan
 
     cfg = memory_plan.for_backbone(args.backbone, _overrides(args.param))
     plan = memory_plan.plan(cfg, args.device, round(args.gpu_memory * memory_plan.GB), args.labels)
@@ -367,11 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = args.func(args)
     except IcdlibError as e:
-        from icdlib.distributed import RanksStopped, rank_from_environment
+        from icdlib.model.distributed import RanksStopped, rank_from_environment
         from icdlib.pipeline import Interrupted
 
         if isinstance(e, RanksStopped):
-            from icdlib.distributed import leave_together
+            from icdlib.model.distributed import leave_together
 
             if rank_from_environment() == 0:  # every rank holds the same line: rank 0 prints it
                 print(f"icdlib: error: {e}", file=sys.stderr, flush=True)

@@ -4,7 +4,7 @@ Why this module exists: two runs' metrics side by side do not say whether their 
 more than the luck of one test sample. Here two or more runs of one benchmark, dataset, split and
 label space, scored on the same test admissions, are compared with 95% bootstrap intervals for
 each run's metrics and paired ones for their difference (A − B, both scored on the same resampled
-admissions; `icdlib.uncertainty`), then code by code (F1 and AUPRC) and where their decisions
+admissions; `icdlib.measure.uncertainty`), then code by code (F1 and AUPRC) and where their decisions
 differ (admission-code pairs one assigns and the other not). RUN_A is the reference: each other
 run is compared with it. Each run is scored at the threshold its 04 tuned on validation, over the
 label set its benchmark's published rows use (`evaluate.compared_suffix`).
@@ -34,10 +34,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from icdlib import config, evaluate, metrics, record
-from icdlib.config import Config
-from icdlib.errors import ConfigError, DataError
-from icdlib.runfolder import SCORED_SPLITS, Run, atomic_write_text, shown_path
+from icdlib.run import config, record
+from icdlib.evaluation import evaluate
+from icdlib.measure import metrics
+from icdlib.run.config import Config
+from icdlib.run.errors import ConfigError, DataError
+from icdlib.run.runfolder import SCORED_SPLITS, Run, atomic_write_text, shown_path
 
 NOTEBOOK = "06_compare"
 FOLDER = "comparisons"  # under the output root
@@ -303,7 +305,7 @@ def disagreements(y_true, score_a, score_b, threshold_a: float, threshold_b: flo
 def verdict(d: dict, a: str, b: str) -> str:
     """`<a> better` or `<b> better` where the interval of A − B excludes 0 (every metric compared
     is higher-better), else ""."""
-    from icdlib import uncertainty
+    from icdlib.measure import uncertainty
 
     sign = uncertainty.excludes_zero(d)
     return f"{a} better" if sign > 0 else f"{b} better" if sign < 0 else ""
@@ -318,7 +320,8 @@ def score(cmp: Comparison, resamples: int = 1000, seed: int = 0, level: float = 
     each run's metrics with `level` bootstrap intervals (resampling the admissions), and for each
     pair (A, X) the paired differences A − X with their intervals and verdicts, the codes whose F1
     and AUPRC differ most, and the disagreements."""
-    from icdlib import report, uncertainty
+    from icdlib import report
+    from icdlib.measure import uncertainty
 
     if resamples < 1:
         raise ConfigError(f"resamples must be at least 1, got {resamples}")
@@ -425,7 +428,7 @@ def differences(cmp: Comparison) -> pd.DataFrame:
 
 def metric_name(key: str) -> str:
     """A metric's name in the tables: the 04 table's (`tables.METRIC_NAMES`), else its key."""
-    from icdlib.tables import METRIC_NAMES
+    from icdlib.report.tables import METRIC_NAMES
 
     return METRIC_NAMES.get(key, key)
 

@@ -17,7 +17,7 @@ import sys
 from papermill.engines import NBClientEngine
 from papermill.exceptions import PapermillExecutionError
 
-from icdlib.kernel import KERNEL_ARGUMENTS, PREFIX, kernel_manager_class
+from icdlib.run.kernel import KERNEL_ARGUMENTS, PREFIX, kernel_manager_class
 
 
 def icdlib_line(error: BaseException) -> str | None:

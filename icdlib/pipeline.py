@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from icdlib.config import REPO_ROOT, Config, absolute_paths
-from icdlib.errors import IcdlibError
-from icdlib.kernel import KERNEL_ARGUMENTS, kernel_manager_class
+from icdlib.run.config import REPO_ROOT, Config, absolute_paths
+from icdlib.run.errors import IcdlibError
+from icdlib.run.kernel import KERNEL_ARGUMENTS, kernel_manager_class
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = ("01_preprocess", "02_label_stats", "03_train", "04_evaluate", "05_error_analysis")
@@ -65,7 +65,7 @@ def execute(name: str, cfg: Config, params: dict, progress: bool = True) -> Path
     The kernel starts in the caller's working directory, and relative paths in `params` are
     made absolute against it first (as `config.resolve` did for `cfg`)."""
     from icdlib import report
-    from icdlib.runfolder import Run
+    from icdlib.run.runfolder import Run
 
     parameters = {"backbone": cfg.backbone, "run": cfg.run, "mimic_dir": cfg.mimic_dir,
                   "params": absolute_paths(params)}
@@ -90,7 +90,7 @@ def run_notebook(name: str, folder: Path, parameters: dict, pairs: list[tuple[st
 
     from nbclient.exceptions import DeadKernelError
 
-    from icdlib.runfolder import running_notebook
+    from icdlib.run.runfolder import running_notebook
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -163,7 +163,7 @@ def resume_command(name: str, cfg: Config) -> str:
     values when 01 must build the data again."""
     import shlex
 
-    from icdlib import config
+    from icdlib.run import config
 
     steps = [n[:2] for n in NOTEBOOKS if n >= name]
     given = ""
@@ -203,7 +203,7 @@ def to_html(notebook: Path) -> Path:
 
     nb = nbformat.read(notebook, as_version=4)
     body, _ = HTMLExporter().from_notebook_node(nb)
-    from icdlib.runfolder import atomic_write_text
+    from icdlib.run.runfolder import atomic_write_text
 
     return atomic_write_text(Path(notebook).with_suffix(".html"), with_code_toggle(body))
 
@@ -212,7 +212,7 @@ def run_all(cfg: Config, params: dict, notebooks=NOTEBOOKS, progress: bool = Tru
     """Run the notebooks in order and export each to HTML, then write `reports/index.html`
     linking them, and the output root's `index.html` (`write_root_index`); return the HTML paths,
     the run's index last."""
-    from icdlib.runfolder import clean_stale, lock
+    from icdlib.run.runfolder import clean_stale, lock
 
     htmls = []
     with lock(cfg.run_dir, "icdlib run"):  # the kernels pass through it; a second `icdlib run` does not
@@ -232,7 +232,7 @@ def run_all(cfg: Config, params: dict, notebooks=NOTEBOOKS, progress: bool = Tru
 def recorded(cfg: Config) -> dict:
     """The run's config.json (what step 01 built the data with) as a dict; `cfg`'s values when the
     run has none (or an unreadable one)."""
-    from icdlib.runfolder import Run
+    from icdlib.run.runfolder import Run
 
     try:
         values = json.loads(Run.of(cfg).config.read_text())
@@ -245,8 +245,8 @@ def evaluated(cfg: Config) -> tuple[dict, str]:
     """04's metrics.json when it scored the run's current `03_train/best/`, and ""; else {} and
     why not, as a phrase (`04_evaluate has not scored the current model (03_train/best changed
     since it ran)`): `record.scored_metrics`."""
-    from icdlib import record
-    from icdlib.runfolder import Run
+    from icdlib.run import record
+    from icdlib.run.runfolder import Run
 
     run = Run.of(cfg)
     return record.scored_metrics(run, run.checkpoint("best"))
@@ -269,7 +269,7 @@ def headline(cfg: Config) -> str:
     else one line saying why there are none and the command that makes them. The data is named from
     the run's record (`report.recorded_data_name`). "" before 03 has made a model."""
     from icdlib import report
-    from icdlib.runfolder import Run
+    from icdlib.run.runfolder import Run
 
     run = Run.of(cfg)
     if not run.checkpoint("best").is_dir() and not run.metrics.is_file():
@@ -329,7 +329,7 @@ class ProgressTail:
         """Print (and return) the lines of the records appended since the last poll."""
         from tqdm import tqdm
 
-        from icdlib.train import progress_line
+        from icdlib.model.train import progress_line
 
         found = []
         for path in self.paths:
@@ -375,11 +375,11 @@ def progress_files(name: str, cfg: Config) -> list[Path]:
     """The progress files notebook `name` appends to while it runs (03: the model's fit and MNTP, and
     the MNTP comparison arm's fit; 04: the baseline's epochs and the explanation methods' stages); none for the others."""
     if name == "03_train":
-        from icdlib.train import progress_paths
+        from icdlib.model.train import progress_paths
 
         return progress_paths(cfg.run_dir)
     if name == "04_evaluate":
-        from icdlib.runfolder import Run
+        from icdlib.run.runfolder import Run
 
         return [Run.of(cfg).evaluate_progress]
     return []
@@ -465,8 +465,9 @@ def write_index(cfg: Config) -> Path:
     marked as showing an earlier model's."""
     import html
 
-    from icdlib import provenance, report
-    from icdlib.runfolder import Run
+    from icdlib.run import provenance
+    from icdlib import report
+    from icdlib.run.runfolder import Run
 
     run = Run.of(cfg)
     reports = run.reports
@@ -503,7 +504,7 @@ def write_index(cfg: Config) -> Path:
     page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>icdlib run {esc(cfg.run_name)}</title><style>{INDEX_CSS}</style></head><body>"
             + "\n".join(parts) + "</body></html>\n")
-    from icdlib.runfolder import atomic_write_text
+    from icdlib.run.runfolder import atomic_write_text
 
     return atomic_write_text(reports / "index.html", report.share_paths(page, cfg))
 
@@ -522,7 +523,7 @@ def write_root_index(root: Path) -> Path:
     import html
 
     from icdlib import report
-    from icdlib.runfolder import Run, atomic_write_text
+    from icdlib.run.runfolder import Run, atomic_write_text
 
     root = Path(root)
     esc = html.escape

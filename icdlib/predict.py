@@ -31,7 +31,7 @@ a list of its top spans in the text as given (before the run's text cleaning), b
 
     {"begin": 412, "end": 437, "text": "atrial fibrillation with RVR", "score": 0.31}
 
-found by an explanation method of `icdlib.explain` (`evidence_method`; default `attingrad`,
+found by an explanation method of `icdlib.model.explain` (`evidence_method`; default `attingrad`,
 Edin et al. 2024's AttInGrad, with a label-attention head, `input_x_gradient` with a mean
 head). `coder.explain(text, codes)` gives the scores of every word read, and `evidence_page`
 renders them as a standalone HTML page (`predict --evidence-html FILE`).
@@ -48,14 +48,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from icdlib import checkpoint
-from icdlib import explain as explaining
-from icdlib.config import absolute_paths
-from icdlib.data import Tokenized, cut, tokenize
-from icdlib.errors import IcdlibError
-from icdlib.inference import Env, compute_dtype, pick_device, predict_dtype, score
-from icdlib.models import LabelAttentionHead
-from icdlib.preprocess import CLEANERS, cleaned_origins
+from icdlib.model import checkpoint
+from icdlib.model import explain as explaining
+from icdlib.run.config import absolute_paths
+from icdlib.model.encoding import Tokenized, cut, tokenize
+from icdlib.run.errors import IcdlibError
+from icdlib.model.inference import Env, compute_dtype, pick_device, predict_dtype, score
+from icdlib.model.models import LabelAttentionHead
+from icdlib.data.preprocess import CLEANERS, cleaned_origins
 
 
 TRUNCATION = ("tokens", "kept_tokens", "truncated_tokens")
@@ -245,8 +245,8 @@ def run_threshold(model_dir: Path) -> tuple[float | None, str]:
     """The threshold the run's 04_evaluate tuned on validation for the model folder `model_dir` (the
     run's `03_train/best/`, an MNTP arm's or a further seed's `03_train/<variant>/best/`), and "";
     or None and why not, as a phrase (the folder is not in a run, 04 has not scored it as it is now)."""
-    from icdlib import record
-    from icdlib.runfolder import MNTP_ARMS, Run
+    from icdlib.run import record
+    from icdlib.run.runfolder import MNTP_ARMS, Run
 
     model_dir = Path(os.path.abspath(model_dir))
     step, variant = model_dir.parent, ""

@@ -7,16 +7,16 @@
     s05_error_analysis(cfg)  -> Evaluation     reads 01, 03 and 04 (checked); writes nothing
 
 Each step that writes holds the run folder's lock while it runs, checks the manifests of the
-steps before it, and records its own (`icdlib.record`); the notebooks call these and display.
+steps before it, and records its own (`icdlib.run.record`); the notebooks call these and display.
 """
 
 from __future__ import annotations
 
-from icdlib.evaluate import read as s05_error_analysis
-from icdlib.evaluate import run as s04_evaluate
-from icdlib.preprocess import read as s02_label_stats
-from icdlib.preprocess import run as s01_preprocess
-from icdlib.train import run as s03_train
+from icdlib.evaluation.evaluate import read as s05_error_analysis
+from icdlib.evaluation.evaluate import run as s04_evaluate
+from icdlib.data.preprocess import read as s02_label_stats
+from icdlib.data.preprocess import run as s01_preprocess
+from icdlib.model.train import run as s03_train
 
 STEPS = {"01_preprocess": s01_preprocess, "02_label_stats": s02_label_stats, "03_train": s03_train,
          "04_evaluate": s04_evaluate, "05_error_analysis": s05_error_analysis}

@@ -16,11 +16,13 @@ mimic_dir = ""         # MIMIC-III v1.4 (or MIMIC-IV v2.2) folder; empty means t
 params = {}            # other parameters, e.g. {"max_steps": 50}; with papermill also -p max_steps 50
 
 # %%
-from icdlib import config, preprocess
+from icdlib.run import config
+from icdlib.data import preprocess
 cfg = config.from_notebook(globals(), record=True)  # step 01 records the run's config.json
 
 # %%
-from icdlib import provenance, report
+from icdlib.run import provenance
+from icdlib import report
 report.header(cfg, provenance.collect(cfg.run_dir, files=()))
 
 # %% [markdown]

@@ -11,13 +11,16 @@ mimic_dir = ""         # MIMIC-III v1.4 (or MIMIC-IV v2.2) folder; empty means t
 params = {}            # other parameters, e.g. {"max_steps": 50}; with papermill also -p max_steps 50
 
 # %%
-from icdlib import config, preprocess, report
+from icdlib.run import config
+from icdlib.data import preprocess
+from icdlib import report
 cfg = config.from_notebook(globals())
 data = preprocess.read(cfg)  # step 01's output, checked against its manifest
 notes, labels = data.notes, data.labels
 
 # %%
-from icdlib import provenance, report
+from icdlib.run import provenance
+from icdlib import report
 report.header(cfg, provenance.collect(cfg.run_dir))
 
 # %% [markdown]
@@ -64,7 +67,7 @@ report.note_lengths(notes)
 # or more tokens): notes longer than that lose a part (`truncation` says which); the next figure counts them.
 
 # %%
-from icdlib import data
+from icdlib.model import encoding as data
 train_texts = notes.loc[notes["split"] == "train", "text"].tolist()
 tokenizer, budget = data.tokenizer_without_training(cfg, train_texts)  # tiny: the BPE step 03 learns from them
 full = data.tokenize(notes["text"].tolist(), tokenizer, 0).full_lengths

@@ -16,11 +16,14 @@ mimic_dir = ""         # MIMIC-III v1.4 (or MIMIC-IV v2.2) folder; empty means t
 params = {}            # other parameters, e.g. {"max_steps": 50}; with papermill also -p max_steps 50
 
 # %%
-from icdlib import config, report, train
+from icdlib.run import config
+from icdlib import report
+from icdlib.model import train
 cfg = config.from_notebook(globals())
 
 # %%
-from icdlib import provenance, report
+from icdlib.run import provenance
+from icdlib import report
 report.header(cfg, provenance.collect(cfg.run_dir))
 
 # %%
@@ -36,7 +39,7 @@ history = train.run(cfg)
 # batches in the same order, so the adapter merged underneath is the only difference.
 
 # %%
-from icdlib import mntp
+from icdlib.model import mntp
 report.mntp_history(mntp.load_history(cfg.run_dir), train.mntp_arms(cfg, history), cfg.metric)
 
 # %% [markdown]

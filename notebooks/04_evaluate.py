@@ -4,7 +4,7 @@
 # `metrics.json` and `per_code.parquet`. Two reference systems are scored beside the model, on the
 # same split and label space: the **frequency prior**, which gives every admission each code's share
 # of the train admissions (it ignores the note: the floor a coder must clear), and the **TF-IDF
-# low-rank baseline** (`icdlib.baseline`), a linear model on TF-IDF features of word unigrams and
+# low-rank baseline** (`icdlib.evaluation.baseline`), a linear model on TF-IDF features of word unigrams and
 # hashed bigrams whose weight matrix is low-rank (features → 256 dimensions → codes), trained for all
 # codes at once with SGD. Published reference rows appear only when the run
 # reproduces their benchmark on real data (`benchmark: caml_full` or `seed` on MIMIC-III,
@@ -19,7 +19,9 @@ mimic_dir = ""         # MIMIC-III v1.4 (or MIMIC-IV v2.2) folder; empty means t
 params = {}            # other parameters, e.g. {"max_steps": 50}; with papermill also -p max_steps 50
 
 # %%
-from icdlib import config, evaluate, report
+from icdlib.run import config
+from icdlib.evaluation import evaluate
+from icdlib import report
 cfg = config.from_notebook(globals())
 ev = evaluate.run(cfg)  # scores, trains the baseline, writes metrics.json, per_code.parquet, manifest.json
 cfg, results, per_code = ev.cfg, ev.results, ev.per_code  # cfg: with step 01's data parameters
@@ -27,7 +29,8 @@ split = evaluate.eval_split(ev)
 s = ev.splits[split]
 
 # %%
-from icdlib import provenance, report
+from icdlib.run import provenance
+from icdlib import report
 report.header(cfg, provenance.collect(cfg.run_dir))
 
 # %% [markdown]
@@ -96,7 +99,7 @@ report.paired_styled(results)
 # An admission keeps all its codes in `notes.parquet`; only those of the run's label space are targets.
 
 # %%
-from icdlib import analysis
+from icdlib.evaluation import analysis
 report.label_space_dropped(analysis.outside_label_space(s.notes, ev.labels), split, len(ev.labels))
 
 # %% [markdown]
@@ -120,7 +123,7 @@ report.table(report.seed_spread_table(results, f"{split}_tuned" + evaluate.compa
 # Which admissions were scored, and how far val and test are from train (patients shared).
 
 # %%
-from icdlib import preprocess
+from icdlib.data import preprocess
 preprocess.split_notes(cfg, preprocess.read(cfg))
 
 # %% [markdown]

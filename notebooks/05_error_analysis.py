@@ -11,7 +11,8 @@ mimic_dir = ""         # MIMIC-III v1.4 (or MIMIC-IV v2.2) folder; empty means t
 params = {}            # other parameters, e.g. {"max_steps": 50}; with papermill also -p max_steps 50
 
 # %%
-from icdlib import analysis, config, evaluate
+from icdlib.evaluation import analysis, evaluate
+from icdlib.run import config
 cfg = config.from_notebook(globals())
 ev = evaluate.read(cfg)  # what 04 wrote, checked against the run's manifests
 cfg, threshold, per_code = ev.cfg, ev.results["threshold"], ev.per_code  # cfg: with step 01's data parameters
@@ -19,7 +20,8 @@ split = evaluate.eval_split(ev)
 s = ev.splits[split]
 
 # %%
-from icdlib import provenance, report
+from icdlib.run import provenance
+from icdlib import report
 report.header(cfg, provenance.collect(cfg.run_dir))
 
 # %% [markdown]
@@ -122,13 +124,13 @@ report.table(analysis.errors_by(s.notes, s.y_true, s.y_score, threshold, by="n_c
 # means recall is lost on the busy admissions, not precision.
 #
 # ## Do the explanations point at the evidence?
-# Step 04 explained the model's true-positive codes with five methods (`icdlib.explain`: label
+# Step 04 explained the model's true-positive codes with five methods (`icdlib.model.explain`: label
 # attention, attention × input-gradient (AttInGrad, Edin et al. 2024), input × gradient, integrated
 # gradients, occlusion of sentences) and compared each with the run's evidence spans: those the twin
 # wrote beside each note, or MDACE's coder annotations on MIMIC-III (`-p evidence=mdace`).
 
 # %%
-from icdlib import explanation_report
+from icdlib.report import explanation_report
 explanation_report.overview(ev)
 
 # %%

@@ -16,14 +16,16 @@ resamples = 1000       # bootstrap resamples of the admissions
 seed = 0               # the bootstrap's random seed
 
 # %%
-from icdlib import compare, kernel
+from icdlib import compare
+from icdlib.run import kernel
 kernel.show_errors_in_one_line()
 cmp = compare.load(runs, output_root=output_root)  # checked: one line for the first difference
 result = compare.score(cmp, resamples=resamples, seed=seed)
 written = compare.write(result, compare.destination(cmp.sides, out, output_root))
 
 # %%
-from icdlib import provenance, report
+from icdlib.run import provenance
+from icdlib import report
 report.provenance(provenance.collect(cmp.sides[0].cfg.run_dir, files=()))
 
 # %% [markdown]

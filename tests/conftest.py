@@ -13,7 +13,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory):
     """A tiny random bidirectional Llama (transformers' LlamaModel) + BPE tokenizer saved in Hugging Face format."""
-    from icdlib import backbones, config
+    from icdlib.model import backbones
+    from icdlib.run import config
 
     cfg = config.resolve("tiny", {"tiny_layers": 2, "tiny_hidden": 64, "tiny_heads": 4, "tiny_vocab": 300})
     words = ("congestive heart failure atrial fibrillation hypertension acute kidney injury sepsis "
@@ -33,7 +34,7 @@ def write_caml_splits(mimic_dir: Path, out: Path):
     """CAML-style `{train,dev,test}_full_hadm_ids.csv` for a twin (patient-level, as CAML's are)."""
     import pandas as pd
 
-    from icdlib import splits
+    from icdlib.data import splits
 
     notes = pd.read_csv(mimic_dir / "NOTEEVENTS.csv", usecols=["SUBJECT_ID", "HADM_ID"]).dropna().drop_duplicates()
     notes = notes.astype("int64").drop_duplicates("HADM_ID")
@@ -59,7 +60,7 @@ def relative_run(tmp_path_factory):
     from types import SimpleNamespace
 
     import hub_replica
-    from icdlib import synth
+    from icdlib.twin import synth
 
     root = tmp_path_factory.mktemp("offline")
     replica = hub_replica.build(root / "hub", "llama")

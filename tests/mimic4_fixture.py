@@ -1,11 +1,11 @@
 """A hand-made MIMIC-IV v2.2 + MIMIC-IV-Note v2.2 folder (PhysioNet's layout) with the quirks
-`icdlib.mimic4` must handle. Comments name what each row is for."""
+`icdlib.data.mimic4` must handle. Comments name what each row is for."""
 
 import csv
 import gzip
 from pathlib import Path
 
-from icdlib.mimic4 import TABLES
+from icdlib.data.mimic4 import TABLES
 
 DIAGNOSES = [  # subject_id, hadm_id, seq_num, icd_code, icd_version
     (1, 200001, 1, "4019", 9), (1, 200001, 2, "0389", 9),

@@ -4,7 +4,7 @@ import csv
 import gzip
 from pathlib import Path
 
-from icdlib.mimic import TABLES
+from icdlib.data.mimic import TABLES
 
 DIAGNOSES = [  # ROW_ID, SUBJECT_ID, HADM_ID, SEQ_NUM, ICD9_CODE
     (1, 1, 100001, 1, "4019"), (2, 1, 100001, 2, "0389"), (3, 1, 100001, 3, "4019"),  # duplicate

@@ -1,11 +1,12 @@
-"""icdlib.analysis on small hand-computed cases."""
+"""icdlib.evaluation.analysis on small hand-computed cases."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from icdlib import analysis, report
-from icdlib import labels as labelspace
+from icdlib.evaluation import analysis
+from icdlib import report
+from icdlib.data import labels as labelspace
 
 
 def label_table(codes, n_train=None):

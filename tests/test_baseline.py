@@ -1,4 +1,4 @@
-"""icdlib.baseline: the TF-IDF features and the classifier on a small keyword problem."""
+"""icdlib.evaluation.baseline: the TF-IDF features and the classifier on a small keyword problem."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import roc_auc_score
 
-from icdlib import baseline
+from icdlib.evaluation import baseline
 
 
 def keyword_problem(n_docs=400, n_labels=12, seed=0):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from icdlib.bench import harness, results, run_suite
-from icdlib.errors import IcdlibError
+from icdlib.run.errors import IcdlibError
 
 
 def test_summary_and_ratios_are_exact():
@@ -79,13 +79,13 @@ def test_metrics_suite_compares_equal_values(smoke):
     for key, value in doc["values"]["sklearn"].items():
         assert doc["values"]["icdlib"][key] == pytest.approx(value, abs=1e-6)
     assert [r["system"] for r in doc["rows"]] == [
-        "icdlib.metrics.compute", "scikit-learn loop", "icdlib.uncertainty.intervals",
-        "icdlib.uncertainty.paired (two models)", "metrics.compute on repeated rows (timed on 20, × 50)"]
+        "icdlib.measure.metrics.compute", "scikit-learn loop", "icdlib.measure.uncertainty.intervals",
+        "icdlib.measure.uncertainty.paired (two models)", "metrics.compute on repeated rows (timed on 20, × 50)"]
     assert all(r["seconds"]["n"] == SMOKE_REPEATS for r in doc["rows"])
 
 
 def test_metrics_suite_bootstrap_part_checks_the_vectorised_values_against_compute():
-    from icdlib import metrics, uncertainty
+    from icdlib.measure import metrics, uncertainty
     from icdlib.bench import metrics as suite
 
     y, s = suite.make_data(40, 30, codes_per_doc=4.0)
@@ -250,7 +250,7 @@ def test_bench_smoke_in_a_fresh_clone_from_another_folder_changes_no_tracked_fil
 def test_gpu_suite_smoke_runs_the_toy_shapes_and_records_what_it_measured(tmp_path):
     import torch
 
-    from icdlib import config
+    from icdlib.run import config
     from icdlib.bench import gpu
 
     doc = run_suite("gpu", scale="smoke", repeats=1, warmup=0, data_dir=tmp_path / "data",
@@ -495,7 +495,7 @@ def test_both_systems_clean_texts_as_edins_regexes_do():
 
     import pyarrow as pa
 
-    from icdlib import mimic4
+    from icdlib.data import mimic4
     from icdlib.bench import edin4
 
     def edin(text):

@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icdlib import config, labels, preprocess, splits
-from icdlib.errors import ConfigError
-from icdlib.mimic import TABLES
+from icdlib.run import config
+from icdlib.data import labels, preprocess, splits
+from icdlib.run.errors import ConfigError
+from icdlib.data.mimic import TABLES
 
 N = 30
 SUBJECT = [1 + i // 3 if i < 24 else 100 + i for i in range(N)]

@@ -1,4 +1,4 @@
-"""icdlib.bidirectional, per family: a later token reaches an earlier one, padding reaches nothing,
+"""icdlib.model.bidirectional, per family: a later token reaches an earlier one, padding reaches nothing,
 nothing outside the converted model changes, and an unknown architecture is refused in one line.
 
 Each family is transformers' own bare model class at toy size (random weights, fp32), with every
@@ -10,9 +10,9 @@ import pytest
 import torch
 import transformers as T
 
-from icdlib import bidirectional
-from icdlib.errors import IcdlibError
-from icdlib.models import position_ids
+from icdlib.model import bidirectional
+from icdlib.run.errors import IcdlibError
+from icdlib.model.models import position_ids
 
 SMALL = dict(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from test_train import assert_scored_once, small_cfg
 
-from icdlib import cli, config, preprocess
+from icdlib import cli
+from icdlib.run import config
+from icdlib.data import preprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 HUB = "McGill-NLP/LLM2Vec-Meta-Llama-3-8B-Instruct-mntp"
@@ -96,7 +98,7 @@ def test_kernel_shutdown_sends_no_interrupt():
     """jupyter_client's shutdown begins with SIGINT, which hits the kernel while it still handles
     papermill's last kernel_info request; our manager shuts down without it. An explicit
     interrupt still reaches the kernel."""
-    from icdlib.kernel import kernel_manager_class
+    from icdlib.run.kernel import kernel_manager_class
 
     sent = []
 

@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icdlib import analysis, icd10, mimic4, pcs, synth, synth4
-from icdlib.codes import DIAGNOSIS, PROCEDURE, category, dot, dot_diagnosis, dot_procedure, normalise
-from icdlib.labels import kind_of
+from icdlib.evaluation import analysis
+from icdlib.data import icd10, mimic4, pcs
+from icdlib.twin import synth, synth4
+from icdlib.data.codes import DIAGNOSIS, PROCEDURE, category, dot, dot_diagnosis, dot_procedure, normalise
+from icdlib.data.labels import kind_of
 
 
 @lru_cache(maxsize=None)

@@ -1,6 +1,6 @@
 import pytest
 
-from icdlib.codes import caml_procedure, category, dot, dot_diagnosis, dot_procedure, normalise
+from icdlib.data.codes import caml_procedure, category, dot, dot_diagnosis, dot_procedure, normalise
 
 
 @pytest.mark.parametrize("raw,dotted", [
@@ -44,8 +44,9 @@ def test_lowercase_codes_get_the_label_of_their_uppercase_twin(tmp_path):
 
     import pandas as pd
 
-    from icdlib import config, preprocess
-    from icdlib.mimic import TABLES
+    from icdlib.run import config
+    from icdlib.data import preprocess
+    from icdlib.data.mimic import TABLES
     from mimic_fixture import DIAGNOSES, write_mimic
 
     upper = write_mimic(tmp_path / "upper")

@@ -16,8 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icdlib import compare, config, evaluate, metrics, pipeline, steps, uncertainty
-from icdlib.errors import DataError
+from icdlib import compare, pipeline, steps
+from icdlib.run import config
+from icdlib.evaluation import evaluate
+from icdlib.measure import metrics, uncertainty
+from icdlib.run.errors import DataError
 from test_train import SMALL
 
 ROOT = Path(__file__).resolve().parent.parent

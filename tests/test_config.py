@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from icdlib import config
-from icdlib.errors import ConfigError
-from icdlib.runfolder import RunFolderError
+from icdlib.run import config
+from icdlib.run.errors import ConfigError
+from icdlib.run.runfolder import RunFolderError
 
 
 @pytest.fixture
@@ -324,7 +324,7 @@ def test_config_json_records_the_backbones_own_model_type(tmp_path, monkeypatch)
     """Was: `model_type: llama` in the config.json of a Mistral run (the tiny backbone's default). A real
     backbone's model_type is its config.json's when the folder (or the Hugging Face cache) holds it, else
     what its params file says, which agrees with icdlib's table of the shipped backbones."""
-    from icdlib import memory_plan
+    from icdlib.model import memory_plan
 
     for backbone in config.backbones():
         cfg = config.resolve(backbone)

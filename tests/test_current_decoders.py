@@ -18,8 +18,9 @@ import pytest
 
 import hub_replica
 from conftest import OFFLINE_SIZE
-from icdlib import backbones, synth
-from icdlib.bidirectional import is_bidirectional
+from icdlib.model import backbones
+from icdlib.twin import synth
+from icdlib.model.bidirectional import is_bidirectional
 
 CASES = {
     "qwen3": {"family": "qwen3", "folder": "Qwen3-8B-Base", "class": "Qwen3Model", "bos": False},

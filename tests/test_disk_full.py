@@ -13,10 +13,12 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from icdlib import backbones, checkpoint, cli, config, runfolder, train
-from icdlib.errors import DiskFullError
-from icdlib.models import ICDCoder
-from icdlib.runfolder import amount, atomic_path, atomic_write_text, out_of_space, tree_hash
+from icdlib.model import backbones, checkpoint, train
+from icdlib import cli
+from icdlib.run import config, runfolder
+from icdlib.run.errors import DiskFullError
+from icdlib.model.models import ICDCoder
+from icdlib.run.runfolder import amount, atomic_path, atomic_write_text, out_of_space, tree_hash
 
 Usage = namedtuple("Usage", "total used free")
 TORCH_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"  # torch 2.13 on a full tmpfs

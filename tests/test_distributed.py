@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from icdlib import checkpoint, config, distributed, preprocess, train
-from icdlib.inference import Env
+from icdlib.model import checkpoint, distributed, train
+from icdlib.run import config
+from icdlib.data import preprocess
+from icdlib.model.inference import Env
 from test_cli_paths import free_port
 from test_train import small_cfg, trainable_weights
 

@@ -6,10 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icdlib import evaluate, metrics, report, uncertainty
-from icdlib.config import Config
-from icdlib.errors import DataError
-from icdlib.evaluate import Evaluation, SplitScores
+from icdlib.evaluation import evaluate
+from icdlib.measure import metrics, uncertainty
+from icdlib import report
+from icdlib.run.config import Config
+from icdlib.run.errors import DataError
+from icdlib.evaluation.evaluate import Evaluation, SplitScores
 from test_metrics import TOY_S, TOY_Y
 
 CODES = ["c0", "c1", "c2", "c3", "c4", "c5"]  # c4, c5: no positive in either split

@@ -10,9 +10,10 @@ import pyarrow as pa
 import pytest
 
 import mimic_fixture
-from icdlib import config, evidence, mimic4, preprocess, record
-from icdlib.errors import ConfigError, DataError
-from icdlib.runfolder import Run
+from icdlib.run import config, record
+from icdlib.data import evidence, mimic4, preprocess
+from icdlib.run.errors import ConfigError, DataError
+from icdlib.run.runfolder import Run
 from mimic4_fixture import TEXT_200001, write_mimic4
 from mimic_fixture import write_mimic
 from test_preprocess import make_cfg

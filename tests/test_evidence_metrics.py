@@ -1,4 +1,4 @@
-"""Tests for icdlib.evidence_metrics: every metric on hand-made pairs equal to the arithmetic written beside
+"""Tests for icdlib.measure.evidence_metrics: every metric on hand-made pairs equal to the arithmetic written beside
 it, Edin et al.'s own formulas transcribed as references, edge cases (no evidence, equal scores, ties),
 faithfulness against a hand-made linear model, and the note bootstrap against a slow loop."""
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import sklearn.metrics
 
-from icdlib import evidence_metrics as em
-from icdlib import uncertainty
+from icdlib.measure import evidence_metrics as em
+from icdlib.measure import uncertainty
 
 TOL = 1e-9  # Edin et al.'s 1e-11 guards move hand values by less than this
 

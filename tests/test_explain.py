@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from icdlib import backbones, config, explain
-from icdlib.data import SegmentFormat, collate, tokenize
-from icdlib.errors import IcdlibError
-from icdlib.models import ICDCoder
+from icdlib.model import backbones, explain
+from icdlib.run import config
+from icdlib.model.encoding import SegmentFormat, collate, tokenize
+from icdlib.run.errors import IcdlibError
+from icdlib.model.models import ICDCoder
 
 SEGMENT = 16
 TEXTS = ["Patient admitted with sepsis. denies atrial fibrillation!\npneumonia treated; discharged stable.",

@@ -1,4 +1,4 @@
-"""Step 04's measure of the explanation methods (icdlib.explanations) on small exact cases."""
+"""Step 04's measure of the explanation methods (icdlib.evaluation.explanations) on small exact cases."""
 
 import json
 from types import SimpleNamespace
@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from icdlib import evidence_metrics as em
-from icdlib import explain, explanations
-from icdlib.data import PLAIN
+from icdlib.measure import evidence_metrics as em
+from icdlib.model import explain
+from icdlib.evaluation import explanations
+from icdlib.model.encoding import PLAIN
 
 
 def test_overlap_marks_every_token_that_touches_a_span():
@@ -38,8 +39,8 @@ def test_true_positive_pairs_keep_codes_with_evidence_on_the_first_admissions():
 
 
 def _coder(tiny_backbone, n_labels=3, max_tokens=40):
-    from icdlib import backbones
-    from icdlib.models import ICDCoder
+    from icdlib.model import backbones
+    from icdlib.model.models import ICDCoder
 
     encoder, tokenizer = backbones.load(tiny_backbone)
     torch.manual_seed(0)
@@ -111,7 +112,7 @@ def test_groups_give_each_whitespace_token_its_own_word():
 
 
 def test_the_share_safe_spans_table_holds_offsets_codes_and_scores_only():
-    from icdlib import explanation_report
+    from icdlib.report import explanation_report
 
     found = [{"hadm_id": 5, "code": "428.0", "spans": [{"begin": 3, "end": 9, "text": "heart failure", "score": 0.5}]}]
     safe = explanation_report.spans_table(found, share_safe=True)

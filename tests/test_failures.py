@@ -6,8 +6,10 @@ import nbformat
 import pytest
 from safetensors.torch import save_file
 
-from icdlib import checkpoint, cli, config, pipeline
-from icdlib.errors import IcdlibError
+from icdlib.model import checkpoint
+from icdlib import cli, pipeline
+from icdlib.run import config
+from icdlib.run.errors import IcdlibError
 
 
 def notebook_dir(tmp_path, source: str):
@@ -58,8 +60,8 @@ def test_ctrl_c_in_the_cli_is_one_line(monkeypatch, capsys):
 def test_a_foreign_head_is_one_line(tiny_backbone, tmp_path):
     import pandas as pd
 
-    from icdlib import backbones
-    from icdlib.models import ICDCoder
+    from icdlib.model import backbones
+    from icdlib.model.models import ICDCoder
 
     cfg = config.resolve("tiny", {"train_backbone": "frozen", "attention_dim": 8})
     encoder, tokenizer = backbones.load(tiny_backbone)
@@ -86,7 +88,7 @@ def test_the_printed_resume_line_continues_the_run(tmp_path, monkeypatch):
     import sys
     from pathlib import Path
 
-    from icdlib import train
+    from icdlib.model import train
     from test_train import kill_at_fifth_step, small_cfg
 
     cfg = small_cfg(tmp_path / "out", "cut", max_steps=6, save_every=3, baseline=False)

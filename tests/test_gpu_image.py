@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from icdlib import config, preprocess
+from icdlib.run import config
+from icdlib.data import preprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 ABSENT = {"papermill", "nbformat", "nbconvert", "nbclient", "jupyter_client", "jupyter_core", "jupyter_server",

@@ -10,8 +10,9 @@ import dataclasses
 import json
 import re
 
-from icdlib import config, pipeline, report, steps
-from icdlib.runfolder import Run
+from icdlib.run import config
+from icdlib import pipeline, report, steps
+from icdlib.run.runfolder import Run
 from test_run_record import copy_of, done  # noqa: F401
 
 

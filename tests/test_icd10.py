@@ -1,4 +1,4 @@
-"""icdlib.icd10 on exact cases and on the whole FY2024 release: ICD-10-CM chapters and blocks, PCS sections
+"""icdlib.data.icd10 on exact cases and on the whole FY2024 release: ICD-10-CM chapters and blocks, PCS sections
 and body systems, and which ICD version a code (and a label space) is."""
 
 import json
@@ -9,8 +9,8 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from icdlib.codes import DIAGNOSIS, PROCEDURE
-from icdlib.icd10 import (BLOCK, CHAPTER, DATASET_VERSIONS, PCS_BODY_SYSTEMS_MEDICAL_SURGICAL, PCS_SECTIONS,
+from icdlib.data.codes import DIAGNOSIS, PROCEDURE
+from icdlib.data.icd10 import (BLOCK, CHAPTER, DATASET_VERSIONS, PCS_BODY_SYSTEMS_MEDICAL_SURGICAL, PCS_SECTIONS,
                           UNKNOWN_BLOCK, UNKNOWN_BODY_SYSTEM, UNKNOWN_CHAPTER, UNKNOWN_SECTION, block, chapter, group,
                           groups, icd_version, is_icd10, label_version, pcs_body_system, pcs_section)
 
@@ -216,7 +216,8 @@ def test_e030_is_not_read_as_icd10():
 
 def test_dataset_versions_name_every_dataset():
     """One table of which dataset is which version: config's datasets and mimic4's."""
-    from icdlib import config, mimic4
+    from icdlib.run import config
+    from icdlib.data import mimic4
     assert set(DATASET_VERSIONS) == set(config.CHOICES["dataset"])
     assert mimic4.DATASETS == {d: v for d, v in DATASET_VERSIONS.items() if d.startswith("mimic4_")}
 

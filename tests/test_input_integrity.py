@@ -7,8 +7,8 @@ import struct
 import pandas as pd
 import pytest
 
-from icdlib import mimic, preprocess
-from icdlib.errors import DataError
+from icdlib.data import mimic, preprocess
+from icdlib.run.errors import DataError
 
 from mimic_fixture import write_mimic
 from test_preprocess import make_cfg

@@ -8,8 +8,9 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from papermill.exceptions import PapermillExecutionError
 
-from icdlib import kernel, papermill_engine
-from icdlib.errors import ConfigError, IcdlibError
+from icdlib.run import kernel
+from icdlib import papermill_engine
+from icdlib.run.errors import ConfigError, IcdlibError
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def test_a_cell_raising_an_icdlib_error_shows_one_line(shell):
     kernel.show_errors_in_one_line()
     kernel.show_errors_in_one_line()  # the config cell run twice installs it once
     assert ip.custom_exceptions == (IcdlibError,)
-    result = ip.run_cell("from icdlib.errors import ConfigError\nraise ConfigError('batch_size must be at least 1,\\ngot -4')")
+    result = ip.run_cell("from icdlib.run.errors import ConfigError\nraise ConfigError('batch_size must be at least 1,\\ngot -4')")
     assert isinstance(result.error_in_exec, ConfigError)
     assert shown == [("ConfigError", ["icdlib: error: batch_size must be at least 1, got -4"])]
     result = ip.run_cell("raise KeyError('a bug')")  # not a user error: IPython's whole traceback

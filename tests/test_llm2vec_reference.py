@@ -18,8 +18,9 @@ import pytest
 import torch
 
 import hub_replica
-from icdlib import backbones, config, mntp
-from icdlib.bidirectional import is_bidirectional
+from icdlib.model import backbones, mntp
+from icdlib.run import config
+from icdlib.model.bidirectional import is_bidirectional
 from llm2vec_reference.make_reference import load_tensors
 
 REFERENCE = Path(__file__).resolve().parent / "llm2vec_reference"
@@ -86,7 +87,7 @@ def test_hidden_states_and_embeddings_equal_llm2vecs(family, adapter, reference,
     assert diff <= ATOL and pooled <= ATOL
     # as icdlib reads a segment: right padding, positions counted over real tokens; RoPE is
     # relative, so each row's states are llm2vec's up to rounding
-    from icdlib.models import position_ids
+    from icdlib.model.models import position_ids
 
     lengths = mask.sum(1)
     right = torch.zeros_like(ids)
@@ -127,7 +128,7 @@ def test_encode_of_notes_equals_llm2vecs(family, reference, replicas):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_mntp_loss_equals_llm2vecs_bi_for_mntp(family, reference, replicas):
-    """LlamaBiForMNTP / MistralBiForMNTP's loss on the base (its own LM head) = icdlib.mntp's."""
+    """LlamaBiForMNTP / MistralBiForMNTP's loss on the base (its own LM head) = icdlib.model.mntp's."""
     tensors, _ = reference
     replica = replicas[family]
     base, _ = backbones.load(str(replica.base))

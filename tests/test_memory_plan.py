@@ -1,4 +1,4 @@
-"""The memory plan (icdlib/memory_plan.py): its arithmetic against models icdlib builds, on the CPU.
+"""The memory plan (icdlib/model/memory_plan.py): its arithmetic against models icdlib builds, on the CPU.
 
 Parameters and weight bytes must equal the sum over a built model's tensors exactly. Activations
 are compared with what a training step really keeps, at toy shape: the bytes autograd saves for
@@ -15,10 +15,11 @@ import pytest
 import torch
 
 import hub_replica
-from icdlib import backbones, config, memory_plan
+from icdlib.model import backbones, memory_plan
+from icdlib.run import config
 from icdlib.cli import main
-from icdlib.memory_plan import GB, MemoryPlanError
-from icdlib.models import ICDCoder, adapters_take_input_as_is, checkpoint_activations, loss_fn
+from icdlib.model.memory_plan import GB, MemoryPlanError
+from icdlib.model.models import ICDCoder, adapters_take_input_as_is, checkpoint_activations, loss_fn
 
 PARAMS = Path(__file__).resolve().parent.parent / "params"
 NOTES, SEGMENTS, LENGTH, LABELS, ATTENTION_DIM = 2, 2, 32, 50, 16
@@ -305,7 +306,7 @@ def test_plan_command_prints_the_arithmetic_and_exits_by_the_verdict(capsys):
 def test_step_03_stops_before_loading_when_the_plan_does_not_fit(tmp_path, monkeypatch):
     """03 on a GPU of 1 MB: one line with what would fit, and nothing loaded (`prepare` never
     runs); `memory_check=false` goes on. On the CPU (no GPU memory to plan) nothing is checked."""
-    from icdlib import train
+    from icdlib.model import train
     from test_train import small_cfg
 
     cfg = small_cfg(tmp_path, "plan")
@@ -324,7 +325,7 @@ def test_step_03_stops_before_loading_when_the_plan_does_not_fit(tmp_path, monke
 
 
 def test_step_03_trains_a_backbone_the_plan_cannot_shape(tmp_path, capsys):
-    from icdlib import train
+    from icdlib.model import train
     from test_train import small_cfg
 
     cfg = small_cfg(tmp_path, "unknown")

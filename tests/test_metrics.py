@@ -1,4 +1,4 @@
-"""Tests for icdlib.metrics: hand-computed cases and equality with scikit-learn loops."""
+"""Tests for icdlib.measure.metrics: hand-computed cases and equality with scikit-learn loops."""
 
 import math
 
@@ -14,7 +14,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from icdlib import metrics
+from icdlib.measure import metrics
 
 NAN = float("nan")
 

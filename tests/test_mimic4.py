@@ -1,4 +1,4 @@
-"""icdlib.mimic4 on a hand-made MIMIC-IV folder: exact admissions, codes and label spaces of both
+"""icdlib.data.mimic4 on a hand-made MIMIC-IV folder: exact admissions, codes and label spaces of both
 datasets, Edin et al.'s steps (checked against a pandas port of their script), and one-line errors."""
 
 import gzip
@@ -8,9 +8,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from icdlib import mimic, mimic4, preprocess
-from icdlib.codes import DIAGNOSIS, PROCEDURE
-from icdlib.errors import ConfigError, DataError, MimicSchemaError
+from icdlib.data import mimic, mimic4, preprocess
+from icdlib.data.codes import DIAGNOSIS, PROCEDURE
+from icdlib.run.errors import ConfigError, DataError, MimicSchemaError
 
 from mimic4_fixture import TEXT_200001, TEXT_200002, write_mimic4
 

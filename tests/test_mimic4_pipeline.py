@@ -12,8 +12,9 @@ dataset nor its split file.
 import pandas as pd
 import pytest
 
-from icdlib import config, preprocess
-from icdlib.errors import ConfigError, DataError, MimicSchemaError
+from icdlib.run import config
+from icdlib.data import preprocess
+from icdlib.run.errors import ConfigError, DataError, MimicSchemaError
 
 from mimic4_fixture import write_mimic4
 

@@ -11,8 +11,9 @@ tests/test_mimic4_pipeline.py::test_edin_text_cleaning_and_a_separate_note_folde
 import pandas as pd
 import pytest
 
-from icdlib import config, mimic4, preprocess
-from icdlib.errors import DataError
+from icdlib.run import config
+from icdlib.data import mimic4, preprocess
+from icdlib.run.errors import DataError
 
 from mimic4_fixture import DIAGNOSES, PROCEDURES, write_mimic4
 

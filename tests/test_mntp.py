@@ -15,9 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from icdlib import backbones, checkpoint, config, mntp, preprocess, train
-from icdlib.inference import Env
-from icdlib.runfolder import MNTP_ARMS, Run
+from icdlib.model import backbones, checkpoint, mntp, train
+from icdlib.run import config
+from icdlib.data import preprocess
+from icdlib.model.inference import Env
+from icdlib.run.runfolder import MNTP_ARMS, Run
 import test_train
 from test_train import ROOT, kill_at_fifth_step
 
@@ -89,7 +91,7 @@ def test_loss_is_the_causal_lm_shift_over_masked_tokens(tokenizer):
     weights. tests/test_llm2vec_reference.py compares it with LlamaBiForMNTP itself."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from icdlib.bidirectional import make_bidirectional
+    from icdlib.model.bidirectional import make_bidirectional
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -187,7 +189,7 @@ def test_kill_and_resume_equals_an_uninterrupted_stage(tmp_path, monkeypatch):
 def test_comparison_is_a_second_fine_tuning_of_the_same_split(tmp_path, arm):
     """mntp_compare: the other arm fine-tunes from the other backbone (with or without MNTP) on the
     same split; 04 scores it beside the model."""
-    from icdlib import evaluate
+    from icdlib.evaluation import evaluate
 
     cfg = small_cfg(tmp_path, "cmp", mntp_compare=arm, baseline=False)
     train.fit(cfg, progress=False)
@@ -512,7 +514,7 @@ def test_both_arms_start_from_the_same_weights_and_batches(tmp_path, monkeypatch
     """mntp_compare: the fine-tuning with MNTP and the one without start from the same fresh LoRA and
     head weights and train on the same batches in the same order; the backbone underneath differs
     (the MNTP adapter merged in)."""
-    from icdlib.data import LengthBucketSampler
+    from icdlib.model.encoding import LengthBucketSampler
 
     cfg = small_cfg(tmp_path, "fair", train_backbone="lora", mntp_compare="with", baseline=False, max_steps=4,
                     eval_every=4, save_every=4)

@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from icdlib import backbones, config, train
-from icdlib.bidirectional import is_bidirectional
-from icdlib.data import collate, left_pad_segments, tokenize
-from icdlib.models import ICDCoder, LabelAttentionHead, MeanHead, checkpoint_activations, loss_fn
+from icdlib.model import backbones, train
+from icdlib.run import config
+from icdlib.model.bidirectional import is_bidirectional
+from icdlib.model.encoding import collate, left_pad_segments, tokenize
+from icdlib.model.models import ICDCoder, LabelAttentionHead, MeanHead, checkpoint_activations, loss_fn
 
 
 def build(path, train_backbone="lora", head="label_attention", n_labels=5, checkpointing=False):
@@ -159,7 +160,7 @@ def test_lora_can_start_from_a_saved_llm2vec_style_adapter(tiny_backbone, tmp_pa
 
 
 def test_token_attention_is_a_distribution_over_the_note(tiny_backbone):
-    from icdlib.explain import highlight_html, token_attention
+    from icdlib.model.explain import highlight_html, token_attention
 
     coder, tok = build(tiny_backbone, "frozen", n_labels=3)
     coder.eval()
@@ -173,8 +174,8 @@ def test_token_attention_is_a_distribution_over_the_note(tiny_backbone):
 def test_token_attention_reads_segments_as_training_built_them(tiny_backbone):
     """With BOS + a suffix around each segment and tail truncation, the table lists exactly the note
     tokens the model read, in order; the format tokens take some attention but are not listed."""
-    from icdlib.data import SegmentFormat
-    from icdlib.explain import token_attention
+    from icdlib.model.encoding import SegmentFormat
+    from icdlib.model.explain import token_attention
 
     coder, tok = build(tiny_backbone, "frozen", n_labels=3)
     coder.eval()
@@ -193,7 +194,7 @@ def test_lora_takes_its_input_in_the_compute_dtype():
     by autocast is the same number, so the round trip bought nothing but memory traffic."""
     from peft import LoraConfig, get_peft_model
 
-    from icdlib.models import adapters_take_input_as_is
+    from icdlib.model.models import adapters_take_input_as_is
 
     torch.manual_seed(0)
     base = torch.nn.Sequential(torch.nn.Linear(64, 64)).to(torch.bfloat16)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from icdlib import cli, predict, train
+from icdlib import cli, predict
+from icdlib.model import train
 from pre_transformers5.make_folders import restore
 
 OLD = Path(__file__).resolve().parent / "pre_transformers5"
@@ -60,7 +61,7 @@ def test_resuming_a_run_written_before_the_move_says_why_it_cannot(tmp_path):
     match (the key counts the versions that built it): one line with both stacks, not 'parameters changed'."""
     from dataclasses import replace
 
-    from icdlib.errors import IcdlibError
+    from icdlib.run.errors import IcdlibError
     from test_train import small_cfg
 
     cfg = small_cfg(tmp_path, "old", max_steps=2, eval_every=2, save_every=2)

@@ -96,7 +96,8 @@ def make_run_command(target: str) -> list[str]:
 def test_make_demo_fine_tunes_once_and_make_demo_mntp_compares():
     """`make demo` stays short (one fine-tuning, no MNTP stage); `make demo-mntp` is the MNTP comparison
     of params/tiny.yaml (the stage, then a second fine-tuning)."""
-    from icdlib import cli, config
+    from icdlib import cli
+    from icdlib.run import config
 
     runs = {}
     for target in ("demo", "demo-mntp"):

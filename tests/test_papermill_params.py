@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from icdlib import config
+from icdlib.run import config
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_DATA = ["-p", "synth_admissions", "60", "-p", "min_count", "2"]  # 49 train admissions, ~100 codes

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icdlib import metrics
-from icdlib.labels import multi_hot
+from icdlib.measure import metrics
+from icdlib.data.labels import multi_hot
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +29,7 @@ CANARIES = [f"zqxcanary{i}vwk" for i in range(7)]
 def demo_run(tmp_path_factory):
     """One whole run on a twin written to its own folder, as a user's MIMIC-III folder would be:
     with `mimic_dir` set, share_safe is on by default. Each discharge summary carries a canary."""
-    from icdlib import synth
+    from icdlib.twin import synth
 
     root = tmp_path_factory.mktemp("outputs")
     mimic = synth.generate(root / "mimic", admissions=600, seed=0, short=True, progress=False, canaries=CANARIES)
@@ -172,7 +172,7 @@ def test_predict_api_refuses_bad_input(demo_run, tmp_path):
     import shutil
 
     from icdlib import predict
-    from icdlib.errors import IcdlibError
+    from icdlib.run.errors import IcdlibError
 
     run_dir, _ = demo_run
     coder = predict.load(run_dir / "03_train/best", device="cpu")

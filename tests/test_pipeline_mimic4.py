@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icdlib import icd10, metrics
-from icdlib.labels import multi_hot
+from icdlib.data import icd10
+from icdlib.measure import metrics
+from icdlib.data.labels import multi_hot
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = {"dataset": "mimic4_icd10", "synth_admissions": 400, "mntp_steps": 0, "mntp_compare": "none", "epochs": 6}

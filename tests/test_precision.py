@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from icdlib import backbones, checkpoint, config, train
-from icdlib.data import collate, tokenize
-from icdlib.errors import IcdlibError
-from icdlib.models import ICDCoder, loss_fn
+from icdlib.model import backbones, checkpoint, train
+from icdlib.run import config
+from icdlib.model.encoding import collate, tokenize
+from icdlib.run.errors import IcdlibError
+from icdlib.model.models import ICDCoder, loss_fn
 
 N_LABELS = 8922  # MIMIC-III full
 CPU = torch.device("cpu")

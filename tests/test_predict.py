@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from icdlib import backbones, checkpoint, cli, config, predict
-from icdlib.data import SegmentFormat
-from icdlib.errors import IcdlibError
-from icdlib.models import ICDCoder
+from icdlib.model import backbones, checkpoint
+from icdlib import cli, predict
+from icdlib.run import config
+from icdlib.model.encoding import SegmentFormat
+from icdlib.run.errors import IcdlibError
+from icdlib.model.models import ICDCoder
 
 SEGMENT, SEGMENTS = 16, 2
 KEPT = (SEGMENT - 1) * SEGMENTS  # a BOS opens every segment: 15 note tokens per segment
@@ -234,7 +236,7 @@ def evidence_coder(evidence_dir):
 
 def expected_spans(coder, text: str, code: str, method: str, n: int = 3):
     """The evidence of one code through explain's parts: tokens and offsets, scores, words, spans."""
-    from icdlib import explain
+    from icdlib.model import explain
 
     ids, offsets = explain.token_spans(text, coder.tokenizer, coder.max_tokens, coder.truncation_mode)
     label = coder.labels["code"].tolist().index(code)
@@ -263,8 +265,8 @@ def test_evidence_offsets_point_into_the_text_as_given_when_the_run_cleans_it(ev
     import copy
     import dataclasses
 
-    from icdlib import explain
-    from icdlib.preprocess import clean_caml
+    from icdlib.model import explain
+    from icdlib.data.preprocess import clean_caml
 
     coder = copy.copy(evidence_coder)
     coder.cfg = dataclasses.replace(coder.cfg, text_cleaning="caml")
@@ -327,8 +329,8 @@ def evaluated_run(model_dir, root, threshold: float):
     with 04's manifest naming the best/ it scored (as `record.step` writes it)."""
     import shutil
 
-    from icdlib.record import artifact_hash
-    from icdlib.runfolder import Run
+    from icdlib.run.record import artifact_hash
+    from icdlib.run.runfolder import Run
 
     from safetensors.torch import load_file, save_file
 

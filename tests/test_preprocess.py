@@ -1,8 +1,9 @@
 import pandas as pd
 import pytest
 
-from icdlib import config, preprocess, splits
-from icdlib.errors import DataError, MimicSchemaError
+from icdlib.run import config
+from icdlib.data import preprocess, splits
+from icdlib.run.errors import DataError, MimicSchemaError
 
 from mimic_fixture import write_mimic
 
@@ -186,7 +187,8 @@ def test_group_codes_sorts_and_deduplicates():
 
 
 def test_notes_read_in_parallel_byte_ranges_equal_one_piece(tmp_path):
-    from icdlib import mimic, synth
+    from icdlib.data import mimic
+    from icdlib.twin import synth
 
     paths = synth.generate(tmp_path / "twin", admissions=120, seed=3, progress=False)
     whole, whole_stats = mimic.read_notes(paths["NOTEEVENTS"], ["Discharge summary", "Radiology"], progress=False, parts=1)
@@ -198,7 +200,7 @@ def test_notes_read_in_parallel_byte_ranges_equal_one_piece(tmp_path):
 
 
 def test_a_cut_inside_a_note_falls_back_to_one_piece(tmp_path):
-    from icdlib import mimic
+    from icdlib.data import mimic
 
     import mimic_fixture
 
@@ -257,7 +259,7 @@ def test_sample_shows_each_note_from_its_chief_complaint_not_its_header():
 
 
 def test_cleaned_origins_lead_each_cleaned_character_back_to_the_text():
-    from icdlib.preprocess import CLEANERS, cleaned_origins
+    from icdlib.data.preprocess import CLEANERS, cleaned_origins
 
     text = "Pt ADMITTED w/ Sepsis, 2 days.\n12 Atrial-Fib 3"
     caml = cleaned_origins(text, "caml")

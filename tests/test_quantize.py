@@ -1,4 +1,4 @@
-"""icdlib.quantize without a GPU: refusals, the BitsAndBytesConfig it builds, QLoRA preparation.
+"""icdlib.model.quantize without a GPU: refusals, the BitsAndBytesConfig it builds, QLoRA preparation.
 
 bitsandbytes is not installed by `make setup` (it is the `gpu` extra). Where transformers only
 reads its version, a stand-in `bitsandbytes-0.50.2.dist-info` on sys.path is enough; where a
@@ -13,8 +13,8 @@ import textwrap
 import pytest
 import torch
 
-from icdlib import quantize
-from icdlib.errors import IcdlibError
+from icdlib.model import quantize
+from icdlib.run.errors import IcdlibError
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)  # a device object needs no GPU
 
@@ -81,7 +81,7 @@ def test_bnb_config_fields(bnb_metadata):
 
 
 def test_bitsandbytes_is_imported_only_by_check_on_cuda(tmp_path):
-    """A stand-in bitsandbytes that fails on import: importing icdlib.quantize and building configs never touch it."""
+    """A stand-in bitsandbytes that fails on import: importing icdlib.model.quantize and building configs never touch it."""
     package = tmp_path / "bitsandbytes"
     package.mkdir()
     (package / "__init__.py").write_text("raise RuntimeError('bitsandbytes was imported')\n")
@@ -90,8 +90,8 @@ def test_bitsandbytes_is_imported_only_by_check_on_cuda(tmp_path):
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bitsandbytes\nVersion: 0.50.2\n")
     script = textwrap.dedent("""
         import sys, torch
-        from icdlib import quantize
-        from icdlib.errors import IcdlibError
+        from icdlib.model import quantize
+        from icdlib.run.errors import IcdlibError
         assert quantize.bitsandbytes_version() == "0.50.2"
         assert quantize.bnb_config("4bit").bnb_4bit_quant_type == "nf4"
         assert quantize.bnb_config("8bit").load_in_8bit
@@ -116,7 +116,7 @@ def test_bitsandbytes_is_imported_only_by_check_on_cuda(tmp_path):
 def _tiny_bimodel(dtype=torch.bfloat16):
     from transformers import LlamaConfig, LlamaModel
 
-    from icdlib.bidirectional import make_bidirectional
+    from icdlib.model.bidirectional import make_bidirectional
 
     config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)

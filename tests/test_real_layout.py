@@ -21,9 +21,12 @@ import pytest
 import torch
 
 import hub_replica
-from icdlib import backbones, checkpoint, config, inference, predict, preprocess, train
-from icdlib.bidirectional import is_bidirectional
-from icdlib.errors import IcdlibError
+from icdlib.model import backbones, checkpoint, inference, train
+from icdlib.run import config
+from icdlib import predict
+from icdlib.data import preprocess
+from icdlib.model.bidirectional import is_bidirectional
+from icdlib.run.errors import IcdlibError
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SIZE = {"synth_admissions": 120, "min_count": 3, "benchmark": "none", "split": "patient", "segment_length": 64, "max_segments": 2,

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from icdlib import analysis, report
+from icdlib.evaluation import analysis
+from icdlib import report
 
 CODES = ["38.93", "401.9", "428.0", "428.30", "96.04", "V58.61", "E888.9", "250.00"]
 
@@ -315,7 +316,7 @@ def test_caption_counts_are_those_metrics_compute_returns():
     # 3 documents x 3 labels: l0 in every document (no negative), l1 in one, l2 in none -> 1 scored
     y = np.array([[1, 1, 0], [1, 0, 0], [1, 0, 0]])
     s = np.array([[0.9, 0.8, 0.1], [0.7, 0.2, 0.3], [0.6, 0.4, 0.2]])
-    from icdlib import metrics
+    from icdlib.measure import metrics
 
     m = metrics.compute(y, s)
     assert (m["n_docs"], m["n_labels"], m["n_labels_scored"]) == (3, 3, 1)
@@ -337,8 +338,8 @@ def test_metrics_json_written_by_evaluate_run_carries_provenance(done):
     import subprocess
 
     from icdlib import pipeline
-    from icdlib.provenance import PACKAGE_ROOT, file_hash
-    from icdlib.runfolder import Run
+    from icdlib.run.provenance import PACKAGE_ROOT, file_hash
+    from icdlib.run.runfolder import Run
 
     run = Run.of(done)
     m = json.loads(run.metrics.read_text())
@@ -360,7 +361,7 @@ def test_metrics_json_written_by_evaluate_run_carries_provenance(done):
     assert "On the test split" in pipeline.write_index(done).read_text()
     assert "provenance" not in json.dumps(m["test"]) and set(m["test"]) >= {"n_docs", "n_labels", "n_labels_scored"}
     # 04's table cell on this run (synthetic twin: no reference rows, the caption says why)
-    from icdlib import evaluate
+    from icdlib.evaluation import evaluate
 
     ev = evaluate.read(done)
     assert ev.results == m

@@ -18,7 +18,10 @@ import jupytext
 import pandas as pd
 import pytest
 
-from icdlib import config, pipeline, provenance, report, train, uncertainty
+from icdlib.run import config, provenance
+from icdlib import pipeline, report
+from icdlib.model import train
+from icdlib.measure import uncertainty
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_EVERY, MAX_STEPS = 2, 6  # three evaluations
@@ -122,7 +125,7 @@ def test_terminal_streams_04_s_long_parts(small_run):
     assert all(re.fullmatch(r"\[icdlib\] 04_evaluate TF-IDF low-rank baseline: epoch (\d+)/\d+, train "
                                        r"loss \d+\.\d{4}", line) for line in epochs)
     stages = [line.removeprefix("[icdlib] 04_evaluate explanations: ") for line in mine if " explanations: " in line]
-    from icdlib import explain
+    from icdlib.model import explain
 
     assert [s.split(" (")[0] for s in stages[::3]] == list(explain.METHODS)
     assert all(re.fullmatch(r"\w+ \(\d/5\), (val|test): (scoring \d+ pairs|faithfulness); \S+ so far"
@@ -528,10 +531,10 @@ def test_progress_tail_prints_new_complete_records_of_this_fit(tmp_path, capsys)
 
 
 def test_between_validations_a_heartbeat_reaches_the_terminal_not_the_notebook(tmp_path, capsys):
-    """A fit's heartbeat (`icdlib.progress`) is a record of the file `icdlib run` follows, with the time left,
+    """A fit's heartbeat (`icdlib.run.progress`) is a record of the file `icdlib run` follows, with the time left,
     and no line of the notebook; so is the MNTP stage's."""
-    from icdlib import mntp
-    from icdlib.progress import duration
+    from icdlib.model import mntp
+    from icdlib.run.progress import duration
 
     path = tmp_path / "progress.jsonl"
     fit = train.Progress(path, total=10, initial=0, eval_every=5, show=True, master=True)
@@ -561,7 +564,7 @@ def test_between_validations_a_heartbeat_reaches_the_terminal_not_the_notebook(t
 def test_icdlib_run_follows_the_mntp_arm_too(tmp_path, capsys):
     """The comparison arm's fine-tuning reports in its own file (the run's keeps the model's fit and
     the MNTP stage); `icdlib run` streams both."""
-    from icdlib.runfolder import Run
+    from icdlib.run.runfolder import Run
 
     cfg = config.resolve("tiny", {"output_root": str(tmp_path), "run": "r", "mntp_compare": "with"})
     run = Run.of(cfg)
@@ -744,7 +747,7 @@ def test_explanations_are_measured_against_the_twin_s_evidence(small_run):
     """The built-in twin carries its evidence file: step 01 maps the spans into the run's text, 04
     measures every method on them, 05 shows the table, the figures and the best method's spans."""
     run_dir, _ = small_run
-    from icdlib import explain
+    from icdlib.model import explain
 
     spans = pd.read_parquet(run_dir / "01_preprocess/evidence.parquet")
     notes = pd.read_parquet(run_dir / "01_preprocess/notes.parquet", columns=["hadm_id", "text", "codes"])

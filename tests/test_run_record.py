@@ -19,10 +19,14 @@ import pandas as pd
 import pytest
 import torch
 
-from icdlib import backbones, baseline, checkpoint, config, data, evaluate, preprocess, record, steps, train
-from icdlib.bidirectional import is_bidirectional
-from icdlib.provenance import file_hash
-from icdlib.runfolder import LOCK_ENV, Run, RunLockedError, lock, read_key, tree_hash
+from icdlib.model import backbones, checkpoint, encoding as data, train
+from icdlib.evaluation import baseline, evaluate
+from icdlib.run import config, record
+from icdlib.data import preprocess
+from icdlib import steps
+from icdlib.model.bidirectional import is_bidirectional
+from icdlib.run.provenance import file_hash
+from icdlib.run.runfolder import LOCK_ENV, Run, RunLockedError, lock, read_key, tree_hash
 from test_train import SMALL
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,11 +94,11 @@ def test_steps_are_named_in_order():
 
 
 def test_predict_does_not_import_training():
-    code = "import sys, icdlib.predict; print(sorted(m for m in sys.modules if m in ('icdlib.train', 'icdlib.inference')))"
+    code = "import sys, icdlib.predict; print(sorted(m for m in sys.modules if m in ('icdlib.model.train', 'icdlib.model.inference')))"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["['icdlib.inference']"]
-    from icdlib import inference
+    assert done.stdout.split() == ["['icdlib.model.inference']"]
+    from icdlib.model import inference
 
     assert (train.score, train.Env, train.pick_device, train.weights_dtype) == (
         inference.score, inference.Env, inference.pick_device, inference.weights_dtype)
@@ -240,7 +244,7 @@ def test_resume_recovers_a_checkpoint_left_between_the_two_renames(done, tmp_pat
 def test_recover_takes_another_node_s_copy_only_once_it_is_quiet(done, tmp_path):
     """`.last.tmp-<pid>.<host>`: this host's copy of a dead pid is taken at once; another node's
     (its pid means nothing here) only when untouched for QUIET_S, as it may be a live save."""
-    from icdlib.runfolder import QUIET_S, host_tag
+    from icdlib.run.runfolder import QUIET_S, host_tag
 
     cfg = copy_of(done, tmp_path, resume=True, max_steps=6)
     run, dead = Run.of(cfg), dead_pid()
@@ -360,7 +364,7 @@ def test_score_all_scores_and_the_baseline_trains_only_when_asked(done, tmp_path
 
 HOLD = """
 import sys, time
-from icdlib.runfolder import lock
+from icdlib.run.runfolder import lock
 with lock(sys.argv[1], "03_train"):
     print("held", flush=True)
     time.sleep(120)
@@ -415,7 +419,7 @@ def test_a_second_writer_is_refused_naming_the_holder(holder, tmp_path):
 def test_the_lock_passes_to_the_holders_own_children(tmp_path):
     """`train.launch` runs torchrun inside a locked 03: its workers inherit the lock; others do not."""
     run_dir = tmp_path / "mine"
-    probe = "import sys; from icdlib.runfolder import lock\nwith lock(sys.argv[1], 'child'): print('ok')"
+    probe = "import sys; from icdlib.run.runfolder import lock\nwith lock(sys.argv[1], 'child'): print('ok')"
     with lock(run_dir, "03_train"):
         with lock(run_dir, "03_train"):  # re-entrant in this process
             pass

@@ -12,8 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from icdlib import data, runfolder
-from icdlib.runfolder import atomic_path, atomic_write_text, clean_stale
+from icdlib.model import encoding as data
+from icdlib.run import runfolder
+from icdlib.run.runfolder import atomic_path, atomic_write_text, clean_stale
 
 
 @contextlib.contextmanager

@@ -7,9 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from icdlib import cli, config, evaluate, metrics, pipeline, report, train
-from icdlib.errors import ConfigError, IcdlibError
-from icdlib.runfolder import Run
+from icdlib import cli, pipeline, report
+from icdlib.run import config
+from icdlib.evaluation import evaluate
+from icdlib.measure import metrics
+from icdlib.model import train
+from icdlib.run.errors import ConfigError, IcdlibError
+from icdlib.run.runfolder import Run
 from test_train import SMALL, Killed, small_cfg, trainable_weights
 
 SEEDS = [1234, 7]  # the first is tiny.yaml's `seed`: the model must be the one a run without `seeds` trains

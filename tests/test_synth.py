@@ -13,8 +13,8 @@ import pandas as pd
 import pyarrow.csv as pacsv
 import pytest
 
-from icdlib import synth
-from icdlib.codes import DIAGNOSIS, PROCEDURE, dot
+from icdlib.twin import synth
+from icdlib.data.codes import DIAGNOSIS, PROCEDURE, dot
 
 TABLES = tuple(synth.TABLE_COLUMNS)
 HEADERS = ("Admission Date:", "Discharge Date:", "Service:", "Chief Complaint:", "History of Present Illness:",
@@ -84,7 +84,7 @@ def test_note_fields(small):
     assert notes["HADM_ID"].str.fullmatch(r"(1\d{5})?").all()
     assert (notes["TEXT"].str.contains("\n")).all()
     assert {"Discharge summary", "Nursing/other", "Radiology"} <= set(notes["CATEGORY"])
-    # pyarrow, as icdlib.mimic reads it, parses the quoted multi-line TEXT into the same rows
+    # pyarrow, as icdlib.data.mimic reads it, parses the quoted multi-line TEXT into the same rows
     table = pacsv.read_csv(small["NOTEEVENTS"], parse_options=pacsv.ParseOptions(newlines_in_values=True))
     assert table.num_rows == len(notes)
 

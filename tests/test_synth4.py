@@ -1,4 +1,4 @@
-"""The synthetic MIMIC-IV twin: PhysioNet's layout, determinism, what icdlib.mimic4 reads from it, its quirks."""
+"""The synthetic MIMIC-IV twin: PhysioNet's layout, determinism, what icdlib.data.mimic4 reads from it, its quirks."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from icdlib import mimic4, pcs, synth, synth4
-from icdlib.codes import DIAGNOSIS, PROCEDURE
+from icdlib.data import mimic4, pcs
+from icdlib.twin import synth, synth4
+from icdlib.data.codes import DIAGNOSIS, PROCEDURE
 
 ICD9, ICD10 = 400, 100
 SECTIONS = ("Allergies:", "Attending:", "Chief Complaint:", "Major Surgical or Invasive Procedure:",

@@ -1,10 +1,12 @@
-"""icdlib.tables: the one style every report's tables share, on small exact cases."""
+"""icdlib.report.tables: the one style every report's tables share, on small exact cases."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from icdlib import preprocess, report, tables
+from icdlib.data import preprocess
+from icdlib import report
+from icdlib.report import tables
 
 
 @pytest.mark.parametrize("value, kwargs, shown", [

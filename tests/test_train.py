@@ -10,8 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from icdlib import checkpoint, config, preprocess, train
-from icdlib.errors import IcdlibError
+from icdlib.model import checkpoint, train
+from icdlib.run import config
+from icdlib.data import preprocess
+from icdlib.run.errors import IcdlibError
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"synth_admissions": 120, "min_count": 3, "tiny_hidden": 32, "tiny_vocab": 500, "attention_dim": 16,

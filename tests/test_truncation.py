@@ -8,10 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from icdlib import backbones, checkpoint, config, data, predict, report, train
-from icdlib.data import SegmentFormat
-from icdlib.models import ICDCoder
-from icdlib.runfolder import Run
+from icdlib.model import backbones, checkpoint, encoding as data, train
+from icdlib.run import config
+from icdlib import predict, report
+from icdlib.model.encoding import SegmentFormat
+from icdlib.model.models import ICDCoder
+from icdlib.run.runfolder import Run
 
 from test_train import small_cfg
 

@@ -1,4 +1,4 @@
-"""Tests for icdlib.uncertainty: weights of one equal metrics.compute, every resample equals compute on
+"""Tests for icdlib.measure.uncertainty: weights of one equal metrics.compute, every resample equals compute on
 the matrix whose rows are repeated by their multiplicity (the slow reference), hand cases."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from icdlib import metrics, uncertainty
+from icdlib.measure import metrics, uncertainty
 
 EXACT = 1e-12  # relative: the vectorised sums differ from compute's only in summation order
 

@@ -2,7 +2,7 @@
 
 - FAIL_RANK, FAIL_STEP, FAIL_MARK: that rank's FAIL_STEP-th loss raises RuntimeError("injected
   fault"), after writing the time to FAIL_MARK;
-- TOKENIZE_LOG: every call of `icdlib.data.tokenize` appends `<rank> <notes>` to that file;
+- TOKENIZE_LOG: every call of `icdlib.model.encoding.tokenize` appends `<rank> <notes>` to that file;
 - NO_DROPOUT: `torch.nn.Dropout` passes its input through (runs on 1 and N processes then draw
   nothing at random, and can be compared number for number).
 
@@ -13,14 +13,14 @@ import os
 import sys
 import time
 
-import icdlib.data
-import icdlib.train
+import icdlib.model.encoding
+import icdlib.model.train
 from icdlib.cli import main
 
 RANK = os.environ.get("RANK", "0")
 
 if "FAIL_RANK" in os.environ:
-    real_loss, calls = icdlib.train.loss_fn, {"n": 0}
+    real_loss, calls = icdlib.model.train.loss_fn, {"n": 0}
 
     def failing_loss(*args, **kwargs):
         calls["n"] += 1
@@ -30,17 +30,17 @@ if "FAIL_RANK" in os.environ:
             raise RuntimeError("injected fault")
         return real_loss(*args, **kwargs)
 
-    icdlib.train.loss_fn = failing_loss
+    icdlib.model.train.loss_fn = failing_loss
 
 if "TOKENIZE_LOG" in os.environ:
-    real_tokenize = icdlib.data.tokenize
+    real_tokenize = icdlib.model.encoding.tokenize
 
     def logged_tokenize(texts, *args, **kwargs):
         with open(os.environ["TOKENIZE_LOG"], "a") as f:
             f.write(f"{RANK} {len(texts)}\n")
         return real_tokenize(texts, *args, **kwargs)
 
-    icdlib.data.tokenize = logged_tokenize
+    icdlib.model.encoding.tokenize = logged_tokenize
 
 if os.environ.get("NO_DROPOUT"):
     import torch

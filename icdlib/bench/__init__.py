@@ -14,7 +14,7 @@ the JSON's folder, so the recorded results render in any clone, from any working
 
 Suites: `preprocess` (step 01 against pandas read-everything; with `--dataset mimic4_icd9` or
 `mimic4_icd10`, on a full-size MIMIC-IV twin against Edin et al.'s pandas preparation, recorded as
-`preprocess-<dataset>.json`), `metrics` (icdlib.metrics against
+`preprocess-<dataset>.json`), `metrics` (icdlib.measure.metrics against
 scikit-learn's per-label loop), `train` (tokens/s of segmented dynamic batches against the original
 project's fixed 1024-token window), `predict` (notes/s of icdlib.predict), `twin` (how hard the
 synthetic twin is: evidence forms and positions in its text, and the frequency prior, TF-IDF and
@@ -37,7 +37,7 @@ def run_suite(suite: str, scale: str = "full", repeats: int = 3, warmup: int = 1
     from pathlib import Path
 
     from icdlib.bench import harness, results
-    from icdlib.errors import IcdlibError
+    from icdlib.run.errors import IcdlibError
 
     if suite not in SUITES:
         raise IcdlibError(f"unknown benchmark suite {suite!r}; choose one of {', '.join(SUITES)}")
@@ -80,7 +80,7 @@ def destinations(record: str, scale: str, out=None, markdown=None) -> tuple:
     from pathlib import Path
 
     from icdlib.bench import results
-    from icdlib.errors import IcdlibError
+    from icdlib.run.errors import IcdlibError
 
     smoke = scale != "full"
     home = results.SMOKE_DIR if smoke else results.BENCH_DIR

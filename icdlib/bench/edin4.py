@@ -32,7 +32,7 @@ Where this port differs from their script, all in the pandas way's favour or a n
   for that extra write.
 - Rows with a missing `icd_code` are dropped before the codes are dotted (their script dots first
   and would fail on one; MIMIC-IV has none). `tidy_codes=True` strips and upper-cases codes first
-  (icdlib.mimic4's one deliberate change, a no-op on MIMIC-IV's clean codes), for the hand-made
+  (icdlib.data.mimic4's one deliberate change, a no-op on MIMIC-IV's clean codes), for the hand-made
   test fixture; off by default.
 """
 

@@ -1,7 +1,7 @@
 """`gpu` suite: LoRA training and scoring of Llama-3-8B- and Mistral-7B-shaped LLM2Vec coders, bf16 and 4-bit.
 
 Each backbone is transformers' `LlamaModel` / `MistralModel` made bidirectional
-(`icdlib.bidirectional`), built from a config with random weights, directly on the GPU in bf16
+(`icdlib.model.bidirectional`), built from a config with random weights, directly on the GPU in bf16
 (nothing is downloaded; random weights cost the same time and memory as trained ones):
 
 - Llama-3-8B shape: hidden 4,096, 32 layers, 32 heads, 8 KV heads, MLP 14,336, vocab 128,256;
@@ -29,7 +29,7 @@ in both params files is the "on" arm), each from its own reset of the peak-memor
   bitsandbytes `Linear4bit` skips that cast whenever autocast is on (peft/tuners/lora/bnb.py);
 - scoring notes/s (`torch.no_grad`, autocast bf16) and its peak memory, on the checkpointing-on
   rows (checkpointing does nothing without gradients), with peft's input cast on and off for bf16;
-- 4-bit: the same with the backbone loaded through `icdlib.quantize` (NF4, double quantization,
+- 4-bit: the same with the backbone loaded through `icdlib.model.quantize` (NF4, double quantization,
   bf16 compute: QLoRA). Random weights are quantized the way a real checkpoint is: the bf16
   model is saved to a scratch folder on local disk and loaded with
   `from_pretrained(quantization_config=quantize.bnb_config("4bit"))`;
@@ -81,8 +81,8 @@ from pathlib import Path
 import torch
 
 from icdlib.bench.harness import ratios, summary
-from icdlib.errors import IcdlibError
-from icdlib.memory_plan import SHAPES
+from icdlib.run.errors import IcdlibError
+from icdlib.model.memory_plan import SHAPES
 
 
 def _shape(name: str, **extra) -> dict:
@@ -216,7 +216,7 @@ def build_base(shape: dict, device: torch.device, dtype: torch.dtype) -> torch.n
     """A random bidirectional backbone of `shape`, created on `device` in `dtype` (no CPU copy)."""
     from transformers import AutoModel
 
-    from icdlib.bidirectional import make_bidirectional
+    from icdlib.model.bidirectional import make_bidirectional
 
     with torch.device(device):
         return make_bidirectional(AutoModel.from_config(model_config(shape), dtype=dtype, attn_implementation="sdpa"))
@@ -226,8 +226,8 @@ def load_quantized(folder: Path, shape: dict, load_in: str, device: torch.device
     """The saved backbone at `folder`, quantized by bitsandbytes while it loads (as a real checkpoint is)."""
     from transformers import AutoModel
 
-    from icdlib import quantize
-    from icdlib.bidirectional import make_bidirectional
+    from icdlib.model import quantize
+    from icdlib.model.bidirectional import make_bidirectional
 
     quantize.check(load_in, device)
     return make_bidirectional(AutoModel.from_pretrained(
@@ -241,7 +241,7 @@ def _inner(encoder):
 
 def set_checkpointing(encoder, on: bool) -> None:
     """Non-reentrant activation checkpointing of `encoder`'s transformers model on (as `train` sets it) or off."""
-    from icdlib.models import checkpoint_activations
+    from icdlib.model.models import checkpoint_activations
 
     inner = _inner(encoder)
     if on:
@@ -258,9 +258,9 @@ def checkpointing(encoder) -> bool:
 
 
 def build_coder(base: torch.nn.Module, cfg, labels: int, device: torch.device):
-    """LoRA + label-attention head on `base`, gradient checkpointing on, as `icdlib.train` sets it up."""
-    from icdlib import backbones
-    from icdlib.models import ICDCoder
+    """LoRA + label-attention head on `base`, gradient checkpointing on, as `icdlib.model.train` sets it up."""
+    from icdlib.model import backbones
+    from icdlib.model.models import ICDCoder
 
     encoder = backbones.make_trainable(base, cfg)
     set_checkpointing(encoder, True)
@@ -333,8 +333,8 @@ def measured(fn, device: torch.device, model: torch.nn.Module | None = None) -> 
 
 def train_runs(coder, cfg, batch, steps: int, runs: int, warmup: int, device, dtype, say) -> tuple[list[float], float]:
     """Tokens/s of `runs` timed runs of `steps` training steps each (after `warmup` runs); and the last loss."""
-    from icdlib.models import loss_fn
-    from icdlib.train import autocast, optimizer_for
+    from icdlib.model.models import loss_fn
+    from icdlib.model.train import autocast, optimizer_for
 
     optimizer = optimizer_for(coder, cfg)
     trainable = [p for p in coder.parameters() if p.requires_grad]
@@ -367,7 +367,7 @@ def mntp_runs(obj, cfg, masking: str, vocab: int, steps: int, runs: int, warmup:
     """Tokens/s of MNTP steps (`mntp.train_step`: masking, loss over the masked positions through
     the LM head, AdamW on LoRA and on the head when it trains, clipping) on the objective `obj`,
     `mntp_batch_size` chunks of `mntp_length` tokens per step; and the last loss."""
-    from icdlib import mntp
+    from icdlib.model import mntp
 
     params = [p for p in obj.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.mntp_lr)
@@ -396,7 +396,7 @@ def mntp_runs(obj, cfg, masking: str, vocab: int, steps: int, runs: int, warmup:
 @torch.no_grad()
 def score_runs(coder, batches: list[dict], runs: int, warmup: int, device, dtype, say) -> list[float]:
     """Notes/s of `runs` timed passes over `batches` (after `warmup` passes)."""
-    from icdlib.train import autocast
+    from icdlib.model.train import autocast
 
     coder.eval()
     notes = sum(len(b["input_ids"]) for b in batches)
@@ -417,7 +417,7 @@ def score_runs(coder, batches: list[dict], runs: int, warmup: int, device, dtype
 
 @torch.no_grad()
 def _score_once(coder, batch, device, dtype) -> None:
-    from icdlib.train import autocast
+    from icdlib.model.train import autocast
 
     coder.eval()
     with autocast(device, dtype):
@@ -427,7 +427,7 @@ def _score_once(coder, batch, device, dtype) -> None:
 
 def run(scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir: Path | None = None,
         progress: bool = True, **_) -> dict:
-    from icdlib import quantize
+    from icdlib.model import quantize
 
     plan = SCALES[scale]
     cuda = torch.cuda.is_available()
@@ -463,7 +463,8 @@ def run(scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir: Path |
 
 def _run(plan, repeats, warmup, progress, device, dtype, device_name, device_gb, peak, matmul, skip_4bit,
          scratch_root, scratch) -> dict:
-    from icdlib import config, mntp
+    from icdlib.run import config
+    from icdlib.model import mntp
 
     measured_peak = summary(matmul)["median"]
     peaks = {"datasheet": peak, "measured": measured_peak}

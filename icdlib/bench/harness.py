@@ -18,8 +18,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from icdlib.config import REPO_ROOT
-from icdlib.errors import IcdlibError
+from icdlib.run.config import REPO_ROOT
+from icdlib.run.errors import IcdlibError
 
 PACKAGES = ("icdlib", "torch", "transformers", "peft", "tokenizers", "numpy", "pandas", "pyarrow", "scikit-learn")
 _MARK = "ICDLIB-BENCH-RESULT "

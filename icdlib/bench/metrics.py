@@ -1,5 +1,5 @@
-"""`metrics` suite: icdlib.metrics.compute against the scikit-learn loop a user would write, and the
-bootstrap intervals of icdlib.uncertainty against `compute` on each resample's repeated rows.
+"""`metrics` suite: icdlib.measure.metrics.compute against the scikit-learn loop a user would write, and the
+bootstrap intervals of icdlib.measure.uncertainty against `compute` on each resample's repeated rows.
 
 Both compute the same figures on the same matrices: macro AUROC and AUPRC (one sklearn call per
 label), micro AUROC and AUPRC, micro and macro F1, MAP (one sklearn call per note) and P@k. The
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from icdlib import metrics, uncertainty
+from icdlib.measure import metrics, uncertainty
 from icdlib.bench.harness import ratios, summary
 
 SCALES = {"full": (3372, 8922), "smoke": (200, 400)}
@@ -115,7 +115,7 @@ def run(scale: str = "full", repeats: int = 3, warmup: int = 1, progress: bool =
     diffs = {k: abs(ours[k] - theirs[k]) for k in COMPARED}
     case = f"{n_docs:,} × {n_labels:,} ({int(y.sum()):,} positives, {ours['n_labels_scored']:,} labels scored)"
     rows = [{"case": case, "system": name, "seconds": summary(w), "cpu_seconds": summary(c)}
-            for name, (w, c) in (("icdlib.metrics.compute", times["icdlib"]), ("scikit-learn loop", times["sklearn"]))]
+            for name, (w, c) in (("icdlib.measure.metrics.compute", times["icdlib"]), ("scikit-learn loop", times["sklearn"]))]
     speedup = ratios(times["sklearn"][0], times["icdlib"][0])
     return {
         "description": "Same figures from the same matrices: " + ", ".join(COMPARED) + ". "
@@ -160,7 +160,7 @@ def _bootstrap(y: np.ndarray, s: np.ndarray, scale: str, repeats: int, progress:
     vectorised = uncertainty.replicates(y, s, ref_counts)
     largest = max(float(np.max(np.abs(vectorised[k] - last["reference"][k]))) for k in uncertainty.INTERVAL_METRICS)
     case = f"{RESAMPLES:,} resamples of {len(y):,} × {y.shape[1]:,}"
-    names = (("intervals", "icdlib.uncertainty.intervals"), ("paired", "icdlib.uncertainty.paired (two models)"),
+    names = (("intervals", "icdlib.measure.uncertainty.intervals"), ("paired", "icdlib.measure.uncertainty.paired (two models)"),
              ("reference", f"metrics.compute on repeated rows (timed on {n_ref}, × {RESAMPLES // n_ref:,})"))
     rows = [{"case": case, "system": system, "seconds": summary(times[k][0]), "cpu_seconds": summary(times[k][1])}
             for k, system in names]

@@ -13,7 +13,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from icdlib import checkpoint, predict, preprocess
+from icdlib.model import checkpoint
+from icdlib import predict
+from icdlib.data import preprocess
 from icdlib.bench.harness import summary
 from icdlib.bench.preprocess import ensure_twin
 from icdlib.bench.train import bench_config, tiny_coder

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from icdlib.bench.harness import isolated, ratios, summary
-from icdlib.runfolder import atomic_path
+from icdlib.run.runfolder import atomic_path
 
 SCALES = {"full": (5_000, 20_000, 58_976), "smoke": (60, 120, 240)}
 TARGET_SPEEDUP = 2.5
@@ -29,10 +29,10 @@ def ensure_twin(data_dir: Path, admissions, progress: bool = True, short: bool =
                 dataset: str = "mimic3") -> Path:
     """The synthetic twin of that many admissions (full-length notes unless `short`), generated once.
 
-    MIMIC-III (`icdlib.synth`): `admissions` is a count. MIMIC-IV (`dataset` mimic4_*, `icdlib.synth4`,
+    MIMIC-III (`icdlib.twin.synth`): `admissions` is a count. MIMIC-IV (`dataset` mimic4_*, `icdlib.twin.synth4`,
     hosp/ and note/ as .csv.gz): `admissions` is (ICD-9, ICD-10) admissions; one twin serves both datasets."""
     if dataset == "mimic3":
-        from icdlib import synth
+        from icdlib.twin import synth
 
         out, made = Path(data_dir) / f"twin-{admissions}-seed{seed}{'-short' if short else ''}", "NOTEEVENTS.csv"
 
@@ -44,7 +44,7 @@ def ensure_twin(data_dir: Path, admissions, progress: bool = True, short: bool =
         made = "note/discharge.csv.gz"
 
         def generate(tmp: Path) -> None:
-            from icdlib import synth4
+            from icdlib.twin import synth4
 
             synth4.generate(tmp, icd9=icd9, icd10=icd10, seed=seed, short=short, gzip=True, progress=progress)
     if not (out / made).is_file():
@@ -63,7 +63,8 @@ def digest(notes: pd.DataFrame) -> str:
 
 def icdlib_step(mimic_dir: str, out_dir: str) -> dict:
     """Step 01 as the notebooks run it (params/tiny.yaml's preprocessing), into a fresh run folder."""
-    from icdlib import config, preprocess
+    from icdlib.run import config
+    from icdlib.data import preprocess
 
     cfg = config.resolve("tiny", {"mimic_dir": mimic_dir, "output_root": out_dir, "run": "bench"})
     result = preprocess.run(cfg, progress=False)
@@ -72,7 +73,7 @@ def icdlib_step(mimic_dir: str, out_dir: str) -> dict:
 
 def pandas_reference(mimic_dir: str, out_dir: str) -> dict:
     """The read-everything pandas pipeline, with icdlib's filters so the outputs can be compared."""
-    from icdlib.codes import DIAGNOSIS, PROCEDURE, dot
+    from icdlib.data.codes import DIAGNOSIS, PROCEDURE, dot
 
     mimic = Path(mimic_dir)
     notes = pd.read_csv(mimic / "NOTEEVENTS.csv")

@@ -1,6 +1,6 @@
 """`preprocess` suite, MIMIC-IV part (`--dataset mimic4_icd9|mimic4_icd10`): step 01 against Edin et al.
 
-On a synthetic MIMIC-IV twin (`icdlib.synth4`: `hosp/*.csv.gz`, `note/discharge.csv.gz`, as
+On a synthetic MIMIC-IV twin (`icdlib.twin.synth4`: `hosp/*.csv.gz`, `note/discharge.csv.gz`, as
 PhysioNet ships them), step 01 runs with the real preset (`benchmark=edin_mimic4_*`,
 `text_cleaning=edin`, a split file in Edin's format for the twin's admissions) beside Edin et al.'s
 pandas preparation (`icdlib.bench.edin4`), each in a fresh process so its peak RSS is its own. Both
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from icdlib.bench.harness import isolated, ratios, summary
 from icdlib.bench.preprocess import _read_through, ensure_twin
-from icdlib.runfolder import atomic_path
+from icdlib.run.runfolder import atomic_path
 
 SMOKE = (240, 240)  # ICD-9 and ICD-10 admissions of the smoke twin
 SCALES = ("full", "smoke")  # full: synth4.FULL (≈ 331k discharge notes, both versions, full-length notes)
@@ -41,7 +41,7 @@ READ_GZ, READ_CSV = "mimic4.read_notes alone, .csv.gz", "mimic4.read_notes alone
 def twin_counts(scale: str) -> tuple[int, int]:
     """(ICD-9, ICD-10) admissions of the scale's twin."""
     if scale == "full":
-        from icdlib import synth4
+        from icdlib.twin import synth4
 
         return tuple(synth4.FULL)
     return SMOKE
@@ -53,7 +53,7 @@ def ensure_splits(twin: Path) -> Path:
     Every admission with a code of that version gets a split (`_id` = hadm_id, `split`), by
     patient 75/10/15 (`splits.patient_rule`, a hash of subject_id): deterministic, and a patient's
     admissions share a split, as in Edin's files."""
-    from icdlib import mimic, mimic4, splits
+    from icdlib.data import mimic, mimic4, splits
 
     out = twin.parent / f"{twin.name}-splits"
     files = [out / splits.EDIN_FILES[d] for d in mimic4.DATASETS]
@@ -88,7 +88,8 @@ def ensure_plain(twin: Path) -> Path:
 
 def icdlib_step(mimic_dir: str, out_dir: str, dataset: str, split_dir: str) -> dict:
     """Step 01 with Edin et al.'s preset for `dataset` and their text cleaning, into a fresh run folder."""
-    from icdlib import config, preprocess
+    from icdlib.run import config
+    from icdlib.data import preprocess
 
     cfg = config.resolve("tiny", {"mimic_dir": mimic_dir, "dataset": dataset, "benchmark": f"edin_{dataset}",
                                   "split_dir": split_dir, "text_cleaning": "edin", "output_root": out_dir,
@@ -110,7 +111,7 @@ def edin_way(mimic_dir: str, out_dir: str, dataset: str) -> dict:
 
 def read_notes_only(mimic_dir: str) -> dict:
     """`mimic4.read_notes` of every discharge note (the reading step 01 does, alone)."""
-    from icdlib import mimic4
+    from icdlib.data import mimic4
 
     notes, stats = mimic4.read_notes(mimic4.check_schema(Path(mimic_dir)))
     size = pc.sum(pc.binary_length(pa.array(notes["text"].array))).as_py() or 0
@@ -162,8 +163,8 @@ def _same(a: dict, b: dict) -> tuple[bool, str]:
 
 def run(scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir: Path | None = None,
         progress: bool = True, figure: Path | None = None, dataset: str = "mimic4_icd9", **_) -> dict:
-    from icdlib import mimic4
-    from icdlib.errors import IcdlibError
+    from icdlib.data import mimic4
+    from icdlib.run.errors import IcdlibError
 
     if dataset not in mimic4.DATASETS:
         raise IcdlibError(f"bench preprocess --dataset must be mimic3, {' or '.join(mimic4.DATASETS)}; got {dataset!r}")
@@ -239,7 +240,7 @@ def run(scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir: Path |
                        "detail": f"largest of {len(rss[ICDLIB])} runs: {peak:,.0f} MB"})
     phases = pd.DataFrame([r["result"]["phases"] for r in runs[EDIN]]).median()
     text_mb = runs[READ_GZ][-1]["result"]["text_bytes"] / 1e6
-    notes = [f"The twin: `icdlib.synth4` ({counts[0]:,} ICD-9 and {counts[1]:,} ICD-10 admissions, full-length "
+    notes = [f"The twin: `icdlib.twin.synth4` ({counts[0]:,} ICD-9 and {counts[1]:,} ICD-10 admissions, full-length "
              f"notes), discharge.csv.gz {gz_mb:,.0f} MB, {csv_mb:,.0f} MB as plain .csv, "
              f"{runs[READ_GZ][-1]['result']['admissions']:,} admissions with a discharge note, {text_mb:,.0f} MB of "
              f"note text (UTF-8). Split: Edin's file format, every coded admission of the version by patient 75/10/15.",

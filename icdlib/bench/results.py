@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 from icdlib.bench import DATASETS, SUITES
-from icdlib.config import OUTPUTS_DIR, REPO_ROOT
-from icdlib.runfolder import atomic_write_text
+from icdlib.run.config import OUTPUTS_DIR, REPO_ROOT
+from icdlib.run.runfolder import atomic_write_text
 
 BENCH_DIR = REPO_ROOT / "benchmarks"
 RESULTS_DIR = BENCH_DIR / "results"

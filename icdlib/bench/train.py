@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from icdlib import backbones, config, mntp, preprocess
+from icdlib.model import backbones, mntp
+from icdlib.run import config
+from icdlib.data import preprocess
 from icdlib.bench.harness import ratios, summary
 from icdlib.bench.preprocess import ensure_twin
-from icdlib.data import NotesDataset, collate, tokenize
-from icdlib.models import ICDCoder, loss_fn
+from icdlib.model.encoding import NotesDataset, collate, tokenize
+from icdlib.model.models import ICDCoder, loss_fn
 
 SCALES = {"full": {"admissions": 400, "batch_size": 8, "steps": 6},
           "smoke": {"admissions": 60, "batch_size": 2, "steps": 2}}
@@ -98,7 +100,7 @@ def mntp_tokens_per_s(cfg: config.Config, backbone: str, texts: list[str], batch
 
 def run(scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir: Path | None = None,
         progress: bool = True, **_) -> dict:
-    from icdlib.train import optimizer_for
+    from icdlib.model.train import optimizer_for
 
     plan = SCALES[scale]
     scratch = Path(data_dir) / "scratch-train"
@@ -162,7 +164,7 @@ def run(scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir: Path |
                        "backward, clipping, AdamW) and inference steps, CPU, float32, "
                        f"{torch.get_num_threads()} torch threads. 'note tokens seen' is the share of the notes' "
                        f"tokens (up to {cfg.segment_length * cfg.max_segments:,}) that each input covers. The MNTP "
-                       "row counts every token of its chunks over whole MNTP steps (icdlib.mntp).",
+                       "row counts every token of its chunks over whole MNTP steps (icdlib.model.mntp).",
         "columns": [["train_tps", "train tokens/s", 0], ["infer_tps", "inference tokens/s", 0],
                     ["covered", "note tokens seen %", 1], ["padding", "padding %", 1]],
         "rows": rows,

@@ -28,11 +28,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from icdlib import backbones, config, metrics, preprocess, synth
+from icdlib.model import backbones
+from icdlib.run import config
+from icdlib.measure import metrics
+from icdlib.data import preprocess
+from icdlib.twin import synth
 from icdlib.bench.harness import summary
 from icdlib.bench.preprocess import ensure_twin
-from icdlib.labels import multi_hot
-from icdlib.runfolder import MNTP_ARMS
+from icdlib.data.labels import multi_hot
+from icdlib.run.runfolder import MNTP_ARMS
 
 SCALES = {"full": {"text": ((600, True), (2000, False)), "learn": 600},
           "smoke": {"text": ((80, True), (30, False)), "learn": 0}}

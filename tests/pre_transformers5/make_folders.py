@@ -63,7 +63,10 @@ def restore(root: Path, weights: dict | None = None) -> None:
 
 
 def main(out: Path) -> None:
-    from icdlib import config, predict, preprocess, train
+    from icdlib.run import config
+    from icdlib import predict
+    from icdlib.data import preprocess
+    from icdlib.model import train
 
     work = Path(tempfile.mkdtemp())
     scores = {}
