@@ -9,6 +9,42 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# ---------------------------------------------------------------- the suite on several workers
+# `make test` runs pytest-xdist with `--dist loadgroup --no-loadscope-reorder`: each test is a unit of
+# work of its own, sent to whichever worker is free, except where tests share something built once.
+# Tests sharing a chain of CHAINS (a session fixture: a whole run) form one unit, so one worker builds
+# it once and runs them all; tests of a file with a module-scoped fixture form their file's unit.
+# Units holding an `end_to_end` test go first: the long ones start while short ones remain to fill
+# the other worker, so the run does not end waiting on one late long test. A test reading one of
+# RUNS (a whole `icdlib run`, papermill or bench chain built by a fixture) is end_to_end by that.
+CHAINS = ("relative_run", "done")
+RUNS = ("relative_run", "demo_run", "small_run", "run4", "run_x", "smoke")
+
+
+def work_unit(item) -> str | None:
+    """The xdist group of a test: the chain it shares, its file when it uses a module fixture, or None."""
+    defs = {name: fixturedefs[-1] for name, fixturedefs in item._fixtureinfo.name2fixturedefs.items() if fixturedefs}
+    chains = sorted(name for name in CHAINS if name in defs and defs[name].scope == "session")
+    if chains:
+        return "+".join(chains)
+    if any(d.scope == "module" for d in defs.values()):
+        return item.path.stem
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(name in item.fixturenames for name in RUNS):
+            item.add_marker(pytest.mark.end_to_end)
+    units = {item.nodeid: work_unit(item) for item in items}
+    long_units = {units[i.nodeid] or i.nodeid for i in items if i.get_closest_marker("end_to_end")}
+    items.sort(key=lambda i: (units[i.nodeid] or i.nodeid) not in long_units)  # stable: file order kept
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in items:
+            if units[item.nodeid]:
+                item.add_marker(pytest.mark.xdist_group(units[item.nodeid]))
+
 
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory):
@@ -82,3 +118,18 @@ def relative_run(tmp_path_factory):
     assert done.returncode == 0, done.stderr[-3000:]
     return SimpleNamespace(root=root, work=work, models=models, run_dir=work / "relout" / "r", done=done,
                            assigned=assigned, before=before)
+
+
+@pytest.fixture(scope="session")
+def done(tmp_path_factory):
+    """A finished small run (test_run_record's FAST size: 01, 03 and 04 through their step functions),
+    built once for test_run_record and test_headline; tests that change a run work on a copy of it."""
+    from test_run_record import run_cfg
+
+    from icdlib import steps
+
+    cfg = run_cfg(tmp_path_factory.mktemp("record"), "r")
+    steps.s01_preprocess(cfg, progress=False)
+    steps.s03_train(cfg, progress=False)
+    steps.s04_evaluate(cfg)
+    return cfg
