@@ -2,8 +2,8 @@
 only from a 04_evaluate that scored the current `03_train/best/`, and the data named from the run's
 record (config.json), not from what the command line happened to say.
 
-The finished run is test_run_record's `done` (01 → 03 → 04 through the step functions); tests that
-change a run work on a copy of it.
+The finished run is conftest's `done`, test_run_record's too (01 → 03 → 04 through the step
+functions); tests that change a run work on a copy of it.
 """
 
 import dataclasses
@@ -13,7 +13,7 @@ import re
 from icdlib.run import config
 from icdlib import pipeline, report, steps
 from icdlib.run.runfolder import Run
-from test_run_record import copy_of, done  # noqa: F401
+from test_run_record import copy_of
 
 
 def recorded_as(cfg, **values):
@@ -39,7 +39,7 @@ def test_data_name_comes_from_the_run_record():
     assert report.recorded_data_name({}) == "synthetic MIMIC-III twin"  # Config's defaults
 
 
-def test_headline_and_index_name_the_recorded_data(done, tmp_path):  # noqa: F811
+def test_headline_and_index_name_the_recorded_data(done, tmp_path):
     """`-p dataset=mimic4_icd10` built the data; the command that prints the headline (`--only 04 05`)
     need not repeat it, and the Config it resolves says mimic3: the record wins, in both places."""
     cfg = copy_of(done, tmp_path)
@@ -52,7 +52,7 @@ def test_headline_and_index_name_the_recorded_data(done, tmp_path):  # noqa: F81
     assert "synthetic MIMIC-IV twin (ICD-9)" in pipeline.write_index(cfg).read_text()
 
 
-def test_headline_of_a_synthetic_mimic3_run(done):  # noqa: F811
+def test_headline_of_a_synthetic_mimic3_run(done):
     """The model and the frequency prior (this run trains no baseline and no MNTP arm), with intervals, and
     micro-F1 at the threshold tuned on val: the index's convention too (it printed the 0.5 row's before)."""
     m = json.loads(Run.of(done).metrics.read_text())
@@ -72,7 +72,7 @@ def test_headline_of_a_synthetic_mimic3_run(done):  # noqa: F811
 
 # ---------------------------------------------------------------- stale metrics
 
-def test_metrics_of_an_earlier_model_are_not_the_headline(done, tmp_path):  # noqa: F811
+def test_metrics_of_an_earlier_model_are_not_the_headline(done, tmp_path):
     """`icdlib run --only 03` with another parameter: a new best/, and 04's metrics.json still the old
     model's. The headline and the index say 04 has not scored it, and how to run it, not the numbers."""
     cfg = copy_of(done, tmp_path)
@@ -92,7 +92,7 @@ def test_metrics_of_an_earlier_model_are_not_the_headline(done, tmp_path):  # no
     assert len(numbers(pipeline.write_index(cfg).read_text())) >= 5
 
 
-def test_metrics_without_a_record_of_their_model_are_not_the_headline(done, tmp_path):  # noqa: F811
+def test_metrics_without_a_record_of_their_model_are_not_the_headline(done, tmp_path):
     """metrics.json with no 04 manifest beside it (04 stopped after writing it, or an older icdlib)."""
     cfg = copy_of(done, tmp_path)
     Run.of(cfg).manifest("04").unlink()
@@ -102,7 +102,7 @@ def test_metrics_without_a_record_of_their_model_are_not_the_headline(done, tmp_
     assert not numbers(pipeline.write_index(cfg).read_text())
 
 
-def test_no_headline_metrics_before_04_has_run(done, tmp_path):  # noqa: F811
+def test_no_headline_metrics_before_04_has_run(done, tmp_path):
     cfg = copy_of(done, tmp_path)
     Run.of(cfg).metrics.unlink()
     assert pipeline.headline(cfg).startswith("no metrics (synthetic MIMIC-III twin): 04_evaluate has not run "

@@ -328,8 +328,7 @@ def test_caption_counts_are_those_metrics_compute_returns():
 
 
 # ---------------------------------------------------------------- provenance in metrics.json
-# `done` (tests/test_run_record.py): one small 01 → 03 → 04 run, built once for this module.
-from test_run_record import done  # noqa: E402,F401
+# `done` (tests/conftest.py): one small 01 → 03 → 04 run, built once for the suite.
 
 
 def test_metrics_json_written_by_evaluate_run_carries_provenance(done):

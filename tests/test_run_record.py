@@ -1,8 +1,8 @@
 """The run record: one Run object for every path, per-step manifests checked by later steps, one
 cache rule, stale predictions and resume refused honestly, one writer per run folder.
 
-One small run (01 → 03 → 04, 3 steps of a tiny model, no baseline) is built once for the module;
-tests that change a run work on a copy of it. Step functions are called directly (no papermill).
+One small run (01 → 03 → 04, 3 steps of a tiny model, no baseline: conftest's `done`) is built once
+for the suite; tests that change a run work on a copy of it. Step functions are called directly (no papermill).
 """
 
 import dataclasses
@@ -35,16 +35,6 @@ FAST = {**SMALL, "max_steps": 3, "baseline": False}
 
 def run_cfg(root, name, **over):
     return config.load("tiny", params={"output_root": str(root), "run": name, **FAST, **over})
-
-
-@pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    """A finished run: steps 01, 03 and 04 through their step functions."""
-    cfg = run_cfg(tmp_path_factory.mktemp("record"), "r")
-    steps.s01_preprocess(cfg, progress=False)
-    steps.s03_train(cfg, progress=False)
-    steps.s04_evaluate(cfg)
-    return cfg
 
 
 def copy_of(cfg, tmp_path, name="copy", **over):
