@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from test_packaging import make_run_command
+
 from icdlib.measure import metrics
 from icdlib.data.labels import multi_hot
 
@@ -25,16 +27,24 @@ def icdlib(*args, cwd=ROOT):
 CANARIES = [f"zqxcanary{i}vwk" for i in range(7)]
 
 
+def demo_params() -> list[str]:
+    """The `-p KEY=VALUE` arguments of `make demo` (the Makefile's DEMO_PARAMS)."""
+    args = make_run_command("demo")
+    return [arg for i, flag in enumerate(args[:-1]) if flag == "-p" for arg in (flag, args[i + 1])]
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """One whole run on a twin written to its own folder, as a user's MIMIC-III folder would be:
-    with `mimic_dir` set, share_safe is on by default. Each discharge summary carries a canary."""
+    with `mimic_dir` set, share_safe is on by default. Each discharge summary carries a canary.
+    `make demo`'s run (one fine-tuning: the model every test here reads; tiny.yaml's MNTP stage and
+    comparison arm, a second fine-tuning, run through the same notebooks in test_reports' small_run)."""
     from icdlib.twin import synth
 
     root = tmp_path_factory.mktemp("outputs")
     mimic = synth.generate(root / "mimic", admissions=600, seed=0, short=True, progress=False, canaries=CANARIES)
     args = ["run", "--backbone", "tiny", "--run", "t", "--output-root", str(root), "--quiet",
-            "--mimic-dir", str(mimic["NOTEEVENTS"].parent)]
+            "--mimic-dir", str(mimic["NOTEEVENTS"].parent), *demo_params()]
     done = icdlib(*args)
     assert done.returncode == 0, done.stderr[-3000:]
     return root / "t", done.stdout + done.stderr
