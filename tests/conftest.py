@@ -8,17 +8,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # set by pytest-xdist in each worker, before torch is imported
+    # the workers share the cores: each, and every process it starts, computes on its share of them
+    # (threads of two workers on the same cores wait on one another)
+    share = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, share)))
 
 # ---------------------------------------------------------------- the suite on several workers
 # `make test` runs pytest-xdist with `--dist loadgroup --no-loadscope-reorder`: each test is a unit of
 # work of its own, sent to whichever worker is free, except where tests share something built once.
 # Tests sharing a chain of CHAINS (a session fixture: a whole run) form one unit, so one worker builds
 # it once and runs them all; tests of a file with a module-scoped fixture form their file's unit.
-# Units holding an `end_to_end` test go first: the long ones start while short ones remain to fill
-# the other worker, so the run does not end waiting on one late long test. A test reading one of
-# RUNS (a whole `icdlib run`, papermill or bench chain built by a fixture) is end_to_end by that.
+# Units holding an `end_to_end` test go first, the longest first (by the seconds its mark says): they
+# start while short tests remain to fill the other worker, so the run does not end on a late long one.
 CHAINS = ("relative_run", "done")
-RUNS = ("relative_run", "demo_run", "small_run", "run4", "run_x", "smoke")
+# A test reading one of these fixtures (a whole `icdlib run`, papermill or bench chain) is end_to_end;
+# the seconds its fixture took on 2 busy cores (pytest --durations) order the units.
+RUNS = {"demo_run": 240, "run4": 180, "small_run": 120, "run_x": 120, "relative_run": 60, "smoke": 60}
 
 
 def work_unit(item) -> str | None:
@@ -32,17 +38,26 @@ def work_unit(item) -> str | None:
     return None
 
 
+def seconds(item) -> float:
+    """How long an end_to_end test's unit may take, as its marks say; -1 for any other test."""
+    marks = list(item.iter_markers("end_to_end"))
+    return max((mark.kwargs.get("seconds", 0) for mark in marks), default=-1)
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if any(name in item.fixturenames for name in RUNS):
-            item.add_marker(pytest.mark.end_to_end)
-    units = {item.nodeid: work_unit(item) for item in items}
-    long_units = {units[i.nodeid] or i.nodeid for i in items if i.get_closest_marker("end_to_end")}
-    items.sort(key=lambda i: (units[i.nodeid] or i.nodeid) not in long_units)  # stable: file order kept
+        for name in RUNS:
+            if name in item.fixturenames:
+                item.add_marker(pytest.mark.end_to_end(seconds=RUNS[name]))
+    units = {item.nodeid: work_unit(item) or item.nodeid for item in items}
+    longest = {}
+    for item in items:
+        longest[units[item.nodeid]] = max(longest.get(units[item.nodeid], -1), seconds(item))
+    items.sort(key=lambda item: -longest[units[item.nodeid]])  # stable: the order of the files otherwise
     if config.pluginmanager.hasplugin("xdist"):
         for item in items:
-            if units[item.nodeid]:
+            if units[item.nodeid] != item.nodeid:
                 item.add_marker(pytest.mark.xdist_group(units[item.nodeid]))
 
 
