@@ -148,7 +148,7 @@ def test_a_tiny_backbones_tokenizer_is_the_one_step_03_saves(tmp_path):
                                   "segment_length": 32, "max_segments": 3})
     texts = [f"patient {i} admitted with congestive heart failure and atrial fibrillation, discharged stable"
              for i in range(30)]
-    tokenizer, budget = data.tokenizer_without_training(cfg, texts)
+    tokenizer, budget = backbones.tokenizer_without_training(cfg, texts)
     saved = AutoTokenizer.from_pretrained(backbones.make_tiny(cfg, texts, tmp_path / "backbone"))
     assert tokenizer.get_vocab() == saved.get_vocab() and len(tokenizer) == len(saved) > 50
     note = "sepsis after congestive heart failure 17"
@@ -162,7 +162,7 @@ def test_a_real_backbones_tokenizer_loads_without_training(tmp_path):
     replica = hub_replica.build(tmp_path / "hub", "llama")
     cfg = config.resolve("llama3", {"model_path": str(replica.mntp), "base_model_path": str(replica.base),
                                     "adapter_path": str(replica.supervised), "segment_length": 64, "max_segments": 3})
-    tokenizer, budget = data.tokenizer_without_training(cfg, [])  # train texts: for a tiny backbone only
+    tokenizer, budget = backbones.tokenizer_without_training(cfg, [])  # train texts: for a tiny backbone only
     text = "congestive heart failure atrial fibrillation"
     assert tokenizer(text)["input_ids"] == backbones.load(str(replica.mntp), base_model_path=str(replica.base))[1](text)["input_ids"]
     fmt = backbones.segment_format(cfg, tokenizer, replica.names["base"])
