@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from icdlib.model import backbones, checkpoint, encoding as data, train
+from icdlib.model import backbones, checkpoint, encoding as data, train, trained
 from icdlib.run import config
 from icdlib import predict, report
 from icdlib.model.encoding import SegmentFormat
@@ -119,7 +119,7 @@ def test_predict_cuts_as_the_run_did(tiny_backbone, tmp_path, monkeypatch):
     loaded = predict.load(folder, device="cpu")
     assert loaded.truncation_mode == "tail" and loaded.max_tokens == 7
     seen = []
-    monkeypatch.setattr(predict, "score", lambda model, tokens, *a, **k: seen.append(tokens) or np.zeros((len(tokens), 1)))
+    monkeypatch.setattr(trained, "score", lambda model, tokens, *a, **k: seen.append(tokens) or np.zeros((len(tokens), 1)))
     text = "congestive heart failure atrial fibrillation hypertension acute kidney injury sepsis"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert len(ids) > 7
