@@ -28,11 +28,11 @@ demo: setup
 demo-mntp: setup
 	$(PY) -m icdlib run --backbone tiny --run demo-mntp
 
-# Two workers (the CPUs of a developer's laptop or CI); tests sharing a built run go to one worker
-# together (tests/conftest.py); `make test PYTEST_WORKERS=0` runs them in one process.
+# Two workers (this project's machines have 2 cores), a test file at a time each, the long files
+# first (tests/conftest.py); `make test PYTEST_WORKERS=0` runs the suite in one process.
 PYTEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

@@ -15,50 +15,57 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # set by pytest-xdist in each w
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, share)))
 
 # ---------------------------------------------------------------- the suite on several workers
-# `make test` runs pytest-xdist with `--dist loadgroup --no-loadscope-reorder`: each test is a unit of
-# work of its own, sent to whichever worker is free, except where tests share something built once.
-# Tests sharing a chain of CHAINS (a session fixture: a whole run) form one unit, so one worker builds
-# it once and runs them all; tests of a file with a module-scoped fixture form their file's unit.
-# Units holding an `end_to_end` test go first, the longest first (by the seconds its mark says): they
-# start while short tests remain to fill the other worker, so the run does not end on a late long one.
-CHAINS = ("relative_run", "done")
-# A test reading one of these fixtures (a whole `icdlib run`, papermill or bench chain) is end_to_end;
-# the seconds its fixture took on 2 busy cores (pytest --durations) order the units.
-RUNS = {"demo_run": 240, "run4": 180, "small_run": 120, "run_x": 120, "relative_run": 60, "smoke": 60}
-
-
-def work_unit(item) -> str | None:
-    """The xdist group of a test: the chain it shares, its file when it uses a module fixture, or None."""
-    defs = {name: fixturedefs[-1] for name, fixturedefs in item._fixtureinfo.name2fixturedefs.items() if fixturedefs}
-    chains = sorted(name for name in CHAINS if name in defs and defs[name].scope == "session")
-    if chains:
-        return "+".join(chains)
-    if any(d.scope == "module" for d in defs.values()):
-        return item.path.stem
-    return None
+# `make test` runs pytest-xdist with `--dist loadfile --no-loadscope-reorder`: each file is a unit of
+# work, sent to whichever worker is free, so a module fixture is built once. (`--dist loadgroup`
+# would split files, but pytest-xdist 3.8 cannot group on pytest 9, whose node ids it no longer
+# renames.) A chain that tests of several files read is a session fixture built once for the whole
+# run by `built_once`, whichever worker asks first. Files holding an `end_to_end` test go first, the
+# longest first (by the seconds its mark says): they start while short files remain to fill the
+# other worker, so the run does not end waiting on one late long file.
+# A test reading one of RUNS (a whole `icdlib run`, papermill, step or bench chain built by a
+# fixture) is end_to_end: the seconds the fixture took on 2 cores beside the other worker (pytest
+# --durations, load average 5-6).
+RUNS = {"demo_run": 240, "run4": 200, "small_run": 150, "relative_run": 90, "smoke": 80, "run_x": 60, "done": 60}
 
 
 def seconds(item) -> float:
-    """How long an end_to_end test's unit may take, as its marks say; -1 for any other test."""
-    marks = list(item.iter_markers("end_to_end"))
-    return max((mark.kwargs.get("seconds", 0) for mark in marks), default=-1)
+    """How long an end_to_end test may take, as its marks say; -1 for any other test."""
+    return max((mark.kwargs.get("seconds", 0) for mark in item.iter_markers("end_to_end")), default=-1)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for name in RUNS:
             if name in item.fixturenames:
                 item.add_marker(pytest.mark.end_to_end(seconds=RUNS[name]))
-    units = {item.nodeid: work_unit(item) or item.nodeid for item in items}
     longest = {}
     for item in items:
-        longest[units[item.nodeid]] = max(longest.get(units[item.nodeid], -1), seconds(item))
-    items.sort(key=lambda item: -longest[units[item.nodeid]])  # stable: the order of the files otherwise
-    if config.pluginmanager.hasplugin("xdist"):
-        for item in items:
-            if units[item.nodeid] != item.nodeid:
-                item.add_marker(pytest.mark.xdist_group(units[item.nodeid]))
+        longest[item.path] = max(longest.get(item.path, -1), seconds(item))
+    items.sort(key=lambda item: -longest[item.path])  # stable: each file's tests stay in their order
+
+
+def built_once(tmp_path_factory, name: str, build):
+    """`build(folder)`'s result for the whole test run: the first xdist worker to ask builds it into
+    a folder of the run's shared temporary folder, holding a file lock; the others wait for it and
+    read the result it saved (pickled). Without xdist, simply built."""
+    import pickle
+    import shutil
+
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder, above each worker's own
+    folder, saved = shared / f"built-{name}", shared / f"built-{name}.pickle"
+    with FileLock(f"{saved}.lock"):
+        if saved.is_file():
+            return pickle.loads(saved.read_bytes())
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        result = build(folder)
+        saved.write_bytes(pickle.dumps(result))
+        return result
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +113,11 @@ def relative_run(tmp_path_factory):
 
     Returns a namespace: work, models, run_dir, done (the CompletedProcess), assigned (hadm_id →
     split of the split files), before (whether stray output folders existed before the run)."""
+    return built_once(tmp_path_factory, "relative_run", offline_run)
+
+
+def offline_run(root: Path):
+    """relative_run, built in `root`."""
     import shutil
     import subprocess
     from types import SimpleNamespace
@@ -113,7 +125,6 @@ def relative_run(tmp_path_factory):
     import hub_replica
     from icdlib.twin import synth
 
-    root = tmp_path_factory.mktemp("offline")
     replica = hub_replica.build(root / "hub", "llama")
     models = root / "models"
     for key, name in LLAMA_MODELS.items():
@@ -138,12 +149,18 @@ def relative_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def done(tmp_path_factory):
     """A finished small run (test_run_record's FAST size: 01, 03 and 04 through their step functions),
-    built once for test_run_record and test_headline; tests that change a run work on a copy of it."""
+    built once for the suite (test_run_record, test_headline, test_report, test_compare); tests that
+    change a run work on a copy of it."""
+    return built_once(tmp_path_factory, "done", finished_run)
+
+
+def finished_run(root: Path):
+    """done, built in `root`."""
     from test_run_record import run_cfg
 
     from icdlib import steps
 
-    cfg = run_cfg(tmp_path_factory.mktemp("record"), "r")
+    cfg = run_cfg(root, "r")
     steps.s01_preprocess(cfg, progress=False)
     steps.s03_train(cfg, progress=False)
     steps.s04_evaluate(cfg)

@@ -213,7 +213,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.end_to_end
+@pytest.mark.end_to_end(seconds=30)
 def test_two_nodes_score_every_admission_once(tmp_path):
     """Two torchrun agents, one process each, meet through a c10d rendezvous on 127.0.0.1 as two
     nodes would; rank 0 must write the scores one process computes, for every val admission."""

@@ -29,7 +29,7 @@ CASES = {
 MNTP = {"mntp_steps": 2, "mntp_length": 32, "mntp_batch_size": 4, "mntp_lr": 1.0e-3}
 
 
-@pytest.mark.end_to_end
+@pytest.mark.end_to_end(seconds=140)
 @pytest.mark.parametrize("backbone", list(CASES))
 def test_runs_01_to_05_offline_from_another_folder(backbone, tmp_path):
     case = CASES[backbone]

@@ -26,7 +26,7 @@ ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "GLOO_S
        "PYTHONPATH": str(ROOT)}
 
 
-@pytest.mark.end_to_end
+@pytest.mark.end_to_end(seconds=38)
 def test_a_failing_rank_stops_every_rank_at_once_with_one_line(tmp_path):
     """Two torchrun agents (two "nodes": no agent can stop the other's worker) and rank 1 raising
     in its second forward pass: both ranks leave by themselves within 30 s of the fault, rank 0's
@@ -64,7 +64,7 @@ def test_a_failing_rank_stops_every_rank_at_once_with_one_line(tmp_path):
     assert "exitcode  : 2" in logs[0].read_text() + logs[1].read_text()  # each worker left with icdlib's code
 
 
-@pytest.mark.end_to_end
+@pytest.mark.end_to_end(seconds=38)
 def test_rank_0_tokenises_once_and_the_others_read_its_cache(tmp_path):
     """Under torchrun only rank 0 tokenises (three splits); rank 1 waits and reads the cache."""
     cfg = small_cfg(tmp_path, "tok", max_steps=1, eval_every=1)
@@ -211,7 +211,7 @@ def assert_same_weights(a: Path, b: Path, atol=1e-5):
         torch.testing.assert_close(y[k], x[k], atol=atol, rtol=0, msg=k)
 
 
-@pytest.mark.end_to_end
+@pytest.mark.end_to_end(seconds=38)
 @pytest.mark.parametrize("train_backbone", ["full", "lora"])
 def test_two_processes_train_as_one_with_twice_the_accumulation(tmp_path, monkeypatch, train_backbone):
     """Two processes taking 4 notes each per step (FSDP for a whole backbone, DDP for LoRA) train
@@ -235,7 +235,7 @@ def test_two_processes_train_as_one_with_twice_the_accumulation(tmp_path, monkey
         assert all(isinstance(k, str) for k in state["optimizer"]["state"])
 
 
-@pytest.mark.end_to_end
+@pytest.mark.end_to_end(seconds=38)
 def test_a_sharded_run_resumes_on_one_process(tmp_path, monkeypatch):
     """FSDP on 2 processes, stopped after its step-3 save (rank 1 fails in step 5), then resumed in
     one process; keep_effective_batch makes a step 4 × 2 notes on both: the same weights as one

@@ -62,7 +62,7 @@ def test_the_image_lacks_the_notebook_stack(image, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:] + done.stdout
 
 
-@pytest.mark.end_to_end
+@pytest.mark.end_to_end(seconds=45)
 def test_train_predict_and_bench_gpu_run_without_jupyter(image, tmp_path):
     cfg = config.resolve("tiny", {**SIZE, "output_root": str(tmp_path / "out"), "run": "r"})
     config.save(cfg)

@@ -222,7 +222,7 @@ def test_a_comparison_without_the_stage_is_refused():
         config.resolve("tiny", {"mntp_steps": 0})
 
 
-@pytest.mark.end_to_end
+@pytest.mark.end_to_end(seconds=40)
 def test_two_processes_run_the_stage_and_split_each_batch(tmp_path):
     """torchrun --nproc_per_node 2: each gloo process takes half of every MNTP batch (the same
     masks as one process draws); rank 0 writes the adapter, then fine-tuning starts from it."""
@@ -337,7 +337,7 @@ def ddp_stage(root: str, runs: list[str]) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.end_to_end
+@pytest.mark.end_to_end(seconds=40)
 def test_three_processes_train_every_chunk_once_and_update_as_one_process(tmp_path):
     """torchrun --nproc_per_node 3, batches of 4 chunks (parts of 2, 1 and 1; the epoch's last
     batch, of 2, leaves the third process an empty part): over two epochs every chunk is trained on

@@ -115,7 +115,7 @@ def assert_scored_once(cfg):
     assert len(written["scores"]) == len(val) and (written["scores"].sum(1) > 0).all()
 
 
-@pytest.mark.end_to_end
+@pytest.mark.end_to_end(seconds=30)
 def test_ddp_two_processes_score_every_admission_once(tmp_path):
     """Two gloo processes train, then score the validation set in halves; rank 0 must write
     exactly the scores one process computes from the same best checkpoint, for every admission.
