@@ -1,7 +1,8 @@
 """Runs compared side by side (`icdlib.compare`, `python -m icdlib compare`, notebook 06_compare).
 
-Two tiny runs on one twin are built once for the module through the step functions: run `a`, and
-`b`, a copy of `a` fine-tuned again with another learning rate (same data, same test admissions).
+Two tiny runs on one twin, through the step functions: run `a` (conftest's `done`, built once for
+the suite, copied here), and `b`, a copy of `a` fine-tuned again with another learning rate (same
+data, same test admissions).
 """
 
 import dataclasses
@@ -21,20 +22,19 @@ from icdlib.run import config
 from icdlib.evaluation import evaluate
 from icdlib.measure import metrics, uncertainty
 from icdlib.run.errors import DataError
-from test_train import SMALL
+from test_run_record import FAST
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = {**SMALL, "max_steps": 3, "baseline": False}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """(output root, Config of a, Config of b): b is a's data fine-tuned at lr 3e-3 instead of 1e-3."""
+def runs(done, tmp_path_factory):
+    """(output root, Config of a, Config of b): a is conftest's finished run `done` (FAST at lr 1e-3,
+    tiny.yaml's) copied into the output root as a; b is a's data fine-tuned at lr 3e-3 instead."""
+    assert {k: getattr(done, k) for k in (*FAST, "lr")} == {**FAST, "lr": 1.0e-3}
     root = tmp_path_factory.mktemp("compare") / "out"
-    a = config.load("tiny", params={"output_root": str(root), "run": "a", **FAST, "lr": 1.0e-3})
-    steps.s01_preprocess(a, progress=False)
-    steps.s03_train(a, progress=False)
-    steps.s04_evaluate(a)
+    shutil.copytree(done.run_dir, root / "a", ignore=shutil.ignore_patterns("reports"))  # as the steps left it
+    a = dataclasses.replace(done, **config.located(done, root / "a"))
     shutil.copytree(a.run_dir, root / "b")
     b = dataclasses.replace(a, run="b", lr=3.0e-3)
     steps.s03_train(b, progress=False)
