@@ -11,7 +11,7 @@ import pytest
 
 import mimic_fixture
 from icdlib.run import config, record
-from icdlib.data import evidence, mimic4, preprocess
+from icdlib.data import admissions, evidence, mimic4, preprocess
 from icdlib.run.errors import ConfigError, DataError
 from icdlib.run.runfolder import Run
 from mimic4_fixture import TEXT_200001, write_mimic4
@@ -188,9 +188,9 @@ def test_note_layout_counts_characters_not_bytes():
     chunks = [pa.array(["café au lait", "x"], pa.large_string()), pa.array(["second chunk"], pa.large_string())]
     rows, ids = np.array([2, 0, 1]), pa.chunked_array([pa.array([7, 8, 9])])
     kept = pd.DataFrame({"hadm_id": [5, 6], "first": [1, 0], "n_notes": [2, 1]})
-    layout = preprocess.note_layout(chunks, rows, ids, kept)
+    layout = admissions.note_layout(chunks, rows, ids, kept)
     assert layout.values.tolist() == [[5, "7", 0, 12], [5, "8", 14, 1], [6, "9", 0, 12]]  # "é": 2 bytes, 1 character
-    joined = preprocess.join_texts(list(chunks), rows, kept["first"].to_numpy(), kept["n_notes"].to_numpy())
+    joined = admissions.join_texts(list(chunks), rows, kept["first"].to_numpy(), kept["n_notes"].to_numpy())
     assert joined[0][14:15] == "x" and joined[1][0:12] == "second chunk"
 
 
