@@ -311,7 +311,7 @@ def test_twin_spans_are_carried_on_a_synthetic_run(tmp_path, monkeypatch):
         for hadm, row, mention, code, kind in rows:
             begin = TEXTS[row].index(mention)
             f.write(f"{hadm},{row},{code},{begin},{begin + len(mention)},{kind}\n")
-    monkeypatch.setattr(preprocess, "mimic_dir", lambda cfg, progress=True: twin)
+    monkeypatch.setattr(preprocess, "source_dir", lambda cfg: twin)
     cfg = config.resolve("tiny", {"output_root": str(tmp_path / "out"), "split": "seed", "min_count": 1,
                                   "text_cleaning": "edin"})
     result = preprocess.build(cfg, progress=False)
@@ -337,7 +337,7 @@ def test_mimic4_layout_and_twin_spans(tmp_path, monkeypatch):
         quoted = TEXT_200001.index("quoted")
         f.write(f"200001,1-DS-1,401.9,{quoted},{quoted + 6},evidence\n200001,1-DS-2,038.9,0,6,evidence\n"
                 "200001,1-DS-3,038.9,0,6,evidence\n200003,2-DS-1,V10.52,0,4,family\n")
-    monkeypatch.setattr(preprocess, "mimic_dir", lambda cfg, progress=True: m4)
+    monkeypatch.setattr(preprocess, "source_dir", lambda cfg: m4)
     cfg = config.resolve("tiny", {"output_root": str(tmp_path / "out"), "dataset": "mimic4_icd9", "split": "seed",
                                   "min_count": 1, "text_cleaning": "edin"})
     result = preprocess.build(cfg, progress=False)
