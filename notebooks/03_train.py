@@ -17,13 +17,13 @@ params = {}            # other parameters, e.g. {"max_steps": 50}; with papermil
 
 # %%
 from icdlib.run import config
-from icdlib import report
+from icdlib.report import train as report
 from icdlib.model import train
 cfg = config.from_notebook(globals())
 
 # %%
 from icdlib.run import provenance
-from icdlib import report
+from icdlib.report import train as report
 report.header(cfg, provenance.collect(cfg.run_dir))
 
 # %%

@@ -381,7 +381,7 @@ def systems(ev: Evaluation) -> dict[str, dict]:
     and the frequency prior (`report.SYSTEM_NAMES`); under the model's, '<model> <split> @<fixed>' → only
     the metrics the fixed threshold changes (`at_threshold`): its ranking metrics are the row above's.
     The reported split's dicts carry `ci95` when 04 bootstrapped them."""
-    from icdlib.report import SYSTEM_NAMES, model_name
+    from icdlib.report.evaluate import SYSTEM_NAMES, model_name
 
     x = compared_suffix(ev)
     model = model_name(ev.results)
