@@ -44,7 +44,7 @@ from icdlib.model.bidirectional import SUPPORTED
 from icdlib.run.errors import ConfigError
 from icdlib.run.runfolder import atomic_write_text, unwritable
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # icdlib/run/config.py -> the checkout
 PARAMS_DIR = REPO_ROOT / "params"
 OUTPUTS_DIR = REPO_ROOT / "outputs"
 

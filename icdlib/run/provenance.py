@@ -16,7 +16,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout (or site-packages when installed)
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # icdlib/run/provenance.py -> the checkout (or site-packages when installed)
 PACKAGES = ("torch", "transformers", "peft", "tokenizers", "icdlib")
 DATA_FILES = ("01_preprocess/notes.parquet", "01_preprocess/labels.parquet")
 HASH_CHARS = 12  # of a sha256 hex digest: enough to tell two data sets apart at a glance
