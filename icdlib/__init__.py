@@ -1,11 +1,19 @@
-"""icdlib: automatic ICD-9 coding of MIMIC-III notes with LLM2Vec encoders.
+"""icdlib: automatic ICD coding of MIMIC-III and MIMIC-IV notes with LLM2Vec encoders.
 
-The numbered notebooks narrate; this package computes. One module per concern: `config`,
-`mimic`, `synth`, `splits`, `labels`, `preprocess`, `backbones`, `data`, `models`, `inference`,
-`train`, `checkpoint`, `metrics`, `baseline`, `evaluate`, `report`, `analysis`, `predict`,
-`runfolder` (the run folder's paths, atomic writes, its lock), `record` (step manifests and their
-checks), `provenance`, `pipeline`, `compare` (runs side by side, notebook 06), `cli`. The steps
-01→05, in order: `steps`.
+The numbered notebooks narrate; this package computes. Its folders are its layers, lowest first; a
+module imports only from its own layer or lower ones, and no import goes in a circle
+(tests/test_layers.py checks both, on every import, also those inside functions):
+
+    run/         config, the run folder and atomic writes, step manifests, provenance, errors, progress
+    measure/     metrics, bootstrap intervals, explanation metrics: pure functions of arrays
+    data/        MIMIC-III/IV readers, code systems, splits, label spaces, evidence spans, step 01
+    twin/        the synthetic MIMIC-III and MIMIC-IV twins
+    model/       backbones, bidirectional conversion, quantization, the coder, tokenised batches,
+                 inference, checkpoints, MNTP, training (step 03), explanations, a trained run (`trained`)
+    evaluation/  the baseline, step 04 and the names of its systems, per-code analysis, explanations measured
+    report/      figures and tables for the notebooks
+    top          `steps` (01→05, in order), `pipeline`, `compare` (runs side by side), `predict` (code new
+                 notes), `cli` and `__main__` (`python -m icdlib`), `papermill_engine`, `bench/` (benchmarks)
 """
 
 __version__ = "0.1.0"

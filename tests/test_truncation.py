@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from icdlib.model import backbones, checkpoint, encoding as data, train
+from icdlib.model import backbones, checkpoint, encoding as data, train, trained
 from icdlib.run import config
 from icdlib import predict
 from icdlib.report import label_stats, train as train_report
@@ -120,7 +120,7 @@ def test_predict_cuts_as_the_run_did(tiny_backbone, tmp_path, monkeypatch):
     loaded = predict.load(folder, device="cpu")
     assert loaded.truncation_mode == "tail" and loaded.max_tokens == 7
     seen = []
-    monkeypatch.setattr(predict, "score", lambda model, tokens, *a, **k: seen.append(tokens) or np.zeros((len(tokens), 1)))
+    monkeypatch.setattr(trained, "score", lambda model, tokens, *a, **k: seen.append(tokens) or np.zeros((len(tokens), 1)))
     text = "congestive heart failure atrial fibrillation hypertension acute kidney injury sepsis"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert len(ids) > 7
@@ -149,7 +149,7 @@ def test_a_tiny_backbones_tokenizer_is_the_one_step_03_saves(tmp_path):
                                   "segment_length": 32, "max_segments": 3})
     texts = [f"patient {i} admitted with congestive heart failure and atrial fibrillation, discharged stable"
              for i in range(30)]
-    tokenizer, budget = data.tokenizer_without_training(cfg, texts)
+    tokenizer, budget = backbones.tokenizer_without_training(cfg, texts)
     saved = AutoTokenizer.from_pretrained(backbones.make_tiny(cfg, texts, tmp_path / "backbone"))
     assert tokenizer.get_vocab() == saved.get_vocab() and len(tokenizer) == len(saved) > 50
     note = "sepsis after congestive heart failure 17"
@@ -163,7 +163,7 @@ def test_a_real_backbones_tokenizer_loads_without_training(tmp_path):
     replica = hub_replica.build(tmp_path / "hub", "llama")
     cfg = config.resolve("llama3", {"model_path": str(replica.mntp), "base_model_path": str(replica.base),
                                     "adapter_path": str(replica.supervised), "segment_length": 64, "max_segments": 3})
-    tokenizer, budget = data.tokenizer_without_training(cfg, [])  # train texts: for a tiny backbone only
+    tokenizer, budget = backbones.tokenizer_without_training(cfg, [])  # train texts: for a tiny backbone only
     text = "congestive heart failure atrial fibrillation"
     assert tokenizer(text)["input_ids"] == backbones.load(str(replica.mntp), base_model_path=str(replica.base))[1](text)["input_ids"]
     fmt = backbones.segment_format(cfg, tokenizer, replica.names["base"])

@@ -24,7 +24,7 @@ QLoRA, scoring notes/s, the memory one backbone copy costs, and an MNTP step; `-
 and refuses without one, `--scale smoke` runs a toy shape on the CPU).
 """
 
-SUITES = ("preprocess", "metrics", "train", "predict", "twin", "gpu")
+from icdlib.bench.suites import DATASETS, SUITES
 
 
 def run_suite(suite: str, scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir=None, out=None,
@@ -63,9 +63,6 @@ def run_suite(suite: str, scale: str = "full", repeats: int = 3, warmup: int = 1
            **({"record": record} if extra else {}), **provenance, **doc}
     results.write(doc, out, markdown)
     return doc
-
-
-DATASETS = ("mimic3", "mimic4_icd9", "mimic4_icd10")
 
 
 def record_name(suite: str, dataset: str = "mimic3") -> str:

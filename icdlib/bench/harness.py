@@ -1,7 +1,9 @@
-"""Timing, peak memory and provenance shared by the benchmark suites.
+"""Timing, peak memory, provenance and the twins shared by the benchmark suites.
 
 Peak memory is only meaningful per process, so runs whose memory matters go through `isolated`:
 a fresh interpreter imports the function, times the call alone, and reports its own peak RSS.
+The suites run on synthetic twins made once under the data folder (`ensure_twin`), each file read
+once before the systems compared (`read_through`) so that they start from the same page cache.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from icdlib.run.config import REPO_ROOT
 from icdlib.run.errors import IcdlibError
+from icdlib.run.runfolder import atomic_path
 
 PACKAGES = ("icdlib", "torch", "transformers", "peft", "tokenizers", "numpy", "pandas", "pyarrow", "scikit-learn")
 _MARK = "ICDLIB-BENCH-RESULT "
@@ -134,6 +137,41 @@ def machine() -> dict:
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def ensure_twin(data_dir: Path, admissions, progress: bool = True, short: bool = False, seed: int = 0,
+                dataset: str = "mimic3") -> Path:
+    """The synthetic twin of that many admissions (full-length notes unless `short`), generated once.
+
+    MIMIC-III (`icdlib.twin.synth`): `admissions` is a count. MIMIC-IV (`dataset` mimic4_*, `icdlib.twin.synth4`,
+    hosp/ and note/ as .csv.gz): `admissions` is (ICD-9, ICD-10) admissions; one twin serves both datasets."""
+    if dataset == "mimic3":
+        from icdlib.twin import synth
+
+        out, made = Path(data_dir) / f"twin-{admissions}-seed{seed}{'-short' if short else ''}", "NOTEEVENTS.csv"
+
+        def generate(tmp: Path) -> None:
+            synth.generate(tmp, admissions=admissions, seed=seed, short=short, progress=progress)
+    else:
+        icd9, icd10 = admissions
+        out = Path(data_dir) / f"twin4-{icd9}-{icd10}-seed{seed}{'-short' if short else ''}"
+        made = "note/discharge.csv.gz"
+
+        def generate(tmp: Path) -> None:
+            from icdlib.twin import synth4
+
+            synth4.generate(tmp, icd9=icd9, icd10=icd10, seed=seed, short=short, gzip=True, progress=progress)
+    if not (out / made).is_file():
+        with atomic_path(out) as tmp:
+            generate(tmp)
+    return out
+
+
+def read_through(path: Path) -> None:
+    """Read a file once so both systems start from the same (warm) page cache."""
+    with open(path, "rb") as f:
+        while f.read(64 << 20):
+            pass
 
 
 if __name__ == "__main__":

@@ -16,8 +16,7 @@ from pathlib import Path
 from icdlib.model import checkpoint
 from icdlib import predict
 from icdlib.data import preprocess
-from icdlib.bench.harness import summary
-from icdlib.bench.preprocess import ensure_twin
+from icdlib.bench.harness import ensure_twin, summary
 from icdlib.bench.train import bench_config, tiny_coder
 
 SCALES = {"full": {"admissions": 400, "notes": 128, "evidence_notes": 16},

@@ -16,41 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from icdlib.bench.harness import isolated, ratios, summary
-from icdlib.run.runfolder import atomic_path
+from icdlib.bench.harness import ensure_twin, isolated, ratios, read_through, summary
 
 SCALES = {"full": (5_000, 20_000, 58_976), "smoke": (60, 120, 240)}
 TARGET_SPEEDUP = 2.5
 TARGET_RSS_MB = 2000.0
 FULL_SIZE = 58_976
-
-
-def ensure_twin(data_dir: Path, admissions, progress: bool = True, short: bool = False, seed: int = 0,
-                dataset: str = "mimic3") -> Path:
-    """The synthetic twin of that many admissions (full-length notes unless `short`), generated once.
-
-    MIMIC-III (`icdlib.twin.synth`): `admissions` is a count. MIMIC-IV (`dataset` mimic4_*, `icdlib.twin.synth4`,
-    hosp/ and note/ as .csv.gz): `admissions` is (ICD-9, ICD-10) admissions; one twin serves both datasets."""
-    if dataset == "mimic3":
-        from icdlib.twin import synth
-
-        out, made = Path(data_dir) / f"twin-{admissions}-seed{seed}{'-short' if short else ''}", "NOTEEVENTS.csv"
-
-        def generate(tmp: Path) -> None:
-            synth.generate(tmp, admissions=admissions, seed=seed, short=short, progress=progress)
-    else:
-        icd9, icd10 = admissions
-        out = Path(data_dir) / f"twin4-{icd9}-{icd10}-seed{seed}{'-short' if short else ''}"
-        made = "note/discharge.csv.gz"
-
-        def generate(tmp: Path) -> None:
-            from icdlib.twin import synth4
-
-            synth4.generate(tmp, icd9=icd9, icd10=icd10, seed=seed, short=short, gzip=True, progress=progress)
-    if not (out / made).is_file():
-        with atomic_path(out) as tmp:
-            generate(tmp)
-    return out
 
 
 def digest(notes: pd.DataFrame) -> str:
@@ -101,13 +72,6 @@ SYSTEMS = {"icdlib step 01": "icdlib.bench.preprocess:icdlib_step",
            "pandas read_csv + groupby": "icdlib.bench.preprocess:pandas_reference"}
 
 
-def _read_through(path: Path) -> None:
-    """Read a file once so both systems start from the same (warm) page cache."""
-    with open(path, "rb") as f:
-        while f.read(64 << 20):
-            pass
-
-
 def run(scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir: Path | None = None,
         progress: bool = True, figure: Path | None = None, dataset: str = "mimic3", **_) -> dict:
     if dataset != "mimic3":  # MIMIC-IV: step 01 against Edin et al.'s pandas preparation
@@ -123,7 +87,7 @@ def run(scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir: Path |
     for n in sizes:
         twin = twins[n]
         mb = (twin / "NOTEEVENTS.csv").stat().st_size / 1e6
-        _read_through(twin / "NOTEEVENTS.csv")
+        read_through(twin / "NOTEEVENTS.csv")
         runs = {name: [] for name in SYSTEMS}
         for i in range(warmup + repeats):
             for name, target in SYSTEMS.items():

@@ -25,8 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
-from icdlib.bench.harness import isolated, ratios, summary
-from icdlib.bench.preprocess import _read_through, ensure_twin
+from icdlib.bench.harness import ensure_twin, isolated, ratios, read_through, summary
 from icdlib.run.runfolder import atomic_path
 
 SMOKE = (240, 240)  # ICD-9 and ICD-10 admissions of the smoke twin
@@ -186,7 +185,7 @@ def run(scale: str = "full", repeats: int = 3, warmup: int = 1, data_dir: Path |
     }
     load = [os.getloadavg()[0]]  # the machine may be shared: its load beside the figures
     for path in (gz_path, csv_path):
-        _read_through(path)  # every system starts from the same warm page cache
+        read_through(path)  # every system starts from the same warm page cache
     runs = {name: [] for name in jobs}
     for i in range(warmup + repeats):
         for name, (target, kwargs, digest) in jobs.items():

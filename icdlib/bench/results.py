@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from icdlib.bench import DATASETS, SUITES
+from icdlib.bench.suites import DATASETS, SUITES
 from icdlib.run.config import OUTPUTS_DIR, REPO_ROOT
 from icdlib.run.runfolder import atomic_write_text
 

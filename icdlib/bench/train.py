@@ -19,8 +19,7 @@ import torch
 from icdlib.model import backbones, mntp
 from icdlib.run import config
 from icdlib.data import preprocess
-from icdlib.bench.harness import ratios, summary
-from icdlib.bench.preprocess import ensure_twin
+from icdlib.bench.harness import ensure_twin, ratios, summary
 from icdlib.model.encoding import NotesDataset, collate, tokenize
 from icdlib.model.models import ICDCoder, loss_fn
 

@@ -33,8 +33,7 @@ from icdlib.run import config
 from icdlib.measure import metrics
 from icdlib.data import preprocess
 from icdlib.twin import synth
-from icdlib.bench.harness import summary
-from icdlib.bench.preprocess import ensure_twin
+from icdlib.bench.harness import ensure_twin, summary
 from icdlib.data.labels import multi_hot
 from icdlib.run.runfolder import MNTP_ARMS
 

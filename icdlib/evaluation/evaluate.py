@@ -61,6 +61,7 @@ import numpy as np
 import pandas as pd
 
 from icdlib.evaluation import analysis
+from icdlib.evaluation.names import SYSTEM_NAMES, model_name
 from icdlib.measure import metrics
 from icdlib.data import preprocess
 from icdlib.run import provenance, record
@@ -377,12 +378,10 @@ def compared(ev: Evaluation, split: str) -> dict:
 def systems(ev: Evaluation) -> dict[str, dict]:
     """Rows for the metrics table, each metric once: '<system> <split> @tuned <t>' → the metrics at the
     system's threshold tuned on validation, under the label set of the run's published rows
-    (`compared_suffix`), for the model (`report.model_name`), the MNTP arm, the TF-IDF low-rank baseline
-    and the frequency prior (`report.SYSTEM_NAMES`); under the model's, '<model> <split> @<fixed>' → only
+    (`compared_suffix`), for the model (`names.model_name`), the MNTP arm, the TF-IDF low-rank baseline
+    and the frequency prior (`names.SYSTEM_NAMES`); under the model's, '<model> <split> @<fixed>' → only
     the metrics the fixed threshold changes (`at_threshold`): its ranking metrics are the row above's.
     The reported split's dicts carry `ci95` when 04 bootstrapped them."""
-    from icdlib.report.evaluate import SYSTEM_NAMES, model_name
-
     x = compared_suffix(ev)
     model = model_name(ev.results)
     rows = {}

@@ -208,10 +208,10 @@ def for_run(cfg, ev, run, splits: tuple[str, ...], seed: int = 0, say=None) -> d
     evidence spans (`01_preprocess/evidence.parquet`) or `explain_notes` is 0."""
     if not cfg.explain_notes or not run.evidence.is_file():
         return None
-    from icdlib import predict
+    from icdlib.model import trained
 
     evidence = pd.read_parquet(run.evidence)
-    coder = predict.load(run.checkpoint("best"), device=cfg.device)
+    coder = trained.load(run.checkpoint("best"), device=cfg.device)
     threshold = float(ev.results["threshold"])
     split_pairs = {}
     for split in splits:

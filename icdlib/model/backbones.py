@@ -22,6 +22,7 @@ import torch
 from transformers import LlamaConfig, MistralConfig, PreTrainedTokenizerFast
 
 from icdlib.model import bidirectional
+from icdlib.model.encoding import SegmentFormat
 from icdlib.run.config import Config, is_local_path
 from icdlib.run.errors import IcdlibError
 from icdlib.run.runfolder import atomic_path, content_key, read_key, source_hash, write_key
@@ -447,8 +448,6 @@ LLM2VEC_INSTRUCTIONS = {
 def segment_format(cfg: Config, tokenizer, name_or_path: str):
     """The tokens around each segment: BOS when `segment_bos`, llm2vec's chat turn when `instruction`
     says so (`auto`: when a supervised/SimCSE `adapter_path` is set and the base has a known turn)."""
-    from icdlib.model.encoding import SegmentFormat
-
     mode = cfg.instruction
     if mode == "auto":
         mode = "llm2vec" if cfg.adapter_path and name_or_path in LLM2VEC_INSTRUCTIONS else "none"
@@ -469,3 +468,22 @@ def segment_format(cfg: Config, tokenizer, name_or_path: str):
         raise IcdlibError(f"segment_length={cfg.segment_length} leaves no room for note tokens after "
                           f"{len(prefix) + len(suffix)} format tokens: raise segment_length")
     return fmt
+
+
+def tokenizer_without_training(cfg, train_texts: list[str]) -> tuple[object, int]:
+    """The tokenizer fine-tuning reads the notes with, and the note tokens a model reads
+    (`max_segments` × each segment's body), without loading or training a model: a real backbone's
+    (`model_path`, or `base_model_path` alone), or for a tiny backbone the BPE tokenizer step 03
+    learns from the same train notes (`train_tokenizer` is deterministic: the one 03 saves).
+
+    Args:
+        train_texts: the texts of the train split (used for a tiny backbone only)."""
+    if not (cfg.model_path or cfg.base_model_path):
+        tokenizer = train_tokenizer(train_texts, cfg.tiny_vocab)
+        return tokenizer, segment_format(cfg, tokenizer, "").budget(cfg.segment_length, cfg.max_segments)
+    from transformers import AutoTokenizer
+
+    found = locate(cfg.model_path or cfg.base_model_path, cfg.base_model_path if cfg.model_path else "")
+    tokenizer = AutoTokenizer.from_pretrained(found.tokenizer)
+    fmt = segment_format(cfg, tokenizer, found.name_or_path)
+    return tokenizer, fmt.budget(cfg.segment_length, cfg.max_segments)

@@ -19,20 +19,9 @@ has no Gemma 2/3. Within a window (every segment <= 512 tokens, windows >= 512) 
 
 from __future__ import annotations
 
+from icdlib.run.config import MODEL_TYPES as SUPPORTED  # the model types made bidirectional here
 from icdlib.run.errors import IcdlibError
 
-# model_type (config.json) -> the family name people know; each has a proof in tests/test_bidirectional.py
-SUPPORTED = {
-    "llama": "Llama 2, Llama 3.x, Sheared-LLaMA",
-    "mistral": "Mistral / BioMistral",
-    "qwen2": "Qwen2 / Qwen2.5",
-    "qwen3": "Qwen3",
-    "gemma": "Gemma",
-    "gemma2": "Gemma 2",
-    "gemma3_text": "Gemma 3 text (gemma-3-1b, MedGemma 27B text)",
-    "olmo2": "OLMo 2",
-    "smollm3": "SmolLM3",
-}
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 

@@ -121,27 +121,6 @@ def truncation_stats(tokens: Tokenized) -> dict:
             "p90_tokens": float(np.percentile(full, 90)) if n else 0.0}
 
 
-def tokenizer_without_training(cfg, train_texts: list[str]) -> tuple[object, int]:
-    """The tokenizer fine-tuning reads the notes with, and the note tokens a model reads
-    (`max_segments` × each segment's body), without loading or training a model: a real backbone's
-    (`model_path`, or `base_model_path` alone), or for a tiny backbone the BPE tokenizer step 03
-    learns from the same train notes (`backbones.train_tokenizer` is deterministic: the one 03 saves).
-
-    Args:
-        train_texts: the texts of the train split (used for a tiny backbone only)."""
-    from icdlib.model import backbones
-
-    if not (cfg.model_path or cfg.base_model_path):
-        tokenizer = backbones.train_tokenizer(train_texts, cfg.tiny_vocab)
-        return tokenizer, backbones.segment_format(cfg, tokenizer, "").budget(cfg.segment_length, cfg.max_segments)
-    from transformers import AutoTokenizer
-
-    found = backbones.locate(cfg.model_path or cfg.base_model_path, cfg.base_model_path if cfg.model_path else "")
-    tokenizer = AutoTokenizer.from_pretrained(found.tokenizer)
-    fmt = backbones.segment_format(cfg, tokenizer, found.name_or_path)
-    return tokenizer, fmt.budget(cfg.segment_length, cfg.max_segments)
-
-
 @dataclass(frozen=True)
 class SegmentFormat:
     """Tokens around every segment's text, as the encoder saw text in training.

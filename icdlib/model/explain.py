@@ -76,7 +76,7 @@ REDUCTIONS = ("l2", "sum")
 
 
 def _module(coder) -> torch.nn.Module:
-    """The ICDCoder of a loaded `predict.Coder`, or the ICDCoder itself."""
+    """The ICDCoder of a loaded `trained.Coder`, or the ICDCoder itself."""
     return coder.model if hasattr(coder, "model") else coder
 
 
@@ -280,7 +280,7 @@ def token_scores(coder, notes: list[np.ndarray], labels, method: str, segment_le
     model reads, after truncation: `token_spans` or `data.tokenize`), higher = more evidence for
     label index `labels[i]`. See the module docstring for the methods.
 
-    `coder`: the ICDCoder (or a loaded `predict.Coder`), on CPU or CUDA (its parameters' device);
+    `coder`: the ICDCoder (or a loaded `trained.Coder`), on CPU or CUDA (its parameters' device);
     `segment_length`, `fmt`: as in training; `pad_id`: the tokenizer's pad token; `ig_steps`:
     integrated gradients' Gauss–Legendre points (default IG_STEPS = 32: on the tiny demo model's
     12 validation pairs the completeness error, |Σ scores − (z(note) − z(baseline))| divided by

@@ -198,14 +198,14 @@ def worked_examples(cfg, ev, split: str, n: int = 3):
     from IPython.display import Markdown, display
 
     from icdlib.evaluation import explanations
-    from icdlib import predict
+    from icdlib.model import trained
     from icdlib.run.runfolder import Run
 
     found = measured(ev)
     if found is None or not found.get("best_method"):
         return
     run, method = Run.of(cfg), found["best_method"]
-    coder = predict.load(run.checkpoint("best"), device=cfg.device)
+    coder = trained.load(run.checkpoint("best"), device=cfg.device)
     s = ev.splits[split]
     chosen = explanations.true_positive_pairs(s.notes, s.y_true, s.y_score, float(ev.results["threshold"]),
                                               ev.labels, pd.read_parquet(run.evidence), n)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from icdlib.evaluation.names import MNTP_KEYS, SYSTEM_NAMES, model_name
 from icdlib.report.shared import (Shown, canvas, closing, data_name, decimals, empty_panel, esc, frequency_buckets,
                                   header, number, per_code_sentences, plain_log_ticks, table)
 from icdlib.report.tables import METRIC_NAMES
@@ -499,8 +500,6 @@ def summary(*, metrics: dict | None = None, per_code: pd.DataFrame | None = None
 # summary, the terminal's headline, reports/index.html) goes through the functions below, so one
 # threshold convention holds everywhere: each system's micro-F1 at its own threshold tuned on val.
 
-SYSTEM_NAMES = {"model": "icdlib", "baseline": "TF-IDF low-rank baseline", "prior": "frequency prior",
-                "without_mntp": "icdlib without MNTP", "with_mntp": "icdlib with MNTP"}
 SYSTEM_DESCRIPTIONS = {
     "prior": "The frequency prior (every admission scored with each code's share of the train admissions)",
     "baseline": "The TF-IDF low-rank baseline (a low-rank linear model on TF-IDF word unigrams and hashed bigrams, "
@@ -508,19 +507,10 @@ SYSTEM_DESCRIPTIONS = {
     "without_mntp": "The other arm of the MNTP comparison (the same fine-tuning without the MNTP stage)",
     "with_mntp": "The other arm of the MNTP comparison (the same fine-tuning after the MNTP stage)",
 }
-MNTP_KEYS = ("without_mntp", "with_mntp")
 REFERENCE_ORDER = ("prior", "baseline", *MNTP_KEYS)
 HEADLINE_METRICS = (("auroc_micro", "micro-AUROC"), ("map", "MAP"), ("f1_micro", "micro-F1"))
 MNTP_METRICS = HEADLINE_METRICS
 NO_INTERVALS = "there are no intervals (bootstrap=0, or a metrics.json from an older icdlib)"
-
-
-def model_name(systems) -> str:
-    """The model's name beside the other arm of an MNTP comparison, for what it is: `icdlib without MNTP`
-    when the arm is `with_mntp`, `icdlib with MNTP` when it is `without_mntp`, `icdlib` without an arm.
-    `systems`: the keys present (metrics.json's top level, or the systems of its `paired`)."""
-    arm = next((k for k in MNTP_KEYS if k in systems), None)
-    return SYSTEM_NAMES[MNTP_KEYS[1 - MNTP_KEYS.index(arm)]] if arm else SYSTEM_NAMES["model"]
 
 
 def headline_keys(metrics: dict) -> tuple[str, str]:

@@ -40,13 +40,26 @@ from pathlib import Path
 
 import yaml
 
-from icdlib.model.bidirectional import SUPPORTED
 from icdlib.run.errors import ConfigError
 from icdlib.run.runfolder import atomic_write_text, unwritable
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # icdlib/run/config.py -> the checkout
 PARAMS_DIR = REPO_ROOT / "params"
 OUTPUTS_DIR = REPO_ROOT / "outputs"
+
+# model_type (config.json) -> the family name people know: the decoders `icdlib.model.bidirectional` makes
+# bidirectional, each with a proof in tests/test_bidirectional.py. Here because the config accepts exactly these.
+MODEL_TYPES = {
+    "llama": "Llama 2, Llama 3.x, Sheared-LLaMA",
+    "mistral": "Mistral / BioMistral",
+    "qwen2": "Qwen2 / Qwen2.5",
+    "qwen3": "Qwen3",
+    "gemma": "Gemma",
+    "gemma2": "Gemma 2",
+    "gemma3_text": "Gemma 3 text (gemma-3-1b, MedGemma 27B text)",
+    "olmo2": "OLMo 2",
+    "smollm3": "SmolLM3",
+}
 
 SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -213,7 +226,7 @@ CHOICES = {
     "text_cleaning": ("none", "caml", "edin"),
     "split": ("seed", "patient", "caml_full", "caml_50", "clean", "mimic4_icd9", "mimic4_icd10"),
     "labels": ("observed", "all", "top50"),
-    "model_type": ("", *SUPPORTED),  # a tiny backbone: TINY_TYPES
+    "model_type": ("", *MODEL_TYPES),  # a tiny backbone: TINY_TYPES
     "load_in": ("native", "4bit", "8bit"),
     "attention": ("auto", "sdpa", "eager", "flash_attention_2"),
     "instruction": ("auto", "none", "llm2vec"),

