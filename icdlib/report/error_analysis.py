@@ -91,18 +91,15 @@ def family_figure(measured: dict, family: str):
 
 def examples(coder, notes: pd.DataFrame, labels: pd.DataFrame, pairs: list[tuple[int, int]], method: str,
              ig_steps: int, n_spans: int = 3) -> list[dict]:
-    """`method`'s explanation of each (row of `notes`, label) pair: the word scores and the top
-    spans (offsets into the note's text, and their text)."""
+    """`method`'s explanation of each (row of `notes`, label) pair: the word scores of the code by
+    the loaded `model.trained.Coder`'s own `explain` (those `predict --evidence` gives), and its top
+    `n_spans` spans (offsets into the note's text, and their text). `labels` is the run's label
+    table, whose row `label` names the code."""
     out = []
     for row, label in pairs:
-        text = notes["text"].iloc[row]
-        ids, offsets = explain.token_spans(text, coder.tokenizer, coder.max_tokens, coder.truncation_mode)
-        sentences = [explain.sentence_ids(text, offsets)] if method == "occlusion" else None
-        pad = coder.tokenizer.pad_token_id or 0
-        scores = explain.token_scores(coder, [ids], [label], method, coder.cfg.segment_length, fmt=coder.fmt,
-                                      pad_id=pad, ig_steps=ig_steps, sentences=sentences)[0]
-        words = explain.word_scores(text, offsets, scores, agg="max" if method == "occlusion" else "sum")
-        out.append({"hadm_id": int(notes["hadm_id"].iloc[row]), "code": labels["code"].iloc[label],
+        text, code = notes["text"].iloc[row], labels["code"].iloc[label]
+        words = coder.explain(text, [code], method, ig_steps=ig_steps)[0]
+        out.append({"hadm_id": int(notes["hadm_id"].iloc[row]), "code": code,
                     "title": labels["short_title"].iloc[label], "text": text, "words": words,
                     "spans": explain.top_spans(text, words, n=n_spans)})
     return out
