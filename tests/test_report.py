@@ -397,3 +397,29 @@ def test_a_notebooks_report_module_loads_no_other_notebooks():
                               text=True, check=True)
         assert done.stdout.split() == sorted(["icdlib.report", f"icdlib.report.{name}", "icdlib.report.shared",
                                               "icdlib.report.tables"])
+
+
+def test_mntp_section_says_only_what_the_run_holds(monkeypatch):
+    """03's MNTP section: without a stage one line and nothing about a figure or a cost table it does not
+    show (the demo's 03 once read 'How to read it: left, the MNTP loss' under no figure, then an empty
+    table); with a stage the figure and the table, each with its sentence."""
+    import IPython.display
+
+    from icdlib.model import mntp
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objects: shown.extend(objects))
+    text = lambda o: getattr(o, "data", None) or getattr(o, "markdown", None) or ""  # noqa: E731
+
+    train_report.mntp_stage(None, {}, mntp.cost(None, {}, None), "map")
+    assert [text(o) for o in shown] == [train_report.NO_MNTP]
+
+    shown.clear()
+    stage = pd.DataFrame({"step": [1, 2, 3], "loss": [3.0, 2.5, 2.0], "tokens": [64, 64, 64], "wall_s": [1.0, 1.0, 1.0]})
+    tuned = pd.DataFrame({"step": [10, 20], "loss": [0.2, 0.1], "val_map": [0.3, 0.4], "wall_s": [2.0, 2.0]})
+    cost = mntp.cost(stage, {"with MNTP": tuned}, tuned)
+    train_report.mntp_stage(stage, {"with MNTP": tuned}, cost, "map")
+    kinds = [type(o).__name__ for o in shown]
+    assert kinds[0] == "Figure" and [text(o) for o in shown[1:]] == [
+        train_report.MNTP_READING, mntp.cost_text(cost), "", train_report.COST_READING]
+    assert "phase" in shown[3]._repr_html_() and len(cost) >= 2

@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 
 from icdlib.report.shared import Shown, canvas, closing, decimals, empty_panel, header, number, table
 
-__all__ = ["header", "table", "summary", "history", "mntp_history", "truncation", "NO_MNTP"]
+__all__ = ["header", "table", "summary", "history", "mntp_history", "mntp_stage", "truncation", "NO_MNTP"]
 
 
 HISTORY_METRICS = ("map", "auroc_micro", "f1_micro")
@@ -83,6 +83,36 @@ def mntp_history(history: pd.DataFrame | None, arms: dict[str, pd.DataFrame] | N
         empty_panel(right, "no second fine-tuning to compare (mntp_compare: none)")
     fig.suptitle("MNTP stage")
     return fig
+
+
+MNTP_READING = (
+    "*How to read it:* left, the MNTP loss (cross-entropy of each masked token predicted from the position "
+    "before it) against the MNTP step: it should fall well below where it starts. Right, the validation metric "
+    "of the two fine-tunings, with and without the stage, on the same split, labels, budget, initial weights and "
+    "batch order: the gap is what MNTP buys (or costs) this backbone with this seed (one seed: a small gap may be "
+    "noise); 04 scores both on test.")
+COST_READING = (
+    "*How to read it:* what the MNTP arm costs on top of fine-tuning, from the run's histories: one row per phase "
+    "with its optimizer steps, the tokens it read (MNTP: chunks × `mntp_length`; fine-tuning: the notes' tokens "
+    "without padding) and its wall time in seconds (fine-tuning's validations included); \"share of the "
+    "fine-tuning's time\" divides each phase's time by that of the fine-tuning after MNTP. A stage reused from an "
+    "earlier run shows the time it took then.")
+
+
+def mntp_stage(history: pd.DataFrame | None, arms: dict[str, pd.DataFrame] | None, cost: pd.DataFrame,
+               metric: str = "map") -> None:
+    """03's MNTP section as the run holds it: without a stage one line, nothing else (no figure, no empty
+    cost table, no sentence about either); with one, the figure and the cost table (`mntp.cost`), each
+    followed by its reading sentence."""
+    from IPython.display import Markdown, display
+
+    from icdlib.model.mntp import cost_text
+
+    if history is None or history.empty:
+        display(Shown(NO_MNTP, markdown=NO_MNTP))
+        return
+    display(mntp_history(history, arms, metric), Markdown(MNTP_READING))
+    display(Markdown(cost_text(cost)), table(cost), Markdown(COST_READING))
 
 
 def truncation(stats: dict) -> pd.DataFrame:
