@@ -23,7 +23,7 @@ cfg = config.from_notebook(globals(), record=True)  # step 01 records the run's 
 
 # %%
 from icdlib.run import provenance
-from icdlib import report
+from icdlib.report import preprocess as report
 report.header(cfg, provenance.collect(cfg.run_dir, files=()))
 
 # %% [markdown]

@@ -310,7 +310,7 @@ def read_dictionary(paths: dict[str, Path], version: int) -> pd.DataFrame:
     """The ICD-`version` dictionary codes, dotted: columns code, kind, short_title, long_title.
 
     MIMIC-IV has only long_title; short_title is the same text, untruncated (a cut title can read
-    as another code's, and report.py shortens titles for display itself).
+    as another code's, and report.label_stats shortens titles for display itself).
     """
     frames = []
     for kind, table in DICTIONARIES.items():
