@@ -11,7 +11,7 @@ module imports only from its own layer or lower ones, and no import goes in a ci
     model/       backbones, bidirectional conversion, quantization, the coder, tokenised batches,
                  inference, checkpoints, MNTP, training (step 03), explanations, a trained run (`trained`)
     evaluation/  the baseline, step 04 and the names of its systems, per-code analysis, explanations measured
-    report/      figures and tables for the notebooks
+    report/      a module per notebook (its figures, tables and closing sentences) and what they share
     top          `steps` (01→05, in order), `pipeline`, `compare` (runs side by side), `predict` (code new
                  notes), `cli` and `__main__` (`python -m icdlib`), `papermill_engine`, `bench/` (benchmarks)
 """

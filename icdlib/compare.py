@@ -320,7 +320,7 @@ def score(cmp: Comparison, resamples: int = 1000, seed: int = 0, level: float = 
     each run's metrics with `level` bootstrap intervals (resampling the admissions), and for each
     pair (A, X) the paired differences A − X with their intervals and verdicts, the codes whose F1
     and AUPRC differ most, and the disagreements."""
-    from icdlib import report
+    from icdlib.report import shared
     from icdlib.measure import uncertainty
 
     if resamples < 1:
@@ -330,7 +330,7 @@ def score(cmp: Comparison, resamples: int = 1000, seed: int = 0, level: float = 
     for side in cmp.sides:
         info = side.metrics.get("provenance") or {}
         runs.append({"name": side.name, "backbone": side.cfg.backbone,
-                     "data": report.recorded_data_name(side.cfg.to_dict()), "benchmark": side.cfg.benchmark,
+                     "data": shared.recorded_data_name(side.cfg.to_dict()), "benchmark": side.cfg.benchmark,
                      "dataset": side.cfg.dataset, "split": side.cfg.split, "threshold": side.threshold,
                      "commit": info.get("commit"), "evaluated": info.get("date")})
     out = {"format": FORMAT, "runs": runs,
@@ -343,14 +343,14 @@ def score(cmp: Comparison, resamples: int = 1000, seed: int = 0, level: float = 
         point = metrics.compute(y, s, side.threshold, label_set=cmp.label_set)
         spans = uncertainty.intervals(y, s, side.threshold, n_resamples=resamples, seed=seed, level=level,
                                       label_set=cmp.label_set)
-        out["metrics"][side.name] = {m: {"value": report._num(point.get(m)), "lo": report._num(lo),
-                                         "hi": report._num(hi)} for m, (lo, hi) in spans.items()}
+        out["metrics"][side.name] = {m: {"value": shared.number(point.get(m)), "lo": shared.number(lo),
+                                         "hi": shared.number(hi)} for m, (lo, hi) in spans.items()}
     for a, b in cmp.pairs():
         sa, sb = cmp.scores[a.name], cmp.scores[b.name]
         diffs = uncertainty.paired(y, sa, sb, a.threshold, b.threshold, n_resamples=resamples, seed=seed,
                                    level=level, label_set=cmp.label_set)
         out["paired"].append({"a": a.name, "b": b.name, "metrics": {
-            m: {"diff": report._num(d["diff"]), "lo": report._num(d["lo"]), "hi": report._num(d["hi"]),
+            m: {"diff": shared.number(d["diff"]), "lo": shared.number(d["lo"]), "hi": shared.number(d["hi"]),
                 "verdict": verdict(d, a.name, b.name)} for m, d in diffs.items()}})
         table = code_differences(y, sa, sb, a.threshold, b.threshold, cmp.labels)
         out["per_code"].append({"a": a.name, "b": b.name, "f1": _records(largest(table, "f1")),
@@ -379,14 +379,14 @@ def destination(sides: list[Side], out: str = "", output_root: str = "") -> Path
 
 
 def placeholders(sides: list[Side], folder: Path) -> list[tuple[str, str]]:
-    """(path, placeholder) pairs for the report (`report.share_paths`): each run's own
-    (`report.path_placeholders`: `<output_root>`, `<mimic_dir>`, `<repo>`, `~`, ...), a run folder
+    """(path, placeholder) pairs for the report (`report.shared.share_paths`): each run's own
+    (`report.shared.path_placeholders`: `<output_root>`, `<mimic_dir>`, `<repo>`, `~`, ...), a run folder
     as `<output_root>/<name>`, and the comparison folder as `<comparison>` when it lies elsewhere."""
-    from icdlib import report
+    from icdlib.report import shared
 
     pairs = {}
     for side in sides:
-        for path, placeholder in report.path_placeholders(side.cfg):
+        for path, placeholder in shared.path_placeholders(side.cfg):
             if placeholder != "<run>":  # several runs: each is <output_root>/<its name>
                 pairs.setdefault(path, placeholder)
     if not any(str(folder).startswith(p + os.sep) for p in pairs):
@@ -397,12 +397,12 @@ def placeholders(sides: list[Side], folder: Path) -> list[tuple[str, str]]:
 def runs_table(cmp: Comparison) -> pd.DataFrame:
     """The runs compared: backbone, data, benchmark, split, the threshold 04 tuned, and the commit
     and date of 04."""
-    from icdlib import report
+    from icdlib.report import shared
 
     rows = {}
     for side in cmp.sides:
         info = side.metrics.get("provenance") or {}
-        rows[side.name] = {"backbone": side.cfg.backbone, "data": report.recorded_data_name(side.cfg.to_dict()),
+        rows[side.name] = {"backbone": side.cfg.backbone, "data": shared.recorded_data_name(side.cfg.to_dict()),
                            "benchmark": side.cfg.benchmark, "split": side.cfg.split,
                            "tuned threshold": f"{side.threshold:.3f}",
                            "04 commit": (info.get("commit") or "unknown")[:12],
@@ -415,9 +415,9 @@ def runs_table(cmp: Comparison) -> pd.DataFrame:
 def differences(cmp: Comparison) -> pd.DataFrame:
     """The parameters whose values differ between the runs (config.json, with those 03 trained
     with), one row each, one column a run; paths shown as placeholders, as every report shows them."""
-    from icdlib import report
+    from icdlib.report import shared
 
-    shown = {s.name: {k: report._shown_value(k, v, s.cfg) for k, v in s.cfg.to_dict().items() if k not in NOT_SHOWN}
+    shown = {s.name: {k: shared.shown_value(k, v, s.cfg) for k, v in s.cfg.to_dict().items() if k not in NOT_SHOWN}
              for s in cmp.sides}
     keys = [k for k in shown[cmp.sides[0].name] if len({shown[n].get(k) for n in shown}) > 1]
     table = pd.DataFrame({n: [shown[n].get(k, "") for k in keys] for n in shown},
@@ -497,12 +497,12 @@ def _by_code(frames: list[pd.DataFrame], empty: str) -> pd.DataFrame:
 
 
 def code_figure(cmp: Comparison):
-    """`report.code_differences` of every pair (A, X)."""
-    from icdlib import report
+    """`icdlib.report.compare.code_differences` of every pair (A, X)."""
+    from icdlib.report.compare import code_differences as figure
 
     tables = {(a.name, b.name): code_differences(cmp.y_true, cmp.scores[a.name], cmp.scores[b.name], a.threshold,
                                                  b.threshold, cmp.labels) for a, b in cmp.pairs()}
-    return report.code_differences(tables)
+    return figure(tables)
 
 
 def disagreement_counts(result: dict) -> pd.DataFrame:
@@ -538,15 +538,15 @@ def disagreement_codes(result: dict) -> pd.DataFrame:
 
 
 def scored(result: dict):
-    """What was scored, in one sentence (`report.Shown`): the split's shared admissions, the codes
+    """What was scored, in one sentence (`report.shared.Shown`): the split's shared admissions, the codes
     and their label set, the resamples."""
-    from icdlib import report
+    from icdlib.report import shared
 
     s = result["scored"]
     text = (f"Scored: the {s['n_docs']:,} {s['split']} admissions the runs share, over {s['n_labels']:,} codes "
             f"({s['label_set_text']}); each run at the threshold its 04 tuned on validation; {100 * s['level']:g}% "
             f"bootstrap intervals from {s['resamples']:,} resamples of the admissions (seed {s['seed']}).")
-    return report.Shown(text, markdown=text)
+    return shared.Shown(text, markdown=text)
 
 
 def verdict_line(result: dict, pair: dict) -> str:
@@ -582,12 +582,12 @@ def summary_lines(result: dict) -> list[str]:
 
 
 def summary(result: dict):
-    """`summary_lines` as the report's closing block (`report.Shown`)."""
-    from icdlib import report
+    """`summary_lines` as the report's closing block (`report.shared.Shown`)."""
+    from icdlib.report import shared
 
     lines = result.get("summary") or summary_lines(result)
     markdown = "### What the comparison shows\n\n" + "\n\n".join(lines)
-    return report.Shown("\n".join(lines), html=report._markdown_html(markdown), markdown=markdown)
+    return shared.Shown("\n".join(lines), html=shared.markdown_html(markdown), markdown=markdown)
 
 
 # ---------------------------------------------------------------- the report, from the command line

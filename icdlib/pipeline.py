@@ -64,12 +64,12 @@ def execute(name: str, cfg: Config, params: dict, progress: bool = True) -> Path
 
     The kernel starts in the caller's working directory, and relative paths in `params` are
     made absolute against it first (as `config.resolve` did for `cfg`)."""
-    from icdlib import report
+    from icdlib.report import shared
     from icdlib.run.runfolder import Run
 
     parameters = {"backbone": cfg.backbone, "run": cfg.run, "mimic_dir": cfg.mimic_dir,
                   "params": absolute_paths(params)}
-    return run_notebook(name, Run.of(cfg).reports, parameters, report.path_placeholders(cfg), progress=progress,
+    return run_notebook(name, Run.of(cfg).reports, parameters, shared.path_placeholders(cfg), progress=progress,
                         watched=progress_files(name, cfg) if progress else (),
                         stopped=lambda: interrupted_line(name, cfg),
                         again=lambda: f"Resume with: {resume_command(name, cfg)}",
@@ -264,21 +264,21 @@ def run_command(cfg: Config, steps=("04", "05")) -> str:
 
 def headline(cfg: Config) -> str:
     """The run's result for the terminal: when 04 scored the current best/ (`evaluated`), a few lines
-    (`report.headline_lines`: the model, the frequency prior, the baseline and the MNTP arm on the test
+    (`report.evaluate.headline_lines`: the model, the frequency prior, the baseline and the MNTP arm on the test
     (or val) split with 95% intervals, micro-F1 at each one's val-tuned threshold, and what MNTP did);
     else one line saying why there are none and the command that makes them. The data is named from
-    the run's record (`report.recorded_data_name`). "" before 03 has made a model."""
-    from icdlib import report
+    the run's record (`report.shared.recorded_data_name`). "" before 03 has made a model."""
+    from icdlib.report import evaluate, shared
     from icdlib.run.runfolder import Run
 
     run = Run.of(cfg)
     if not run.checkpoint("best").is_dir() and not run.metrics.is_file():
         return ""
-    data = report.recorded_data_name(recorded(cfg))
+    data = shared.recorded_data_name(recorded(cfg))
     results, stale = evaluated(cfg)
     if results:
-        split, _ = report.headline_keys(results)
-        return f"{split} ({data}): " + "\n".join(report.headline_lines(results))
+        split, _ = evaluate.headline_keys(results)
+        return f"{split} ({data}): " + "\n".join(evaluate.headline_lines(results))
     try:
         earlier = json.loads(run.metrics.read_text())
         split = "test" if earlier.get("test") else "val"
@@ -389,18 +389,18 @@ def progress_files(name: str, cfg: Config) -> list[Path]:
 
 def share_notebook(notebook: Path, cfg: Config | None = None, pairs: list[tuple[str, str]] | None = None) -> Path:
     """Rewrite an executed notebook with every absolute path of this machine replaced by a
-    placeholder (`<run>/…`, `<mimic_dir>`, `<repo>`, …; `report.share_paths`): in the injected
+    placeholder (`<run>/…`, `<mimic_dir>`, `<repo>`, …; `report.shared.share_paths`): in the injected
     parameters, the outputs and papermill's metadata. Images are left as they are. `pairs`:
-    (path, placeholder) pairs, by default `report.path_placeholders(cfg)`."""
+    (path, placeholder) pairs, by default `report.shared.path_placeholders(cfg)`."""
     import nbformat
 
-    from icdlib import report
+    from icdlib.report import shared
 
-    pairs = report.path_placeholders(cfg) if pairs is None else pairs
+    pairs = shared.path_placeholders(cfg) if pairs is None else pairs
 
     def clean(node, key=""):
         if isinstance(node, str):
-            return node if key.startswith("image/") else report.share_paths(node, cfg, pairs)
+            return node if key.startswith("image/") else shared.share_paths(node, cfg, pairs)
         if isinstance(node, dict):
             for k in list(node):
                 node[k] = clean(node[k], k)
@@ -436,12 +436,12 @@ ol li{margin:.4em 0}.missing{color:#999}code{background:#f3f3f3;padding:0 .2em}
 def seed_spread_rows(metrics: dict) -> list[str]:
     """The index's row of mean ± sd (sample sd) over the run's training seeds, each at its own tuned
     threshold (metrics.json's `seed_spread`, under the label set of the model's row above it); none
-    for one seed. One cell spans a metric's two columns (value and interval) in `report.systems_html`."""
+    for one seed. One cell spans a metric's two columns (value and interval) in `report.evaluate.systems_html`."""
     import html
 
-    from icdlib import report
+    from icdlib.report import evaluate, shared
 
-    split, x = report.headline_keys(metrics)
+    split, x = evaluate.headline_keys(metrics)
     seeds, spread = metrics.get("seeds") or {}, (metrics.get("seed_spread") or {}).get(f"{split}_tuned{x}")
     if len(seeds) < 2 or not spread:
         return []
@@ -449,24 +449,24 @@ def seed_spread_rows(metrics: dict) -> list[str]:
     def cell(s: dict | None) -> str:
         if not s or s.get("mean") is None:
             return "<td colspan='2'>–</td>"
-        return f"<td colspan='2'>{report._f(s['mean'])} ± {report._f(s.get('sd'))}</td>"
+        return f"<td colspan='2'>{shared.decimals(s['mean'])} ± {shared.decimals(s.get('sd'))}</td>"
 
     name = f"icdlib, mean ± sd over seeds {', '.join(seeds)} ({split}, each at its tuned threshold)"
-    return [f"<tr><td>{html.escape(name)}</td>" + "".join(cell(spread.get(k)) for k, _ in report.INDEX_METRICS)
+    return [f"<tr><td>{html.escape(name)}</td>" + "".join(cell(spread.get(k)) for k, _ in evaluate.INDEX_METRICS)
             + "</tr>"]
 
 
 def write_index(cfg: Config) -> Path:
     """`<run>/reports/index.html`: one self-contained page (no script, no external file) linking the
     five reports, with the headline metrics of the model, the frequency prior, the baseline and the MNTP
-    arm with their 95% intervals (`report.systems_html`), what the run shows, and
+    arm with their 95% intervals (`report.evaluate.systems_html`), what the run shows, and
     where it came from (`provenance.collect`). Reports not (yet) run are listed as such; metrics
     that are not of the current best/ (`evaluated`) are not shown, and the 04 and 05 reports are
     marked as showing an earlier model's."""
     import html
 
     from icdlib.run import provenance
-    from icdlib import report
+    from icdlib.report import evaluate, shared
     from icdlib.run.runfolder import Run
 
     run = Run.of(cfg)
@@ -478,15 +478,15 @@ def write_index(cfg: Config) -> Path:
     esc = html.escape
     parts = [f"<h1>icdlib run <code>{esc(cfg.run_name)}</code></h1>",
              f"<p class='sub'>backbone <code>{esc(cfg.backbone)}</code> · "
-             + esc(report.recorded_data_name(data)) + f" · {esc(info['date'][:10])}</p>"]
+             + esc(shared.recorded_data_name(data)) + f" · {esc(info['date'][:10])}</p>"]
     if metrics:
-        parts.append(report.systems_html(metrics, seed_spread_rows(metrics)))
-        text = report.summary(metrics=metrics, synthetic=synthetic, dataset=dataset).html.split("</h3>", 1)[-1]
+        parts.append(evaluate.systems_html(metrics, seed_spread_rows(metrics)))
+        text = evaluate.summary(metrics=metrics, synthetic=synthetic, dataset=dataset).html.split("</h3>", 1)[-1]
         parts.append(f"<div class='summary'>{text}</div>")
     elif not run.checkpoint("best").is_dir() and not run.metrics.is_file():
         parts.append("<p>No metrics yet: no model has been trained for this run (03_train).</p>")
     else:
-        command = report.share_paths(run_command(cfg), cfg)  # escaped below: <output_root> shows, not a tag
+        command = shared.share_paths(run_command(cfg), cfg)  # escaped below: <output_root> shows, not a tag
         parts.append(f"<p class='stale'>No metrics for the current model: {esc(stale)}: run "
                      f"<code>{esc(command)}</code></p>")
     items = []
@@ -500,13 +500,13 @@ def write_index(cfg: Config) -> Path:
         else:
             items.append(f"<li class='missing'>{name} — {title} (not run)</li>")
     parts.append("<h2>Reports</h2><ol>" + "".join(items) + "</ol>")
-    parts.append("<h2>Provenance</h2>" + report.provenance(info).html)
+    parts.append("<h2>Provenance</h2>" + shared.provenance(info).html)
     page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>icdlib run {esc(cfg.run_name)}</title><style>{INDEX_CSS}</style></head><body>"
             + "\n".join(parts) + "</body></html>\n")
     from icdlib.run.runfolder import atomic_write_text
 
-    return atomic_write_text(reports / "index.html", report.share_paths(page, cfg))
+    return atomic_write_text(reports / "index.html", shared.share_paths(page, cfg))
 
 
 ROOT_INDEX = "index.html"  # in an output root: every run and comparison there
@@ -522,7 +522,7 @@ def write_root_index(root: Path) -> Path:
     scored its current model). No path of the machine appears in it."""
     import html
 
-    from icdlib import report
+    from icdlib.report import shared
     from icdlib.run.runfolder import Run, atomic_write_text
 
     root = Path(root)
@@ -542,7 +542,7 @@ def write_root_index(root: Path) -> Path:
         name = esc(folder.name)
         link = (f"<a href='{name}/reports/index.html'>{name}</a>" if (run.reports / "index.html").is_file() else name)
         runs.append(f"<tr><td>{link}</td><td><code>{esc(str(recorded.get('backbone', '?')))}</code></td>"
-                    f"<td>{esc(report.recorded_data_name(recorded))}</td><td>{esc(str(recorded.get('benchmark', '')))}"
+                    f"<td>{esc(shared.recorded_data_name(recorded))}</td><td>{esc(str(recorded.get('benchmark', '')))}"
                     f"</td><td>{esc(str(recorded.get('split', '')))}</td><td>{len(done)} of {len(NOTEBOOKS)}</td></tr>")
     comparisons = []
     folders = root / "comparisons"

@@ -16,13 +16,14 @@ mimic_dir = ""         # MIMIC-III v1.4 (or MIMIC-IV v2.2) folder; empty means t
 params = {}            # other parameters, e.g. {"max_steps": 50}; with papermill also -p max_steps 50
 
 # %%
+from icdlib import steps
 from icdlib.run import config
 from icdlib.data import preprocess
 cfg = config.from_notebook(globals(), record=True)  # step 01 records the run's config.json
 
 # %%
 from icdlib.run import provenance
-from icdlib import report
+from icdlib.report import preprocess as report
 report.header(cfg, provenance.collect(cfg.run_dir, files=()))
 
 # %% [markdown]
@@ -32,7 +33,7 @@ report.header(cfg, provenance.collect(cfg.run_dir, files=()))
 # discharge summary, rare codes (Edin's presets), IDs missing from split files.
 
 # %%
-result = preprocess.run(cfg)
+result = steps.s01_preprocess(cfg)  # the twin made first when mimic_dir is empty
 report.table(preprocess.stats_table(result.stats))
 
 # %% [markdown]

@@ -13,14 +13,14 @@ params = {}            # other parameters, e.g. {"max_steps": 50}; with papermil
 # %%
 from icdlib.run import config
 from icdlib.data import preprocess
-from icdlib import report
+from icdlib.report import label_stats as report
 cfg = config.from_notebook(globals())
 data = preprocess.read(cfg)  # step 01's output, checked against its manifest
 notes, labels = data.notes, data.labels
 
 # %%
 from icdlib.run import provenance
-from icdlib import report
+from icdlib.report import label_stats as report
 report.header(cfg, provenance.collect(cfg.run_dir))
 
 # %% [markdown]

@@ -17,13 +17,13 @@ params = {}            # other parameters, e.g. {"max_steps": 50}; with papermil
 
 # %%
 from icdlib.run import config
-from icdlib import report
+from icdlib.report import train as report
 from icdlib.model import train
 cfg = config.from_notebook(globals())
 
 # %%
 from icdlib.run import provenance
-from icdlib import report
+from icdlib.report import train as report
 report.header(cfg, provenance.collect(cfg.run_dir))
 
 # %%
@@ -40,26 +40,8 @@ history = train.run(cfg)
 
 # %%
 from icdlib.model import mntp
-report.mntp_history(mntp.load_history(cfg.run_dir), train.mntp_arms(cfg, history), cfg.metric)
-
-# %% [markdown]
-# *How to read it:* left, the MNTP loss (cross-entropy of each masked token predicted from the position
-# before it) against the MNTP step: it should fall well below where it starts. Right, the validation
-# metric of the two fine-tunings, with and without the stage, on the same split, labels, budget, initial
-# weights and batch order: the gap is what MNTP buys (or costs) this backbone with this seed (one seed:
-# a small gap may be noise); 04 scores both on test.
-
-# %%
-cost = mntp.cost(mntp.load_history(cfg.run_dir), train.mntp_arms(cfg, history), history)
-print(mntp.cost_text(cost))
-report.table(cost)
-
-# %% [markdown]
-# *How to read it:* what the MNTP arm costs on top of fine-tuning, from the run's histories: one row per
-# phase with its optimizer steps, the tokens it read (MNTP: chunks × `mntp_length`; fine-tuning: the
-# notes' tokens without padding) and its wall time in seconds (fine-tuning's validations included);
-# "share of the fine-tuning's time" divides each phase's time by that of the fine-tuning after MNTP.
-# A stage reused from an earlier run shows the time it took then.
+stage, arms = mntp.load_history(cfg.run_dir), train.mntp_arms(cfg, history)
+report.mntp_stage(stage, arms, mntp.cost(stage, arms, history), cfg.metric)
 
 # %% [markdown]
 # ## Truncation

@@ -21,7 +21,7 @@ params = {}            # other parameters, e.g. {"max_steps": 50}; with papermil
 # %%
 from icdlib.run import config
 from icdlib.evaluation import evaluate
-from icdlib import report
+from icdlib.report import evaluate as report
 cfg = config.from_notebook(globals())
 ev = evaluate.run(cfg)  # scores, trains the baseline, writes metrics.json, per_code.parquet, manifest.json
 cfg, results, per_code = ev.cfg, ev.results, ev.per_code  # cfg: with step 01's data parameters
@@ -30,7 +30,7 @@ s = ev.splits[split]
 
 # %%
 from icdlib.run import provenance
-from icdlib import report
+from icdlib.report import evaluate as report
 report.header(cfg, provenance.collect(cfg.run_dir))
 
 # %% [markdown]

@@ -21,7 +21,7 @@ s = ev.splits[split]
 
 # %%
 from icdlib.run import provenance
-from icdlib import report
+from icdlib.report import error_analysis as report
 report.header(cfg, provenance.collect(cfg.run_dir))
 
 # %% [markdown]
@@ -130,26 +130,25 @@ report.table(analysis.errors_by(s.notes, s.y_true, s.y_score, threshold, by="n_c
 # wrote beside each note, or MDACE's coder annotations on MIMIC-III (`-p evidence=mdace`).
 
 # %%
-from icdlib.report import explanation_report
-explanation_report.overview(ev)
+report.overview(ev)
 
 # %%
-explanation_report.methods(ev)
+report.methods(ev)
 
 # %%
-explanation_report.family(ev, "plausibility")
+report.family(ev, "plausibility")
 
 # %%
-explanation_report.family(ev, "faithfulness")
+report.family(ev, "faithfulness")
 
 # %%
-explanation_report.family(ev, "negation")
+report.family(ev, "negation")
 
 # %% [markdown]
 # ## What the best method shows, admission by admission
 
 # %%
-explanation_report.worked_examples(cfg, ev, split)
+report.worked_examples(cfg, ev, split)
 
 # %%
 report.summary(per_code=per_code, levels=levels, near_misses=near)

@@ -25,7 +25,7 @@ written = compare.write(result, compare.destination(cmp.sides, out, output_root)
 
 # %%
 from icdlib.run import provenance
-from icdlib import report
+from icdlib.report import compare as report
 report.provenance(provenance.collect(cmp.sides[0].cfg.run_dir, files=()))
 
 # %% [markdown]

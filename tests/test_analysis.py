@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from icdlib.evaluation import analysis
-from icdlib import report
+from icdlib.report import error_analysis, evaluate as evaluate_report
 from icdlib.data import labels as labelspace
 
 
@@ -119,7 +119,7 @@ def test_category_level_of_an_icd10_label_space_adds_block_and_chapter():
     assert got == {"full code": (5, 0, 3, 3), "3-character category": (3, 2, 1, 1), "ICD-10 block": (3, 2, 1, 1),
                    "ICD-10 chapter": (2, 3, 0, 0)}
     assert table.loc["ICD-10 chapter", "f1"] == pytest.approx(1.0)
-    text = report.summary(levels=table).text
+    text = error_analysis.summary(levels=table).text
     assert "its 3-character category is right moves micro-F1 from 0.000 to 0.667" in text
     assert "At ICD-10 block level it is 0.667 and ICD-10 chapter level it is 1.000." in text
 
@@ -211,10 +211,10 @@ def test_rankings_need_min_support_positives_and_show_them():
 
 def test_ranked_codes_note_says_among_how_many():
     per_code = pd.DataFrame({"support": [12, 10, 9, 1, 0]})
-    assert report.ranked_codes_note(per_code, 10, "test").markdown == (
+    assert error_analysis.ranked_codes_note(per_code, 10, "test").markdown == (
         "Ranked among the 2 codes with at least 10 positives in test (of 4 with a positive), each table at most "
         "half of them: with fewer positives, one admission moves a code's F1 too far for its rank to mean anything.")
-    assert report.ranked_codes_note(per_code, 11, "val").markdown.startswith(
+    assert error_analysis.ranked_codes_note(per_code, 11, "val").markdown.startswith(
         "No ranking: 1 of the 4 codes with a positive in val has 11 or more (the most: 12); ")
 
 
@@ -288,13 +288,13 @@ def test_summary_states_near_misses_measured_not_inferred():
     y, scores, labels = near_case()
     levels = analysis.category_level(y, scores, labels, 0.5)
     near = analysis.near_misses(y, scores, labels, 0.5)
-    text = report.summary(levels=levels, near_misses=near).text
+    text = error_analysis.summary(levels=levels, near_misses=near).text
     full, cat = levels.loc["full code", "f1"], levels.loc["3-digit category", "f1"]
     assert f"its 3-digit category is right moves micro-F1 from {full:.3f} to {cat:.3f}." in text
     assert ("Of the 8 true codes the model missed at the tuned threshold, 50% are near misses (a wrong code of the "
             "same 3-digit category predicted for that admission), 25% had their category predicted only through "
             "other true codes, and 25% had no code of their category predicted.") in text
-    assert "many errors" not in report.summary(levels=levels).text  # no inference from the F1 gain alone
+    assert "many errors" not in error_analysis.summary(levels=levels).text  # no inference from the F1 gain alone
 
 
 def test_outside_label_space_counts_what_the_targets_drop():
@@ -305,13 +305,13 @@ def test_outside_label_space_counts_what_the_targets_drop():
     assert list(table.index) == ["train", "test"] and list(table.columns) == analysis.OUTSIDE_COLUMNS
     assert table.loc["test"].tolist() == [3, 4, 2, 6, 3, 0.5, 1]  # 584.9 twice and V15.82 out; [584.9]: none left
     assert table.loc["train"].tolist() == [2, 3, 1, 3, 1, pytest.approx(1 / 3), 1]
-    text = report.label_space_dropped(table, "test", n_labels=2).text
+    text = evaluate_report.label_space_dropped(table, "test", n_labels=2).text
     assert text == ("In test, 3 of the 6 code assignments (50.0%) fall outside the 2-code label space (2 of the "
                     "split's 4 distinct codes): they are not in the targets, so recall, F1 and the ranking metrics are "
                     "over the other 3. 1 of the 3 admissions has no code left in the label space (P@k, R-precision and "
                     "MAP leave it out).")
-    html = report.label_space_dropped(table, "test", n_labels=2).html
+    html = evaluate_report.label_space_dropped(table, "test", n_labels=2).html
     assert html.startswith("<p>In test, 3 of the 6 code assignments (50.0%)") and ">50.0%</td>" in html
     inside = analysis.outside_label_space(notes, label_table(["401.9", "428.0", "584.9", "V15.82"]))
-    assert report.label_space_dropped(inside, "test", n_labels=4).text == (
+    assert evaluate_report.label_space_dropped(inside, "test", n_labels=4).text == (
         "In test, every code assignment is in the 4-code label space: recall is over all of them.")

@@ -8,7 +8,7 @@ import pytest
 
 from icdlib.evaluation import evaluate
 from icdlib.measure import metrics, uncertainty
-from icdlib import report
+from icdlib.report import evaluate as evaluate_report
 from icdlib.run.config import Config
 from icdlib.run.errors import DataError
 from icdlib.evaluation.evaluate import Evaluation, SplitScores
@@ -88,10 +88,10 @@ def test_each_metric_once_and_the_model_named_for_its_arm():
     fixed = rows["icdlib without MNTP test @0.5"]
     assert "map" not in fixed and "auroc_micro" not in fixed and fixed["f1_micro"] == ev.results["test"]["f1_micro"]
     assert fixed["ci95"] == {"f1_micro": [0.1, 0.2]}
-    table = report.metrics_table(rows, names=False)
+    table = evaluate_report.metrics_table(rows, names=False)
     assert table.loc["icdlib without MNTP test @0.5"].dropna().index.tolist() == ["f1_macro", "f1_macro_caml",
                                                                                   "f1_micro"]
-    assert report.metrics_dashes(rows) == ["in a fixed-threshold row (@0.5), a ranking metric, which the "
+    assert evaluate_report.metrics_dashes(rows) == ["in a fixed-threshold row (@0.5), a ranking metric, which the "
                                            "threshold does not change (the row above gives it)"]
 
 
@@ -107,7 +107,7 @@ def test_other_benchmarks_compare_every_code(benchmark):
 def test_caption_names_the_label_set_of_n_labels():
     ev = toy("edin_mimic4_icd10")
     evaluate.score_all(ev, ev.cfg)
-    text = report.metrics_caption(evaluate.compared(ev, "test"), "test", "edin_mimic4_icd10")
+    text = evaluate_report.metrics_caption(evaluate.compared(ev, "test"), "test", "edin_mimic4_icd10")
     assert text.startswith("Split test · n_docs 4 · n_labels 4 (codes with a positive in the split, documents with "
                            "a positive (Edin et al.); AUROC over every code and document, as their code) · "
                            "n_labels_scored 4 ")

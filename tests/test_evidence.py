@@ -11,7 +11,7 @@ import pytest
 
 import mimic_fixture
 from icdlib.run import config, record
-from icdlib.data import evidence, mimic4, preprocess
+from icdlib.data import admissions, evidence, mimic4, preprocess
 from icdlib.run.errors import ConfigError, DataError
 from icdlib.run.runfolder import Run
 from mimic4_fixture import TEXT_200001, write_mimic4
@@ -188,9 +188,9 @@ def test_note_layout_counts_characters_not_bytes():
     chunks = [pa.array(["café au lait", "x"], pa.large_string()), pa.array(["second chunk"], pa.large_string())]
     rows, ids = np.array([2, 0, 1]), pa.chunked_array([pa.array([7, 8, 9])])
     kept = pd.DataFrame({"hadm_id": [5, 6], "first": [1, 0], "n_notes": [2, 1]})
-    layout = preprocess.note_layout(chunks, rows, ids, kept)
+    layout = admissions.note_layout(chunks, rows, ids, kept)
     assert layout.values.tolist() == [[5, "7", 0, 12], [5, "8", 14, 1], [6, "9", 0, 12]]  # "é": 2 bytes, 1 character
-    joined = preprocess.join_texts(list(chunks), rows, kept["first"].to_numpy(), kept["n_notes"].to_numpy())
+    joined = admissions.join_texts(list(chunks), rows, kept["first"].to_numpy(), kept["n_notes"].to_numpy())
     assert joined[0][14:15] == "x" and joined[1][0:12] == "second chunk"
 
 
@@ -311,7 +311,7 @@ def test_twin_spans_are_carried_on_a_synthetic_run(tmp_path, monkeypatch):
         for hadm, row, mention, code, kind in rows:
             begin = TEXTS[row].index(mention)
             f.write(f"{hadm},{row},{code},{begin},{begin + len(mention)},{kind}\n")
-    monkeypatch.setattr(preprocess, "mimic_dir", lambda cfg, progress=True: twin)
+    monkeypatch.setattr(preprocess, "source_dir", lambda cfg: twin)
     cfg = config.resolve("tiny", {"output_root": str(tmp_path / "out"), "split": "seed", "min_count": 1,
                                   "text_cleaning": "edin"})
     result = preprocess.build(cfg, progress=False)
@@ -337,7 +337,7 @@ def test_mimic4_layout_and_twin_spans(tmp_path, monkeypatch):
         quoted = TEXT_200001.index("quoted")
         f.write(f"200001,1-DS-1,401.9,{quoted},{quoted + 6},evidence\n200001,1-DS-2,038.9,0,6,evidence\n"
                 "200001,1-DS-3,038.9,0,6,evidence\n200003,2-DS-1,V10.52,0,4,family\n")
-    monkeypatch.setattr(preprocess, "mimic_dir", lambda cfg, progress=True: m4)
+    monkeypatch.setattr(preprocess, "source_dir", lambda cfg: m4)
     cfg = config.resolve("tiny", {"output_root": str(tmp_path / "out"), "dataset": "mimic4_icd9", "split": "seed",
                                   "min_count": 1, "text_cleaning": "edin"})
     result = preprocess.build(cfg, progress=False)

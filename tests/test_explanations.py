@@ -112,10 +112,10 @@ def test_groups_give_each_whitespace_token_its_own_word():
 
 
 def test_the_share_safe_spans_table_holds_offsets_codes_and_scores_only():
-    from icdlib.report import explanation_report
+    from icdlib.report import error_analysis
 
     found = [{"hadm_id": 5, "code": "428.0", "spans": [{"begin": 3, "end": 9, "text": "heart failure", "score": 0.5}]}]
-    safe = explanation_report.spans_table(found, share_safe=True)
+    safe = error_analysis.spans_table(found, share_safe=True)
     assert safe.columns.tolist() == ["Admission", "Code", "Rank", "Begin", "End", "Score"]
     assert "heart failure" not in safe.to_string()
-    assert explanation_report.spans_table(found, share_safe=False)["Text"].tolist() == ["heart failure"]
+    assert error_analysis.spans_table(found, share_safe=False)["Text"].tolist() == ["heart failure"]

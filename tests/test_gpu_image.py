@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from icdlib.run import config
-from icdlib.data import preprocess
+from icdlib import steps
 
 ROOT = Path(__file__).resolve().parent.parent
 ABSENT = {"papermill", "nbformat", "nbconvert", "nbclient", "jupyter_client", "jupyter_core", "jupyter_server",
@@ -66,7 +66,7 @@ def test_the_image_lacks_the_notebook_stack(image, tmp_path):
 def test_train_predict_and_bench_gpu_run_without_jupyter(image, tmp_path):
     cfg = config.resolve("tiny", {**SIZE, "output_root": str(tmp_path / "out"), "run": "r"})
     config.save(cfg)
-    preprocess.run(cfg, progress=False)  # step 01, as the notebooks run it elsewhere
+    steps.s01_preprocess(cfg, progress=False)  # step 01, as the notebooks run it elsewhere
 
     done = icdlib(image, "train", "r", "--output-root", "out", "--quiet", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

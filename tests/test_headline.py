@@ -11,7 +11,8 @@ import json
 import re
 
 from icdlib.run import config
-from icdlib import pipeline, report, steps
+from icdlib import pipeline, steps
+from icdlib.report import shared
 from icdlib.run.runfolder import Run
 from test_run_record import copy_of
 
@@ -35,8 +36,8 @@ def test_data_name_comes_from_the_run_record():
              ({"dataset": "mimic4_icd10", "mimic_dir": "/data/mimic4"}, "MIMIC-IV (ICD-10)"),
              ({"dataset": "mimic4_icd10", "mimic_dir": ""}, "synthetic MIMIC-IV twin (ICD-10)")]
     for values, name in cases:
-        assert report.recorded_data_name(values) == name, values
-    assert report.recorded_data_name({}) == "synthetic MIMIC-III twin"  # Config's defaults
+        assert shared.recorded_data_name(values) == name, values
+    assert shared.recorded_data_name({}) == "synthetic MIMIC-III twin"  # Config's defaults
 
 
 def test_headline_and_index_name_the_recorded_data(done, tmp_path):

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from icdlib.run import config
-from icdlib.data import preprocess, splits
+from icdlib.data import admissions, preprocess, splits
 from icdlib.run.errors import DataError, MimicSchemaError
 
 from mimic_fixture import write_mimic
@@ -173,15 +173,15 @@ def test_join_texts_across_chunks_in_any_order():
               pa.array(["zz"], pa.large_string())]
     rows = np.array([4, 0, 2, 1, 3, 5])  # notes in admission order, spread over the chunks
     first, n_notes = np.array([2, 0, 5, 3]), np.array([1, 2, 1, 2])  # admissions listed out of order
-    joined = preprocess.join_texts(list(chunks), rows, first, n_notes)
+    joined = admissions.join_texts(list(chunks), rows, first, n_notes)
     assert joined.tolist() == ["ccc", "é!\n\na", "zz", "bb\n\n"]
     assert all(c is not None for c in chunks)  # the caller's own references are untouched
-    assert preprocess.join_texts([], np.zeros(0, np.int64), np.zeros(0), np.zeros(0)).tolist() == []
+    assert admissions.join_texts([], np.zeros(0, np.int64), np.zeros(0), np.zeros(0)).tolist() == []
 
 
 def test_group_codes_sorts_and_deduplicates():
     rows = pd.DataFrame({"hadm_id": [7, 3, 7, 7, 3], "code": ["401.9", "V58.61", "038.9", "401.9", "E888.9"]})
-    grouped = preprocess.group_codes(rows)
+    grouped = admissions.group_codes(rows)
     assert grouped["hadm_id"].tolist() == [3, 7]
     assert grouped["codes"].tolist() == [["E888.9", "V58.61"], ["038.9", "401.9"]]
 
@@ -233,9 +233,9 @@ def test_a_cut_inside_a_note_falls_back_to_one_piece(tmp_path):
 def test_run_starts_marks_where_any_key_changes():
     import numpy as np
 
-    assert preprocess.run_starts(np.array([], np.int64)).tolist() == []
-    assert preprocess.run_starts(np.array([1, 1, 2, 2, 2, 5])).tolist() == [0, 2, 5]
-    assert preprocess.run_starts(np.array([1, 1, 1, 2]), np.array([3, 4, 4, 4])).tolist() == [0, 1, 3]
+    assert admissions.run_starts(np.array([], np.int64)).tolist() == []
+    assert admissions.run_starts(np.array([1, 1, 2, 2, 2, 5])).tolist() == [0, 2, 5]
+    assert admissions.run_starts(np.array([1, 1, 1, 2]), np.array([3, 4, 4, 4])).tolist() == [0, 1, 3]
 
 
 MIMIC3_NOTE = ("Admission Date:  [**2102-6-14**]              Discharge Date:   [**2102-6-20**]\n\n"

@@ -23,7 +23,7 @@ import torch
 import hub_replica
 from icdlib.model import backbones, checkpoint, inference, train
 from icdlib.run import config
-from icdlib import predict
+from icdlib import predict, steps
 from icdlib.data import preprocess
 from icdlib.model.bidirectional import is_bidirectional
 from icdlib.run.errors import IcdlibError
@@ -145,7 +145,7 @@ def replica_cfg(tmp_path, replica, mode, **over):
               "base_model_path": str(replica.base), "train_backbone": mode, **over}
     cfg = config.resolve("mistral" if replica.family == "mistral" else "llama3", values)
     config.save(cfg)
-    preprocess.run(cfg, progress=False)
+    steps.s01_preprocess(cfg, progress=False)
     return cfg
 
 

@@ -19,9 +19,11 @@ import pandas as pd
 import pytest
 
 from icdlib.run import config, provenance
-from icdlib import pipeline, report
+from icdlib import pipeline
 from icdlib.model import train
 from icdlib.measure import uncertainty
+from icdlib.report import compare as compare_report, error_analysis, evaluate as evaluate_report, label_stats
+from icdlib.report import preprocess as preprocess_report, shared, train as train_report
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_EVERY, MAX_STEPS = 2, 6  # three evaluations
@@ -174,7 +176,7 @@ def test_terminal_streams_training_lines(small_run):
 def test_parameters_list_the_differences_and_all_keys_one_click_away(tmp_path):
     cfg = config.resolve("tiny", {"max_steps": 7, "lr": 2.0e-3, "output_root": str(tmp_path), "run": "x",
                                   "mimic_dir": str(tmp_path / "mimic")})
-    shown = report.parameters(cfg)
+    shown = shared.parameters(cfg)
     head, details = shown.html.split("<details>")
     rows = re.findall(r"<tr><td style='text-align:left'>(\w+)</td>", head)
     assert rows == ["run", "output_root", "mimic_dir", "max_steps", "lr"]
@@ -184,7 +186,7 @@ def test_parameters_list_the_differences_and_all_keys_one_click_away(tmp_path):
     assert "&lt;output_root&gt;" in shown.html and "&lt;mimic_dir&gt;" in shown.html
     assert str(tmp_path) not in shown.html + shown.text
     assert "max_steps = 7" in shown.text
-    same = report.parameters(config.resolve("tiny", {}))
+    same = shared.parameters(config.resolve("tiny", {}))
     assert "all " in same.html and "<details>" in same.html and same.html.count("<table>") == 1
 
 
@@ -224,8 +226,11 @@ def test_provenance_collect(small_run):
 
 # ---------------------------------------------------------------- figures, summary, paths, index
 
-FIGURES = [name for name in report.__all__ if getattr(getattr(report, name), "__annotations__", {}).get("return")
-           == "Figure"]
+# each notebook's own report module (`from icdlib.report import <module> as report`)
+NOTEBOOK_REPORTS = {"01_preprocess": preprocess_report, "02_label_stats": label_stats, "03_train": train_report,
+                    "04_evaluate": evaluate_report, "05_error_analysis": error_analysis, "06_compare": compare_report}
+FIGURES = sorted({name for module in NOTEBOOK_REPORTS.values() for name in module.__all__
+                  if getattr(getattr(module, name), "__annotations__", {}).get("return") == "Figure"})
 
 
 @pytest.mark.parametrize("name", pipeline.NOTEBOOKS)
@@ -238,6 +243,15 @@ def test_every_figure_is_followed_by_how_to_read_it(name):
             assert after is not None and after.cell_type == "markdown", f"{name}: no sentence after {cell.source!r}"
             assert after.source.startswith("*How to read it:* ") and len(after.source.split()) >= 20, after.source
     assert cells[-1].cell_type == "code" and cells[-1].source.startswith("report.summary("), "no closing summary"
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_REPORTS)
+def test_each_notebook_imports_its_own_report_module_and_no_other(name):
+    """A notebook's `report.…` calls are its own module's (`shared` and `tables` come with it)."""
+    source = (ROOT / "notebooks" / f"{name}.py").read_text()
+    lines = [line for line in source.splitlines() if re.search(r"icdlib\.report|from icdlib import .*\breport\b", line)]
+    own = NOTEBOOK_REPORTS[name].__name__.rsplit(".", 1)[1]
+    assert lines and set(lines) == {f"from icdlib.report import {own} as report"}, lines
 
 
 def test_executed_figures_are_followed_by_a_sentence(small_run):
@@ -275,10 +289,10 @@ def test_summary_states_the_numbers_of_metrics_json(small_run):
     assert m["bootstrap"]["resamples"] == 1000 and "(1,000 resamples of the test admissions)" in text
     for key in ("baseline", "prior", "with_mntp"):  # a win or a loss only where the interval excludes 0
         diffs = m["paired"][f"model - {key}"]
-        signs = [uncertainty.excludes_zero(diffs[k]) for k, _ in report.SUMMARY_METRICS]
-        assert [round(diffs[k]["diff"], 9) for k, _ in report.SUMMARY_METRICS] == \
-            [round(tuned[k] - m[key]["test_tuned"][k], 9) for k, _ in report.SUMMARY_METRICS]
-        verdict = report._verdict(diffs)
+        signs = [uncertainty.excludes_zero(diffs[k]) for k, _ in evaluate_report.SUMMARY_METRICS]
+        assert [round(diffs[k]["diff"], 9) for k, _ in evaluate_report.SUMMARY_METRICS] == \
+            [round(tuned[k] - m[key]["test_tuned"][k], 9) for k, _ in evaluate_report.SUMMARY_METRICS]
+        verdict = evaluate_report._verdict(diffs)
         assert verdict in text
         if all(s < 0 for s in signs) or all(s > 0 for s in signs):
             assert verdict.startswith(f"**the model is {'better' if signs[0] > 0 else 'worse'} on all 6 metrics**")
@@ -318,8 +332,9 @@ def run_metrics(model, others: dict, paired: dict | None):
 
 def test_summary_says_plainly_who_wins():
     """A win or a loss only where the paired interval of the difference excludes 0."""
-    lose = report.summary(metrics=run_metrics(metrics_of(0.5, [0.45, 0.55]), {"baseline": metrics_of(0.75, [0.7, 0.8])},
-                                              {"model - baseline": difference(-0.3, -0.2)}), synthetic=False)
+    lose = evaluate_report.summary(
+        metrics=run_metrics(metrics_of(0.5, [0.45, 0.55]), {"baseline": metrics_of(0.75, [0.7, 0.8])},
+                            {"model - baseline": difference(-0.3, -0.2)}), synthetic=False)
     assert "**the model is worse on all 6 metrics** (every 95% interval of the difference excludes 0)" in lose.markdown
     assert "micro-AUROC 0.500 [0.450, 0.550]" in lose.markdown and "micro-AUROC 0.750 [0.700, 0.800]" in lose.markdown
     assert "The TF-IDF low-rank baseline (a low-rank linear model on TF-IDF word unigrams and hashed bigrams" in lose.markdown
@@ -327,29 +342,30 @@ def test_summary_says_plainly_who_wins():
     paired = difference(0.1, 0.2)
     paired["map"] = {"diff": -0.2, "lo": -0.25, "hi": -0.15}
     paired["p_at_8"] = {"diff": 0.01, "lo": -0.02, "hi": 0.04}
-    win = report.summary(metrics=run_metrics(metrics_of(0.9), {"baseline": {**metrics_of(0.75), "map": 0.95}},
-                                             {"model - baseline": paired}))
+    win = evaluate_report.summary(metrics=run_metrics(metrics_of(0.9), {"baseline": {**metrics_of(0.75), "map": 0.95}},
+                                                      {"model - baseline": paired}))
     assert ("**the model is better on micro-AUROC, macro-AUROC, micro-AUPRC and micro-F1 and worse on MAP** (the 95% "
             "interval of the difference excludes 0); no clear difference on P@8") in win.markdown
-    unclear = report.summary(metrics=run_metrics(metrics_of(0.9), {"prior": metrics_of(0.8)},
-                                                 {"model - prior": difference(-0.01, 0.2)}))
+    unclear = evaluate_report.summary(metrics=run_metrics(metrics_of(0.9), {"prior": metrics_of(0.8)},
+                                                          {"model - prior": difference(-0.01, 0.2)}))
     assert ("The frequency prior (every admission scored with each code's share of the train admissions) reaches "
             "micro-AUROC 0.800") in unclear.markdown
     assert "**no clear difference on any of the 6 metrics** (every 95% interval of the difference holds 0)" in \
         unclear.markdown
-    assert "val split" in report.summary(metrics={"val": metrics_of(0.6), "val_tuned": metrics_of(0.6)}).markdown
+    val_only = {"val": metrics_of(0.6), "val_tuned": metrics_of(0.6)}
+    assert "val split" in evaluate_report.summary(metrics=val_only).markdown
 
 
 def test_no_verdict_without_intervals():
     """bootstrap=0, or a metrics.json of an older icdlib: the differences are stated, no winner named."""
-    text = report.summary(metrics=run_metrics(metrics_of(0.5), {"baseline": metrics_of(0.75)}, None)).markdown
+    text = evaluate_report.summary(metrics=run_metrics(metrics_of(0.5), {"baseline": metrics_of(0.75)}, None)).markdown
     assert ("micro-F1 0.750: no verdict can be made, as there are no intervals (bootstrap=0, or a metrics.json from "
             "an older icdlib) and a difference without one cannot be told from noise.") in text
     assert "better" not in text and "worse" not in text and "[" not in text
     assert ("There are no intervals (bootstrap=0, or a metrics.json from an older icdlib): no difference below is "
             "called a win or a loss.") in text
-    arm = report.summary(metrics=run_metrics(metrics_of(0.5), {"with_mntp": {**metrics_of(0.5), "map": 0.75}},
-                                             None)).markdown
+    arm = evaluate_report.summary(metrics=run_metrics(metrics_of(0.5), {"with_mntp": {**metrics_of(0.5), "map": 0.75}},
+                                                      None)).markdown
     assert ("What MNTP did: fine-tuning after the MNTP stage instead of without it changed micro-AUROC by +0.000, MAP "
             "by +0.250 and micro-F1 by +0.000; there are no intervals (bootstrap=0, or a metrics.json from an older "
             "icdlib), so whether that is more than noise cannot be told.") in arm
@@ -360,13 +376,13 @@ def test_what_mntp_did_is_with_minus_without(arm, sign):
     """The model is the arm's opposite: `model - with_mntp` is without minus with, so its sign flips."""
     paired = {f"model - {arm}": {**difference(0.0, 0.0), "map": {"diff": 0.2, "lo": 0.1, "hi": 0.3},
                                  "auroc_micro": {"diff": 0.01, "lo": -0.01, "hi": 0.03}}}
-    text = report.summary(metrics=run_metrics(metrics_of(0.5), {arm: metrics_of(0.4)}, paired)).markdown
+    text = evaluate_report.summary(metrics=run_metrics(metrics_of(0.5), {arm: metrics_of(0.4)}, paired)).markdown
     effect = "+0.200 [+0.100, +0.300]" if sign > 0 else "-0.200 [-0.300, -0.100]"
     micro = "+0.010 [-0.010, +0.030]" if sign > 0 else "-0.010 [-0.030, +0.010]"
     assert (f"What MNTP did: fine-tuning after the MNTP stage instead of without it changed micro-AUROC by {micro}, "
             f"MAP by {effect} and micro-F1 by +0.000 [+0.000, +0.000] (95% intervals; the interval excludes 0 for MAP; "
             "one training run per arm") in text
-    lines = report.headline_lines(run_metrics(metrics_of(0.5), {arm: metrics_of(0.4)}, paired))
+    lines = evaluate_report.headline_lines(run_metrics(metrics_of(0.5), {arm: metrics_of(0.4)}, paired))
     assert lines[-1].split() == ["MNTP:", "with", "−", "without", "micro-AUROC", *micro.split(" ", 1)[0:1],
                                  *micro.split(" ", 1)[1].split(), "MAP", *effect.split(), "micro-F1", "+0.000",
                                  "[+0.000,", "+0.000]"]
@@ -378,7 +394,7 @@ def test_headline_lines_name_every_system_and_the_threshold():
                      "with_mntp": metrics_of(0.6, [0.55, 0.65])},
                     {"model - prior": difference(0.05, 0.15), "model - baseline": difference(-0.2, -0.05),
                      "model - with_mntp": difference(0.1, 0.3)})
-    assert report.headline_lines(m) == [
+    assert evaluate_report.headline_lines(m) == [
         "95% bootstrap intervals; micro-F1 at each system's threshold tuned on val",
         "  icdlib without MNTP       micro-AUROC 0.800 [0.750, 0.850]  MAP 0.800 [0.750, 0.850]  "
         "micro-F1 0.800 [0.750, 0.850]",
@@ -390,13 +406,13 @@ def test_headline_lines_name_every_system_and_the_threshold():
         "micro-F1 0.600 [0.550, 0.650]",
         "  MNTP: with − without      micro-AUROC -0.200 [-0.300, -0.100]  MAP -0.200 [-0.300, -0.100]  "
         "micro-F1 -0.200 [-0.300, -0.100]"]
-    html = report.systems_html(m)
+    html = evaluate_report.systems_html(m)
     assert "<td>0.700</td><td class='ci'>[0.650, 0.720]</td>" in html and "frequency prior (test, tuned threshold)" in html
     assert "icdlib with MNTP (test, tuned threshold)" in html
     heads = re.findall(r"<th colspan='2'>([^<]*)</th>", html)  # 04's names, in 04's column order
     assert heads == ["AUROC macro", "AUROC micro", "AUPRC micro", "F1 micro", "P@8", "MAP"]
     assert "<td>icdlib without MNTP (test, tuned threshold)</td>" in html  # the model, named for its arm
-    bare = report.headline_lines(run_metrics(metrics_of(0.8), {"prior": metrics_of(0.7)}, None))
+    bare = evaluate_report.headline_lines(run_metrics(metrics_of(0.8), {"prior": metrics_of(0.7)}, None))
     assert bare == ["no intervals (bootstrap=0 or an older metrics.json); micro-F1 at each system's threshold tuned on val",
                     "  icdlib           micro-AUROC 0.800  MAP 0.800  micro-F1 0.800",
                     "  frequency prior  micro-AUROC 0.700  MAP 0.700  micro-F1 0.700"]
@@ -404,20 +420,20 @@ def test_headline_lines_name_every_system_and_the_threshold():
 
 def test_interval_and_paired_tables():
     m = {**metrics_of(0.69062), "ci95": {"f1_micro": [0.661, 0.718], "map": [float("nan"), float("nan")]}}
-    table = report.interval_table({"icdlib test @tuned": m, "no intervals": metrics_of(0.5)})
+    table = evaluate_report.interval_table({"icdlib test @tuned": m, "no intervals": metrics_of(0.5)})
     assert list(table.index) == ["icdlib test @tuned"]
     assert table.loc["icdlib test @tuned", "F1 micro"] == "0.691 [0.661, 0.718]"  # fractions, as metrics.json
     assert table.loc["icdlib test @tuned", "MAP"] == "–" and table.loc["icdlib test @tuned", "AUROC micro"] == "–"
     paired = {"model - baseline": {"f1_micro": {"diff": 0.031, "lo": 0.012, "hi": 0.05},
                                    "map": {"diff": -0.004, "lo": -0.02, "hi": 0.01}}}
-    diffs = report.paired_table(paired)
+    diffs = evaluate_report.paired_table(paired)
     assert list(diffs.index) == ["icdlib − TF-IDF low-rank baseline"]
     assert diffs.iloc[0]["F1 micro"] == "+0.031 [+0.012, +0.050]" and diffs.iloc[0]["MAP"] == "-0.004 [-0.020, +0.010]"
     assert diffs.iloc[0]["P@8"] == "–"
-    styled = report.paired_styled({"test": m, "paired": paired}).to_html()
+    styled = evaluate_report.paired_styled({"test": m, "paired": paired}).to_html()
     assert styled.count("font-weight: bold") == 1 and "bold: the interval excludes 0" in styled
-    assert str(report.paired_styled({"test": m})) == ("There are no intervals (bootstrap=0, or a metrics.json from an "
-                                                    "older icdlib): no paired differences to show.")
+    assert str(evaluate_report.paired_styled({"test": m})) == (
+        "There are no intervals (bootstrap=0, or a metrics.json from an older icdlib): no paired differences to show.")
 
 
 def test_no_absolute_path_of_the_machine_in_any_report(small_run):
@@ -592,7 +608,7 @@ def test_icdlib_run_follows_the_mntp_arm_too(tmp_path, capsys):
 def test_share_paths_replaces_whole_components(tmp_path):
     cfg = config.resolve("tiny", {"output_root": str(tmp_path), "run": "r", "mimic_dir": str(tmp_path / "m")})
     text = f"{tmp_path}/r/03_train/best {tmp_path}/rr {tmp_path}/m/NOTEEVENTS.csv {ROOT}/notebooks {sys.prefix}/bin"
-    assert report.share_paths(text, cfg) == ("<run>/03_train/best <output_root>/rr <mimic_dir>/NOTEEVENTS.csv "
+    assert shared.share_paths(text, cfg) == ("<run>/03_train/best <output_root>/rr <mimic_dir>/NOTEEVENTS.csv "
                                              "<repo>/notebooks <python>/bin")
 
 
@@ -726,7 +742,7 @@ def test_table_faults_are_found():
     page = Page()
     page.feed("<table><tr><td>0</td><td>a</td></tr><tr><td>1</td><td>b</td></tr></table>")
     assert table_faults(page.tables[0]) == ["an index column 0, 1, 2, ..."]
-    clean = report.table(pd.DataFrame({"n_test": [1, 2], "support": [1, 2], "f1": [0.365419, float("nan")],
+    clean = shared.table(pd.DataFrame({"n_test": [1, 2], "support": [1, 2], "f1": [0.365419, float("nan")],
                                        "title": ["Injection or infusion of oxazolidinone class of antibiotics " * 2,
                                                  "x"]}))
     page = Page()

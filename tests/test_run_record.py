@@ -23,8 +23,9 @@ from icdlib.model import backbones, checkpoint, encoding as data, train
 from icdlib.evaluation import baseline, evaluate
 from icdlib.run import config, record
 from icdlib.data import preprocess
-from icdlib import steps
+from icdlib import steps, twin
 from icdlib.model.bidirectional import is_bidirectional
+from icdlib.run.errors import DataError
 from icdlib.run.provenance import file_hash
 from icdlib.run.runfolder import LOCK_ENV, Run, RunLockedError, lock, read_key, tree_hash
 from test_train import SMALL
@@ -79,7 +80,7 @@ def test_run_names_every_artifact_of_the_contract(tmp_path):
 
 def test_steps_are_named_in_order():
     assert list(steps.STEPS) == ["01_preprocess", "02_label_stats", "03_train", "04_evaluate", "05_error_analysis"]
-    assert (steps.s01_preprocess, steps.s03_train, steps.s04_evaluate) == (preprocess.run, train.run, evaluate.run)
+    assert (steps.s03_train, steps.s04_evaluate) == (train.run, evaluate.run)  # 01: the twin first, then preprocess.run
     assert (steps.s02_label_stats, steps.s05_error_analysis) == (preprocess.read, evaluate.read)
 
 
@@ -286,14 +287,22 @@ def test_resume_refuses_a_checkpoint_of_another_tiny_backbone(done, tmp_path):
 # ---------------------------------------------------------------- one cache rule
 
 def test_the_twin_is_rebuilt_when_its_parameters_change(tmp_path):
+    """Step 01 reads a folder: `steps.s01_preprocess` makes the twin first (`twin.ensure`), and
+    `preprocess.run` on a run whose twin was never made says so in one line."""
     small = {"output_root": str(tmp_path), "run": "t", "min_count": 1}
-    first = preprocess.run(config.load("tiny", params={**small, "synth_admissions": 40}), progress=False)
+    cfg = config.load("tiny", params={**small, "synth_admissions": 40})
     run = Run(tmp_path / "t")
+    with pytest.raises(DataError) as e:
+        preprocess.run(cfg, progress=False)
+    assert str(e.value) == (f"no synthetic twin in {run.synthetic_mimic}: step 01 reads a MIMIC folder, so make the "
+                            "twin first (icdlib.twin.ensure, which steps.s01_preprocess calls) or set mimic_dir")
+    first = steps.s01_preprocess(cfg, progress=False)
     key, mtime = read_key(run.synthetic_mimic), os.stat(run.synthetic_mimic / "NOTEEVENTS.csv").st_mtime_ns
-    assert preprocess.run(config.load("tiny", params={**small, "synth_admissions": 40}), progress=False).stats[
+    assert key == twin.key(cfg) and manifest(cfg, "01")["source"]["synthetic_mimic"] == key
+    assert steps.s01_preprocess(config.load("tiny", params={**small, "synth_admissions": 40}), progress=False).stats[
         "reused from cache"] is True
     assert os.stat(run.synthetic_mimic / "NOTEEVENTS.csv").st_mtime_ns == mtime
-    second = preprocess.run(config.load("tiny", params={**small, "synth_admissions": 60}), progress=False)
+    second = steps.s01_preprocess(config.load("tiny", params={**small, "synth_admissions": 60}), progress=False)
     assert read_key(run.synthetic_mimic) != key
     assert len(first.notes) < len(second.notes) <= 60
     assert manifest(config.resolve("tiny", small), "01")["params"]["synth_admissions"] == 60

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from icdlib import cli, pipeline, report
+from icdlib import cli, pipeline
+from icdlib.report import evaluate as evaluate_report
 from icdlib.run import config
 from icdlib.evaluation import evaluate
 from icdlib.measure import metrics
@@ -69,16 +70,16 @@ def test_seed_spread_is_mean_and_sample_sd_over_the_seeds_that_define_a_metric()
     assert one == {"mean": 0.5, "sd": None, "n": 1}
 
     results = {"seeds": per_seed, "seed_spread": spread}
-    table = report.seed_spread_table(results, "test_tuned")
+    table = evaluate_report.seed_spread_table(results, "test_tuned")
     assert table.index.tolist() == ["seed 0 (the model)", "seed 1", "seed 2", "mean ± sd (3 seeds)"]
-    assert table.loc["seed 1", "F1 micro"] == "0.700" and table.loc["seed 0 (the model)", report.TABLE_NAMES[
+    assert table.loc["seed 1", "F1 micro"] == "0.700" and table.loc["seed 0 (the model)", evaluate_report.TABLE_NAMES[
         "f1_macro"]] == "–"
     assert table.loc["mean ± sd (3 seeds)", "F1 micro"] == "0.600 ± 0.100"
-    assert table.loc["mean ± sd (3 seeds)", report.TABLE_NAMES["f1_macro"]] == "0.300 ± 0.141 (n=2)"
+    assert table.loc["mean ± sd (3 seeds)", evaluate_report.TABLE_NAMES["f1_macro"]] == "0.300 ± 0.141 (n=2)"
     assert table.loc["seed 2", "MAP"] == "–"  # not in these toy metrics
-    shown = report.seed_spread_table({"seeds": {"0": per_seed["0"]}})
-    assert isinstance(shown, report.Shown) and str(shown).startswith("One seed: no spread.")
-    assert str(report.seed_spread_table({})).startswith("One seed: no spread.")
+    shown = evaluate_report.seed_spread_table({"seeds": {"0": per_seed["0"]}})
+    assert isinstance(shown, evaluate_report.Shown) and str(shown).startswith("One seed: no spread.")
+    assert str(evaluate_report.seed_spread_table({})).startswith("One seed: no spread.")
 
 
 # ---------------------------------------------------------------- a two-seed run
@@ -157,7 +158,7 @@ def test_a_run_without_seeds_writes_what_it_wrote_before(runs):
 def test_the_seeds_show_in_04_the_index_and_the_terminal(runs, capsys):
     _, two = runs
     results = read_metrics(two)
-    table = report.seed_spread_table(results, "test_tuned")
+    table = evaluate_report.seed_spread_table(results, "test_tuned")
     assert table.index.tolist() == ["seed 1234 (the model)", "seed 7", "mean ± sd (2 seeds)"]
     assert table.loc["seed 7", "F1 micro"] == f"{results['seeds']['7']['test_tuned']['f1_micro']:.3f}"
     spread = results["seed_spread"]["test_tuned"]["map"]

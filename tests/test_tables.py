@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from icdlib.data import preprocess
-from icdlib import report
+from icdlib.report import shared
 from icdlib.report import tables
 
 
@@ -25,7 +25,7 @@ def test_index_names_duplicates_and_missing_values():
     per_code = pd.DataFrame({"code": ["401.9", "038.9"], "n_train": [37, 9], "n_test": [6, 2], "support": [6, 2],
                              "f1": [0.545455, 0.0], "precision": [0.375, float("nan")],
                              "tokens_per_s": [3917.9116, 12.5]})
-    shown = report.table(per_code)  # notebooks call it report.table
+    shown = shared.table(per_code)  # notebooks call it report.table: every report module has it
     assert isinstance(shown, tables.Table)
     # the 0, 1 index dropped; n_test equals support: shown once; human names
     assert list(shown.frame.columns) == ["code", "train admissions", "positives", "F1", "precision", "tokens/s"]
@@ -48,7 +48,7 @@ def test_a_named_index_becomes_a_column_and_attrs_say_how_a_table_reads():
     assert shown.frame["level"].tolist() == ["full code", "category"]
     assert str(shown).splitlines()[0] == "Micro F1 by level"
     assert tables.show(levels, caption="other").caption == "other"
-    one_seed = report.Shown("One seed: no spread.")
+    one_seed = shared.Shown("One seed: no spread.")
     assert tables.show(one_seed) is one_seed  # not a table: shown as it is
 
 
@@ -66,7 +66,7 @@ def test_the_stats_table_holds_counts_only():
     table = preprocess.stats_table(stats)
     assert table.to_dict("list") == {"what": ["DIAGNOSES_ICD rows", "labels"], "count": [1374, 38]}
     assert table.attrs["caption"] == "Built from the source tables (not reused from the cache)."
-    shown = report.table(table)
+    shown = shared.table(table)
     assert shown.frame.values.tolist() == [["DIAGNOSES_ICD rows", "1,374"], ["labels", "38"]]
     assert preprocess.stats_table({"reused from cache": True}).attrs["caption"].startswith("Reused from the cache")
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from icdlib import steps
 from icdlib.model import checkpoint, train
 from icdlib.run import config
 from icdlib.data import preprocess
@@ -23,7 +24,7 @@ SMALL = {"synth_admissions": 120, "min_count": 3, "tiny_hidden": 32, "tiny_vocab
 
 def small_cfg(root, run, **over):
     cfg = config.load("tiny", params={"output_root": str(root), "run": run, **SMALL, **over})
-    preprocess.run(cfg, progress=False)
+    steps.s01_preprocess(cfg, progress=False)
     return cfg
 
 

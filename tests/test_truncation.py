@@ -10,7 +10,8 @@ import torch
 
 from icdlib.model import backbones, checkpoint, encoding as data, train, trained
 from icdlib.run import config
-from icdlib import predict, report
+from icdlib import predict
+from icdlib.report import label_stats, train as train_report
 from icdlib.model.encoding import SegmentFormat
 from icdlib.model.models import ICDCoder
 from icdlib.run.runfolder import Run
@@ -100,7 +101,7 @@ def test_tokens_json_counts_what_03_cut(tiny_run):
         longest = int(full.argmax())
         assert cached.note(longest).tolist() == whole[longest][:32] + whole[longest][-32:]
     assert "03_train/tokens.json" in json.loads(run.manifest("03").read_text())["outputs"]
-    table = report.truncation(stats)
+    table = train_report.truncation(stats)
     assert table.index.tolist() == ["train", "val", "test"]
     assert table.loc["val", "truncated notes"] == stats["splits"]["val"]["truncated_notes"]
 
@@ -133,7 +134,7 @@ def test_predict_cuts_as_the_run_did(tiny_backbone, tmp_path, monkeypatch):
 
 def test_token_lengths_draws_the_budget():
     notes = pd.DataFrame({"split": ["train", "train", "val", "test"]})
-    fig = report.token_lengths(notes, [100, 700, 300, 900], budget=512)
+    fig = label_stats.token_lengths(notes, [100, 700, 300, 900], budget=512)
     ax = fig.axes[0]
     assert ax.get_title() == "Note length in tokens (4 notes): 50% longer than the budget"
     assert [line.get_xdata()[0] for line in ax.get_lines()] == [512]

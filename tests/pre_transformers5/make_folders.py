@@ -65,14 +65,14 @@ def restore(root: Path, weights: dict | None = None) -> None:
 def main(out: Path) -> None:
     from icdlib.run import config
     from icdlib import predict
-    from icdlib.data import preprocess
+    from icdlib import steps
     from icdlib.model import train
 
     work = Path(tempfile.mkdtemp())
     scores = {}
     for mode in ("full", "lora"):
         cfg = config.load("tiny", params={**SIZE, "output_root": str(work), "run": mode, "train_backbone": mode})
-        preprocess.run(cfg, progress=False)
+        steps.s01_preprocess(cfg, progress=False)
         train.fit(cfg, progress=False)
         target = out / mode / "03_train"
         if target.parent.exists():

@@ -1,6 +1,11 @@
-"""Notebook 05's view of the explanation methods: step 04's figures (metrics.json `explanations`) as
-tables and one figure per family of metrics, and worked examples from the method that did best on
-validation, as highlighted words (or, with `share_safe` on, offsets, codes and scores only)."""
+"""Notebook 05's report (`05_error_analysis`): where the model errs (the ranked codes' line, what
+category-level scoring and the near misses say, in sentences) and its view of the explanation
+methods: step 04's figures (metrics.json `explanations`) as tables and one figure per family of
+metrics, and worked examples from the method that did best on validation, as highlighted words (or,
+with `share_safe` on, offsets, codes and scores only).
+
+The explanation part was `explanation_report`; it lives here so that notebook 05, like every
+other, imports one report module."""
 
 from __future__ import annotations
 
@@ -9,7 +14,10 @@ import pandas as pd
 
 from icdlib.measure import evidence_metrics as em
 from icdlib.model import explain
-from icdlib.report import tables
+from icdlib.report.shared import Shown, closing, decimals, header, per_code_sentences, table
+
+__all__ = ["header", "table", "summary", "ranked_codes_note", "method_table", "counts_line", "family_figure",
+           "examples", "spans_table", "highlights", "measured", "overview", "methods", "family", "worked_examples"]
 
 UNITS = {"seconds_per_note": "Seconds per note"}
 SHORT = {"attention": "label attention", "attingrad": "AttInGrad", "input_x_gradient": "input × gradient",
@@ -83,18 +91,15 @@ def family_figure(measured: dict, family: str):
 
 def examples(coder, notes: pd.DataFrame, labels: pd.DataFrame, pairs: list[tuple[int, int]], method: str,
              ig_steps: int, n_spans: int = 3) -> list[dict]:
-    """`method`'s explanation of each (row of `notes`, label) pair: the word scores and the top
-    spans (offsets into the note's text, and their text)."""
+    """`method`'s explanation of each (row of `notes`, label) pair: the word scores of the code by
+    the loaded `model.trained.Coder`'s own `explain` (those `predict --evidence` gives), and its top
+    `n_spans` spans (offsets into the note's text, and their text). `labels` is the run's label
+    table, whose row `label` names the code."""
     out = []
     for row, label in pairs:
-        text = notes["text"].iloc[row]
-        ids, offsets = explain.token_spans(text, coder.tokenizer, coder.max_tokens, coder.truncation_mode)
-        sentences = [explain.sentence_ids(text, offsets)] if method == "occlusion" else None
-        pad = coder.tokenizer.pad_token_id or 0
-        scores = explain.token_scores(coder, [ids], [label], method, coder.cfg.segment_length, fmt=coder.fmt,
-                                      pad_id=pad, ig_steps=ig_steps, sentences=sentences)[0]
-        words = explain.word_scores(text, offsets, scores, agg="max" if method == "occlusion" else "sum")
-        out.append({"hadm_id": int(notes["hadm_id"].iloc[row]), "code": labels["code"].iloc[label],
+        text, code = notes["text"].iloc[row], labels["code"].iloc[label]
+        words = coder.explain(text, [code], method, ig_steps=ig_steps)[0]
+        out.append({"hadm_id": int(notes["hadm_id"].iloc[row]), "code": code,
                     "title": labels["short_title"].iloc[label], "text": text, "words": words,
                     "spans": explain.top_spans(text, words, n=n_spans)})
     return out
@@ -167,7 +172,7 @@ def methods(ev):
 
     found = measured(ev)
     if found is not None:
-        display(tables.show(method_table(found), missing="not defined on this run: no pair had what the metric "
+        display(table(method_table(found), missing="not defined on this run: no pair had what the metric "
                             "needs (a negated or family-history mention in its note, say)"), Markdown(READING["table"]))
 
 
@@ -208,7 +213,7 @@ def worked_examples(cfg, ev, split: str, n: int = 3):
     found_examples = examples(coder, s.notes, ev.labels, first, method, cfg.ig_steps)
     name = _name(method)
     display(Markdown(f"Method: **{name}**, the highest token F1 on validation."),
-            tables.show(spans_table(found_examples, cfg.share_safe_on)),
+            table(spans_table(found_examples, cfg.share_safe_on)),
             Markdown("*How to read it:* the three highest-scoring spans of words for one true-positive code per "
                      "admission, best first: character offsets into the admission's text in `notes.parquet`, and "
                      "the span's score (the sum of its words' scores)."
@@ -220,3 +225,57 @@ def worked_examples(cfg, ev, split: str, n: int = 3):
             Markdown("*How to read it:* each word shaded by its score for the code named above it (orange: "
                      "for the code, darker is stronger; blue: against it), on the scale of the legend; the "
                      "window is centred on the highest-scoring word."))
+
+
+def ranked_codes_note(per_code: pd.DataFrame, min_support: int, split: str) -> Shown:
+    """The line above 05's worst and best codes: how many codes they are ranked among (those with at
+    least `min_support` positives in `split`, `analysis.worst_codes`), of how many with a positive."""
+    support = per_code["support"]
+    n_ranked, n_positive = int((support >= min_support).sum()), int((support > 0).sum())
+    if n_ranked < 2:
+        most = int(support.max()) if len(support) else 0
+        text = (f"No ranking: {n_ranked} of the {n_positive:,} codes with a positive in {split} "
+                f"{'has' if n_ranked == 1 else 'have'} {min_support} or more (the most: {most}); "
+                f"with fewer, one admission moves a code's F1 too far for a ranking to mean anything.")
+    else:
+        text = (f"Ranked among the {n_ranked:,} codes with at least {min_support} positives in {split} (of "
+                f"{n_positive:,} with a positive), each table at most half of them: with fewer positives, one "
+                f"admission moves a code's F1 too far for its rank to mean anything.")
+    return Shown(text, markdown=text)
+
+
+def _level_sentences(levels: pd.DataFrame | None, near: pd.DataFrame | None = None) -> list[str]:
+    """What category-level scoring gives, and (`near`: `analysis.near_misses`) what the model predicted
+    in the category of each true code it missed. The rise of micro-F1 from codes to categories is
+    not read as near misses: merging codes raises it by itself."""
+    out = []
+    category = next((name for name in ("3-digit category", "3-character category")
+                     if levels is not None and name in levels.index), None)
+    if category is not None and "full code" in levels.index:
+        out.append(f"Counting a prediction right when its {category} is right moves micro-F1 from "
+                   f"{decimals(levels.loc['full code', 'f1'])} to {decimals(levels.loc[category, 'f1'])}.")
+        coarser = [name for name in ("ICD-10 block", "ICD-10 chapter") if name in levels.index]
+        if coarser:
+            out.append("At " + " and ".join(f"{name} level it is {decimals(levels.loc[name, 'f1'])}"
+                                            for name in coarser) + ".")
+    if near is not None and int(near["n"].sum()):
+        near_share, through, none = (f"{100 * v:.0f}%" for v in near["share"])  # analysis.NEAR_MISS_OUTCOMES
+        out.append(f"Of the {int(near['n'].sum()):,} true codes the model missed at the tuned threshold, "
+                   f"{near_share} are near misses (a wrong code of the same {category or 'category'} predicted for "
+                   f"that admission), {through} had their category predicted only through other true codes, and "
+                   f"{none} had no code of their category predicted.")
+    return out
+
+
+def summary(*, per_code: pd.DataFrame | None = None, levels: pd.DataFrame | None = None,
+            near_misses: pd.DataFrame | None = None) -> Shown:
+    """"What this run shows" about the errors: `per_code` (per_code.parquet) codes never right and the
+    frequency gradient; `levels` (`analysis.category_level`) micro-F1 at the category (and ICD-10 block,
+    chapter) level; `near_misses` (`analysis.near_misses`) the share of missed true codes that are near
+    misses. Numbers are shown with 3 decimals."""
+    paragraphs = []
+    if per_code is not None or levels is not None or near_misses is not None:
+        sentences = (per_code_sentences(per_code) if per_code is not None else []) + \
+            _level_sentences(levels, near_misses)
+        paragraphs += [" ".join(sentences)] if sentences else []
+    return closing(paragraphs)
