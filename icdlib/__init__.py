@@ -17,3 +17,7 @@ module imports only from its own layer or lower ones, and no import goes in a ci
 """
 
 __version__ = "0.1.0"
+
+from icdlib.run.kernel import quiet_tqdm_auto_without_ipywidgets  # noqa: E402
+
+quiet_tqdm_auto_without_ipywidgets()  # in a Jupyter kernel without ipywidgets: no TqdmWarning in any report

@@ -35,7 +35,6 @@ import math
 import os
 import re
 import sys
-import warnings
 from html import escape
 
 import numpy as np
@@ -93,29 +92,6 @@ def _render_figures_in_notebooks() -> None:
 
 
 _render_figures_in_notebooks()
-
-
-def _quiet_tqdm_auto_without_ipywidgets() -> None:
-    """Let `tqdm.auto` settle on its console bar without a warning in a kernel lacking ipywidgets.
-
-    transformers and huggingface_hub import `tqdm.auto`, which in a Jupyter kernel looks for
-    ipywidgets' IProgress and, not finding it, falls back to the console bar after a TqdmWarning
-    ("IProgress not found ...") that every report then showed in red. That fallback is what a
-    report wants (icdlib's own bars are off outside a terminal), so it is resolved here once with
-    that one warning filtered. With ipywidgets installed, or outside a kernel, nothing changes."""
-    if "ipykernel.zmqshell" not in sys.modules or "tqdm.autonotebook" in sys.modules:
-        return
-    try:
-        from tqdm.notebook import IProgress
-    except ImportError:
-        return
-    if IProgress is None:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="IProgress not found")
-            import tqdm.autonotebook  # noqa: F401
-
-
-_quiet_tqdm_auto_without_ipywidgets()
 
 
 def canvas(nrows: int = 1, ncols: int = 1, size=SIZE, **kwargs):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 PREFIX = "icdlib: error: "
@@ -99,3 +100,25 @@ class ClosedSocketAtShutdown(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         return not (type(error).__name__ == "ZMQError" and getattr(error, "errno", None) == errno.ENOTSOCK)
+
+
+def quiet_tqdm_auto_without_ipywidgets() -> None:
+    """Let `tqdm.auto` settle on its console bar without a warning in a kernel lacking ipywidgets.
+
+    transformers and huggingface_hub import `tqdm.auto`, which in a Jupyter kernel looks for
+    ipywidgets' IProgress and, not finding it, falls back to the console bar after a TqdmWarning
+    ("IProgress not found ...") that every report then showed in red. That fallback is what a
+    report wants (icdlib's own bars are off outside a terminal), so it is resolved once, with that
+    one warning filtered, when `icdlib` is first imported (the package's `__init__`): before any of
+    its modules imports transformers, whichever a notebook's first cell imports. With ipywidgets
+    installed, or outside a kernel, nothing changes."""
+    if "ipykernel.zmqshell" not in sys.modules or "tqdm.autonotebook" in sys.modules:
+        return
+    try:
+        from tqdm.notebook import IProgress
+    except ImportError:
+        return
+    if IProgress is None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            import tqdm.autonotebook  # noqa: F401
