@@ -77,6 +77,8 @@ def test_ids_keep_their_digits_and_long_labels_are_never_cut():
     assert shown.frame.values.tolist() == [["100535", "84789", "x" * 300]]
     assert list(shown.frame.columns) == ["HADM_ID", "SUBJECT_ID", "title"]
     assert "x" * 300 in shown.to_html() and "x" * 300 in str(shown)
+    spans = tables.show(pd.DataFrame({"Admission": [100492], "Begin": [1980], "Score": [13.527]}))  # 05's span table
+    assert spans.frame.values.tolist() == [["100492", "1,980", "13.527"]]
 
 
 def test_a_footnote_ends_once_and_shows_code():

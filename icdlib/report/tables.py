@@ -233,6 +233,14 @@ class Table:
     __str__ = __repr__
 
 
+ID_COLUMNS = {"admission", "patient", "note"}  # display names of identifier columns (05's span table)
+
+
+def _is_id(key) -> bool:
+    """An identifier column (`…_id`, or one named for what it identifies): its digits without separators."""
+    return str(key).lower().endswith("_id") or str(key).lower() in ID_COLUMNS
+
+
 def show(df, *, caption: str = "", note: str = "", names: dict | None = None, percent=(),
          missing: str = "", columns=None, bold: pd.DataFrame | None = None, empty: str = "No rows."):
     """`df` as a report shows it (`Table`; see the module's rules); anything that is not a DataFrame
@@ -273,7 +281,7 @@ def show(df, *, caption: str = "", note: str = "", names: dict | None = None, pe
     shown, numeric, absent = {}, [], []
     for i, key in enumerate(keys):
         values = frame.iloc[:, i].tolist()
-        fmt = FORMATS.get(str(key)) or ("{}" if str(key).lower().endswith("_id") else None)  # ids: no 1,234
+        fmt = FORMATS.get(str(key)) or ("{}" if _is_id(key) else None)  # ids: no 1,234
         large = any(isinstance(v, numbers.Real) and not _missing(v) and abs(float(v)) >= 100 for v in values)
         shown[i] = [cell(v, percent=_is_share(key) or key in percent, fmt=fmt, large=large) for v in values]
         if any(_missing(v) for v in values):
