@@ -16,14 +16,13 @@ from icdlib import twin
 from icdlib.data import preprocess
 from icdlib.evaluation.evaluate import read as s05_error_analysis
 from icdlib.evaluation.evaluate import run as s04_evaluate
-from icdlib.data.preprocess import Preprocessed
 from icdlib.data.preprocess import read as s02_label_stats
 from icdlib.model import backbones
 from icdlib.model.train import run as s03_train
 from icdlib.run.config import Config
 
 
-def s01_preprocess(cfg: Config, progress: bool = True) -> Preprocessed:
+def s01_preprocess(cfg: Config, progress: bool = True) -> preprocess.Preprocessed:
     """Step 01 as a run starts it: the backbone's files checked first (a wrong path should cost
     seconds, not a preprocessing run), the synthetic twin made or reused when `mimic_dir` is empty
     (`twin.ensure`), then `preprocess.run`, which reads that folder."""

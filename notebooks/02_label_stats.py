@@ -67,10 +67,10 @@ report.note_lengths(notes)
 # or more tokens): notes longer than that lose a part (`truncation` says which); the next figure counts them.
 
 # %%
-from icdlib.model import backbones, encoding as data
+from icdlib.model import backbones, encoding
 train_texts = notes.loc[notes["split"] == "train", "text"].tolist()
 tokenizer, budget = backbones.tokenizer_without_training(cfg, train_texts)  # tiny: the BPE step 03 learns from them
-full = data.tokenize(notes["text"].tolist(), tokenizer, 0).full_lengths
+full = encoding.tokenize(notes["text"].tolist(), tokenizer, 0).full_lengths
 report.token_lengths(notes, full, budget)
 
 # %% [markdown]

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from icdlib.model import backbones, checkpoint, encoding as data, train
+from icdlib.model import backbones, checkpoint, encoding, train
 from icdlib.evaluation import baseline, evaluate
 from icdlib.run import config, record
 from icdlib.data import preprocess
@@ -332,13 +332,13 @@ def test_token_caches_keep_only_the_current_tokens(tmp_path):
 
     cache, tokenizer = tmp_path / "tokens", Tokenizer()  # one: its repr is part of the key
     texts = ["a bb ccc", "dddd"]
-    data.tokenize_cached(texts, tokenizer, 2, cache, "train")
-    data.tokenize_cached(texts, tokenizer, 2, cache, "val")
+    encoding.tokenize_cached(texts, tokenizer, 2, cache, "train")
+    encoding.tokenize_cached(texts, tokenizer, 2, cache, "val")
     [first] = cache.glob("train-*.npz")
     mtime = os.stat(first).st_mtime_ns
-    assert data.tokenize_cached(texts, tokenizer, 2, cache, "train").ids.tolist() == [1, 2, 4]
+    assert encoding.tokenize_cached(texts, tokenizer, 2, cache, "train").ids.tolist() == [1, 2, 4]
     assert list(cache.glob("train-*.npz")) == [first] and os.stat(first).st_mtime_ns == mtime  # reused
-    assert data.tokenize_cached(texts, tokenizer, 3, cache, "train").ids.tolist() == [1, 2, 3, 4]
+    assert encoding.tokenize_cached(texts, tokenizer, 3, cache, "train").ids.tolist() == [1, 2, 3, 4]
     [second] = cache.glob("train-*.npz")
     assert second != first and len(list(cache.glob("val-*.npz"))) == 1  # the old train tokens pruned, val kept
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from icdlib.model import encoding as data
+from icdlib.model import encoding
 from icdlib.run import runfolder
 from icdlib.run.runfolder import atomic_path, atomic_write_text, clean_stale
 
@@ -82,8 +82,8 @@ def test_a_file_through_atomic_path_and_the_token_cache(tmp_path):
                 return {"input_ids": [[len(w) for w in t.split()] for t in texts]}
 
         tokenizer = Tokenizer()
-        first = data.tokenize_cached(["a bb ccc", "dddd"], tokenizer, 2, tmp_path / "cache", "train")
-        again = data.tokenize_cached(["a bb ccc", "dddd"], tokenizer, 2, tmp_path / "cache", "train")
+        first = encoding.tokenize_cached(["a bb ccc", "dddd"], tokenizer, 2, tmp_path / "cache", "train")
+        again = encoding.tokenize_cached(["a bb ccc", "dddd"], tokenizer, 2, tmp_path / "cache", "train")
     assert mode(tmp_path / "w.safetensors") == 0o644
     [cache] = list((tmp_path / "cache").iterdir())
     assert cache.name.startswith("train-") and cache.suffix == ".npz" and mode(cache) == 0o644

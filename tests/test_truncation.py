@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from icdlib.model import backbones, checkpoint, encoding as data, train, trained
+from icdlib.model import backbones, checkpoint, encoding, train, trained
 from icdlib.run import config
 from icdlib import predict
 from icdlib.report import label_stats, train as train_report
@@ -32,34 +32,34 @@ TEN = " ".join(str(i) for i in range(10, 20))  # a 10-token note: ids 10..19
 @pytest.mark.parametrize("mode, kept", [("head", [10, 11, 12, 13]), ("tail", [16, 17, 18, 19]),
                                         ("head_tail", [10, 11, 18, 19])])
 def test_a_ten_token_note_in_a_four_token_budget(mode, kept):
-    tok = data.tokenize([TEN, "1 2 3"], Ids(), 4, mode=mode)
+    tok = encoding.tokenize([TEN, "1 2 3"], Ids(), 4, mode=mode)
     assert tok.note(0).tolist() == kept
     assert tok.note(1).tolist() == [1, 2, 3]  # within the budget: whole, whatever the mode
     assert tok.full_lengths.tolist() == [10, 3] and tok.lengths().tolist() == [4, 3]
-    assert data.truncation_stats(tok) == {
+    assert encoding.truncation_stats(tok) == {
         "notes": 2, "truncated_notes": 1, "share_truncated": 0.5, "tokens": 13, "tokens_kept": 7,
         "share_dropped": 6 / 13, "median_tokens": 6.5, "p90_tokens": 9.3}
 
 
 def test_odd_budgets_and_edges():
     ids = np.arange(10)
-    assert data.cut(ids, 5, "head_tail").tolist() == [0, 1, 2, 8, 9]  # ceil(5/2) from the start
-    assert data.cut(ids, 1, "head_tail").tolist() == [0]
-    assert data.cut(ids, 0, "tail").tolist() == []
-    assert data.cut(ids, 10, "tail").tolist() == list(range(10))
+    assert encoding.cut(ids, 5, "head_tail").tolist() == [0, 1, 2, 8, 9]  # ceil(5/2) from the start
+    assert encoding.cut(ids, 1, "head_tail").tolist() == [0]
+    assert encoding.cut(ids, 0, "tail").tolist() == []
+    assert encoding.cut(ids, 10, "tail").tolist() == list(range(10))
     with pytest.raises(ValueError, match="truncation must be one of head, tail, head_tail"):
-        data.cut(ids, 4, "middle")
-    assert data.tokenize([TEN], Ids(), 0).full_lengths.tolist() == [10]  # lengths only
+        encoding.cut(ids, 4, "middle")
+    assert encoding.tokenize([TEN], Ids(), 0).full_lengths.tolist() == [10]  # lengths only
 
 
 def test_the_cache_keys_the_mode_and_keeps_full_lengths(tmp_path):
     cache, tokenizer = tmp_path / "tokens", Ids()
-    head = data.tokenize_cached([TEN], tokenizer, 4, cache, "train")
+    head = encoding.tokenize_cached([TEN], tokenizer, 4, cache, "train")
     [first] = cache.glob("train-*.npz")
-    tail = data.tokenize_cached([TEN], tokenizer, 4, cache, "train", mode="tail")
+    tail = encoding.tokenize_cached([TEN], tokenizer, 4, cache, "train", mode="tail")
     [second] = cache.glob("train-*.npz")  # the head tokens pruned
     assert second != first and head.ids.tolist() == [10, 11, 12, 13] and tail.ids.tolist() == [16, 17, 18, 19]
-    again = data.tokenize_cached([TEN], tokenizer, 4, cache, "train", mode="tail")
+    again = encoding.tokenize_cached([TEN], tokenizer, 4, cache, "train", mode="tail")
     assert again.ids.tolist() == [16, 17, 18, 19] and again.full_lengths.tolist() == [10]
     with np.load(second) as z:
         assert z["full_lengths"].tolist() == [10]
@@ -97,7 +97,7 @@ def test_tokens_json_counts_what_03_cut(tiny_run):
         [cache] = run.tokens.glob(f"{split}-*.npz")
         with np.load(cache) as z:
             assert z["full_lengths"].tolist() == full.tolist()
-            cached = data.Tokenized(z["ids"], z["offsets"])
+            cached = encoding.Tokenized(z["ids"], z["offsets"])
         longest = int(full.argmax())
         assert cached.note(longest).tolist() == whole[longest][:32] + whole[longest][-32:]
     assert "03_train/tokens.json" in json.loads(run.manifest("03").read_text())["outputs"]
