@@ -20,7 +20,7 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 def cmd_run(args) -> None:
-    from icdlib.model import backbones
+    from icdlib.model import backbone_files
     from icdlib.run import config
     from icdlib import pipeline
 
@@ -31,7 +31,7 @@ def cmd_run(args) -> None:
     params = config.absolute_paths(params)  # relative paths mean: from here, in every notebook
     named = {"run": args.run, "mimic_dir": args.mimic_dir}
     cfg = config.resolve(args.backbone, {**{k: v for k, v in named.items() if v}, **params})
-    backbones.check(cfg)  # a wrong backbone path stops here, before step 01 does any work
+    backbone_files.check(cfg)  # a wrong backbone path stops here, before step 01 does any work
     notebooks = pipeline.NOTEBOOKS if not args.only else tuple(n for n in pipeline.NOTEBOOKS if n[:2] in args.only)
     if cfg.mimic_dir and pipeline.NOTEBOOKS[0] in notebooks:
         from icdlib.data import preprocess

@@ -17,8 +17,7 @@ from icdlib.data import preprocess
 from icdlib.evaluation.evaluate import read as s05_error_analysis
 from icdlib.evaluation.evaluate import run as s04_evaluate
 from icdlib.data.preprocess import read as s02_label_stats
-from icdlib.model import backbones
-from icdlib.model.train import run as s03_train
+from icdlib.model import backbone_files
 from icdlib.run.config import Config
 
 
@@ -26,9 +25,17 @@ def s01_preprocess(cfg: Config, progress: bool = True) -> preprocess.Preprocesse
     """Step 01 as a run starts it: the backbone's files checked first (a wrong path should cost
     seconds, not a preprocessing run), the synthetic twin made or reused when `mimic_dir` is empty
     (`twin.ensure`), then `preprocess.run`, which reads that folder."""
-    backbones.check(cfg)
+    backbone_files.check(cfg)
     twin.ensure(cfg, progress)
     return preprocess.run(cfg, progress)
+
+
+def s03_train(cfg: Config, progress: bool = True):
+    """Step 03, `icdlib.model.train.run`: imported here when called, so that steps 01 and 02 (and
+    `icdlib run`'s own process) start without torch and transformers, 4 s of each kernel's start."""
+    from icdlib.model import train
+
+    return train.run(cfg, progress)
 
 
 STEPS = {"01_preprocess": s01_preprocess, "02_label_stats": s02_label_stats, "03_train": s03_train,

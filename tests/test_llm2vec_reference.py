@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import hub_replica
-from icdlib.model import backbones, mntp
+from icdlib.model import backbone_files, backbones, mntp
 from icdlib.run import config
 from icdlib.model.bidirectional import is_bidirectional
 from llm2vec_reference.make_reference import load_tensors
@@ -132,7 +132,7 @@ def test_mntp_loss_equals_llm2vecs_bi_for_mntp(family, reference, replicas):
     tensors, _ = reference
     replica = replicas[family]
     base, _ = backbones.load(str(replica.base))
-    found = backbones.locate(str(replica.base))
+    found = backbone_files.locate(str(replica.base))
     head, trainable = mntp.lm_head_for(base, found)
     assert trainable  # the checkpoint's own head, which the recipe's Trainer trains beside the LoRA
     with torch.no_grad():

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from icdlib.model import backbones, checkpoint, mntp, train
+from icdlib.model import backbone_files, backbones, checkpoint, mntp, train
 from icdlib.run import config
 from icdlib.data import preprocess
 from icdlib.model.inference import Env
@@ -484,7 +484,7 @@ def test_lm_head_trains_where_the_recipes_trainer_trains_it(tmp_path, tied):
     theirs = {n for n, p in recipe.named_parameters() if p.requires_grad and "lora_" not in n}
     assert theirs == (set() if tied else {"lm_head.weight"})
 
-    located = backbones.Located(str(tmp_path), "", str(tmp_path), {}, "")
+    located = backbone_files.Located(str(tmp_path), "", str(tmp_path), {}, "")
     obj = mntp.objective(LlamaModel.from_pretrained(tmp_path), config.Config(), located)
     ours = {n for n, p in obj.named_parameters() if p.requires_grad and "lora_" not in n}
     assert ours == (set() if tied else {"head.weight"})

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import hub_replica
-from icdlib.model import backbones, checkpoint, inference, train
+from icdlib.model import backbone_files, backbones, checkpoint, inference, train
 from icdlib.run import config
 from icdlib import predict, steps
 from icdlib.data import preprocess
@@ -79,10 +79,10 @@ def test_mntp_folder_loads_with_the_base_named_or_found_by_name(family, llama, m
 
 def test_hub_names_resolve_from_the_cache(llama, monkeypatch):
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(llama.hf_cache))
-    found = backbones.locate(llama.names["mntp"])
+    found = backbone_files.locate(llama.names["mntp"])
     assert found.base.startswith(str(llama.hf_cache)) and "Meta-Llama-3-8B-Instruct" in found.base
     assert found.given == {"model_path": llama.names["mntp"], "base_model_path": llama.names["base"]}
-    found = backbones.locate(str(llama.mntp))  # a local -mntp folder, its base from the cache by name
+    found = backbone_files.locate(str(llama.mntp))  # a local -mntp folder, its base from the cache by name
     assert found.given == {"model_path": str(llama.mntp), "base_model_path": llama.names["base"]}
 
 
@@ -109,7 +109,7 @@ def test_each_wrong_path_is_one_line(llama, tmp_path, monkeypatch):
     cases["adapter_config.json is not valid JSON"] = (str(broken), str(llama.base))
     for expected, (model_path, base) in cases.items():
         with pytest.raises(IcdlibError) as e:
-            backbones.locate(model_path, base)
+            backbone_files.locate(model_path, base)
         assert expected in one_line(e.value), (expected, str(e.value))
 
 
@@ -119,7 +119,7 @@ def test_unreachable_hub_is_one_line_within_seconds(llama, tmp_path, monkeypatch
     monkeypatch.setattr(hub, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     t0 = time.monotonic()
     with pytest.raises(IcdlibError) as e:
-        backbones.locate(str(llama.mntp))
+        backbone_files.locate(str(llama.mntp))
     assert time.monotonic() - t0 < 10
     text = one_line(e.value)
     assert "cannot be reached" in text and "HF_HUB_OFFLINE=1" in text and "meta-llama/Meta-Llama-3-8B-Instruct" in text

@@ -80,8 +80,24 @@ def test_run_names_every_artifact_of_the_contract(tmp_path):
 
 def test_steps_are_named_in_order():
     assert list(steps.STEPS) == ["01_preprocess", "02_label_stats", "03_train", "04_evaluate", "05_error_analysis"]
-    assert (steps.s03_train, steps.s04_evaluate) == (train.run, evaluate.run)  # 01: the twin first, then preprocess.run
+    assert steps.s04_evaluate == evaluate.run  # 01: the twin first, then preprocess.run
     assert (steps.s02_label_stats, steps.s05_error_analysis) == (preprocess.read, evaluate.read)
+
+
+def test_step_03_is_train_run_imported_when_called(monkeypatch):
+    calls = []
+    monkeypatch.setattr(train, "run", lambda cfg, progress=True: calls.append((cfg, progress)) or "history")
+    assert steps.s03_train("cfg", progress=False) == "history" and calls == [("cfg", False)]
+
+
+def test_steps_01_and_02_and_the_run_command_start_without_torch():
+    """notebook 01's imports and `icdlib run`'s process: backbone files are checked without
+    loading torch or transformers (4 s of each process's start on 2 cores)."""
+    code = ("import sys, icdlib.steps, icdlib.cli, icdlib.pipeline, icdlib.model.backbone_files, icdlib.data.preprocess; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["[]"]
 
 
 def test_predict_does_not_import_training():

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from icdlib.model import backbones
+from icdlib.model import backbone_files, backbones
 from icdlib.run import provenance
 from icdlib.run.config import Config
 from icdlib.model.encoding import PLAIN, SegmentFormat
@@ -45,7 +45,7 @@ def _unwrap(model):
 def backbone_record(model_path: str, base_model_path: str = "", encoder=None, fmt: SegmentFormat = PLAIN) -> dict:
     """What a model folder needs to find its backbone again: the paths as the user gave them
     (hub names as names, local folders absolute), its architecture (`backbones.architecture`), the input format."""
-    given = backbones.locate(model_path, base_model_path).given if model_path else {}
+    given = backbone_files.locate(model_path, base_model_path).given if model_path else {}
     record = {"model_path": given.get("model_path", ""), "base_model_path": given.get("base_model_path", ""),
               "input_format": fmt.to_dict()}
     if encoder is not None:

@@ -55,6 +55,7 @@ import torch
 import torch.distributed as dist
 
 from icdlib.model import backbones
+from icdlib.model.backbone_files import Located
 from icdlib.run.config import Config
 from icdlib.run.errors import IcdlibError
 from icdlib.model.inference import Env, autocast, compute_dtype
@@ -172,7 +173,7 @@ class Objective(torch.nn.Module):
         return mntp_loss(self.encoder, self.head, inputs, labels, reduction)
 
 
-def objective(encoder, cfg: Config, located: backbones.Located | None) -> Objective:
+def objective(encoder, cfg: Config, located: Located | None) -> Objective:
     """The stage's model: the encoder with its trainable adapter (`with_lora`) and its LM head
     (`lm_head_for`, trained or frozen by `mntp_head`)."""
     model = with_lora(encoder, cfg)
@@ -230,7 +231,7 @@ def head_trains(mode: str, tied: bool) -> bool:
     return mode == "train" or (mode == "auto" and not tied)
 
 
-def lm_head_for(encoder, located: backbones.Located | None, mode: str = "auto") -> tuple[torch.nn.Module, bool]:
+def lm_head_for(encoder, located: Located | None, mode: str = "auto") -> tuple[torch.nn.Module, bool]:
     """(LM head, trainable): a copy of the checkpoint's `lm_head.weight`, or of the input
     embeddings where it has none (tied, or the tiny model), trained or frozen by `mode`
     (`mntp_head`, `head_trains`); a trained head never reaches the saved adapter."""
@@ -327,7 +328,7 @@ def _load_state(folder: Path, model, head, head_trainable: bool) -> dict:
     return torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
 
 
-def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], located: backbones.Located | None,
+def train(cfg: Config, env: Env, encoder, tokenizer, train_texts: list[str], located: Located | None,
           base_name: str, stage_key: str, progress: bool = True):
     """Run MNTP (resuming from `mntp_last/` when asked) for `stage_steps` steps, save
     `03_train/mntp/`; returns the encoder with the adapter merged, ready for fine-tuning."""

@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from icdlib.model import backbones, checkpoint, distributed, memory_plan, mntp
+from icdlib.model import backbone_files, backbones, checkpoint, distributed, memory_plan, mntp
 from icdlib.run import config, provenance, record
 from icdlib.measure import metrics
 from icdlib.data import preprocess
@@ -133,7 +133,7 @@ def load_backbone(cfg: Config, env: Env, train: pd.DataFrame, with_mntp: bool = 
     dtype = weights_dtype(cfg, env.device)
     adapt = with_mntp and cfg.mntp_steps > 0
     if adapt:
-        found = backbones.locate(path, base)
+        found = backbone_files.locate(path, base)
         # the adapter continues McGill's on its base; a fresh one sits on the backbone itself
         on = found.given["base_model_path"] or found.given["model_path"]
         arch = key or backbones.fingerprint(AutoConfig.from_pretrained(found.base or found.model)) + on
