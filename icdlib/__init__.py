@@ -9,8 +9,9 @@ module imports only from its own layer or lower ones, and no import goes in a ci
     measure/     metrics, bootstrap intervals, explanation metrics: pure functions of arrays
     data/        MIMIC-III/IV readers, code systems, splits, label spaces, evidence spans, step 01
     twin/        the synthetic MIMIC-III and MIMIC-IV twins
-    model/       backbones (their files checked without torch: `backbone_files`), bidirectional conversion, quantization, the coder, tokenised batches,
-                 inference, checkpoints, MNTP, training (step 03), explanations, a trained run (`trained`)
+    model/       backbones (their files checked without torch: `backbone_files`), bidirectional conversion,
+                 quantization, the coder, tokenised batches, inference, checkpoints, MNTP, training (step 03),
+                 explanations, a trained run (`trained`)
     evaluation/  the baseline, step 04 and the names of its systems, per-code analysis, explanations measured
     report/      a module per notebook (its figures, tables and closing sentences) and what they share
     top          `steps` (01→05, in order), `pipeline`, `compare` (runs side by side), `predict` (code new
