@@ -29,10 +29,12 @@ demo-mntp: setup
 	$(PY) -m icdlib run --backbone tiny --run demo-mntp
 
 # Two workers (this project's machines have 2 cores), a test file at a time each, the long files
-# first (tests/conftest.py); `make test PYTEST_WORKERS=0` runs the suite in one process.
+# first (tests/conftest.py); `make test PYTEST_WORKERS=0` runs the suite in one process, and
+# PYTEST_ARGS adds pytest options (`make test PYTEST_ARGS="--durations=10"`).
 PYTEST_WORKERS ?= 2
+PYTEST_ARGS ?=
 test: setup
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
