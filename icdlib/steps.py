@@ -31,8 +31,8 @@ def s01_preprocess(cfg: Config, progress: bool = True) -> preprocess.Preprocesse
 
 
 def s03_train(cfg: Config, progress: bool = True):
-    """Step 03, `icdlib.model.train.run`: imported here when called, so that steps 01 and 02 (and
-    `icdlib run`'s own process) start without torch and transformers, 4 s of each kernel's start."""
+    """Step 03, `icdlib.model.train.run`, imported when called: importing `steps` (notebook 01,
+    `icdlib run`'s own process) loads neither torch nor transformers, 4 s of a process's start."""
     from icdlib.model import train
 
     return train.run(cfg, progress)

@@ -90,7 +90,7 @@ def test_step_03_is_train_run_imported_when_called(monkeypatch):
     assert steps.s03_train("cfg", progress=False) == "history" and calls == [("cfg", False)]
 
 
-def test_steps_01_and_02_and_the_run_command_start_without_torch():
+def test_importing_steps_and_the_run_command_loads_no_torch():
     """notebook 01's imports and `icdlib run`'s process: backbone files are checked without
     loading torch or transformers (4 s of each process's start on 2 cores)."""
     code = ("import sys, icdlib.steps, icdlib.cli, icdlib.pipeline, icdlib.model.backbone_files, icdlib.data.preprocess; "

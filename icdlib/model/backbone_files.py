@@ -74,8 +74,9 @@ def _fetch_hint(name: str, key: str) -> str:
             f"/models/{name.split('/')[-1]}) and set {key}=/models/{name.split('/')[-1]}")
 
 
-def _local(ref: str, key: str, probe: dict) -> str:
-    """`ref` as a local folder: a path is checked, a hub name is found in the cache or fetched by name."""
+def local_folder(ref: str, key: str, probe: dict) -> str:
+    """`ref` as a local folder: a path is checked, a hub name is found in the cache or fetched by name.
+    `key` names the parameter in the error line; `probe` remembers whether the hub answered."""
     if is_local(ref):
         path = Path(ref).expanduser().resolve()
         if not path.is_dir():
@@ -120,7 +121,7 @@ def locate(model_path: str, base_model_path: str = "") -> Located:
     base its adapter_config.json names, looked up in the Hugging Face cache (or fetched).
     """
     probe: dict = {}
-    model = Path(_local(model_path, "model_path", probe))
+    model = Path(local_folder(model_path, "model_path", probe))
     config = _read_json(model / "config.json", "not a model folder (expected an LLM2Vec model: config.json, "
                                               "tokenizer, weights or adapter)")
     given = {"model_path": str(model) if is_local(model_path) else model_path, "base_model_path": ""}
@@ -132,7 +133,7 @@ def locate(model_path: str, base_model_path: str = "") -> Located:
         if not ref:
             raise BackboneError(f"{model}/adapter_config.json names no base model: set base_model_path")
         key = "base_model_path" if base_model_path else f"base_model_path (the base named in {model.name}/adapter_config.json)"
-        base = _local(ref, key, probe)
+        base = local_folder(ref, key, probe)
         given["base_model_path"] = base if is_local(ref) else ref
         if not list(Path(base).glob("*.safetensors")) and not list(Path(base).glob("*.bin")):
             raise BackboneError(f"base model folder {base} holds no weights (*.safetensors): download the whole repository")
@@ -153,6 +154,6 @@ def check(cfg: Config) -> Located | None:
         return None
     found = locate(cfg.model_path or cfg.base_model_path, cfg.base_model_path if cfg.model_path else "")
     if cfg.adapter_path:
-        adapter = Path(_local(cfg.adapter_path, "adapter_path", {}))
+        adapter = Path(local_folder(cfg.adapter_path, "adapter_path", {}))
         _read_json(adapter / "adapter_config.json", "adapter_path must be a PEFT adapter folder")
     return found

@@ -21,7 +21,7 @@ import torch
 from transformers import LlamaConfig, MistralConfig, PreTrainedTokenizerFast
 
 from icdlib.model import bidirectional
-from icdlib.model.backbone_files import BackboneError, Located, _local, _read_json, locate
+from icdlib.model.backbone_files import BackboneError, Located, local_folder, locate
 from icdlib.model.encoding import SegmentFormat
 from icdlib.run.config import Config
 from icdlib.run.errors import IcdlibError
@@ -263,7 +263,7 @@ def make_trainable(model: torch.nn.Module, cfg: Config, adapter_path: str | Path
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if adapter_path:
-        adapter_path = _local(str(adapter_path), "adapter_path", {})
+        adapter_path = local_folder(str(adapter_path), "adapter_path", {})
 
     if cfg.train_backbone == "full":
         model.requires_grad_(True)
